@@ -4,6 +4,8 @@ The library layer: data sources, the model zoo, prediction passes, pair scoring,
 the Parquet store. No Ray and no plotting here, so every piece runs in a notebook on a CPU.
 """
 
-from zoo_study import _compat  # noqa: F401  (must precede any torchvision / timm import)
+from zoo_study import _compat
+
+_compat.install_import_hook()  # torchvision under CPU torch: see _compat
 
 __version__ = "0.1.0"

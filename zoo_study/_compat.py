@@ -7,8 +7,10 @@ zoo-study never calls those detection ops, so declaring their schemas (no kernel
 import to succeed. This runs only when the C extension really failed to load; on a machine where
 torchvision's ops load (a matching CUDA box), it does nothing.
 
-Keep this the only place that knows about the problem. It must run before the first torchvision or
-timm import, which is why ``zoo_study/__init__.py`` imports it first.
+Keep this the only place that knows about the problem. ``zoo_study/__init__.py`` calls
+:func:`install_import_hook`, which adds a tiny ``sys.meta_path`` finder: the check runs the moment
+torchvision is first imported (directly or through timm), so importing zoo_study stays cheap (no torch
+import) for code that never touches models, such as the store and the analysis layer.
 """
 
 from __future__ import annotations
@@ -61,4 +63,19 @@ def ensure_torchvision_importable() -> bool:
     return True
 
 
-ensure_torchvision_importable()
+class _TorchvisionHook:
+    """Meta-path finder that runs the check just before the first ``import torchvision``."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D401 - importlib protocol
+        if fullname == "torchvision":
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            ensure_torchvision_importable()
+        return None  # let the normal finders import it
+
+
+def install_import_hook() -> None:
+    """Arrange for :func:`ensure_torchvision_importable` to run before torchvision's first import."""
+    if "torchvision" in sys.modules:
+        return
+    if not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())
