@@ -1,0 +1,242 @@
+"""Benchmark: scoring every ordered pair of a model zoo from cached predictions.
+
+Two measurements, printed side by side:
+
+1. Scale (default): all ordered pairs of N models x n samples x C classes of synthetic predictions
+   (default 300 x 50,000 x 1,000, i.e. ImageNet-val sized; 89,700 pairs). Target: under 10 s on the
+   2-core development machine. Results are streamed chunk by chunk (``iter_pair_scores``), as a
+   pipeline writing Parquet would, so memory stays bounded; ``--materialize`` instead builds the two
+   full tables with ``score_pairs`` (pair_classes then has ~N^2 * C rows: several GB at full scale).
+2. ``--naive``: why scores come from cached predictions. A few tiny timm ResNets over a few thousand
+   random 32x32 images; "cached" = one prediction pass per model + vectorised scoring of all pairs,
+   "naive" = for every pair, run teacher and student again and score that pair alone. The ratio is
+   about 2 * (M - 1) (passes per model) because inference dominates both, and it grows with the zoo.
+
+Usage::
+
+    python benchmarks/bench_scoring.py                     # scale run, default sizes
+    python benchmarks/bench_scoring.py --models 50 --samples 10000 --classes 100
+    python benchmarks/bench_scoring.py --naive             # plus the naive comparison
+    python benchmarks/bench_scoring.py --naive --skip-scale --naive-models 6 --naive-images 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+import zoo_study  # noqa: F401  (installs the torchvision compat shim before timm is imported)
+from zoo_study.complementarity import PairSelection, align_predictions, iter_pair_scores, score_pairs
+from zoo_study.store import PREDICTION_SCHEMA
+
+
+# ------------------------------------------------------------------------------------ synthetic zoo
+def synthetic_predictions(
+    n_models: int, n_samples: int, n_classes: int, seed: int = 0, shuffle_fraction: float = 0.1
+) -> dict[str, pa.Table]:
+    """Prediction tables with realistic structure, built with a Gaussian copula.
+
+    Model m gets sample i right when z[m, i] < Phi^-1(acc_m), where
+    z = sqrt(0.5) * difficulty_i + sqrt(0.2) * class_skill[m, y_i] + sqrt(0.3) * noise[m, i]
+    is standard normal. Accuracies are uniform in [50%, 90%]; the shared sample difficulty makes errors
+    correlated across models (hard images are hard for everybody) and the per-model class skill gives
+    each model its own areas of expertise (non-uniform per-class flips). A wrong prediction is a
+    random other class. Tables list the samples in one loader order, as a prediction stage writes
+    them, except a ``shuffle_fraction`` of them whose rows are shuffled, so that alignment by sample id
+    is exercised (1.0 = every table shuffled, the worst case).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), -(-n_samples // n_classes))[:n_samples]
+    rng.shuffle(labels)
+    labels = labels.astype(np.int32)
+    difficulty = rng.standard_normal(n_samples).astype(np.float32)
+    accs = rng.uniform(0.5, 0.9, n_models)
+    nd = statistics.NormalDist()
+    tables: dict[str, pa.Table] = {}
+    sample_ids = np.arange(n_samples, dtype=np.int64) + 1_000_000
+    loader_order = rng.permutation(n_samples)
+    for m in range(n_models):
+        skill = rng.standard_normal(n_classes).astype(np.float32)
+        z = (
+            np.sqrt(0.5, dtype=np.float32) * difficulty
+            + np.sqrt(0.2, dtype=np.float32) * skill[labels]
+            + np.sqrt(0.3, dtype=np.float32) * rng.standard_normal(n_samples, dtype=np.float32)
+        )
+        correct = z < nd.inv_cdf(accs[m])
+        wrong = (labels + rng.integers(1, n_classes, n_samples)) % n_classes
+        pred = np.where(correct, labels, wrong).astype(np.int32)
+        order = rng.permutation(n_samples) if m < round(shuffle_fraction * n_models) else loader_order
+        model_id = f"synthetic_{m:03d}.zoo"
+        tables[model_id] = pa.Table.from_arrays(
+            [
+                pa.array([model_id] * n_samples, pa.string()),
+                pa.array(sample_ids[order]),
+                pa.array(labels[order]),
+                pa.array(pred[order]),
+                pa.array(np.where(correct, 0.8, 0.1)[order].astype(np.float32)),
+                pa.array(np.full(n_samples, 0.8, dtype=np.float32)),
+                pa.nulls(n_samples, pa.list_(pa.int32())),
+            ],
+            schema=PREDICTION_SCHEMA,
+        )
+    return tables
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------- scale run
+def _stream(aligned, args: argparse.Namespace, with_classes: bool) -> tuple[float, int, int, np.ndarray]:
+    """Score all pairs chunk by chunk, dropping each chunk after counting it (as a Parquet writer would)."""
+    n_pairs = n_class_rows = 0
+    rhos = []
+    t0 = time.perf_counter()
+    for pairs, pair_classes in iter_pair_scores(aligned, chunk_elements=args.chunk_elements, with_classes=with_classes):
+        n_pairs += pairs.num_rows
+        n_class_rows += pair_classes.num_rows
+        rhos.append(pairs.column("rho_pos").to_numpy())
+    return time.perf_counter() - t0, n_pairs, n_class_rows, np.concatenate(rhos)
+
+
+def run_scale(args: argparse.Namespace) -> None:
+    print(f"== scale: all ordered pairs of {args.models} models x {args.samples} samples x {args.classes} classes")
+    print(f"machine: {os.cpu_count()} CPUs, load average before the run {os.getloadavg()[0]:.2f} "
+          f"(other users' work slows every timing below)")
+    t0 = time.perf_counter()
+    preds = synthetic_predictions(args.models, args.samples, args.classes, seed=args.seed,
+                                  shuffle_fraction=args.shuffle_fraction)
+    print(f"synthetic predictions built in {time.perf_counter() - t0:.1f} s (not timed); "
+          f"{args.shuffle_fraction:.0%} of the tables have their rows shuffled")
+
+    t0 = time.perf_counter()
+    aligned = align_predictions(preds)
+    t_align = time.perf_counter() - t0
+    del preds
+    accs = aligned.correct.mean(axis=1)
+
+    t_pairs, n_pairs, _, rho = _stream(aligned, args, with_classes=False)
+    if args.materialize:
+        t0 = time.perf_counter()
+        pairs, pair_classes = score_pairs(aligned, chunk_elements=args.chunk_elements)
+        t_full = time.perf_counter() - t0
+        n_class_rows = pair_classes.num_rows
+        how = f"materialised: {pair_classes.nbytes / 2**30:.1f} GiB in memory"
+    else:
+        t_full, _, n_class_rows, _ = _stream(aligned, args, with_classes=True)
+        how = "streamed chunk by chunk"
+    total = t_align + t_full
+    k = min(466, n_pairs)  # the paper's setting: 466 random pairs of the zoo, both tables in memory
+    t0 = time.perf_counter()
+    sparse, sparse_classes = score_pairs(aligned, PairSelection("random", k=k, seed=args.seed))
+    t_sparse = time.perf_counter() - t0
+    print(f"model accuracies {accs.min():.1%} .. {accs.max():.1%}; rho_pos over pairs: "
+          f"median {np.median(rho):.2%}, min {rho.min():.2%}, max {rho.max():.2%}")
+    print(f"pairs: {n_pairs}; pair_classes rows: {n_class_rows} ({how})")
+    print(f"align predictions                      : {t_align:6.2f} s")
+    print(f"score all pairs, pairs table only      : {t_pairs:6.2f} s  ({t_pairs / n_pairs * 1e6:.1f} us per pair)")
+    print(f"score all pairs, pairs + pair_classes  : {t_full:6.2f} s  ({t_full / n_pairs * 1e6:.1f} us per pair)")
+    print(f"total (align + pairs + pair_classes)   : {total:6.2f} s  -> {'UNDER' if total < args.target_s else 'OVER'} "
+          f"the {args.target_s:g} s target")
+    print(f"{k} random pairs (paper setting), both tables in memory: {t_sparse:.2f} s "
+          f"({sparse_classes.num_rows} pair_classes rows)")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
+
+
+# ------------------------------------------------------------------------------------------- naive run
+def run_naive(args: argparse.Namespace) -> None:
+    import timm
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    m, n, c = args.naive_models, args.naive_images, 100
+    print(f"\n== naive vs cached: {m} tiny timm resnet18 (channels 16..128), {n} random 32x32 images, "
+          f"{m * (m - 1)} ordered pairs, torch threads={args.threads}")
+    models = {}
+    for i in range(m):
+        torch.manual_seed(args.seed + i)
+        net = timm.create_model("resnet18", num_classes=c, pretrained=False, channels=(16, 32, 64, 128))
+        models[f"tiny_resnet18_{i}"] = net.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    labels = torch.randint(0, c, (n,), generator=g)
+    sample_ids = np.arange(n, dtype=np.int64)
+
+    @torch.no_grad()
+    def predict(net: torch.nn.Module) -> np.ndarray:
+        out = [net(images[i : i + args.batch]).argmax(1) for i in range(0, n, args.batch)]
+        return torch.cat(out).numpy().astype(np.int32)
+
+    def table(pred: np.ndarray) -> pa.Table:
+        return pa.table({"sample_id": sample_ids, "label": labels.numpy().astype(np.int32), "pred": pred})
+
+    with torch.no_grad():  # warm-up: first calls pay one-off allocator and kernel set-up costs
+        for net in models.values():
+            net(images[: args.batch])
+
+    # cached: one pass per model, then every pair from the cache
+    t0 = time.perf_counter()
+    cache = {mid: table(predict(net)) for mid, net in models.items()}
+    t_pass = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast, _ = score_pairs(cache, num_classes=c)
+    t_fast_score = time.perf_counter() - t0
+    t_fast = t_pass + t_fast_score
+
+    # naive: every pair re-runs both of its models, and is scored on its own
+    t0 = time.perf_counter()
+    naive_rows = []
+    for t_id in models:
+        for s_id in models:
+            if t_id == s_id:
+                continue
+            pair_preds = {t_id: table(predict(models[t_id])), s_id: table(predict(models[s_id]))}
+            rows, _ = score_pairs(pair_preds, [(t_id, s_id)], num_classes=c)
+            naive_rows.append(rows)
+    t_naive = time.perf_counter() - t0
+    naive = pa.concat_tables(naive_rows).sort_by([("teacher", "ascending"), ("student", "ascending")])
+    same = naive.equals(fast)
+
+    print(f"cached: {m} prediction passes {t_pass:.2f} s + vectorised scoring {t_fast_score * 1e3:.1f} ms "
+          f"= {t_fast:.2f} s")
+    print(f"naive : {2 * m * (m - 1)} prediction passes (2 per pair) + per-pair scoring = {t_naive:.2f} s")
+    print(f"ratio naive / cached: {t_naive / t_fast:.1f}x  (inference-bound expectation 2*(M-1) = {2 * (m - 1)}x); "
+          f"identical pair tables: {same}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=300, help="zoo size N for the scale run (default 300)")
+    ap.add_argument("--samples", type=int, default=50_000, help="evaluation samples n (default 50000)")
+    ap.add_argument("--classes", type=int, default=1000, help="classes C (default 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-elements", type=int, default=1 << 22, help="(pair, class) cells per chunk")
+    ap.add_argument("--shuffle-fraction", type=float, default=0.1,
+                    help="share of prediction tables with shuffled rows (default 0.1; 1.0 = worst case)")
+    ap.add_argument("--materialize", action="store_true",
+                    help="build the full tables with score_pairs instead of streaming chunks (needs GBs at full scale)")
+    ap.add_argument("--target-s", type=float, default=10.0, help="time target printed against (default 10 s)")
+    ap.add_argument("--skip-scale", action="store_true", help="only run the naive comparison")
+    ap.add_argument("--naive", action="store_true", help="also compare against re-running both models per pair")
+    ap.add_argument("--naive-models", type=int, default=4, help="tiny models in the naive comparison (default 4)")
+    ap.add_argument("--naive-images", type=int, default=1500, help="random 32x32 images (default 1500)")
+    ap.add_argument("--batch", type=int, default=500, help="inference batch size (default 500)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the naive comparison (default 1)")
+    args = ap.parse_args(argv)
+    if not args.skip_scale:
+        run_scale(args)
+    if args.naive:
+        run_naive(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
