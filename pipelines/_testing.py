@@ -1,0 +1,68 @@
+"""Trivial executors for the runner's tests and scheduling benchmark (not part of the study).
+
+Why a module inside the package: Ray workers import executors by module path, and ``tests/`` is not a
+package; ``pipelines._testing`` is importable wherever ``pipelines`` is installed. Stage names start
+with ``_test.`` so they can never collide with real stages.
+
+Behaviour is driven by the spec so that tests can inject faults into a job without changing its id:
+
+* ``value`` (int): written into the output table.
+* ``fail_unless_exists`` (path): raise ``ValueError`` while that file does not exist.
+* ``crash_once_marker`` (path): on the first attempt (marker absent) create the marker and SIGKILL the
+  worker process; later attempts succeed.
+* ``always_crash`` (bool): SIGKILL the worker every time.
+* ``sleep`` (seconds): sleep first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.jobs import current_job, read_input_table, register_executor
+
+EMIT = "_test.emit"
+SUM = "_test.sum"
+
+
+def _faults(spec: dict) -> None:
+    if spec.get("sleep"):
+        time.sleep(float(spec["sleep"]))
+    marker = spec.get("crash_once_marker")
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec.get("always_crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    guard = spec.get("fail_unless_exists")
+    if guard and not os.path.exists(guard):
+        raise ValueError(f"injected failure for value={spec.get('value')}\nsecond line of the message")
+
+
+def _content(rel: str, table: pa.Table) -> pa.Table | bytes:
+    return table if rel.endswith(".parquet") else f"{table.to_pylist()}\n".encode()
+
+
+@register_executor(EMIT)
+def emit(spec: dict, inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
+    """One row ``(job_id, value, attempt, pid)`` into every declared output."""
+    _faults(spec)
+    ctx = current_job()
+    table = pa.table({"job_id": [ctx.job_id], "value": [int(spec["value"])], "attempt": [ctx.attempt],
+                      "pid": [os.getpid()]})
+    return {rel: _content(rel, table) for rel in ctx.outputs}
+
+
+@register_executor(SUM)
+def total(spec: dict, inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
+    """Sum of ``value`` over all (Parquet) inputs, plus how many inputs it saw."""
+    _faults(spec)
+    ctx = current_job()
+    values = [v for rel in ctx.inputs for v in read_input_table(inputs[rel]).column("value").to_pylist()]
+    table = pa.table({"job_id": [ctx.job_id], "value": [sum(values)], "attempt": [ctx.attempt],
+                      "n_inputs": [len(inputs)]})
+    return {rel: _content(rel, table) for rel in ctx.outputs}
