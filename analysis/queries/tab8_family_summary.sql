@@ -1,0 +1,25 @@
+-- Table 8: transfer by architecture family: per method, student family and teacher family, the number
+-- of (student, teacher) pairs, their success rate (share with delta_last > 0) and mean / min / max
+-- delta_last (runs of one pair averaged first). Families come from the model catalog ('unknown' when a
+-- model is missing from it). Deltas in percentage points. Reads: transfers, models.
+-- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
+WITH per_teacher AS (
+    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last
+    FROM transfers
+    WHERE study_part = 'transfer' AND mode = 'single'
+    GROUP BY ALL
+)
+SELECT
+    t.method,
+    coalesce(ms.family, 'unknown')                                AS student_family,
+    coalesce(mt.family, 'unknown')                                AS teacher_family,
+    count(*)                                                      AS n_pairs,
+    100 * avg(CASE WHEN t.delta_last > 0 THEN 1.0 ELSE 0.0 END)   AS success_rate_pct,
+    100 * avg(t.delta_last)                                       AS mean_delta_pp,
+    100 * min(t.delta_last)                                       AS min_delta_pp,
+    100 * max(t.delta_last)                                       AS max_delta_pp
+FROM per_teacher t
+LEFT JOIN models ms ON ms.model_id = t.student
+LEFT JOIN models mt ON mt.model_id = t.teacher
+GROUP BY ALL
+ORDER BY t.method, student_family, teacher_family;

@@ -1,0 +1,213 @@
+"""``report/index.html``: every figure and table of the study in one self-contained page.
+
+Why self-contained: the report is mailed, copied off clusters and opened straight from disk. Images are
+embedded as base64 ``data:`` URIs, so the page needs nothing next to it; the PNG and the CSV behind each
+figure (and the CSV of each table) are also written under ``report/figures`` and ``report/tables`` for
+people who want the files, and linked relatively.
+
+The report builds from any root: empty, partial or complete. A section whose data does not exist yet
+says so in a sentence that names the missing files and the stage that writes them; a section whose query
+fails (say, a corrupt file) shows the error and the rest of the report still builds.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import os
+from pathlib import Path
+
+from analysis.db import ResultsDB
+from analysis.figures import FIGURES, Rendered, render_figure
+from analysis.sql_cli import make_readable, table_to_csv_bytes
+from analysis.tables import TABLES, RenderedTable, render_table, table_html
+from zoo_study.store import ResultsLayout
+from zoo_study.store import write_bytes_atomic as _write_bytes_atomic
+from zoo_study.store import write_text_atomic as _write_text_atomic
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    return make_readable(_write_bytes_atomic(data, path))
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    return make_readable(_write_text_atomic(text, path))
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.meta, .src { color: #666; font-size: 0.9em; }
+.how { background: #f6f8fa; border-left: 3px solid #8ab; padding: 0.5em 0.8em; }
+.missing { background: #fff8e1; border-left: 3px solid #e0a800; padding: 0.5em 0.8em; }
+.error { background: #fdecea; border-left: 3px solid #d9534f; padding: 0.5em 0.8em; white-space: pre-wrap; }
+table.data { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+table.data th, table.data td { border: 1px solid #ddd; padding: 0.25em 0.6em; }
+table.data th { background: #f0f0f0; text-align: left; }
+table.data td.n { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 0.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+nav ul { columns: 2; font-size: 0.9em; }
+"""
+
+STAGE_ORDER = "zoo → predict → score → transfer → multi-teacher"
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _section_html(r: Rendered, body: str, data_link: str | None) -> str:
+    spec = r.spec
+    parts = [f'<section id="{_esc(spec.key)}">', f"<h2>{_esc(spec.title)}</h2>"]
+    parts.append(f'<p class="how"><b>How to read it.</b> {_esc(spec.how_to_read)}</p>')
+    if r.error:
+        parts.append(f'<p class="error">{_esc(r.error)}</p>')
+    elif r.message:
+        parts.append(f'<p class="missing">{_esc(r.message)}</p>')
+    else:
+        parts.append(body)
+    src = f"query: <code>analysis/queries/{_esc(spec.query)}.sql</code>"
+    if data_link:
+        src = f'data: <a href="{_esc(data_link)}">{_esc(data_link)}</a> · ' + src
+    parts.append(f'<p class="src">{src}</p></section>')
+    return "\n".join(parts)
+
+
+def _figure_body(r: Rendered) -> str:
+    assert r.png is not None
+    return (
+        f'<figure><img src="{_png_data_uri(r.png)}" alt="{_esc(r.spec.title)}" '
+        f'data-figure="{_esc(r.spec.key)}"></figure>'
+    )
+
+
+def _remove_stale(*paths: Path) -> None:
+    """A figure with no data this time must not leave last build's files looking current."""
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def build_report(root: str | os.PathLike[str]) -> Path:
+    """Build ``<root>/report/index.html`` (plus figure PNG/CSV and table CSV files); returns its path.
+
+    Every file is written atomically (temp file + rename); ``index.html`` is written last, so a reader
+    never sees a page that points at files from a build still in progress.
+    """
+    with ResultsDB(root) as db:
+        layout = ResultsLayout(db.root)
+        report_dir = layout.report_dir
+        fig_dir, tab_dir = report_dir / "figures", report_dir / "tables"
+        counts = db.counts()
+
+        overview_html, failures_html = _overview(db)
+        sections: list[str] = []
+        toc: list[tuple[str, str, str]] = []
+        for spec in FIGURES:
+            r = render_figure(db, spec, counts)
+            png_path, csv_path = fig_dir / f"{spec.key}.png", fig_dir / f"{spec.key}.csv"
+            link = None
+            if r.png is not None:
+                write_bytes_atomic(r.png, png_path)
+                write_bytes_atomic(table_to_csv_bytes(r.table), csv_path)
+                link = f"figures/{spec.key}.csv"
+            else:
+                _remove_stale(png_path, csv_path)
+            sections.append(_section_html(r, _figure_body(r) if r.png is not None else "", link))
+            toc.append((spec.key, spec.title, _status(r)))
+        for tspec in TABLES:
+            tr: RenderedTable = render_table(db, tspec, counts)
+            csv_path = tab_dir / f"{tspec.key}.csv"
+            link = None
+            if tr.html is not None:
+                write_bytes_atomic(table_to_csv_bytes(tr.table), csv_path)
+                link = f"tables/{tspec.key}.csv"
+            else:
+                _remove_stale(csv_path)
+            sections.append(_section_html(tr, tr.html or "", link))
+            toc.append((tspec.key, tspec.title, _status(tr)))
+
+        page = _page(db.root, overview_html, failures_html, toc, sections)
+        return write_text_atomic(page, report_dir / "index.html")
+
+
+def _status(r: Rendered) -> str:
+    if r.error:
+        return "error"
+    if r.message:
+        return "no data yet"
+    return ""
+
+
+def _overview(db: ResultsDB) -> tuple[str, str]:
+    """The counts table and the list of failed jobs (each guarded: a broken file must not stop the page)."""
+    try:
+        ov = db.named("overview")
+        overview = table_html(
+            ["results", "count", "files"], [[r["item"], str(r["n"]), r["source"]] for r in ov.to_pylist()]
+        )
+    except Exception as exc:
+        overview = f'<p class="error">{_esc(f"overview query failed: {exc}")}</p>'
+    if db.skipped:
+        listed = "".join(
+            f"<li><code>{_esc(f.relative_to(db.root))}</code> ({_esc(view)})</li>"
+            for view, files in db.skipped.items()
+            for f in files
+        )
+        overview += (
+            '<p class="error">Unreadable files left out of every figure and table (not valid Parquet; the '
+            f"pipeline treats them as not done and re-runs their jobs):</p><ul>{listed}</ul>"
+        )
+    try:
+        fl = db.named("failures")
+        if fl.num_rows == 0:
+            failures = "<p>No failed jobs.</p>"
+        else:
+            shown = fl.slice(0, 50).to_pylist()
+            failures = table_html(
+                ["job", "stage", "error", "attempts", "failed at"],
+                [[r["job_id"], r["stage"], r["error"], str(r["attempts"]), str(r["failed_at"])] for r in shown],
+            )
+            if fl.num_rows > len(shown):
+                failures += f"<p>… and {fl.num_rows - len(shown)} more (query: failures).</p>"
+    except Exception as exc:
+        failures = f'<p class="error">{_esc(f"failures query failed: {exc}")}</p>'
+    return overview, failures
+
+
+def _page(root: Path, overview: str, failures: str, toc: list[tuple[str, str, str]], sections: list[str]) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    items = "".join(
+        f'<li><a href="#{_esc(k)}">{_esc(t)}</a>{" <em>(" + _esc(s) + ")</em>" if s else ""}</li>' for k, t, s in toc
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>zoo-study report — {_esc(root.name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>zoo-study report</h1>
+<p class="meta">Results root <code>{_esc(root)}</code> · built {now}. Every number below comes from a
+named query in <code>analysis/queries</code> over the Parquet files of this root; re-run any of them with
+<code>zoo-study sql</code>. Stages: {_esc(STAGE_ORDER)}.</p>
+<section id="overview">
+<h2>Overview</h2>
+{overview}
+<h3>Failed jobs</h3>
+{failures}
+</section>
+<nav><h2>Contents</h2><ul>{items}</ul></nav>
+{chr(10).join(sections)}
+</body>
+</html>
+"""

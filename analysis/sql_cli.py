@@ -1,0 +1,207 @@
+"""What ``zoo-study sql`` calls: run a query over a results root, print it, save it.
+
+Why a separate module: the CLI (``pipelines/cli.py``) stays a thin argument parser; everything that
+touches DuckDB, parameter binding, output formats and atomic writes lives here and is tested here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from analysis.db import Params, ResultsDB, query_description, query_names, query_text
+from zoo_study.store import write_bytes_atomic, write_parquet_atomic
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+class QueryError(RuntimeError):
+    """A query failed to prepare or run; the message names the query and DuckDB's reason."""
+
+
+def resolve_query(query: str) -> tuple[str, str]:
+    """Turn ``query`` into (label, SQL text).
+
+    ``query`` may be the name of a shipped query (``fig4a_success_rate``, with or without ``.sql``), a
+    path to a ``.sql`` file, or SQL text. Why all three: people start from the shipped queries, copy one
+    to edit it, and type one-liners.
+    """
+    text = query.strip()
+    if not text:
+        raise ValueError("empty query: give SQL text, a query name or a .sql file")
+    stem = text[:-4] if text.endswith(".sql") else text
+    if re.fullmatch(r"[A-Za-z0-9_]+", stem) and stem in query_names():
+        return stem, query_text(stem)
+    if text.endswith(".sql") and "\n" not in text:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return str(path), path.read_text(encoding="utf-8")
+        raise FileNotFoundError(
+            f"no SQL file {text!r} and no shipped query of that name; shipped queries: {', '.join(query_names())}"
+        )
+    return "SQL", query
+
+
+def list_queries() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped query, for ``zoo-study sql --list``."""
+    return [(name, query_description(name)) for name in query_names()]
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings from the command line into query parameters.
+
+    Values are read as JSON when they parse (``3`` -> int, ``0.5`` -> float, ``true``, ``null``,
+    ``[1,2]``) and kept as strings otherwise, so ``student=vit_s`` needs no quoting.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"bad parameter {item!r}: expected name=value with an identifier name")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run_sql(
+    root: str | os.PathLike[str],
+    query: str,
+    params: Params = None,
+    out: str | os.PathLike[str] | None = None,
+) -> pa.Table:
+    """Run ``query`` over the views of results root ``root`` and return the rows.
+
+    ``params`` are bound, never formatted into the SQL: a mapping binds ``$name`` placeholders, a list
+    binds ``?`` in order. ``out`` (optional) is a ``.csv`` or ``.parquet`` path, written atomically.
+    """
+    out_path = _check_out(out)
+    label, sql = resolve_query(query)
+    with ResultsDB(root) as db:
+        try:
+            table = db.query(sql, params)
+        except Exception as exc:  # duckdb raises many types; name the query and keep the cause
+            if not _is_duckdb_error(exc):
+                raise
+            hint = ""
+            if label == "SQL" and re.fullmatch(r"[A-Za-z0-9_.]+", query.strip()):
+                hint = f" (not a shipped query name either; shipped queries: {', '.join(query_names())})"
+            raise QueryError(f"query {label} failed: {exc}{hint}") from exc
+    if out_path is not None:
+        write_table(table, out_path)
+    return table
+
+
+def _is_duckdb_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb")
+
+
+def _check_out(out: str | os.PathLike[str] | None) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(
+            f"cannot write {str(path)!r}: unknown output format {path.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(OUTPUT_SUFFIXES)}"
+        )
+    return path
+
+
+def make_readable(path: str | os.PathLike[str]) -> Path:
+    """Give a written file the usual 0644 mode.
+
+    Why: the store's atomic writes go through ``mkstemp``, which creates files readable by their owner
+    only; a report or an export is meant to be shared (a web server, a colleague on the cluster).
+    """
+    path = Path(path)
+    os.chmod(path, 0o644)
+    return path
+
+
+def write_table(table: pa.Table, out: str | os.PathLike[str]) -> Path:
+    """Write ``table`` to a ``.csv`` or ``.parquet`` file atomically (temp file + rename)."""
+    path = _check_out(out)
+    assert path is not None
+    if path.suffix.lower() == ".parquet":
+        return make_readable(write_parquet_atomic(table, path))
+    return make_readable(write_bytes_atomic(table_to_csv_bytes(table), path))
+
+
+def table_to_csv_bytes(table: pa.Table) -> bytes:
+    """CSV bytes of ``table``; nested columns (lists, structs) become JSON text, which CSV can hold."""
+    cols = []
+    for name, col in zip(table.column_names, table.columns):
+        if pa.types.is_nested(col.type):
+            col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
+        cols.append(col)
+    flat = pa.table(cols, names=table.column_names) if cols else table
+    buf = io.BytesIO()
+    pacsv.write_csv(flat, buf)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------- formatting
+def format_value(value: Any) -> str:
+    """One cell as text: NULL for missing, 6 significant digits for floats, JSON-like for lists."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return f"{value:.6g}"
+    if isinstance(value, decimal.Decimal):
+        return f"{float(value):.6g}"
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    return str(value).replace("\n", "\\n")
+
+
+def format_table(table: pa.Table, max_rows: int = 50) -> str:
+    """A plain-text, column-aligned rendering of ``table`` for the terminal.
+
+    Shows at most ``max_rows`` rows (numbers right-aligned) and says how many were left out.
+    """
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
+        raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}")
+    names = table.column_names
+    if not names:
+        return "(no columns)"
+    shown = table.slice(0, max_rows)
+    numeric = [
+        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types
+    ]
+    cells = [[format_value(v) for v in col.to_pylist()] for col in shown.columns]
+    widths = [max([len(n)] + [len(c) for c in col]) for n, col in zip(names, cells)]
+
+    def line(values: list[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(names), "  ".join("-" * w for w in widths)]
+    for i in range(shown.num_rows):
+        out.append(line([col[i] for col in cells]))
+    n = table.num_rows
+    if n > shown.num_rows:
+        out.append(f"({shown.num_rows} of {n} rows shown; {n - shown.num_rows} more)")
+    else:
+        out.append(f"({n} row{'s' if n != 1 else ''})")
+    return "\n".join(out)

@@ -1,0 +1,460 @@
+"""Hand-made results roots for the analysis tests.
+
+Why a builder instead of running the pipeline: the analysis layer must be testable on its own, on
+numbers we chose by hand, and on roots in every state (empty, partial, complete). Every file is written
+with the real schemas from :mod:`zoo_study.store`, so a schema change breaks these tests loudly.
+
+Use :class:`RootBuilder` for small, explicit roots whose expected numbers a test states; use
+:func:`build_full_root` for a complete root that exercises every figure and table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from zoo_study.store import (
+    FAILURE_SCHEMA,
+    MODEL_SCHEMA,
+    PAIR_CLASS_SCHEMA,
+    PAIR_SCHEMA,
+    PREDICTION_SCHEMA,
+    TOP_X_PERCENTS,
+    TRANSFER_EPOCH_SCHEMA,
+    TRANSFER_PREDICTION_SCHEMA,
+    TRANSFER_SUMMARY_SCHEMA,
+    ResultsLayout,
+    table_from_rows,
+)
+
+
+def write_parquet_atomic(table, path):
+    """Plain write (no fsync): fixtures need speed, not crash safety; same files as the store writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def _top_x_count(counts: Sequence[int], x: int) -> int:
+    """Size of the smallest prefix of the descending counts whose share reaches x% (0 when no flips)."""
+    total = sum(counts)
+    if total == 0:
+        return 0
+    cum = 0
+    for i, c in enumerate(sorted(counts, reverse=True), start=1):
+        cum += c
+        if 100 * cum >= x * total:
+            return i
+    return len(counts)
+
+
+class RootBuilder:
+    """Writes result files into ``root`` one call at a time, with defaults for columns a test ignores."""
+
+    def __init__(self, root: str | Path, num_classes: int = 5):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.layout = ResultsLayout(self.root)
+        self.num_classes = num_classes
+        self.preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._pairs: list[dict[str, Any]] = []
+        self._pair_classes: list[dict[str, Any]] = []
+        self._n_jobs = 0
+
+    # ------------------------------------------------------------------------------------------ zoo
+    def model(
+        self,
+        model_id: str,
+        family: str = "cnn",
+        params_m: float = 10.0,
+        *,
+        source: str = "timm",
+        reported_top1: float | None = None,
+    ) -> None:
+        row = {
+            "model_id": model_id,
+            "source": source,
+            "arch": model_id,
+            "family": family,
+            "params_m": float(params_m),
+            "num_classes": self.num_classes,
+            "input_size": [3, 32, 32],
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "reported_top1": reported_top1,
+            "checkpoint": None,
+            "weights_id": None,
+            "recipe_json": None,
+            "train_seconds": None,
+        }
+        write_parquet_atomic(table_from_rows([row], MODEL_SCHEMA), self.layout.model_row(model_id))
+
+    def predictions(self, model_id: str, labels: Sequence[int], preds: Sequence[int]) -> None:
+        labels_a = np.asarray(labels, dtype=np.int64)
+        preds_a = np.asarray(preds, dtype=np.int64)
+        self.preds[model_id] = (labels_a, preds_a)
+        rows = [
+            {
+                "model_id": model_id,
+                "sample_id": i,
+                "label": int(y),
+                "pred": int(p),
+                "p_label": 0.9 if y == p else 0.1,
+                "p_max": 0.9,
+                "topk": [int(p)],
+            }
+            for i, (y, p) in enumerate(zip(labels_a, preds_a))
+        ]
+        write_parquet_atomic(table_from_rows(rows, PREDICTION_SCHEMA), self.layout.predictions(model_id))
+
+    # --------------------------------------------------------------------------------------- scores
+    def pair_row(
+        self,
+        teacher: str,
+        student: str,
+        *,
+        acc_t: float,
+        acc_s: float,
+        rho_pos: float,
+        rho_neg: float = 0.01,
+        entropy: float | None = 1.0,
+        teacher_is_random: bool = False,
+        n_samples: int = 100,
+        class_flips: dict[int, int] | None = None,
+    ) -> None:
+        """An explicit pair row (and its per-class positive flips, if given)."""
+        counts = [0] * self.num_classes
+        for k, c in (class_flips or {}).items():
+            counts[k] = c
+            self._pair_classes.append(
+                {"teacher": teacher, "student": student, "class_id": k, "pos_flips": c, "neg_flips": 0}
+            )
+        row = {
+            "teacher": teacher,
+            "student": student,
+            "teacher_is_random": teacher_is_random,
+            "n_samples": n_samples,
+            "num_classes": self.num_classes,
+            "acc_t": acc_t,
+            "acc_s": acc_s,
+            "delta_acc": acc_t - acc_s,
+            "n_pos": int(round(rho_pos * n_samples)),
+            "n_neg": int(round(rho_neg * n_samples)),
+            "rho_pos": rho_pos,
+            "rho_neg": rho_neg,
+            "entropy": entropy,
+        }
+        for x in TOP_X_PERCENTS:
+            row[f"top{x}_classes"] = _top_x_count(counts, x)
+        self._pairs.append(row)
+
+    def score_pair(self, teacher: str, student: str, *, teacher_is_random: bool = False) -> dict[str, Any]:
+        """Score a pair from the predictions given earlier (a tiny reference of the score stage)."""
+        y, pt = self.preds[teacher]
+        y2, ps = self.preds[student]
+        assert np.array_equal(y, y2), "teacher and student predictions must share labels"
+        t_ok, s_ok = pt == y, ps == y
+        pos, neg = t_ok & ~s_ok, ~t_ok & s_ok
+        n = len(y)
+        counts = [int(np.sum(pos & (y == k))) for k in range(self.num_classes)]
+        neg_counts = [int(np.sum(neg & (y == k))) for k in range(self.num_classes)]
+        total = sum(counts)
+        entropy = None
+        if total:
+            entropy = -sum((c / total) * math.log(c / total) for c in counts if c)
+        for k in range(self.num_classes):
+            self._pair_classes.append(
+                {"teacher": teacher, "student": student, "class_id": k, "pos_flips": counts[k], "neg_flips": neg_counts[k]}
+            )
+        row = {
+            "teacher": teacher,
+            "student": student,
+            "teacher_is_random": teacher_is_random,
+            "n_samples": n,
+            "num_classes": self.num_classes,
+            "acc_t": float(t_ok.mean()),
+            "acc_s": float(s_ok.mean()),
+            "delta_acc": float(t_ok.mean() - s_ok.mean()),
+            "n_pos": int(pos.sum()),
+            "n_neg": int(neg.sum()),
+            "rho_pos": float(pos.mean()),
+            "rho_neg": float(neg.mean()),
+            "entropy": entropy,
+        }
+        for x in TOP_X_PERCENTS:
+            row[f"top{x}_classes"] = _top_x_count(counts, x)
+        self._pairs.append(row)
+        return row
+
+    def write_scores(self) -> None:
+        """Write pairs.parquet and pair_classes.parquet with every pair added so far."""
+        write_parquet_atomic(table_from_rows(self._pairs, PAIR_SCHEMA), self.layout.pairs)
+        write_parquet_atomic(table_from_rows(self._pair_classes, PAIR_CLASS_SCHEMA), self.layout.pair_classes)
+
+    # ------------------------------------------------------------------------------------ transfers
+    def _job_id(self, *parts: object) -> str:
+        self._n_jobs += 1
+        h = hashlib.sha256(repr((self._n_jobs,) + parts).encode()).hexdigest()[:12]
+        return f"job{self._n_jobs:03d}_{h}"
+
+    def summary_row(
+        self,
+        student: str,
+        teacher: str | Sequence[str],
+        method: str,
+        delta_last: float,
+        *,
+        mode: str = "single",
+        study_part: str | None = None,
+        hparams: dict[str, Any] | None = None,
+        seed: int = 0,
+        acc_before: float = 0.7,
+        gain: float | None = None,
+        loss: float | None = None,
+        delta_best: float | None = None,
+        rho_pos_before: float | None = 0.05,
+        rho_pos_after: float | None = 0.04,
+        rho_neg_before: float | None = 0.03,
+        rho_neg_after: float | None = 0.03,
+        teacher_share: float | None = 0.4,
+        lr: float = 1e-4,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        teachers = [teacher] if isinstance(teacher, str) else list(teacher)
+        if study_part is None:
+            study_part = "transfer" if mode == "single" else "multi_teacher"
+        if gain is None or loss is None:
+            gain = max(delta_last, 0.0) + 0.01
+            loss = gain - delta_last
+        best = max(delta_last, delta_best if delta_best is not None else delta_last)
+        return {
+            "job_id": job_id or self._job_id(student, tuple(teachers), method, mode, seed, json.dumps(hparams)),
+            "study_part": study_part,
+            "method": method,
+            "mode": mode,
+            "student": student,
+            "teacher": "+".join(teachers),
+            "teachers": teachers,
+            "hparams_json": json.dumps(hparams or {}, sort_keys=True),
+            "lr": lr,
+            "temperature": 1.0,
+            "epochs": 3,
+            "batch_size": 32,
+            "seed": seed,
+            "n_train": 100,
+            "n_eval": 100,
+            "acc_before": acc_before,
+            "acc_last": acc_before + delta_last,
+            "acc_best": acc_before + best,
+            "best_epoch": 3,
+            "delta_last": delta_last,
+            "delta_best": best,
+            "gain": gain,
+            "loss": loss,
+            "rho_pos_before": rho_pos_before,
+            "rho_pos_after": rho_pos_after,
+            "rho_neg_before": rho_neg_before,
+            "rho_neg_after": rho_neg_after,
+            "teacher_share": teacher_share,
+            "runtime_s": 1.5,
+            "device": "cpu",
+            "versions_json": "{}",
+        }
+
+    def transfer(self, student: str, teacher: str | Sequence[str], method: str, delta_last: float, **kw: Any) -> str:
+        """Write one transfer summary; returns its job id."""
+        row = self.summary_row(student, teacher, method, delta_last, **kw)
+        write_parquet_atomic(table_from_rows([row], TRANSFER_SUMMARY_SCHEMA), self.layout.transfer_summary(row["job_id"]))
+        return row["job_id"]
+
+    def hparam(self, student: str, teacher: str, method: str, delta_last: float, **kw: Any) -> str:
+        row = self.summary_row(student, teacher, method, delta_last, study_part="hparam", **kw)
+        write_parquet_atomic(table_from_rows([row], TRANSFER_SUMMARY_SCHEMA), self.layout.hparam_row(row["job_id"]))
+        return row["job_id"]
+
+    def transfer_predictions(
+        self, job_id: str, labels: Sequence[int], pred_before: Sequence[int], pred_after: Sequence[int]
+    ) -> None:
+        rows = [
+            {"job_id": job_id, "sample_id": i, "label": int(y), "pred_before": int(b), "pred_after": int(a)}
+            for i, (y, b, a) in enumerate(zip(labels, pred_before, pred_after))
+        ]
+        write_parquet_atomic(table_from_rows(rows, TRANSFER_PREDICTION_SCHEMA), self.layout.transfer_predictions(job_id))
+
+    def epochs(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Epoch rows; each needs stage, epoch, delta, gain, loss (acc and the rest default)."""
+        full = []
+        for r in rows:
+            full.append(
+                {
+                    "job_id": job_id,
+                    "stage": r.get("stage", 0),
+                    "stage_teacher": r.get("stage_teacher"),
+                    "epoch": r["epoch"],
+                    "acc": r.get("acc", 0.7 + r["delta"]),
+                    "delta": r["delta"],
+                    "gain": r["gain"],
+                    "loss": r["loss"],
+                    "train_loss": r.get("train_loss", None if r["epoch"] == 0 else 0.5),
+                    "teacher_share": r.get("teacher_share"),
+                }
+            )
+        write_parquet_atomic(table_from_rows(full, TRANSFER_EPOCH_SCHEMA), self.layout.transfer_epochs(job_id))
+
+    def failure(self, job_id: str, stage: str = "transfer", error: str = "NaN loss at epoch 2") -> None:
+        row = {
+            "job_id": job_id,
+            "stage": stage,
+            "spec_json": "{}",
+            "error": error,
+            "traceback": "Traceback (most recent call last):\n  ...\nFloatingPointError: nan",
+            "attempts": 2,
+            "failed_at": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        }
+        write_parquet_atomic(table_from_rows([row], FAILURE_SCHEMA), self.layout.failure(job_id))
+
+
+# --------------------------------------------------------------------------------------- full root
+STUDENTS = (("vit_s", "transformer", 22.0, 0.70), ("resnet_s", "cnn", 25.0, 0.65), ("mixer_s", "mlp", 18.0, 0.60))
+TEACHERS = (
+    ("t_weak", "cnn", 5.0, 0.50),
+    ("t_equal", "transformer", 30.0, 0.68),
+    ("t_strong", "cnn", 80.0, 0.85),
+    ("t_mlp", "mlp", 40.0, 0.75),
+)
+RANDOM_TEACHER = ("t_random", "cnn", 25.0)
+# method key -> (method column, hparams, share of positive flips fixed, share of correct samples broken)
+FULL_METHODS = {
+    "kl": ("kl", {}, 0.30, 0.12),
+    "xe_kl": ("xe_kl", {"lambda": 0.5}, 0.30, 0.10),
+    "xe_kl_mcl": ("xe_kl_mcl", {"tau": 0.9999, "N": 2}, 0.25, 0.03),
+    "kl_dp": ("kl_dp", {}, 0.40, 0.02),
+    "kl_dp_unsup": ("kl_dp", {"unsupervised": True}, 0.30, 0.03),
+}
+
+
+def _model_preds(rng: np.random.Generator, labels: np.ndarray, acc: float, num_classes: int) -> np.ndarray:
+    """Predictions right on a class-skewed random subset, so teachers have areas of expertise."""
+    skew = rng.uniform(-0.25, 0.25, size=num_classes)
+    p_right = np.clip(acc + skew[labels], 0.02, 0.98)
+    right = rng.random(len(labels)) < p_right
+    wrong = (labels + 1 + rng.integers(0, num_classes - 1, size=len(labels))) % num_classes
+    return np.where(right, labels, wrong)
+
+
+def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: int = 0) -> RootBuilder:
+    """A complete small root: zoo, predictions, scores, transfers of 5 methods, multi-teacher, grid, failure."""
+    rng = np.random.default_rng(seed)
+    b = RootBuilder(root, num_classes=num_classes)
+    labels = np.arange(n) % num_classes
+    for name, fam, params, acc in STUDENTS + TEACHERS:
+        b.model(name, fam, params, reported_top1=100 * acc)
+        b.predictions(name, labels, _model_preds(rng, labels, acc, num_classes))
+    rname, rfam, rparams = RANDOM_TEACHER
+    b.model(rname, rfam, rparams, source="random")
+    b.predictions(rname, labels, rng.integers(0, num_classes, size=n))
+
+    for s, *_ in STUDENTS:
+        for t, *_ in TEACHERS:
+            b.score_pair(t, s)
+        b.score_pair(rname, s, teacher_is_random=True)
+        for s2, *_ in STUDENTS:
+            if s2 != s:
+                b.score_pair(s2, s)
+    b.write_scores()
+
+    single_delta: dict[tuple[str, str, str], float] = {}
+    for s, *_ in STUDENTS:
+        y, ps = b.preds[s]
+        for t, *_ in TEACHERS:
+            _, pt = b.preds[t]
+            pos = (pt == y) & (ps != y)
+            for key, (method, hp, p_fix, p_break) in FULL_METHODS.items():
+                fix = pos & (rng.random(n) < p_fix)
+                brk = (ps == y) & (rng.random(n) < p_break)
+                after = np.where(fix, y, ps)
+                after = np.where(brk, (y + 1) % num_classes, after)
+                gain = float(np.mean((ps != y) & (after == y)))
+                loss = float(np.mean((ps == y) & (after != y)))
+                delta = gain - loss
+                single_delta[(s, t, key)] = delta
+                acc_b = float(np.mean(ps == y))
+                rho_pos_after = float(np.mean((pt == y) & (after != y)))
+                rho_neg_after = float(np.mean((pt != y) & (after == y)))
+                job = b.transfer(
+                    s,
+                    t,
+                    method,
+                    delta,
+                    hparams=hp,
+                    acc_before=acc_b,
+                    gain=gain,
+                    loss=loss,
+                    rho_pos_before=float(pos.mean()),
+                    rho_pos_after=rho_pos_after,
+                    rho_neg_before=float(np.mean((pt != y) & (ps == y))),
+                    rho_neg_after=rho_neg_after,
+                    teacher_share=0.3 + 0.1 * rng.random(),
+                )
+                b.transfer_predictions(job, y, ps, after)
+                b.epochs(
+                    job,
+                    [
+                        {"epoch": e, "delta": delta * e / 3, "gain": gain * e / 3, "loss": loss * e / 3}
+                        for e in range(4)
+                    ],
+                )
+
+    chain = ["t_weak", "t_equal", "t_strong"]
+    for s in ("vit_s", "resnet_s"):
+        best = max(single_delta[(s, t, "kl_dp")] for t in chain)
+        for mode, delta in (("sequential", best + 0.02), ("parallel", best - 0.005), ("soup", best - 0.02)):
+            job = b.transfer(s, chain, "kl_dp", delta, mode=mode, gain=delta + 0.03, loss=0.03)
+            if mode == "sequential":
+                rows = []
+                for stage, t in enumerate(chain):
+                    for e in range(3):
+                        frac = (stage + e / 2) / len(chain)
+                        rows.append(
+                            {
+                                "stage": stage,
+                                "stage_teacher": t,
+                                "epoch": e,
+                                "delta": delta * frac,
+                                "gain": (delta + 0.03) * frac,
+                                "loss": 0.03 * frac,
+                            }
+                        )
+                rows.append({"stage": 2, "stage_teacher": "t_strong", "epoch": 3, "delta": delta, "gain": delta + 0.03, "loss": 0.03})
+                b.epochs(job, rows)
+
+    for lr, d in ((1e-4, 0.004), (1e-3, 0.002), (1e-2, -0.01)):
+        for s in ("vit_s", "resnet_s"):
+            b.hparam(s, "t_strong", "kl_dp", d, hparams={"lr": lr}, lr=lr)
+    b.failure("job_failed_1")
+    return b
+
+
+def build_partial_root(root: str | Path, n: int = 40, num_classes: int = 5, seed: int = 1) -> RootBuilder:
+    """A root where only the zoo, predictions and pair scores exist (no transfer has run yet)."""
+    rng = np.random.default_rng(seed)
+    b = RootBuilder(root, num_classes=num_classes)
+    labels = np.arange(n) % num_classes
+    for name, fam, params, acc in STUDENTS[:2] + TEACHERS[:3]:
+        b.model(name, fam, params)
+        b.predictions(name, labels, _model_preds(rng, labels, acc, num_classes))
+    for s, *_ in STUDENTS[:2]:
+        for t, *_ in TEACHERS[:3]:
+            b.score_pair(t, s)
+    b.write_scores()
+    return b
