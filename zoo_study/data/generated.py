@@ -1,0 +1,244 @@
+"""The embedded default dataset: procedurally drawn shapes, nothing to download.
+
+Why this design: the study needs models that *disagree* in structured ways. Every class is a
+(shape, colour, pattern) triple named like "striped red triangle"; the shape is the super-class, so the
+classes of one super-class look alike and differ in colour and pattern, and errors cluster inside a
+super-class the way ImageNet errors cluster among dog breeds. Neighbouring hues overlap under colour
+jitter, shapes are rotated, scaled and moved, and backgrounds carry gradients, a distractor shape and
+noise, so small models trained for a few CPU-minutes land well below 100%.
+
+Rendering is vectorised numpy over chunks of images; every random draw comes from generators seeded
+by (seed, split, chunk), so the same spec gives the same bytes on every run and machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from zoo_study.data.base import DataSource, ImageSplit
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon", "crescent", "ellipse")
+# (name, hue in [0,1), saturation, value): neighbours in hue are deliberately close
+COLOURS = (
+    ("red", 0.00, 0.85, 0.90),
+    ("orange", 0.07, 0.85, 0.95),
+    ("yellow", 0.15, 0.80, 0.95),
+    ("green", 0.32, 0.75, 0.75),
+    ("teal", 0.46, 0.75, 0.75),
+    ("blue", 0.60, 0.80, 0.90),
+    ("purple", 0.75, 0.65, 0.80),
+    ("pink", 0.90, 0.55, 0.95),
+    ("brown", 0.07, 0.70, 0.50),
+    ("gray", 0.00, 0.00, 0.65),
+)
+PATTERNS = ("solid", "striped", "dotted", "checkered", "hollow", "shaded")
+_CHUNK = 1024
+_SPLIT_CODE = {"train": 1, "eval": 2}
+
+
+@dataclass(frozen=True)
+class GeneratedSpec:
+    """Size and seed of the generated dataset. ``difficulty`` scales noise, jitter and clutter."""
+
+    seed: int = 0
+    num_superclasses: int = 10
+    classes_per_superclass: int = 10
+    image_size: int = 32
+    n_train: int = 16000
+    n_eval: int = 4000
+    difficulty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.num_superclasses <= len(SHAPES)):
+            raise ValueError(f"num_superclasses must be in 1..{len(SHAPES)}, got {self.num_superclasses}")
+        if not (1 <= self.classes_per_superclass <= len(COLOURS)):
+            raise ValueError(f"classes_per_superclass must be in 1..{len(COLOURS)}, got {self.classes_per_superclass}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.n_train < 1 or self.n_eval < 1:
+            raise ValueError(f"n_train and n_eval must be >= 1, got {self.n_train}, {self.n_eval}")
+        if self.difficulty < 0:
+            raise ValueError(f"difficulty must be >= 0, got {self.difficulty}")
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_superclasses * self.classes_per_superclass
+
+
+def class_table(spec: GeneratedSpec) -> list[tuple[str, int, int, int]]:
+    """Per class: (name, shape index, colour index, pattern index). Classes are grouped by shape."""
+    out = []
+    for s in range(spec.num_superclasses):
+        for j in range(spec.classes_per_superclass):
+            p = (j + s) % len(PATTERNS)
+            name = f"{PATTERNS[p]} {COLOURS[j][0]} {SHAPES[s]}"
+            out.append((name, s, j, p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def _shape_mask(shape: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-mask of each image's shape at local coordinates u, v ([n, H, W]); ``shape`` is [n]."""
+    r = np.sqrt(u * u + v * v)
+    th = np.arctan2(v, u)
+    au, av = np.abs(u), np.abs(v)
+    masks = [
+        r <= 0.95,  # circle
+        np.maximum(au, av) <= 0.8,  # square
+        (v >= -0.65) & (v <= 0.95 - 1.85 * au),  # triangle
+        au + av <= 1.0,  # diamond
+        ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95)),  # cross
+        (r <= 0.95) & (r >= 0.55),  # ring
+        r <= 0.42 + 0.55 * ((np.cos(5 * th) + 1) / 2) ** 2,  # star
+        np.maximum(av, au * 0.866 + av * 0.5) <= 0.85,  # hexagon
+        (r <= 0.95) & ((u - 0.45) ** 2 + v * v >= 0.7**2),  # crescent
+        (u / 1.0) ** 2 + (v / 0.5) ** 2 <= 0.9,  # ellipse
+    ]
+    out = np.zeros(u.shape, dtype=bool)
+    for k, m in enumerate(masks):
+        sel = shape == k
+        if sel.any():
+            out[sel] = m[sel]
+    return out
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB; inputs [n], output [n, 3] in [0, 1]."""
+    h = np.mod(h, 1.0) * 6.0
+    i = np.floor(h).astype(int) % 6
+    f = h - np.floor(h)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = np.stack(
+        [np.stack(c, axis=-1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], axis=0
+    )
+    return table[i, np.arange(len(i))]
+
+
+def _pattern_tone(pattern: np.ndarray, u: np.ndarray, v: np.ndarray, freq: np.ndarray, phase: np.ndarray,
+                  inside: np.ndarray, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: (tone in [0,1] where 1 = the class colour, 0 = its dark shade; visible mask)."""
+    f = freq[:, None, None]
+    ph = phase[:, None, None]
+    tone = np.ones(u.shape, dtype=np.float32)
+    visible = inside.copy()
+    stripes = (np.sin(f * u + ph) > 0).astype(np.float32)
+    dots = ((np.mod(f * u / np.pi + ph, 2.0) - 1) ** 2 + (np.mod(f * v / np.pi + ph, 2.0) - 1) ** 2 < 0.45).astype(np.float32)
+    checks = ((np.floor(f * u / np.pi + ph) + np.floor(f * v / np.pi + ph)) % 2 == 0).astype(np.float32)
+    shaded = np.clip(0.5 + 0.5 * (u + v) / 1.4, 0, 1).astype(np.float32)
+    for k, t in ((1, stripes), (2, dots), (3, checks), (5, shaded)):
+        sel = pattern == k
+        if sel.any():
+            tone[sel] = t[sel]
+    hollow = pattern == 4
+    if hollow.any():
+        visible[hollow] = inside[hollow] & ~inner[hollow]
+    return tone, visible
+
+
+# ------------------------------------------------------------------------------------------- render
+def _render(spec: GeneratedSpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Render images for ``labels`` (one chunk) as uint8 [n, 3, S, S]."""
+    table = class_table(spec)
+    n, size, d = len(labels), spec.image_size, spec.difficulty
+    shape = np.array([table[c][1] for c in labels])
+    colour = np.array([table[c][2] for c in labels])
+    pattern = np.array([table[c][3] for c in labels])
+
+    # pose: centre, scale, rotation
+    cx, cy = rng.uniform(-0.3, 0.3, n) * (0.5 + 0.5 * d), rng.uniform(-0.3, 0.3, n) * (0.5 + 0.5 * d)
+    scale = rng.uniform(0.45, 0.75, n)
+    rot = rng.uniform(-0.35, 0.35, n) * d
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+
+    def local(cx_, cy_, sc, rt):
+        dx, dy = xx[None] - cx_[:, None, None], yy[None] - cy_[:, None, None]
+        c, s = np.cos(rt)[:, None, None], np.sin(rt)[:, None, None]
+        return (c * dx + s * dy) / sc[:, None, None], (-s * dx + c * dy) / sc[:, None, None]
+
+    u, v = local(cx, cy, scale, rot)
+    inside = _shape_mask(shape, u, v)
+    inner = _shape_mask(shape, u * 1.6, v * 1.6)
+
+    # colours: class hue with jitter (neighbouring hues overlap), saturation/value jitter
+    base = np.array([COLOURS[j][1:] for j in colour], dtype=np.float64)
+    hue = base[:, 0] + rng.normal(0, 0.03 * d, n)
+    sat = np.clip(base[:, 1] + rng.normal(0, 0.1 * d, n), 0, 1)
+    val = np.clip(base[:, 2] + rng.normal(0, 0.1 * d, n), 0.15, 1)
+    fg = _hsv_to_rgb(hue, sat, val).astype(np.float32)
+    dark = fg * rng.uniform(0.25, 0.55, (n, 1)).astype(np.float32)
+
+    freq = rng.uniform(5.0, 9.0, n)
+    phase = rng.uniform(0, 2 * np.pi, n)
+    tone, visible = _pattern_tone(pattern, u, v, freq, phase, inside, inner)
+
+    # background: a gradient between two muted colours, plus a distractor shape
+    bg_a = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.4, n), rng.uniform(0.2, 0.8, n)).astype(np.float32)
+    bg_b = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.4, n), rng.uniform(0.2, 0.8, n)).astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi, n)
+    t = (np.cos(ang)[:, None, None] * xx[None] + np.sin(ang)[:, None, None] * yy[None] + 1) / 2
+    img = bg_a[:, :, None, None] * (1 - t[:, None]) + bg_b[:, :, None, None] * t[:, None]
+
+    has_distractor = rng.uniform(0, 1, n) < 0.6 * min(1.0, d)
+    du, dv = local(rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n), rng.uniform(0.15, 0.3, n), rng.uniform(-3, 3, n))
+    d_inside = _shape_mask(rng.integers(0, len(SHAPES), n), du, dv) & has_distractor[:, None, None]
+    d_col = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.3, 0.9, n), rng.uniform(0.3, 1.0, n)).astype(np.float32)
+    img = np.where(d_inside[:, None], d_col[:, :, None, None], img)
+
+    shape_px = dark[:, :, None, None] + (fg - dark)[:, :, None, None] * tone[:, None]
+    img = np.where(visible[:, None], shape_px, img)
+
+    # global brightness / contrast and pixel noise
+    img = img * rng.uniform(1 - 0.2 * d, 1 + 0.1 * d, (n, 1, 1, 1)).astype(np.float32)
+    img = img + rng.normal(0, 0.05 * d, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """n labels with every class count within one of the others, in random order."""
+    labels = np.arange(n) % num_classes
+    return rng.permutation(labels)
+
+
+def render_split(spec: GeneratedSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [n, 3, S, S], labels int64 [n]) for 'train' or 'eval'; deterministic."""
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; valid: {sorted(_SPLIT_CODE)}")
+    n = spec.n_train if split == "train" else spec.n_eval
+    code = _SPLIT_CODE[split]
+    labels = _balanced_labels(n, spec.num_classes, np.random.default_rng([spec.seed, code, 0]))
+    images = np.empty((n, 3, spec.image_size, spec.image_size), dtype=np.uint8)
+    for ci, start in enumerate(range(0, n, _CHUNK)):
+        stop = min(n, start + _CHUNK)
+        rng = np.random.default_rng([spec.seed, code, ci + 1])
+        images[start:stop] = _render(spec, labels[start:stop], rng)
+    return images, labels.astype(np.int64)
+
+
+def make_generated(spec: GeneratedSpec | None = None) -> DataSource:
+    """Build the generated dataset (train and eval splits) in memory."""
+    spec = spec or GeneratedSpec()
+    table = class_table(spec)
+    names = [row[0] for row in table]
+    splits = {}
+    for split in ("train", "eval"):
+        images, labels = render_split(spec, split)
+        splits[split] = ImageSplit(
+            labels=labels,
+            sample_ids=np.arange(len(labels), dtype=np.int64),
+            class_names=names,
+            raw_size=spec.image_size,
+            images=images,
+            name=f"generated/{split}",
+        )
+    return DataSource(
+        name="generated",
+        train=splits["train"],
+        eval=splits["eval"],
+        class_names=names,
+        superclass_of=[row[1] for row in table],
+        superclass_names=list(SHAPES[: spec.num_superclasses]),
+        meta={"spec": spec.__dict__.copy()},
+    )

@@ -1,0 +1,89 @@
+"""Per-model preprocessing: one raw batch -> the input each model expects (its timm data config)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "area": "area"}
+
+
+@dataclass(frozen=True)
+class ModelPreprocess:
+    """Resize + centre crop + normalise, as timm's eval transform does, but on whole tensor batches.
+
+    timm's eval pipeline resizes the short side to ``size / crop_pct`` and centre-crops ``size``. Raw
+    batches are square [B, 3, R, R], so the same steps are one ``interpolate`` and one slice, which run
+    on the GPU and let a teacher and a student take the very same (augmented) batch.
+    """
+
+    input_size: tuple[int, int, int]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _MODES:
+            raise ValueError(f"interpolation {self.interpolation!r} is not supported; valid: {sorted(_MODES)}")
+        if not (0.0 < self.crop_pct <= 1.0):
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if len(self.input_size) != 3 or self.input_size[0] != 3:
+            raise ValueError(f"input_size must be (3, H, W), got {self.input_size}")
+
+    @classmethod
+    def from_data_config(cls, cfg: Mapping[str, Any]) -> "ModelPreprocess":
+        """Build from a timm data config (``timm.data.resolve_data_config`` output or a catalog row)."""
+        interp = str(cfg.get("interpolation", "bilinear"))
+        if interp not in _MODES:  # timm also knows 'random' etc. for training; fall back sensibly
+            interp = "bicubic" if "cubic" in interp else "bilinear"
+        return cls(
+            input_size=tuple(int(v) for v in cfg["input_size"]),
+            crop_pct=float(cfg.get("crop_pct", 1.0) or 1.0),
+            interpolation=interp,
+            mean=tuple(float(v) for v in cfg.get("mean", cls.mean)),
+            std=tuple(float(v) for v in cfg.get("std", cls.std)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,R,R] (or float in [0,1]) -> normalised float32 [B,3,H,W] on the same device."""
+        x = raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
+        _, h, w = self.input_size
+        scale = int(math.floor(min(h, w) / self.crop_pct))
+        if x.shape[-2:] != (scale, scale):
+            mode = _MODES[self.interpolation]
+            kwargs: dict[str, Any] = {"mode": mode}
+            if mode in ("bilinear", "bicubic"):
+                kwargs.update(align_corners=False, antialias=scale < x.shape[-1])
+            x = F.interpolate(x, size=(scale, scale), **kwargs)
+            if mode == "bicubic":
+                x = x.clamp_(0.0, 1.0)
+        top = (x.shape[-2] - h) // 2
+        left = (x.shape[-1] - w) // 2
+        x = x[..., top : top + h, left : left + w]
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+
+def preprocess_from_row(row: Mapping[str, Any]) -> ModelPreprocess:
+    """From a zoo catalog row (MODEL_SCHEMA columns)."""
+    return ModelPreprocess.from_data_config(row)
+
+
+def same_batch_for_models(raw: torch.Tensor, preprocessors: Sequence[ModelPreprocess]) -> list[torch.Tensor]:
+    """Turn one raw batch into each model's input: teacher and student see the same image."""
+    return [p(raw) for p in preprocessors]

@@ -1,0 +1,283 @@
+"""Load any zoo model safely: timm pretrained names, local checkpoints, embedded or random models.
+
+Every path ends in ``timm.create_model``; local files go through timm's own pretrained path
+(``pretrained_cfg_overlay=dict(file=...)``), which reads safetensors, or ``torch.load(weights_only=True)``
+for other files. Nothing here downloads: pretrained weights must already be in the local Hugging Face
+cache (see :func:`prefetch`), otherwise the error names the model and how to fetch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+import zoo_study  # noqa: F401  (torchvision compat before timm)
+import timm
+from timm.data import resolve_data_config
+
+from zoo_study.zoo import archs as _archs  # noqa: F401  (registers the embedded MLP variants)
+from zoo_study.zoo.catalog import CatalogRecord, family_of
+
+SOURCES = ("timm", "local", "embedded", "random")
+RECIPE_METADATA_KEY = "zoo_study_recipe"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which model and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How to get one model.
+
+    - ``source='timm'``: ``arch`` is a timm pretrained name (``resnet50.a1_in1k``); weights from the local
+      Hugging Face cache, or from ``checkpoint`` when given.
+    - ``source='local'`` / ``'embedded'``: ``checkpoint`` is a local file (safetensors preferred); ``arch``
+      may be omitted when the file carries zoo-study metadata.
+    - ``source='random'``: a randomly initialised ``arch`` (the noise-floor teacher), seeded by ``seed``.
+    """
+
+    model_id: str
+    source: str = "timm"
+    arch: str | None = None
+    checkpoint: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    data_config: dict[str, Any] | None = None  # overrides timm's data config
+    family: str | None = None
+    reported_top1: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"model {self.model_id!r}: unknown source {self.source!r}; valid: {', '.join(SOURCES)}")
+        if self.source in ("local", "embedded") and not self.checkpoint:
+            raise ValueError(f"model {self.model_id!r}: source {self.source!r} needs checkpoint=<file>")
+        if self.source in ("timm", "random") and not self.arch:
+            raise ValueError(f"model {self.model_id!r}: source {self.source!r} needs arch=<timm name>")
+
+    def __hash__(self) -> int:  # model_kwargs is a dict
+        return hash((self.model_id, self.source, self.arch, self.checkpoint))
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """zoo-study metadata stored in a safetensors header (empty dict for other files)."""
+    if not str(path).endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return json.loads(meta[RECIPE_METADATA_KEY]) if RECIPE_METADATA_KEY in meta else {}
+
+
+def _checkpoint_state(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    return obj
+
+
+def _checkpoint_classes(path: str, classifier: str | tuple[str, ...] | None) -> int | None:
+    """Number of output classes stored in a checkpoint's classifier weight, when it can be found."""
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            keys = set(fh.keys())
+            for name in names:
+                if f"{name}.weight" in keys:
+                    return int(fh.get_slice(f"{name}.weight").get_shape()[0])
+        return None
+    state = _checkpoint_state(path)
+    for name in names:
+        w = state.get(f"{name}.weight")
+        if w is not None:
+            return int(w.shape[0])
+    return None
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Forbid hub downloads while loading: weights must be in the local cache."""
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hc  # the constant is read at import time
+
+        old_const = hc.HF_HUB_OFFLINE
+        hc.HF_HUB_OFFLINE = True
+    except Exception:  # pragma: no cover - hub not installed
+        hc, old_const = None, None
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hc is not None:
+            hc.HF_HUB_OFFLINE = old_const
+
+
+def check_timm_name(name: str, *, pretrained: bool) -> None:
+    """Raise a one-line error for an unknown timm architecture or pretrained tag, with suggestions."""
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        raise ModelLoadError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if pretrained and "." in name and name not in set(timm.list_pretrained(base + "*")):
+        tags = timm.list_pretrained(base + ".*")[:5]
+        raise ModelLoadError(f"timm has no pretrained weights named {name!r}; known tags: {', '.join(tags) or 'none'}")
+
+
+def _data_config(model: nn.Module, override: dict[str, Any] | None) -> dict[str, Any]:
+    cfg = dict(resolve_data_config({}, model=model))
+    if override:
+        cfg.update(override)
+    cfg["input_size"] = [int(v) for v in cfg["input_size"]]
+    cfg["mean"] = [float(v) for v in cfg["mean"]]
+    cfg["std"] = [float(v) for v in cfg["std"]]
+    cfg["crop_pct"] = float(cfg.get("crop_pct") or 1.0)
+    cfg["interpolation"] = str(cfg.get("interpolation") or "bilinear")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ load
+def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CatalogRecord]:
+    """Build the model for ``ref`` in eval mode with its weights, and its catalog record."""
+    arch = ref.arch
+    kwargs = dict(ref.model_kwargs)
+    data_override = dict(ref.data_config or {})
+    recipe_json = None
+    checkpoint = ref.checkpoint
+    if checkpoint is not None:
+        checkpoint = str(Path(os.path.expanduser(checkpoint)))
+        if not os.path.isfile(checkpoint):
+            raise ModelLoadError(f"model {ref.model_id!r}: checkpoint file {checkpoint!r} does not exist")
+        meta = read_checkpoint_metadata(checkpoint)
+        if meta:
+            arch = arch or meta.get("arch")
+            kwargs = {**meta.get("model_kwargs", {}), **kwargs}
+            data_override = {**meta.get("data_config", {}), **data_override}
+            recipe_json = json.dumps(meta, sort_keys=True)
+        if not arch:
+            raise ModelLoadError(
+                f"model {ref.model_id!r}: checkpoint {checkpoint!r} carries no zoo-study metadata; give arch=<timm name>"
+            )
+    check_timm_name(arch, pretrained=ref.source == "timm" and checkpoint is None)
+
+    create_kwargs: dict[str, Any] = dict(kwargs)
+    if ref.num_classes is not None:
+        create_kwargs["num_classes"] = ref.num_classes
+    try:
+        if ref.source == "random":
+            torch.manual_seed(ref.seed)
+            model = timm.create_model(arch, pretrained=False, **create_kwargs)
+        elif checkpoint is not None:
+            probe_cfg = timm.models.get_pretrained_cfg(arch)
+            classifier = probe_cfg.classifier if probe_cfg is not None else None
+            if classifier is None:
+                with torch.device("meta"):
+                    classifier = timm.create_model(arch, pretrained=False, **create_kwargs).pretrained_cfg.get(
+                        "classifier", "head"
+                    )
+            ckpt_classes = _checkpoint_classes(checkpoint, classifier)
+            if ref.num_classes is not None and ckpt_classes is not None and ckpt_classes != ref.num_classes:
+                raise ModelLoadError(
+                    f"model {ref.model_id!r}: checkpoint {checkpoint!r} has {ckpt_classes} classes but the "
+                    f"dataset has {ref.num_classes}; use a checkpoint trained on this label space"
+                )
+            if ckpt_classes is not None:
+                create_kwargs.setdefault("num_classes", ckpt_classes)
+            overlay = {"file": checkpoint, **({"num_classes": ckpt_classes} if ckpt_classes else {})}
+            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs)
+        else:
+            with _offline():
+                model = timm.create_model(arch, pretrained=True, **create_kwargs)
+    except ModelLoadError:
+        raise
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
+            raise ModelLoadError(
+                f"model {ref.model_id!r}: checkpoint {checkpoint!r} does not fit architecture {arch!r} ({msg})"
+            ) from exc
+        raise ModelLoadError(f"model {ref.model_id!r}: could not build {arch!r}: {msg}") from exc
+    except Exception as exc:  # hub / cache errors when offline
+        name = type(exc).__name__
+        if ref.source == "timm" and checkpoint is None and any(
+            s in name + str(exc) for s in ("Offline", "LocalEntryNotFound", "offline", "not found", "Connection")
+        ):
+            raise ModelLoadError(
+                f"weights for timm model {arch!r} are not available offline; on a machine with network run "
+                f"`zoo-study prefetch {arch}` (fills the Hugging Face cache, HF_HOME) or give a local file with "
+                f"checkpoint=<path.safetensors>"
+            ) from exc
+        raise ModelLoadError(f"model {ref.model_id!r}: could not load {arch!r}: {name}: {exc}") from exc
+
+    model.eval().to(device)
+    cfg = _data_config(model, data_override)
+    num_classes = int(getattr(model, "num_classes", 0) or create_kwargs.get("num_classes", 0))
+    if ref.num_classes is not None and num_classes != ref.num_classes:
+        raise ModelLoadError(
+            f"model {ref.model_id!r} predicts {num_classes} classes but the dataset has {ref.num_classes}"
+        )
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    record = CatalogRecord(
+        model_id=ref.model_id,
+        source=ref.source,
+        arch=arch,
+        family=ref.family or family_of(arch),
+        params_m=round(params_m, 4),
+        num_classes=num_classes,
+        input_size=cfg["input_size"],
+        crop_pct=cfg["crop_pct"],
+        interpolation=cfg["interpolation"],
+        mean=cfg["mean"],
+        std=cfg["std"],
+        reported_top1=ref.reported_top1,
+        checkpoint=checkpoint,
+        weights_id=file_digest(checkpoint) if checkpoint else (f"random-seed{ref.seed}" if ref.source == "random" else arch),
+        recipe_json=recipe_json,
+    )
+    return model, record
+
+
+def prefetch(names: list[str]) -> list[str]:
+    """Download timm pretrained weights into the local Hugging Face cache (needs network).
+
+    Run this once on a machine with internet access; later runs load the cached weights offline.
+    """
+    done = []
+    for name in names:
+        check_timm_name(name, pretrained=True)
+        timm.create_model(name, pretrained=True)
+        done.append(name)
+    return done
