@@ -51,6 +51,12 @@ class GeneratedSpec:
     difficulty: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("seed", "num_superclasses", "classes_per_superclass", "image_size", "n_train", "n_eval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.seed < 0:  # numpy's SeedSequence only takes non-negative entropy
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not (1 <= self.num_superclasses <= len(SHAPES)):
             raise ValueError(f"num_superclasses must be in 1..{len(SHAPES)}, got {self.num_superclasses}")
         if not (1 <= self.classes_per_superclass <= len(COLOURS)):
@@ -59,8 +65,8 @@ class GeneratedSpec:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.n_train < 1 or self.n_eval < 1:
             raise ValueError(f"n_train and n_eval must be >= 1, got {self.n_train}, {self.n_eval}")
-        if self.difficulty < 0:
-            raise ValueError(f"difficulty must be >= 0, got {self.difficulty}")
+        if not (self.difficulty >= 0 and np.isfinite(self.difficulty)):  # also rejects NaN
+            raise ValueError(f"difficulty must be a finite number >= 0, got {self.difficulty}")
 
     @property
     def num_classes(self) -> int:
@@ -79,28 +85,45 @@ def class_table(spec: GeneratedSpec) -> list[tuple[str, int, int, int]]:
 
 
 # ------------------------------------------------------------------------------------------ geometry
-def _shape_mask(shape: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-mask of each image's shape at local coordinates u, v ([n, H, W]); ``shape`` is [n]."""
-    r = np.sqrt(u * u + v * v)
-    th = np.arctan2(v, u)
+def _one_shape(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-mask of shape ``k`` (an index into SHAPES) at local coordinates u, v (any shape)."""
     au, av = np.abs(u), np.abs(v)
-    masks = [
-        r <= 0.95,  # circle
-        np.maximum(au, av) <= 0.8,  # square
-        (v >= -0.65) & (v <= 0.95 - 1.85 * au),  # triangle
-        au + av <= 1.0,  # diamond
-        ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95)),  # cross
-        (r <= 0.95) & (r >= 0.55),  # ring
-        r <= 0.42 + 0.55 * ((np.cos(5 * th) + 1) / 2) ** 2,  # star
-        np.maximum(av, au * 0.866 + av * 0.5) <= 0.85,  # hexagon
-        (r <= 0.95) & ((u - 0.45) ** 2 + v * v >= 0.7**2),  # crescent
-        (u / 1.0) ** 2 + (v / 0.5) ** 2 <= 0.9,  # ellipse
-    ]
+    if k in (0, 5, 6, 8):
+        r = np.sqrt(u * u + v * v)
+    if k == 0:  # circle
+        return r <= 0.95
+    if k == 1:  # square
+        return np.maximum(au, av) <= 0.8
+    if k == 2:  # triangle
+        return (v >= -0.65) & (v <= 0.95 - 1.85 * au)
+    if k == 3:  # diamond
+        return au + av <= 1.0
+    if k == 4:  # cross
+        return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+    if k == 5:  # ring
+        return (r <= 0.95) & (r >= 0.55)
+    if k == 6:  # star
+        th = np.arctan2(v, u)
+        return r <= 0.42 + 0.55 * ((np.cos(5 * th) + 1) / 2) ** 2
+    if k == 7:  # hexagon
+        return np.maximum(av, au * 0.866 + av * 0.5) <= 0.85
+    if k == 8:  # crescent
+        return (r <= 0.95) & ((u - 0.45) ** 2 + v * v >= 0.7**2)
+    if k == 9:  # ellipse
+        return (u / 1.0) ** 2 + (v / 0.5) ** 2 <= 0.9
+    raise ValueError(f"unknown shape index {k}; valid: 0..{len(SHAPES) - 1}")
+
+
+def _shape_mask(shape: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-mask of each image's shape at local coordinates u, v ([n, H, W]); ``shape`` is [n].
+
+    Each image evaluates only its own shape's formula (grouped by shape, so still vectorised): drawing
+    all ten masks for every image and selecting one afterwards cost most of the render time.
+    """
     out = np.zeros(u.shape, dtype=bool)
-    for k, m in enumerate(masks):
-        sel = shape == k
-        if sel.any():
-            out[sel] = m[sel]
+    for k in np.unique(shape):
+        sel = np.flatnonzero(shape == k)
+        out[sel] = _one_shape(int(k), u[sel], v[sel])
     return out
 
 
@@ -118,22 +141,27 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def _pattern_tone(pattern: np.ndarray, u: np.ndarray, v: np.ndarray, freq: np.ndarray, phase: np.ndarray,
                   inside: np.ndarray, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: (tone in [0,1] where 1 = the class colour, 0 = its dark shade; visible mask)."""
-    f = freq[:, None, None]
-    ph = phase[:, None, None]
+    """Per pixel: (tone in [0,1] where 1 = the class colour, 0 = its dark shade; visible mask).
+
+    Like the shape masks, each pattern is computed only for the images that carry it.
+    """
     tone = np.ones(u.shape, dtype=np.float32)
     visible = inside.copy()
-    stripes = (np.sin(f * u + ph) > 0).astype(np.float32)
-    dots = ((np.mod(f * u / np.pi + ph, 2.0) - 1) ** 2 + (np.mod(f * v / np.pi + ph, 2.0) - 1) ** 2 < 0.45).astype(np.float32)
-    checks = ((np.floor(f * u / np.pi + ph) + np.floor(f * v / np.pi + ph)) % 2 == 0).astype(np.float32)
-    shaded = np.clip(0.5 + 0.5 * (u + v) / 1.4, 0, 1).astype(np.float32)
-    for k, t in ((1, stripes), (2, dots), (3, checks), (5, shaded)):
-        sel = pattern == k
-        if sel.any():
-            tone[sel] = t[sel]
-    hollow = pattern == 4
-    if hollow.any():
-        visible[hollow] = inside[hollow] & ~inner[hollow]
+    for k in np.unique(pattern):
+        sel = np.flatnonzero(pattern == k)
+        us, vs = u[sel], v[sel]
+        f = freq[sel][:, None, None]
+        ph = phase[sel][:, None, None]
+        if k == 1:  # striped
+            tone[sel] = np.sin(f * us + ph) > 0
+        elif k == 2:  # dotted
+            tone[sel] = (np.mod(f * us / np.pi + ph, 2.0) - 1) ** 2 + (np.mod(f * vs / np.pi + ph, 2.0) - 1) ** 2 < 0.45
+        elif k == 3:  # checkered
+            tone[sel] = (np.floor(f * us / np.pi + ph) + np.floor(f * vs / np.pi + ph)) % 2 == 0
+        elif k == 4:  # hollow: only the rim of the shape is drawn
+            visible[sel] = inside[sel] & ~inner[sel]
+        elif k == 5:  # shaded
+            tone[sel] = np.clip(0.5 + 0.5 * (us + vs) / 1.4, 0, 1)
     return tone, visible
 
 
@@ -153,14 +181,22 @@ def _render(spec: GeneratedSpec, labels: np.ndarray, rng: np.random.Generator) -
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
 
+    def col(a: np.ndarray) -> np.ndarray:  # per-image float32 values, broadcast over pixels
+        return np.asarray(a, dtype=np.float32)[:, None, None]
+
     def local(cx_, cy_, sc, rt):
-        dx, dy = xx[None] - cx_[:, None, None], yy[None] - cy_[:, None, None]
-        c, s = np.cos(rt)[:, None, None], np.sin(rt)[:, None, None]
-        return (c * dx + s * dy) / sc[:, None, None], (-s * dx + c * dy) / sc[:, None, None]
+        # float32 throughout: the pixel arrays dominate the render time and need no more precision
+        dx, dy = xx[None] - col(cx_), yy[None] - col(cy_)
+        c, s, inv = col(np.cos(rt)), col(np.sin(rt)), col(1.0 / sc)
+        return (c * dx + s * dy) * inv, (c * dy - s * dx) * inv
 
     u, v = local(cx, cy, scale, rot)
     inside = _shape_mask(shape, u, v)
-    inner = _shape_mask(shape, u * 1.6, v * 1.6)
+    # the inner outline is only drawn by hollow classes
+    hollow = pattern == PATTERNS.index("hollow")
+    inner = np.zeros_like(inside)
+    if hollow.any():
+        inner[hollow] = _shape_mask(shape[hollow], u[hollow] * 1.6, v[hollow] * 1.6)
 
     # colours: class hue with jitter (neighbouring hues overlap), saturation/value jitter
     base = np.array([COLOURS[j][1:] for j in colour], dtype=np.float64)
@@ -178,7 +214,7 @@ def _render(spec: GeneratedSpec, labels: np.ndarray, rng: np.random.Generator) -
     bg_a = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.4, n), rng.uniform(0.2, 0.8, n)).astype(np.float32)
     bg_b = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.4, n), rng.uniform(0.2, 0.8, n)).astype(np.float32)
     ang = rng.uniform(0, 2 * np.pi, n)
-    t = (np.cos(ang)[:, None, None] * xx[None] + np.sin(ang)[:, None, None] * yy[None] + 1) / 2
+    t = (col(np.cos(ang)) * xx[None] + col(np.sin(ang)) * yy[None] + 1) * np.float32(0.5)
     img = bg_a[:, :, None, None] * (1 - t[:, None]) + bg_b[:, :, None, None] * t[:, None]
 
     has_distractor = rng.uniform(0, 1, n) < 0.6 * min(1.0, d)
@@ -191,9 +227,14 @@ def _render(spec: GeneratedSpec, labels: np.ndarray, rng: np.random.Generator) -
     img = np.where(visible[:, None], shape_px, img)
 
     # global brightness / contrast and pixel noise
-    img = img * rng.uniform(1 - 0.2 * d, 1 + 0.1 * d, (n, 1, 1, 1)).astype(np.float32)
-    img = img + rng.normal(0, 0.05 * d, img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img *= rng.uniform(1 - 0.2 * d, 1 + 0.1 * d, (n, 1, 1, 1)).astype(np.float32)
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= np.float32(0.05 * d)
+    img += noise
+    np.clip(img, 0, 1, out=img)
+    img *= 255
+    img += 0.5
+    return img.astype(np.uint8)
 
 
 def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:

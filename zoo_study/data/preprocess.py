@@ -49,6 +49,12 @@ class ModelPreprocess:
             std=tuple(float(v) for v in cfg.get("std", cls.std)),
         )
 
+    @property
+    def resize_size(self) -> tuple[int, int]:
+        """timm's eval ``scale_size``: each side of ``input_size`` divided by ``crop_pct``, floored."""
+        _, h, w = self.input_size
+        return int(math.floor(h / self.crop_pct)), int(math.floor(w / self.crop_pct))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),
@@ -60,9 +66,16 @@ class ModelPreprocess:
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         """uint8 [B,3,R,R] (or float in [0,1]) -> normalised float32 [B,3,H,W] on the same device."""
+        if raw.ndim != 4 or raw.shape[1] != 3:
+            raise ValueError(f"expected a raw batch [B, 3, H, W], got shape {tuple(raw.shape)}")
         x = raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
         _, h, w = self.input_size
-        scale = int(math.floor(min(h, w) / self.crop_pct))
+        scale_h, scale_w = self.resize_size
+        if x.shape[-2] != x.shape[-1]:
+            raise ValueError(f"raw batches are square [B, 3, R, R], got {tuple(raw.shape)}")
+        # timm resizes the short side to scale_size (square target) or, for a non-square target, keeps
+        # the aspect ratio so that both sides cover it: a square raw image becomes max(scale_h, scale_w)
+        scale = max(scale_h, scale_w)
         if x.shape[-2:] != (scale, scale):
             mode = _MODES[self.interpolation]
             kwargs: dict[str, Any] = {"mode": mode}
@@ -71,8 +84,9 @@ class ModelPreprocess:
             x = F.interpolate(x, size=(scale, scale), **kwargs)
             if mode == "bicubic":
                 x = x.clamp_(0.0, 1.0)
-        top = (x.shape[-2] - h) // 2
-        left = (x.shape[-1] - w) // 2
+        # torchvision's CenterCrop: offset int(round(diff / 2)) (Python's round, half to even)
+        top = int(round((x.shape[-2] - h) / 2.0))
+        left = int(round((x.shape[-1] - w) / 2.0))
         x = x[..., top : top + h, left : left + w]
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

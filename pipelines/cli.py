@@ -1,0 +1,265 @@
+"""``zoo-study``: run a study, inspect it, query and report its results.
+
+    zoo-study run [CONFIG] [--set key=value ...] [--stage zoo,predict,...] [--dry-run] [--address auto]
+    zoo-study status [CONFIG] [--set key=value ...]
+    zoo-study sql RESULTS "SELECT ..." [--param name=value ...] [--out file.csv|file.parquet]
+    zoo-study report RESULTS
+    zoo-study zoo [--paper STUDY]        list the embedded recipes or a paper model list
+    zoo-study prefetch NAME [NAME ...]   download timm weights into the local cache (needs network)
+
+Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments or config; nothing was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+LOG = logging.getLogger("zoo_study")
+EXIT_MISUSE = 2
+
+
+def _die(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"zoo-study: error: {msg}", file=sys.stderr)
+    raise SystemExit(EXIT_MISUSE)
+
+
+def _load(args):
+    from zoo_study.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.set or [])
+    except ConfigError as err:
+        _die(str(err))
+
+
+def environment_info() -> dict:
+    """Versions and hardware, saved next to the results so every number can be traced back."""
+    info = {"python": platform.python_version(), "platform": platform.platform(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for pkg in ("zoo-study", "torch", "torchvision", "timm", "ray", "pyarrow", "duckdb", "numpy"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    try:
+        import torch
+
+        info["cuda"] = torch.version.cuda
+        info["cuda_available"] = torch.cuda.is_available()
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # pragma: no cover
+        info["cuda_error"] = repr(exc)
+    return info
+
+
+def _plans(cfg, stages):
+    from pipelines.stages import JOB_STAGES, plan_stage
+
+    return {s: (plan_stage(cfg, s) if s in JOB_STAGES else []) for s in stages}
+
+
+def _print_plan(cfg, stages) -> None:
+    from pipelines.jobs import plan
+
+    root = cfg.results_root()
+    print(f"study {cfg.study.name!r}: results in {root}")
+    print(f"{'stage':<14} {'total':>7} {'done':>7} {'to run':>7}")
+    for stage, jobs in _plans(cfg, stages).items():
+        if stage == "report":
+            print(f"{stage:<14} {'1':>7} {'-':>7} {'1':>7}   (always rebuilt)")
+        elif jobs is None:
+            print(f"{stage:<14} {'?':>7} {'?':>7} {'?':>7}   (planned after the score stage)")
+        else:
+            c = plan(jobs, root).get(stage)
+            total, done, to_run = (c.total, c.done, c.to_run) if c else (0, 0, 0)
+            print(f"{stage:<14} {total:>7} {done:>7} {to_run:>7}")
+
+
+def cmd_run(args) -> int:
+    from pipelines.stages import JOB_STAGES, parse_stages, plan_stage
+    from zoo_study.config import ConfigError
+    from zoo_study.store import ResultsLayout, write_text_atomic
+
+    cfg = _load(args)
+    try:
+        stages = parse_stages(args.stage)
+        if args.dry_run:
+            _print_plan(cfg, stages)
+            return 0
+        for s in stages:  # validate every plan (model ids, pairs) before writing anything
+            if s in JOB_STAGES:
+                plan_stage(cfg, s)
+    except ConfigError as err:
+        _die(str(err))
+
+    from pipelines.runner import run_jobs
+
+    layout = ResultsLayout(cfg.results_root())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.to_toml(), layout.config_file)
+    write_text_atomic(json.dumps(environment_info(), indent=2), layout.environment_file)
+    LOG.info("study %r: results in %s", cfg.study.name, layout.root)
+    address = args.address if args.address is not None else (cfg.ray.address or None)
+    failed = 0
+    t0 = time.perf_counter()
+    for stage in stages:
+        if stage == "report":
+            from analysis.report import build_report
+
+            path = build_report(layout.root)
+            print(f"report: {path}")
+            continue
+        jobs = plan_stage(cfg, stage)
+        if jobs is None:
+            print(f"{stage}: needs scores/pairs.parquet; run the score stage first", file=sys.stderr)
+            failed += 1
+            continue
+        if not jobs:
+            continue
+        LOG.info("stage %s: %d job(s)", stage, len(jobs))
+        report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus,
+                          max_retries=cfg.ray.max_retries, progress=not args.no_progress)
+        print(report.summary())
+        failed += report.failed + report.skipped
+    print(f"done in {time.perf_counter() - t0:.1f} s; results in {layout.root}")
+    return 1 if failed else 0
+
+
+def cmd_status(args) -> int:
+    from pipelines.runner import status
+    from pipelines.stages import STAGES, plan_stage
+    from zoo_study.config import ConfigError
+
+    cfg = _load(args)
+    jobs = []
+    try:
+        for s in STAGES[:-1]:
+            planned = plan_stage(cfg, s)
+            jobs.extend(planned or [])
+    except ConfigError as err:
+        _die(str(err))
+    st = status(cfg.results_root(), jobs)
+    print(f"study {cfg.study.name!r}: results in {cfg.results_root()}")
+    print(st.summary())
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from analysis.sql_cli import QueryError, format_table, list_queries, parse_params, run_sql
+
+    if args.list:
+        for name, desc in list_queries():
+            print(f"{name:<24} {desc}")
+        return 0
+    if not args.results or not args.query:
+        _die("sql needs RESULTS and QUERY (SQL text, a .sql file or a named query; --list shows the names)")
+    if not Path(args.results).is_dir():
+        _die(f"results root {args.results!r} does not exist")
+    try:
+        table = run_sql(args.results, args.query, parse_params(args.param or []), args.out)
+    except (QueryError, ValueError, FileNotFoundError) as err:
+        _die(str(err).splitlines()[0])
+    if args.out:
+        print(f"wrote {table.num_rows} row(s) to {args.out}")
+    else:
+        print(format_table(table, args.max_rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from analysis.report import build_report
+
+    if not Path(args.results).is_dir():
+        _die(f"results root {args.results!r} does not exist")
+    print(build_report(args.results))
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    if args.paper:
+        from zoo_study.zoo.catalog import paper_models
+
+        rows = [r for r in paper_models() if r["study"] == args.paper]
+        if not rows:
+            _die(f"unknown paper study {args.paper!r}; valid: imagenet_10pct, imagenet_full, multi_teacher")
+        for r in rows:
+            print(f"{r['role']:<8} {r['timm_name']:<45} {r['family']:<12} {r['reported_top1']:>6} {r['params_m']:>8}")
+        return 0
+    from zoo_study.zoo.recipes import EMBEDDED_RECIPES
+
+    for r in EMBEDDED_RECIPES:
+        print(f"{r.model_id:<24} {r.arch:<22} {r.input_size:>3}px epochs {r.epochs:<4} ls {r.label_smoothing:<4} "
+              f"mixup {r.mixup_alpha:<4} aug {r.augment:<9} seed {r.seed}")
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    from zoo_study.zoo.loading import ModelLoadError, prefetch
+
+    try:
+        for name in prefetch(args.names):
+            print(f"cached {name}")
+    except ModelLoadError as err:
+        _die(str(err))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo-study", description="Find and transfer complementary knowledge between pretrained classifiers.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp):
+        sp.add_argument("config", nargs="?", default=None, help="study TOML (default: the embedded demo)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. transfer.epochs=2")
+
+    r = sub.add_parser("run", help="run a study (default: the embedded demo)")
+    config_args(r)
+    r.add_argument("--stage", help="comma-separated subset of: zoo,predict,score,transfer,multi_teacher,hparam,report")
+    r.add_argument("--dry-run", action="store_true", help="print jobs per stage (total, done, to run) and exit")
+    r.add_argument("--address", default=None, help="Ray address: 'auto' joins a cluster, 'local' runs without Ray")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="jobs per stage and failures of a study")
+    config_args(s)
+    s.set_defaults(fn=cmd_status)
+
+    q = sub.add_parser("sql", help="run DuckDB SQL over a results root")
+    q.add_argument("results", nargs="?", help="results root, e.g. runs/demo")
+    q.add_argument("query", nargs="?", help="SQL text, a .sql file, or a named query (--list)")
+    q.add_argument("--param", action="append", metavar="NAME=VALUE", help="bound parameter ($name in the SQL)")
+    q.add_argument("--out", help="write the result to .csv or .parquet instead of printing")
+    q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--list", action="store_true", help="list the named queries")
+    q.set_defaults(fn=cmd_sql)
+
+    rp = sub.add_parser("report", help="(re)build RESULTS/report/index.html")
+    rp.add_argument("results")
+    rp.set_defaults(fn=cmd_report)
+
+    z = sub.add_parser("zoo", help="list the embedded zoo's recipes or a paper model list")
+    z.add_argument("--paper", help="imagenet_10pct | imagenet_full | multi_teacher")
+    z.set_defaults(fn=cmd_zoo)
+
+    pf = sub.add_parser("prefetch", help="download timm pretrained weights into the local cache")
+    pf.add_argument("names", nargs="+")
+    pf.set_defaults(fn=cmd_prefetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Study config -> jobs, stage by stage: zoo -> predict -> score -> transfer -> multi_teacher -> hparam -> report.
+
+Planning is cheap (no torch import): it reads the config and, for stages that depend on earlier
+results (transfer pairs drawn from the scored pairs), the Parquet files already written. Executors live
+in :mod:`pipelines.executors` and are registered by module path, so Ray workers import them lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.jobs import Job, register_executor_path, registered_stages
+from zoo_study.config import StudyConfig
+from zoo_study.store import ResultsLayout
+
+STAGES = ("zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "report")
+JOB_STAGES = STAGES[:-1]  # report runs on the driver, always
+
+for _stage in JOB_STAGES:
+    if _stage not in registered_stages():
+        register_executor_path(_stage, f"pipelines.executors:{_stage}_job")
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root))
+
+
+# ------------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of the study: its id and everything needed to build it in a worker."""
+
+    model_id: str
+    kind: str  # embedded | ref | random
+    spec: dict[str, Any]  # recipe dict (embedded), model entry (ref), or arch/kwargs/seed (random)
+
+    @property
+    def has_weights_file(self) -> bool:
+        return self.kind == "embedded"
+
+
+def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
+    d = cfg.data.model_dump(mode="json")
+    if cfg.data.kind == "generated":
+        d.pop("root", None)
+    return d
+
+
+def study_models(cfg: StudyConfig) -> list[ModelPlan]:
+    """Every model of the study (trained, pretrained and noise-floor), in a stable order."""
+    from zoo_study.zoo.recipes import EMBEDDED_RECIPES
+
+    plans: list[ModelPlan] = []
+    if cfg.zoo.embedded == "all":
+        recipes = list(EMBEDDED_RECIPES)
+    elif cfg.zoo.embedded == "none":
+        recipes = []
+    else:
+        recipes = [r for r in EMBEDDED_RECIPES if r.model_id in cfg.zoo.embedded]
+    for r in recipes:
+        spec = json.loads(r.to_json())
+        spec["epochs_scale"] = cfg.zoo.epochs_scale
+        plans.append(ModelPlan(r.model_id, "embedded", spec))
+    if cfg.zoo.paper_study:
+        from zoo_study.zoo.catalog import paper_models
+
+        seen = set()
+        for row in paper_models():
+            if row["study"] != cfg.zoo.paper_study or row["timm_name"] in seen:
+                continue
+            seen.add(row["timm_name"])
+            entry = {"id": row["timm_name"], "source": "timm", "arch": row["timm_name"], "family": row["family"],
+                     "reported_top1": float(row["reported_top1"]) if row["reported_top1"] else None}
+            plans.append(ModelPlan(row["timm_name"], "ref", entry))
+    for m in cfg.zoo.models:
+        plans.append(ModelPlan(m.id, "ref", m.model_dump(mode="json")))
+    by_recipe = {r.model_id: r for r in EMBEDDED_RECIPES}
+    for name in cfg.zoo.random_teachers:
+        if name in by_recipe:
+            r = by_recipe[name]
+            spec = {"arch": r.arch, "model_kwargs": dict(json.loads(r.to_json())["model_kwargs"]),
+                    "data_config": r.data_config, "seed": cfg.study.seed}
+        else:
+            spec = {"arch": name, "model_kwargs": {}, "data_config": None, "seed": cfg.study.seed}
+        plans.append(ModelPlan(f"random__{name}", "random", spec))
+    ids = [p.model_id for p in plans]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        from zoo_study.config import ConfigError
+
+        raise ConfigError(f"model ids must be unique; repeated: {dupes}")
+    return plans
+
+
+def _model_inputs(plan: ModelPlan, layout: ResultsLayout) -> list[str]:
+    root = layout.root
+    out = [_rel(layout.model_row(plan.model_id), root)]
+    if plan.has_weights_file:
+        out.append(_rel(layout.weights(plan.model_id), root))
+    return out
+
+
+def _model_payload(plan: ModelPlan) -> dict[str, Any]:
+    return {"model_id": plan.model_id, "kind": plan.kind, "spec": plan.spec}
+
+
+# ------------------------------------------------------------------------------------------ planners
+def plan_zoo(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
+    jobs = []
+    data = data_spec_dict(cfg)
+    for p in study_models(cfg):
+        outputs = [_rel(layout.model_row(p.model_id), layout.root)]
+        if p.has_weights_file:
+            outputs.append(_rel(layout.weights(p.model_id), layout.root))
+        jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, tuple(outputs),
+                        num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.kind == "embedded" else 0,
+                        name=p.model_id))
+    return jobs
+
+
+def plan_predict(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
+    jobs = []
+    for p in study_models(cfg):
+        spec = {"model": _model_payload(p), "data": data_spec_dict(cfg), "batch_size": cfg.predict.batch_size,
+                "topk": cfg.predict.topk, "device": cfg.study.device}
+        jobs.append(Job("predict", spec, (_rel(layout.predictions(p.model_id), layout.root),),
+                        inputs=tuple(_model_inputs(p, layout)), num_cpus=cfg.ray.cpus_per_job,
+                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id))
+    return jobs
+
+
+def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
+    models = study_models(cfg)
+    if len([m for m in models if m.kind != "random"]) < 2:
+        return []
+    spec = {
+        "models": [m.model_id for m in models if m.kind != "random"],
+        "random_teachers": [m.model_id for m in models if m.kind == "random"],
+        "pairs": cfg.score.model_dump(mode="json"),
+    }
+    inputs = tuple(_rel(layout.predictions(m.model_id), layout.root) for m in models)
+    outputs = (_rel(layout.pairs, layout.root), _rel(layout.pair_classes, layout.root))
+    return [Job("score", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job, name="all pairs")]
+
+
+def sample_pairs_by_delta(pairs_table, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (teacher, student) pairs spread over the range of delta_acc: sort the trained pairs by
+    delta_acc, cut them into ``n`` equal-count strata, draw one pair per stratum (seeded)."""
+    rows = pairs_table.filter(pairs_table.column("teacher_is_random").to_numpy(zero_copy_only=False) == False)  # noqa: E712
+    if rows.num_rows == 0:
+        return []
+    order = np.argsort(rows.column("delta_acc").to_numpy(), kind="stable")
+    teachers = rows.column("teacher").to_pylist()
+    students = rows.column("student").to_pylist()
+    rng = np.random.default_rng(seed)
+    picks = []
+    for stratum in np.array_split(order, min(n, len(order))):
+        i = int(rng.choice(stratum))
+        picks.append((teachers[i], students[i]))
+    return picks
+
+
+def transfer_pairs(cfg: StudyConfig, layout: ResultsLayout) -> list[tuple[str, str]] | None:
+    """The (teacher, student) pairs of the transfer stage; None while they depend on missing scores."""
+    t = cfg.transfer
+    if t.pairs == "explicit":
+        return [tuple(p) for p in t.explicit]
+    if t.pairs == "grid":
+        return [(te, st) for st in t.students for te in t.teachers if te != st]
+    if t.pairs == "paper":
+        from zoo_study.zoo.catalog import paper_models
+
+        study = cfg.zoo.paper_study or "imagenet_10pct"
+        rows = [r for r in paper_models() if r["study"] == study]
+        students = [r["timm_name"] for r in rows if r["role"] == "student"]
+        teachers = [r["timm_name"] for r in rows if r["role"] == "teacher"]
+        return [(te, st) for st in students for te in teachers if te != st]
+    if not layout.pairs.is_file():
+        return None
+    return sample_pairs_by_delta(pq.read_table(layout.pairs), t.n_pairs, cfg.study.seed)
+
+
+def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "single", study_part: str = "transfer",
+                     epochs: int | None = None, hparams: dict[str, Any] | None = None, order: str = "given") -> dict[str, Any]:
+    t = cfg.transfer
+    hp = dict(t.hparams.get(method, {}))
+    hp.update(hparams or {})
+    return {"method": method, "mode": mode, "hparams": hp, "epochs": epochs or t.epochs, "batch_size": t.batch_size,
+            "transfer_fraction": t.transfer_fraction, "seed": seed, "study_part": study_part, "teacher_order": order}
+
+
+def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, ModelPlan], stage: str,
+                  teachers: list[str], student: str, tconfig: dict[str, Any], outputs_for: Callable[[str], list[Path]]) -> Job:
+    from pipelines.jobs import job_id_for
+
+    unknown = [m for m in [*teachers, student] if m not in models]
+    if unknown:
+        from zoo_study.config import ConfigError
+
+        raise ConfigError(f"{stage}: unknown model id(s) {unknown}; valid: {sorted(models)}")
+    spec = {
+        "student": _model_payload(models[student]),
+        "teachers": [_model_payload(models[t]) for t in teachers],
+        "config": tconfig,
+        "data": data_spec_dict(cfg),
+        "device": cfg.study.device,
+    }
+    job_id = job_id_for(stage, spec)
+    inputs = [i for m in [student, *teachers] for i in _model_inputs(models[m], layout)]
+    outputs = tuple(_rel(p, layout.root) for p in outputs_for(job_id))
+    name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
+    return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
+               num_gpus=cfg.ray.gpus_per_job, name=name)
+
+
+def _transfer_outputs(layout: ResultsLayout) -> Callable[[str], list[Path]]:
+    return lambda jid: [layout.transfer_summary(jid), layout.transfer_epochs(jid), layout.transfer_predictions(jid)]
+
+
+def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
+    if not cfg.transfer.enabled:
+        return []
+    pairs = transfer_pairs(cfg, layout)
+    if pairs is None:
+        return None
+    models = {m.model_id: m for m in study_models(cfg)}
+    jobs = []
+    for teacher, student in pairs:
+        for method in cfg.transfer.methods:
+            for seed in cfg.transfer.seeds:
+                jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
+                                          _transfer_config(cfg, method, seed), _transfer_outputs(layout)))
+    return jobs
+
+
+def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
+    mt = cfg.multi_teacher
+    if not mt.enabled:
+        return []
+    models = {m.model_id: m for m in study_models(cfg)}
+    jobs = []
+    for student in mt.students:
+        teachers = [t for t in mt.teachers if t != student]
+        for mode in mt.modes:
+            tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], mode=mode, study_part="multi_teacher",
+                                     epochs=mt.epochs, order=mt.order)
+            jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
+                                      _transfer_outputs(layout)))
+    return jobs
+
+
+def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
+    hs = cfg.hparam_search
+    if not hs.enabled:
+        return []
+    if not layout.pairs.is_file():
+        return None
+    from zoo_study.transfer.hparams import expand_grid
+
+    pairs = sample_pairs_by_delta(pq.read_table(layout.pairs), hs.n_pairs, cfg.study.seed + 1)
+    models = {m.model_id: m for m in study_models(cfg)}
+    jobs = []
+    for method in hs.methods:
+        for point in expand_grid(method, hs.grid):
+            for teacher, student in pairs:
+                tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], study_part="hparam", epochs=hs.epochs,
+                                         hparams=point)
+                jobs.append(_transfer_job(cfg, layout, models, "hparam", [teacher], student, tconf,
+                                          lambda jid: [layout.hparam_row(jid)]))
+    return jobs
+
+
+PLANNERS: dict[str, Callable[[StudyConfig, ResultsLayout], list[Job] | None]] = {
+    "zoo": plan_zoo,
+    "predict": plan_predict,
+    "score": plan_score,
+    "transfer": plan_transfer,
+    "multi_teacher": plan_multi_teacher,
+    "hparam": plan_hparam,
+}
+
+
+def plan_stage(cfg: StudyConfig, stage: str) -> list[Job] | None:
+    """The jobs of one stage, or None when they can only be planned after an earlier stage ran."""
+    if stage not in PLANNERS:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    return PLANNERS[stage](cfg, ResultsLayout(cfg.results_root()))
+
+
+def parse_stages(text: str | None) -> list[str]:
+    """'--stage score,transfer' -> ordered list; None = all stages."""
+    if not text:
+        return list(STAGES)
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in STAGES]
+    if bad:
+        from zoo_study.config import ConfigError
+
+        raise ConfigError(f"unknown stage(s) {bad}; valid: {', '.join(STAGES)}")
+    return [s for s in STAGES if s in wanted]

@@ -1,0 +1,86 @@
+"""Momentum weight interpolation (the "MCL" of XE-KL + MCL), and weight averaging for model soups.
+
+MCL keeps *slow* weights that start as a copy of the pretrained student and, every N optimiser steps,
+move towards the trained (*fast*) weights: ``theta_slow <- tau * theta_slow + (1 - tau) * theta_fast``,
+over parameters and floating-point buffers (BatchNorm running statistics). Integer buffers
+(``num_batches_tracked``) have no meaningful average and are copied from the fast model. The slow model
+is the one evaluated and kept. The reference code initialises the slow weights as an *alias* of the live
+weights (so they are simply the fast weights); :class:`SlowWeights` deep-copies instead, which a test
+checks by identity of the storage.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SlowWeights", "interpolate_", "soup_state_dicts"]
+
+
+@torch.no_grad()
+def interpolate_(slow: nn.Module, fast: nn.Module, tau: float) -> None:
+    """In place: slow <- tau * slow + (1 - tau) * fast for floating tensors; integer buffers copied."""
+    fast_state = fast.state_dict()
+    for name, s in slow.state_dict().items():
+        f = fast_state[name]
+        if s.is_floating_point():
+            s.mul_(tau).add_(f.detach().to(s.dtype), alpha=1.0 - tau)
+        else:
+            s.copy_(f)
+
+
+class SlowWeights:
+    """The slow copy of a model for MCL; call :meth:`step` after every optimiser step."""
+
+    def __init__(self, fast: nn.Module, tau: float, every: int) -> None:
+        if not (0.0 <= tau <= 1.0):
+            raise ValueError(f"MCL tau must be in [0, 1], got {tau}")
+        if int(every) < 1:
+            raise ValueError(f"MCL N (steps between interpolations) must be >= 1, got {every}")
+        self.model = copy.deepcopy(fast)  # a copy, never an alias of the live weights
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tau = float(tau)
+        self.every = int(every)
+        self.steps = 0
+        self.updates = 0
+
+    def step(self, fast: nn.Module) -> bool:
+        """Count one optimiser step; interpolate on every N-th. Returns whether it interpolated."""
+        self.steps += 1
+        if self.steps % self.every:
+            return False
+        interpolate_(self.model, fast, self.tau)
+        self.updates += 1
+        return True
+
+
+@torch.no_grad()
+def soup_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Uniform average of floating tensors of several state dicts of one architecture (a model soup).
+
+    Integer tensors (``num_batches_tracked``) are copied from the first state, not averaged. The
+    average is accumulated in float64 and cast back, so a soup of identical states equals the state.
+    """
+    if not states:
+        raise ValueError("a soup needs at least one state dict")
+    keys = list(states[0].keys())
+    for i, s in enumerate(states[1:], 1):
+        if list(s.keys()) != keys:
+            diff = sorted(set(keys) ^ set(s.keys()))
+            raise ValueError(f"state dict {i} does not match state dict 0 (keys differ: {diff[:5]})")
+    out: dict[str, Tensor] = {}
+    for k in keys:
+        first = states[0][k]
+        if first.is_floating_point():
+            acc = torch.zeros_like(first, dtype=torch.float64)
+            for s in states:
+                acc += s[k].to(torch.float64)
+            out[k] = (acc / len(states)).to(first.dtype)
+        else:
+            out[k] = first.clone()
+    return out
