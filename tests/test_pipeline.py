@@ -1,0 +1,184 @@
+"""End to end: a micro study through the CLI on a local Ray instance of 2 CPUs.
+
+Covers the pipeline issue's acceptance: a run end to end, a rerun that does no work, a deleted result
+that makes exactly its job run again, a truncated Parquet file redone, a failing job recorded while
+the others complete, and bad config that exits 2 having written nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+MICRO = """
+[study]
+name = "micro"
+results_root = "{root}"
+seed = 0
+
+[data.generated]
+num_superclasses = 2
+classes_per_superclass = 3
+image_size = 16
+n_train = 240
+n_eval = 120
+
+[zoo]
+embedded = ["resnet10t_w16", "convnext_atto_p2", "mixer_p8"]
+epochs_scale = 0.2
+random_teachers = ["resnet10t_w16"]
+{extra_models}
+
+[predict]
+batch_size = 64
+
+[transfer]
+enabled = {transfer}
+methods = ["kl", "kl_dp"]
+n_pairs = 1
+epochs = 1
+batch_size = 32
+transfer_fraction = 0.5
+
+[ray]
+num_cpus = 2
+"""
+
+
+def write_config(tmp: Path, *, transfer: bool = False, extra_models: str = "") -> Path:
+    root = tmp / "runs"
+    cfg = tmp / "micro.toml"
+    cfg.write_text(MICRO.format(root=root, transfer=str(transfer).lower(), extra_models=extra_models))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from pipelines.runner import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def run_cli(*args: str) -> int:
+    from pipelines.cli import main
+
+    return main(list(args))
+
+
+def mtimes(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+
+
+def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
+    cfg = write_config(tmp_path, transfer=True)
+    root = tmp_path / "runs"
+    assert run_cli("run", str(cfg), "--no-progress") == 0
+    # every stage wrote its tables
+    assert len(list((root / "zoo" / "models").glob("*.parquet"))) == 4
+    assert len(list((root / "zoo" / "weights").glob("*.safetensors"))) == 3
+    assert len(list((root / "predictions").glob("*.parquet"))) == 4
+    pairs = pq.read_table(root / "scores" / "pairs.parquet")
+    assert pairs.num_rows == 3 * 2 + 3  # all ordered trained pairs + noise-floor rows
+    summaries = list((root / "transfers").glob("*/summary.parquet"))
+    assert len(summaries) == 2  # 1 pair x 2 methods
+    assert (root / "report" / "index.html").is_file()
+    assert (root / "config.toml").is_file() and (root / "environment.json").is_file()
+
+    # a second run does no work and finishes within seconds
+    before = mtimes(root)
+    t0 = time.perf_counter()
+    assert run_cli("run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer") == 0
+    assert time.perf_counter() - t0 < 30
+    assert mtimes(root) == before
+    out = capsys.readouterr().out
+    assert "ran" in out
+
+    # deleting one result makes exactly that job run again
+    victim = root / "predictions" / "model=mixer_p8.parquet"
+    victim.unlink()
+    assert run_cli("run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer") == 0
+    after = mtimes(root)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {"predictions/model=mixer_p8.parquet"}
+
+    # a truncated Parquet file is detected and redone
+    pairs_file = root / "scores" / "pairs.parquet"
+    data = pairs_file.read_bytes()
+    pairs_file.write_bytes(data[: len(data) // 2])
+    assert run_cli("run", str(cfg), "--no-progress", "--stage", "score") == 0
+    assert pq.read_table(pairs_file).num_rows == pairs.num_rows
+
+
+def test_failing_job_is_recorded_and_others_complete(tmp_path, ray_local, capsys):
+    bad = textwrap.dedent(
+        """
+        [[zoo.models]]
+        id = "broken"
+        source = "local"
+        arch = "resnet10t"
+        checkpoint = "/nonexistent/weights.safetensors"
+        """
+    )
+    cfg = write_config(tmp_path, extra_models=bad)
+    root = tmp_path / "runs"
+    code = run_cli("run", str(cfg), "--no-progress", "--stage", "zoo,predict")
+    assert code == 1
+    assert len(list((root / "zoo" / "models").glob("*.parquet"))) == 4  # the others completed
+    failures = pq.read_table(root / "failures").to_pylist()
+    zoo_fail = [f for f in failures if f["stage"] == "zoo"]
+    assert len(zoo_fail) == 1 and "does not exist" in zoo_fail[0]["error"]
+    assert zoo_fail[0]["attempts"] == 1 and "Traceback" in zoo_fail[0]["traceback"]
+    # the broken model's prediction job is skipped with a reason, not run
+    assert any(f["stage"] == "predict" and f["attempts"] == 0 for f in failures)
+    capsys.readouterr()
+    assert run_cli("status", str(cfg)) == 0
+    out = capsys.readouterr().out
+    assert "does not exist" in out and "zoo" in out
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("transfer.epochs=0", "transfer.epochs"),
+        ("transfer.methods=['kl','magic']", "magic"),
+        ("study.colour=1", "study.colour"),
+        ("data.kind=web", "data.kind"),
+    ],
+)
+def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, override, needle):
+    cfg = write_config(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        run_cli("run", str(cfg), "--set", override)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert run_cli("run", str(cfg), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "zoo" in out and "predict" in out and "score" in out
+    zoo_line = next(line for line in out.splitlines() if line.startswith("zoo"))
+    assert zoo_line.split()[1:4] == ["4", "0", "4"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_stage_is_misuse(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        run_cli("run", str(cfg), "--stage", "zoo,train")
+    assert exc.value.code == 2
+    assert "train" in capsys.readouterr().err
