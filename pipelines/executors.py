@@ -157,8 +157,15 @@ def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes]):
     student, s_rec = build_model(spec["student"], inputs, source.num_classes, device)
     teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
     config = TransferConfig.from_dict(spec["config"])
+    layout = ResultsLayout("")
+    cached = {}
+    for payload in [spec["student"], *spec["teachers"]]:
+        key = str(layout.predictions(payload["model_id"]))
+        if key in inputs:
+            cached[payload["model_id"]] = read_input_table(inputs[key], PREDICTION_SCHEMA)
     LOG.info("transfer %s: %s -> %s", config.method, "+".join(r.model_id for _, r in teachers), s_rec.model_id)
-    return ctx, run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id)
+    return ctx, run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id,
+                             cached_predictions=cached)
 
 
 def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table]:

@@ -213,6 +213,8 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     }
     job_id = job_id_for(stage, spec)
     inputs = [i for m in [student, *teachers] for i in _model_inputs(models[m], layout)]
+    # cached eval predictions spare the job its own before-transfer passes over the eval split
+    inputs += [_rel(layout.predictions(m), layout.root) for m in [student, *teachers]]
     outputs = tuple(_rel(p, layout.root) for p in outputs_for(job_id))
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
@@ -261,13 +263,13 @@ def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
         return []
     if not layout.pairs.is_file():
         return None
-    from zoo_study.transfer.hparams import expand_grid
+    from zoo_study.transfer.hparams import grid_points
 
     pairs = sample_pairs_by_delta(pq.read_table(layout.pairs), hs.n_pairs, cfg.study.seed + 1)
     models = {m.model_id: m for m in study_models(cfg)}
     jobs = []
     for method in hs.methods:
-        for point in expand_grid(method, hs.grid):
+        for point in grid_points(hs.grid):
             for teacher, student in pairs:
                 tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], study_part="hparam", epochs=hs.epochs,
                                          hparams=point)

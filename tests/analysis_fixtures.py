@@ -265,6 +265,8 @@ class RootBuilder:
             "rho_pos_after": rho_pos_after,
             "rho_neg_before": rho_neg_before,
             "rho_neg_after": rho_neg_after,
+            "teacher_share_pos": None,
+            "teacher_share_neg": None,
             "teacher_share": teacher_share,
             "runtime_s": 1.5,
             "device": "cpu",

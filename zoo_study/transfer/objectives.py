@@ -13,8 +13,10 @@ Conventions shared by all objectives:
 - Data partitioning (DP) routes each sample to one source: the frozen initial student (index 0) or a
   teacher (index k >= 1). The confidence used for routing is the plain softmax (T = 1) at the label
   (supervised) or the max-probability (unsupervised); the highest confidence wins and ties go to the
-  lowest index, i.e. to the student (``torch.argmax`` returns the first maximum). Single-teacher KL+DP
-  is the K = 1 case of the parallel multi-teacher rule, so both share one implementation.
+  lowest index, i.e. to the student (``torch.argmax`` returns the first maximum). Ties are exact float
+  ties, as an identical teacher produces; no tolerance is applied, so two mathematically equal
+  confidences computed from differently arranged logits may differ in the last bit. Single-teacher
+  KL+DP is the K = 1 case of the parallel multi-teacher rule, so both share one implementation.
 - ``ObjectiveOutput.route`` (DP only) holds the chosen source per sample; the loop turns it into the
   logged teacher share.
 
@@ -76,7 +78,7 @@ class ObjectiveInputs:
 class ObjectiveOutput:
     loss: Tensor  # scalar
     route: Tensor | None = None  # [B] int64: 0 = frozen student, k = teacher k (DP objectives)
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Tensor] = field(default_factory=dict)  # detached scalars; the loop averages per epoch
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def _xe_kl(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     lam = p["lambda"]
     kl = kl_term(inp.teacher, inp.student, inp.temperature)
     ce = cross_entropy(inp.student, inp.labels, p.get("label_smoothing", 0.0))
-    return ObjectiveOutput(lam * kl + (1.0 - lam) * ce, logs={"kl": float(kl.detach()), "ce": float(ce.detach())})
+    return ObjectiveOutput(lam * kl + (1.0 - lam) * ce, logs={"kl": kl.detach(), "ce": ce.detach()})
 
 
 def _kl_topk(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
@@ -244,7 +246,7 @@ def _dp(supervised: bool) -> ObjectiveFn:
         b = torch.arange(route.shape[0], device=route.device)
         target = sources[route, b]  # [B, C]: per-sample chosen source
         loss = kl_term(target, inp.student, inp.temperature)
-        return ObjectiveOutput(loss, route=route, logs={"teacher_share": float((route > 0).float().mean())})
+        return ObjectiveOutput(loss, route=route, logs={"teacher_share": (route > 0).float().mean()})
 
     return fn
 
@@ -258,7 +260,7 @@ def _cd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     s_t = ft @ ft.t()
     cd = kl_term(s_t, s_s, inp.temperature)  # row-wise KL(softmax(S_t) || softmax(S_s)), mean over rows
     ce = cross_entropy(inp.student, inp.labels)
-    return ObjectiveOutput(ce + p["beta"] * cd, logs={"cd": float(cd.detach()), "ce": float(ce.detach())})
+    return ObjectiveOutput(ce + p["beta"] * cd, logs={"cd": cd.detach(), "ce": ce.detach()})
 
 
 def _crd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
@@ -268,7 +270,7 @@ def _crd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
         raise ValueError("crd needs penultimate features of the student and the teacher")
     crd = inp.state(inp.student_features.flatten(1), inp.teacher_features.flatten(1), inp.index, inp.generator)
     ce = cross_entropy(inp.student, inp.labels)
-    return ObjectiveOutput(ce + p["beta"] * crd, logs={"crd": float(crd.detach()), "ce": float(ce.detach())})
+    return ObjectiveOutput(ce + p["beta"] * crd, logs={"crd": crd.detach(), "ce": ce.detach()})
 
 
 def _make_crd_state(*, student_dim: int, teacher_dim: int, n_data: int, params: Mapping[str, Any]) -> nn.Module:

@@ -1,0 +1,331 @@
+"""``run_transfer``: one transfer job (single teacher or many) -> summary, epoch and prediction tables.
+
+Modes (METHOD.md section 3):
+
+- ``single``: one teacher, one stage.
+- ``parallel``: one stage with all K teachers; per sample the objective distils from the most confident
+  of {frozen student, teacher_1..K} (``kl_dp``: probability of the label; ``kl_dp_unsup``:
+  max-probability; ties to the student, then to the earlier teacher).
+- ``sequential``: one full stage per teacher (fresh optimiser); after each stage the current student
+  becomes the frozen anchor of the next. Teacher order: as given, or by the teachers' eval accuracy
+  (ascending / descending; ties keep the given order). Epoch rows carry ``stage`` and
+  ``stage_teacher``; gain, loss and delta are always measured against the original student. Stage 0
+  uses exactly the random streams of a single-teacher job, so one teacher gives identical numbers.
+- ``soup``: one single-teacher stage per teacher, each from the original student with the single job's
+  random streams, then the uniform average of the resulting students' floating tensors (integer
+  buffers copied) is evaluated. Epoch rows: every member's curve (stage k, its teacher), then one row
+  for the soup (stage K, ``stage_teacher`` = all teachers joined by '+', epoch = ``epochs``).
+
+Summary: ``acc_last`` / ``delta_last`` / gain / loss are those of the final model (sequential: after the
+last stage; soup: the soup); "best" is the first trained epoch with the highest accuracy over all stages,
+``best_epoch`` counted across stages (stage k, epoch e -> k * epochs + e; soup: best = last = ``epochs``).
+rho values are against the first teacher in stage order. ``teacher_share`` (and its positive / negative
+flip variants) pool every routed training sample of the job; null for methods that do not route.
+
+Cost: the student's eval predictions before transfer are computed once per job and reused for every
+metric; a teacher's eval predictions are computed once (only the first teacher's, for rho, unless the
+order needs all accuracies) or taken from ``cached_predictions`` (the pipeline's predict stage), as
+can the student's before-transfer predictions. A single-teacher job of E epochs thus makes E + 2 eval
+passes besides training (E when both are cached).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+import zoo_study
+from zoo_study import metrics
+from zoo_study.data.base import DataSource, ImageSplit
+from zoo_study.data.preprocess import ModelPreprocess
+from zoo_study.data.subsets import stratified_indices
+from zoo_study.store import (
+    TRANSFER_EPOCH_SCHEMA,
+    TRANSFER_PREDICTION_SCHEMA,
+    TRANSFER_SUMMARY_SCHEMA,
+    table_from_rows,
+)
+from zoo_study.transfer.config import TransferConfig
+from zoo_study.transfer.loop import (
+    EpochEval,
+    RouteStats,
+    Runtime,
+    TeacherModel,
+    _state_cpu,
+    predict_split,
+    run_stage,
+)
+from zoo_study.transfer.mcl import soup_state_dicts
+
+__all__ = ["TransferResult", "run_transfer", "transfer_set", "order_teachers", "versions"]
+
+
+@dataclass
+class TransferResult:
+    """Tables for the store plus the kept model (MCL: slow weights; soup: the soup) for checkpoints."""
+
+    summary: pa.Table  # one row, TRANSFER_SUMMARY_SCHEMA
+    epochs: pa.Table  # TRANSFER_EPOCH_SCHEMA
+    predictions: pa.Table  # TRANSFER_PREDICTION_SCHEMA
+    model: nn.Module
+    best_state: dict[str, torch.Tensor] | None  # CPU state dict of the best epoch (keep_best)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row(self) -> dict[str, Any]:
+        return self.summary.to_pylist()[0]
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "zoo_study": zoo_study.__version__}
+
+
+def transfer_set(source: DataSource, config: TransferConfig) -> ImageSplit:
+    """The stratified ``transfer_fraction`` of the train split, drawn with ``subset_seed``."""
+    idx = stratified_indices(source.train.labels, fraction=config.transfer_fraction, seed=config.subset_seed)
+    return source.train.subset(idx, name=f"{source.train.name}[transfer {config.transfer_fraction:g}]")
+
+
+def order_teachers(accuracies: Sequence[float], order: str) -> list[int]:
+    """Indices of the teachers in stage order; ties keep the given order (stable sort)."""
+    idx = list(range(len(accuracies)))
+    if order == "given":
+        return idx
+    if order == "ascending":
+        return sorted(idx, key=lambda i: accuracies[i])
+    if order == "descending":
+        return sorted(idx, key=lambda i: -accuracies[i])
+    raise ValueError(f"unknown teacher order {order!r}; valid: given, ascending, descending")
+
+
+def _aligned_pred(cached: Any, split: ImageSplit, model_id: str) -> np.ndarray:
+    if isinstance(cached, pa.Table):
+        for col in ("sample_id", "pred"):
+            if col not in cached.column_names:
+                raise ValueError(f"cached predictions of {model_id!r} lack column {col!r}")
+        lookup = dict(zip(cached.column("sample_id").to_pylist(), cached.column("pred").to_pylist()))
+        missing = [int(s) for s in split.sample_ids if int(s) not in lookup]
+        if missing:
+            raise ValueError(f"cached predictions of {model_id!r} miss {len(missing)} eval samples (first id {missing[0]})")
+        return np.asarray([lookup[int(s)] for s in split.sample_ids], dtype=np.int64)
+    arr = np.asarray(cached, dtype=np.int64)
+    if arr.shape != (len(split),):
+        raise ValueError(f"cached predictions of {model_id!r} have shape {arr.shape}; expected ({len(split)},)")
+    return arr
+
+
+def _check_inputs(student_record, teachers, source: DataSource, config: TransferConfig, job_id: str) -> None:
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    if not teachers:
+        raise ValueError("run_transfer needs at least one (teacher module, record) pair")
+    if config.mode == "single" and len(teachers) != 1:
+        raise ValueError(f"mode 'single' takes exactly one teacher, got {len(teachers)}; "
+                         f"use mode sequential, parallel or soup for several")
+    for i, pair in enumerate(teachers):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], nn.Module)):
+            raise TypeError(f"teachers[{i}] must be a (nn.Module, CatalogRecord) pair, got {type(pair).__name__}")
+    c = source.num_classes
+    for rec in [student_record] + [r for _, r in teachers]:
+        if rec.num_classes != c:
+            raise ValueError(f"model {rec.model_id!r} predicts {rec.num_classes} classes but the data source "
+                             f"{source.name!r} has {c}; transfer needs a shared label space")
+
+
+def run_transfer(
+    student: nn.Module,
+    student_record,
+    teachers: Sequence[tuple[nn.Module, Any]],
+    source: DataSource,
+    config: TransferConfig | Mapping[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    job_id: str,
+    progress: Callable[[str], None] | None = None,
+    cached_predictions: Mapping[str, Any] | None = None,
+) -> TransferResult:
+    """Run one transfer job and return its tables.
+
+    ``student`` is used as the frozen initial student and is never trained (a deep copy is); teachers
+    are put in eval mode on ``device``. ``student_record`` / teachers' records are
+    :class:`~zoo_study.zoo.catalog.CatalogRecord` (model_id, num_classes, data config).
+    ``cached_predictions`` optionally maps model ids to their eval predictions (a PREDICTION_SCHEMA
+    table or an array in eval-split order), e.g. the predict stage's files: a teacher found there needs
+    no eval pass, and a student found there takes them as its before-transfer predictions (then rho
+    before equals the pair score exactly; they must come from the same weights and preprocessing).
+    Raises :class:`~zoo_study.transfer.loop.TransferDiverged` on a NaN / inf loss.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(config, TransferConfig):
+        config = TransferConfig.from_dict(config)
+    _check_inputs(student_record, teachers, source, config, job_id)
+    rt = Runtime.create(device, config.amp)
+    student_pre = ModelPreprocess.from_data_config(student_record.data_config)
+    anchor = rt.prepare(student).eval()
+    tms = [TeacherModel(rec.model_id, rt.prepare(mod).eval(), ModelPreprocess.from_data_config(rec.data_config))
+           for mod, rec in teachers]
+    train = transfer_set(source, config)
+    eval_split = source.eval
+    labels = eval_split.labels
+    eb = config.eval_batch_size
+
+    cached = dict(cached_predictions or {})
+    if student_record.model_id in cached:
+        before_pred = _aligned_pred(cached[student_record.model_id], eval_split, student_record.model_id)
+    else:
+        before_pred = predict_split(anchor, eval_split, student_pre, batch_size=eb, rt=rt)
+    before_correct = before_pred == labels
+    teacher_preds: dict[int, np.ndarray] = {}
+
+    def teacher_pred(i: int) -> np.ndarray:
+        if i not in teacher_preds:
+            t = tms[i]
+            if t.model_id in cached:
+                teacher_preds[i] = _aligned_pred(cached[t.model_id], eval_split, t.model_id)
+            else:
+                teacher_preds[i] = predict_split(t.module, eval_split, t.pre, batch_size=eb, rt=rt)
+        return teacher_preds[i]
+
+    if config.mode != "single" and config.teacher_order != "given":
+        accs = [float(np.mean(teacher_pred(i) == labels)) for i in range(len(tms))]
+        order = order_teachers(accs, config.teacher_order)
+    else:
+        order = list(range(len(tms)))
+    ordered = [tms[i] for i in order]
+    names = [t.model_id for t in ordered]
+    joined = "+".join(names)
+
+    common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
+    routes = RouteStats() if config.objective.routes else None
+    evals: list[EpochEval] = []
+    E = config.epochs
+    best_index, best_correct, best_state = 0, -1, None
+    info: dict[str, Any] = {"teachers": names, "stages": []}
+
+    def absorb(res, offset: int) -> None:
+        nonlocal best_index, best_correct, best_state
+        evals.extend(res.evals)  # every stage starts with its epoch-0 row
+        if res.best_correct > best_correct:
+            best_index, best_correct, best_state = offset + res.best_epoch, res.best_correct, res.best_state
+        if routes is not None and res.routes is not None:
+            routes.merge(res.routes)
+        info["stages"].append({"teacher": res.evals[0].stage_teacher, "steps": res.steps,
+                               "epoch_logs": [ev.logs for ev in res.evals[1:]], **res.extra})
+        info["lr"], info["batch"] = res.lr, res.batch
+
+    if config.mode in ("single", "parallel"):
+        res = run_stage(start=student, anchor=anchor, teachers=ordered, stage=0, seed_stage=0,
+                        start_pred=before_pred, stage_teacher=joined, **common)
+        absorb(res, 0)
+        final, final_pred = res.model, res.evals[-1].pred
+    elif config.mode == "sequential":
+        current, current_pred, frozen = student, before_pred, anchor
+        for k, t in enumerate(ordered):
+            res = run_stage(start=current, anchor=frozen, teachers=[t], stage=k, seed_stage=k,
+                            start_pred=current_pred, stage_teacher=t.model_id, **common)
+            absorb(res, k * E)
+            # run_stage trained a copy, so the stage's result can serve as the next frozen anchor as is
+            current = frozen = res.model
+            current_pred = res.evals[-1].pred
+        final, final_pred = current, current_pred
+    elif config.mode == "soup":
+        members = []
+        for k, t in enumerate(ordered):
+            res = run_stage(start=student, anchor=anchor, teachers=[t], stage=k, seed_stage=0,
+                            start_pred=before_pred, stage_teacher=t.model_id, **common)
+            absorb(res, k * E)
+            members.append(_state_cpu(res.model))
+            del res
+        soup_state = soup_state_dicts(members)
+        final = copy.deepcopy(student)
+        final.load_state_dict(soup_state)
+        final = rt.prepare(final).eval()
+        final_pred = predict_split(final, eval_split, student_pre, batch_size=eb, rt=rt)
+        evals.append(EpochEval(len(ordered), joined, E, final_pred))
+        # the soup is the job's one result: last == best
+        best_index, best_correct = E, int(np.count_nonzero(final_pred == labels))
+        best_state = soup_state if config.keep_best else None
+    else:  # pragma: no cover - TransferConfig validates the mode
+        raise ValueError(f"unknown mode {config.mode!r}")
+
+    # ---------------------------------------------------------------------------------------- tables
+    n_eval = len(labels)
+    epoch_rows = []
+    for ev in evals:
+        m = metrics.transfer_metrics(before_correct, ev.pred == labels)
+        epoch_rows.append({
+            "job_id": job_id, "stage": ev.stage, "stage_teacher": ev.stage_teacher, "epoch": ev.epoch,
+            "acc": m.acc_after, "delta": m.delta, "gain": m.gain, "loss": m.loss,
+            "train_loss": ev.train_loss, "teacher_share": ev.teacher_share,
+        })
+    teacher_correct = teacher_pred(order[0]) == labels
+    final_m = metrics.transfer_metrics(before_correct, final_pred == labels, teacher_correct)
+    acc_best = best_correct / n_eval
+    if config.mode == "soup":
+        delta_best = final_m.delta
+    else:  # the first trained epoch with the highest accuracy, as best_index tracked it
+        delta_best = max((r for r in epoch_rows if r["epoch"] > 0), key=lambda r: r["acc"])["delta"]
+    shares = routes.shares() if routes is not None else {"teacher_share": None, "teacher_share_pos": None,
+                                                          "teacher_share_neg": None}
+    if routes is not None:
+        info["route_counts"] = dict(zip(RouteStats.FIELDS, routes.counts.tolist()))
+    summary_row = {
+        "job_id": job_id,
+        "study_part": config.resolved_study_part,
+        "method": config.method,
+        "mode": config.mode,
+        "student": student_record.model_id,
+        "teacher": joined,
+        "teachers": names,
+        "hparams_json": config.hparams_json,
+        "lr": float(info["lr"]),
+        "temperature": config.resolved_temperature,
+        "epochs": E,
+        "batch_size": int(info["batch"]),
+        "seed": config.seed,
+        "n_train": len(train),
+        "n_eval": n_eval,
+        "acc_before": final_m.acc_before,
+        "acc_last": final_m.acc_after,
+        "acc_best": acc_best,
+        "best_epoch": int(best_index),
+        "delta_last": final_m.delta,
+        "delta_best": delta_best,
+        "gain": final_m.gain,
+        "loss": final_m.loss,
+        "rho_pos_before": final_m.rho_pos_before,
+        "rho_pos_after": final_m.rho_pos_after,
+        "rho_neg_before": final_m.rho_neg_before,
+        "rho_neg_after": final_m.rho_neg_after,
+        **shares,
+        "runtime_s": time.perf_counter() - t0,
+        "device": rt.describe(),
+        "versions_json": json.dumps(versions(), sort_keys=True),
+    }
+    pred_rows = {
+        "job_id": [job_id] * n_eval,
+        "sample_id": eval_split.sample_ids.tolist(),
+        "label": labels.tolist(),
+        "pred_before": before_pred.tolist(),
+        "pred_after": final_pred.tolist(),
+    }
+    return TransferResult(
+        summary=table_from_rows([summary_row], TRANSFER_SUMMARY_SCHEMA),
+        epochs=table_from_rows(epoch_rows, TRANSFER_EPOCH_SCHEMA),
+        predictions=pa.table(pred_rows, schema=TRANSFER_PREDICTION_SCHEMA),
+        model=final,
+        best_state=best_state,
+        info=info,
+    )
