@@ -127,6 +127,10 @@ TRANSFER_SUMMARY_SCHEMA = pa.schema(
         pa.field("rho_neg_before", pa.float64()),
         pa.field("rho_neg_after", pa.float64()),
         pa.field("teacher_share", pa.float64()),  # share of train samples routed to a teacher
+        # of the train samples that are positive / negative flips (teacher vs initial student on the same
+        # augmented view), the share routed to a teacher (paper Tab 3: 72% / 9%); null without routing
+        pa.field("teacher_share_pos", pa.float64()),
+        pa.field("teacher_share_neg", pa.float64()),
         pa.field("runtime_s", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
         pa.field("versions_json", pa.string(), nullable=False),
