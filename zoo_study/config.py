@@ -158,7 +158,7 @@ class HparamSection(_Strict):
     enabled: bool = False
     methods: list[str] = ["kl_dp"]
     n_pairs: int = Field(3, ge=1)
-    grid: dict[str, list[Any]] = {"lr": [1e-4, 1e-3], "temperature": [1.0]}
+    grid: dict[str, list[Any]] = {}  # e.g. {lr = [1e-3, 1e-4], temperature = [1.0, 4.0]}; {} = the method's default grid
     epochs: int | None = Field(None, ge=1)
 
 

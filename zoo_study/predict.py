@@ -75,7 +75,8 @@ def prediction_table(model_id: str, sample_ids: np.ndarray, labels: np.ndarray, 
     if not (len(sample_ids) == len(labels) == n):
         raise ValueError("sample_ids, labels and probs must have the same number of rows")
     if labels.size and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels must be in [0, {c}); the model predicts {c} classes but a label is {labels.max()}")
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise ValueError(f"labels must be in [0, {c}); the model predicts {c} classes but a label is {bad}")
     pred = probs.argmax(axis=1).astype(np.int32)
     rows = np.arange(n)
     columns = {

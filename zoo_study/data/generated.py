@@ -102,8 +102,8 @@ def _one_shape(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
     if k == 5:  # ring
         return (r <= 0.95) & (r >= 0.55)
-    if k == 6:  # star
-        th = np.arctan2(v, u)
+    if k == 6:  # star (angle in float64, as the other per-pixel transcendental calls, e.g. the stripes)
+        th = np.arctan2(v.astype(np.float64), u.astype(np.float64))
         return r <= 0.42 + 0.55 * ((np.cos(5 * th) + 1) / 2) ** 2
     if k == 7:  # hexagon
         return np.maximum(av, au * 0.866 + av * 0.5) <= 0.85

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from zoo_study.data.base import DataSource, ImageSplit
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # matched case-insensitively (.JPEG, .Png, ...)
 _WNID = re.compile(r"^n\d{8}$")
 SPLIT_DIRS = {"train": "train", "eval": "val"}
 
@@ -57,12 +58,18 @@ def _imagenet_names() -> tuple[list[str], dict[str, int]]:
     info = ImageNetInfo()
     wnids = list(info.label_names())
     names = [info.label_name_to_description(w).split(",")[0].strip() for w in wnids]
+    # two pairs of ImageNet classes share a first lemma ('crane' the bird and the machine, 'maillot'
+    # twice): give those the WordNet id as well so every class name is unique
+    counts = Counter(names)
+    names = [f"{n} ({w})" if counts[n] > 1 else n for n, w in zip(names, wnids)]
     return names, {w: i for i, w in enumerate(wnids)}
 
 
 def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
     """Index ``root/train`` and ``root/val``; images are decoded lazily when read."""
     root = Path(os.path.expanduser(spec.root))
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"dataset root {str(root)!r} is a file, not a folder with train/ and val/ class folders")
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset root {str(root)!r} does not exist; expected a folder with train/ and val/ class folders "
@@ -92,7 +99,7 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
         labels: list[int] = []
         for folder in _class_folders(root / dirname):
             for f in sorted((root / dirname / folder).iterdir()):
-                if f.suffix in IMAGE_SUFFIXES and f.is_file():
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
                     files.append(str(f))
                     labels.append(index[folder])
         if not files:

@@ -16,9 +16,11 @@ _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "a
 class ModelPreprocess:
     """Resize + centre crop + normalise, as timm's eval transform does, but on whole tensor batches.
 
-    timm's eval pipeline resizes the short side to ``size / crop_pct`` and centre-crops ``size``. Raw
-    batches are square [B, 3, R, R], so the same steps are one ``interpolate`` and one slice, which run
-    on the GPU and let a teacher and a student take the very same (augmented) batch.
+    timm's eval pipeline resizes the short side to ``floor(size / crop_pct)`` and centre-crops ``size``
+    (offsets rounded as torchvision's ``CenterCrop`` does). Raw batches are square [B, 3, R, R], so the
+    same steps are one ``interpolate`` (antialiased when shrinking, like torchvision's ``Resize``) and one
+    slice, which run on the GPU and let a teacher and a student take the very same (augmented) batch.
+    Bicubic results are clamped to [0, 1], as timm's usual PIL path does.
     """
 
     input_size: tuple[int, int, int]

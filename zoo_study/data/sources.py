@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -43,5 +43,11 @@ def _cached(spec: DataSpec) -> DataSource:
 
 
 def load_source(spec: DataSpec) -> DataSource:
-    """The dataset for ``spec``; built once per process and reused by later jobs in the same worker."""
+    """The dataset for ``spec``; built once per process and reused by later jobs in the same worker.
+
+    An ImageFolder root taken from the environment is resolved before the cache lookup, so changing
+    ZOO_STUDY_IMAGENET never returns the dataset of the previous root.
+    """
+    if spec.kind == "imagefolder" and spec.root is None:
+        spec = replace(spec, root=spec.resolved_root())
     return _cached(spec)

@@ -24,8 +24,13 @@ def stratified_indices(
         raise ValueError("give exactly one of fraction= or per_class=")
     if fraction is not None and not (0.0 < fraction <= 1.0):
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer))
+                                  or per_class < 1):
+        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")  # numpy seeds are non-negative
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-d array, got shape {labels.shape}")
     chosen: list[np.ndarray] = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)

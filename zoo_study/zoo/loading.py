@@ -13,6 +13,8 @@ import difflib
 import hashlib
 import json
 import os
+import pickle
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,6 +72,23 @@ class ModelRef:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The most telling line of an exception message, so every ModelLoadError stays one line.
+
+    torch's state-dict and weights-only errors start with a generic header ("Error(s) in loading
+    state_dict for X:", "Weights only load failed...") and name the real problem further down; pick
+    that line when there is one.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    for key in ("size mismatch", "missing key", "unexpected key", "unsupported global"):
+        for ln in lines:
+            if key in ln.lower():
+                return ln[:limit]
+    return lines[0][:limit]
+
+
 def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -79,14 +98,38 @@ def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """zoo-study metadata stored in a safetensors header (empty dict for other files)."""
+    """zoo-study metadata stored in a safetensors header (empty dict for other files).
+
+    Raises :class:`ModelLoadError` (one line) for a file that is not valid safetensors.
+    """
     if not str(path).endswith(".safetensors"):
         return {}
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return json.loads(meta[RECIPE_METADATA_KEY]) if RECIPE_METADATA_KEY in meta else {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return json.loads(meta[RECIPE_METADATA_KEY]) if RECIPE_METADATA_KEY in meta else {}
+    except Exception as exc:  # SafetensorError, JSON errors: a corrupt or foreign file
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
+
+
+def _url_weights_missing(arch: str) -> str | None:
+    """The URL of ``arch``'s pretrained weights when timm would fetch them over plain HTTP and they are
+    not in torch's hub cache yet; None otherwise.
+
+    Why: Hugging Face hub downloads obey HF_HUB_OFFLINE (see :func:`_offline`), but the few timm models
+    whose weights live at a plain URL go through ``torch.hub``, which knows no offline switch. Checking
+    the cache first keeps ``load_model`` from ever opening a connection.
+    """
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or cfg.hf_hub_id or cfg.file or not cfg.url:
+        return None  # hub-hosted (offline switch applies), a local file, or no weights at all
+    fname = os.path.basename(urllib.parse.urlparse(cfg.url).path)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    return None if os.path.isfile(cached) else cfg.url
 
 
 def _checkpoint_state(path: str) -> dict[str, torch.Tensor]:
@@ -103,21 +146,24 @@ def _checkpoint_state(path: str) -> dict[str, torch.Tensor]:
 
 
 def _checkpoint_classes(path: str, classifier: str | tuple[str, ...] | None) -> int | None:
-    """Number of output classes stored in a checkpoint's classifier weight, when it can be found."""
+    """Number of output classes stored in a checkpoint's classifier weight, when it can be found.
+
+    Keys saved from a DistributedDataParallel wrapper (``module.fc.weight``) count too: timm strips that
+    prefix when it loads, so the class check must see through it as well.
+    """
     names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    wanted = {f"{name}.weight" for name in names} | {f"module.{name}.weight" for name in names}
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as fh:
-            keys = set(fh.keys())
-            for name in names:
-                if f"{name}.weight" in keys:
-                    return int(fh.get_slice(f"{name}.weight").get_shape()[0])
+            for key in fh.keys():
+                if key in wanted:
+                    return int(fh.get_slice(key).get_shape()[0])
         return None
     state = _checkpoint_state(path)
-    for name in names:
-        w = state.get(f"{name}.weight")
-        if w is not None:
+    for key, w in state.items():
+        if key in wanted and hasattr(w, "shape"):
             return int(w.shape[0])
     return None
 
@@ -144,6 +190,14 @@ def _offline() -> Iterator[None]:
                 os.environ[k] = v
         if hc is not None:
             hc.HF_HUB_OFFLINE = old_const
+
+
+def _offline_error(arch: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"weights for timm model {arch!r} are not available offline; on a machine with network run "
+        f"`zoo-study prefetch {arch}` (fills the Hugging Face cache, HF_HOME, and torch's hub cache) or give a "
+        f"local file with checkpoint=<path.safetensors>"
+    )
 
 
 def check_timm_name(name: str, *, pretrained: bool) -> None:
@@ -176,12 +230,17 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
     kwargs = dict(ref.model_kwargs)
     data_override = dict(ref.data_config or {})
     recipe_json = None
+    train_seconds = None
     checkpoint = ref.checkpoint
     if checkpoint is not None:
         checkpoint = str(Path(os.path.expanduser(checkpoint)))
         if not os.path.isfile(checkpoint):
             raise ModelLoadError(f"model {ref.model_id!r}: checkpoint file {checkpoint!r} does not exist")
-        meta = read_checkpoint_metadata(checkpoint)
+        try:
+            meta = read_checkpoint_metadata(checkpoint)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {ref.model_id!r}: {exc}") from exc.__cause__
+        train_seconds = meta.get("train_seconds")
         if meta:
             arch = arch or meta.get("arch")
             kwargs = {**meta.get("model_kwargs", {}), **kwargs}
@@ -216,15 +275,28 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
                 )
             if ckpt_classes is not None:
                 create_kwargs.setdefault("num_classes", ckpt_classes)
-            overlay = {"file": checkpoint, **({"num_classes": ckpt_classes} if ckpt_classes else {})}
+            overlay: dict[str, Any] = {"file": checkpoint}
+            if "num_classes" in create_kwargs:
+                # tell timm the file has the model's head: when the pretrained config's class count
+                # differs from the model's, timm drops the classifier weights and loads non-strictly,
+                # which would leave a random head without any error
+                overlay["num_classes"] = create_kwargs["num_classes"]
             model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs)
         else:
+            if _url_weights_missing(arch):
+                raise _offline_error(arch)
             with _offline():
                 model = timm.create_model(arch, pretrained=True, **create_kwargs)
     except ModelLoadError:
         raise
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met a non-tensor object
+        raise ModelLoadError(
+            f"model {ref.model_id!r}: checkpoint {checkpoint!r} holds pickled objects other than tensors and "
+            f"was refused by torch.load(weights_only=True) ({_one_line(exc, 160)}); "
+            "save its state_dict as safetensors instead"
+        ) from exc
     except RuntimeError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = _one_line(exc)
         if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
             raise ModelLoadError(
                 f"model {ref.model_id!r}: checkpoint {checkpoint!r} does not fit architecture {arch!r} ({msg})"
@@ -235,12 +307,8 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
         if ref.source == "timm" and checkpoint is None and any(
             s in name + str(exc) for s in ("Offline", "LocalEntryNotFound", "offline", "not found", "Connection")
         ):
-            raise ModelLoadError(
-                f"weights for timm model {arch!r} are not available offline; on a machine with network run "
-                f"`zoo-study prefetch {arch}` (fills the Hugging Face cache, HF_HOME) or give a local file with "
-                f"checkpoint=<path.safetensors>"
-            ) from exc
-        raise ModelLoadError(f"model {ref.model_id!r}: could not load {arch!r}: {name}: {exc}") from exc
+            raise _offline_error(arch) from exc
+        raise ModelLoadError(f"model {ref.model_id!r}: could not load {arch!r}: {name}: {_one_line(exc)}") from exc
 
     model.eval().to(device)
     cfg = _data_config(model, data_override)
@@ -266,6 +334,7 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
         checkpoint=checkpoint,
         weights_id=file_digest(checkpoint) if checkpoint else (f"random-seed{ref.seed}" if ref.source == "random" else arch),
         recipe_json=recipe_json,
+        train_seconds=float(train_seconds) if train_seconds is not None else None,
     )
     return model, record
 

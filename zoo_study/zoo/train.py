@@ -82,7 +82,12 @@ def train_recipe(
     split = source.train
     if recipe.train_fraction < 1:
         split = split.subset(stratified_indices(split.labels, fraction=recipe.train_fraction, seed=recipe.seed))
-    loader = raw_loader(split, recipe.batch_size, shuffle=True, seed=recipe.seed, drop_last=True)
+    if len(split) == 0:
+        raise ValueError(f"recipe {recipe.model_id}: the training split is empty")
+    # drop_last keeps batch statistics steady, but with fewer samples than one batch it would yield no
+    # batch at all and the step loop below would never end: cap the batch at the split size
+    batch_size = min(recipe.batch_size, len(split))
+    loader = raw_loader(split, batch_size, shuffle=True, seed=recipe.seed, drop_last=True)
     steps_per_epoch = max(1, len(loader))
     total_steps = max(1, int(math.ceil(recipe.epochs * epochs_scale * steps_per_epoch)))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
