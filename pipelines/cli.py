@@ -4,6 +4,7 @@
     zoo-study status [CONFIG] [--set key=value ...]
     zoo-study sql RESULTS "SELECT ..." [--param name=value ...] [--out file.csv|file.parquet]
     zoo-study report RESULTS
+    zoo-study hparams RESULTS            best grid setting per method, as TOML for a config
     zoo-study zoo [--paper STUDY]        list the embedded recipes or a paper model list
     zoo-study prefetch NAME [NAME ...]   download timm weights into the local cache (needs network)
 
@@ -181,6 +182,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_hparams(args) -> int:
+    """Best grid setting per method (mean delta over pairs) and the TOML that makes a study use it."""
+    import json
+
+    import pyarrow as pa
+
+    from zoo_study.store import TRANSFER_SUMMARY_SCHEMA, ResultsLayout, read_parquet_checked
+    from zoo_study.transfer.hparams import best_per_method
+
+    layout = ResultsLayout(args.results)
+    tables = [t for p in sorted(layout.hparams_dir.glob("*.parquet"))
+              if (t := read_parquet_checked(p, TRANSFER_SUMMARY_SCHEMA)) is not None]
+    if not tables:
+        _die(f"no grid results in {layout.hparams_dir}; run a study with hparam_search.enabled = true")
+    best = best_per_method(pa.concat_tables(tables))
+    print(f"{'method':<14} {'settings':>8} {'pairs':>5} {'mean delta':>10} {'success':>8}  setting")
+    for r in best.to_pylist():
+        print(f"{r['method']:<14} {r['n_settings']:>8} {r['n_pairs']:>5} {r['mean_delta_last'] * 100:>9.2f}% "
+              f"{r['success_rate'] * 100:>7.0f}%  lr={r['base_lr']:g} T={r['temperature']:g} {r['hparams_json']}")
+    print("\n# paste into a study config to use these settings:")
+    for r in best.to_pylist():
+        hp = {"lr": r["base_lr"], "temperature": r["temperature"], **json.loads(r["hparams_json"])}
+        print(f"[transfer.hparams.{r['method']}]")
+        for k, v in hp.items():
+            print(f"{k} = {json.dumps(v)}")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     if args.paper:
         from zoo_study.zoo.catalog import paper_models
@@ -243,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)build RESULTS/report/index.html")
     rp.add_argument("results")
     rp.set_defaults(fn=cmd_report)
+
+    hp = sub.add_parser("hparams", help="best hyper-parameter setting per method from a grid search")
+    hp.add_argument("results")
+    hp.set_defaults(fn=cmd_hparams)
 
     z = sub.add_parser("zoo", help="list the embedded zoo's recipes or a paper model list")
     z.add_argument("--paper", help="imagenet_10pct | imagenet_full | multi_teacher")

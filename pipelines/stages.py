@@ -263,13 +263,19 @@ def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
         return []
     if not layout.pairs.is_file():
         return None
-    from zoo_study.transfer.hparams import grid_points
+    from zoo_study.transfer.hparams import DEFAULT_GRIDS, grid_points
 
     pairs = sample_pairs_by_delta(pq.read_table(layout.pairs), hs.n_pairs, cfg.study.seed + 1)
     models = {m.model_id: m for m in study_models(cfg)}
     jobs = []
     for method in hs.methods:
-        for point in grid_points(hs.grid):
+        grid = hs.grid or DEFAULT_GRIDS.get(method)
+        if not grid:
+            from zoo_study.config import ConfigError
+
+            raise ConfigError(f"hparam_search.grid is empty and method {method!r} has no default grid; "
+                              f"methods with one: {sorted(DEFAULT_GRIDS)}")
+        for point in grid_points(grid):
             for teacher, student in pairs:
                 tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], study_part="hparam", epochs=hs.epochs,
                                          hparams=point)

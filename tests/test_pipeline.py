@@ -47,6 +47,20 @@ epochs = 1
 batch_size = 32
 transfer_fraction = 0.5
 
+[multi_teacher]
+enabled = {transfer}
+students = ["mixer_p8"]
+teachers = ["resnet10t_w16", "convnext_atto_p2"]
+modes = ["sequential", "parallel", "soup"]
+epochs = 1
+
+[hparam_search]
+enabled = {transfer}
+methods = ["kl_dp"]
+n_pairs = 1
+grid = {{lr = [1e-3, 1e-4]}}
+epochs = 1
+
 [ray]
 num_cpus = 2
 """
@@ -90,15 +104,30 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
     assert len(list((root / "predictions").glob("*.parquet"))) == 4
     pairs = pq.read_table(root / "scores" / "pairs.parquet")
     assert pairs.num_rows == 3 * 2 + 3  # all ordered trained pairs + noise-floor rows
-    summaries = list((root / "transfers").glob("*/summary.parquet"))
-    assert len(summaries) == 2  # 1 pair x 2 methods
+    summaries = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
+    single = [s for s in summaries if s["mode"] == "single"]
+    assert len(single) == 2 and {s["method"] for s in single} == {"kl", "kl_dp"}  # 1 pair x 2 methods
+    multi = {s["mode"]: s for s in summaries if s["study_part"] == "multi_teacher"}
+    assert set(multi) == {"sequential", "parallel", "soup"}
+    assert multi["sequential"]["teachers"] == ["resnet10t_w16", "convnext_atto_p2"] or sorted(
+        multi["sequential"]["teachers"]) == ["convnext_atto_p2", "resnet10t_w16"]
+    grid_rows = [pq.read_table(p).to_pylist()[0] for p in (root / "hparams").glob("*.parquet")]
+    assert len(grid_rows) == 2 and sorted(r["lr"] for r in grid_rows) == pytest.approx(
+        sorted([1e-3 * 32 / 256, 1e-4 * 32 / 256]))  # one row per grid point, lr scaled by batch/256
+    capsys.readouterr()
+    assert run_cli("hparams", str(root)) == 0
+    best_out = capsys.readouterr().out
+    top = max(r["delta_last"] for r in grid_rows)
+    winners = [r["lr"] * 256 / 32 for r in grid_rows if r["delta_last"] == top]
+    assert "[transfer.hparams.kl_dp]" in best_out
+    assert any(f"lr = {w!r}" in best_out for w in winners)
     assert (root / "report" / "index.html").is_file()
     assert (root / "config.toml").is_file() and (root / "environment.json").is_file()
 
     # a second run does no work and finishes within seconds
     before = mtimes(root)
     t0 = time.perf_counter()
-    assert run_cli("run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer") == 0
+    assert run_cli("run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer,multi_teacher,hparam") == 0
     assert time.perf_counter() - t0 < 30
     assert mtimes(root) == before
     out = capsys.readouterr().out
