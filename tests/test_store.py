@@ -185,3 +185,21 @@ def test_layout_and_safe_names(tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         safe_name("")
     assert not (tmp_path / "predictions").exists()  # pure path arithmetic
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    import pyarrow as pa
+
+    from zoo_study.store import write_parquet_atomic, write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        p = write_parquet_atomic(pa.table({"a": [1]}), tmp_path / "t.parquet")
+        q = write_text_atomic("x", tmp_path / "t.txt")
+    finally:
+        os.umask(mask)
+    for f in (p, q):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644

@@ -307,6 +307,15 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------------------------- writes
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: pa.Schema | None = None) -> Path:
     """Write ``table`` to ``path`` via a temp file in the same folder and an atomic rename.
 
@@ -323,6 +332,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: 
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -341,6 +351,7 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
