@@ -212,6 +212,61 @@ def run_naive(args: argparse.Namespace) -> None:
           f"identical pair tables: {same}")
 
 
+def run_zoo_naive(args: argparse.Namespace) -> None:
+    """Cached vs naive on a real results root (e.g. runs/demo after its zoo stage): the trained zoo, its
+    data, each model with its own preprocessing."""
+    import torch
+
+    from pipelines.executors import _source, build_model
+    from zoo_study.config import load_config
+    from zoo_study.data.preprocess import ModelPreprocess
+    from zoo_study.predict import predict
+    from zoo_study.store import ResultsLayout
+
+    torch.set_num_threads(args.threads)
+    layout = ResultsLayout(args.zoo)
+    cfg = load_config(layout.config_file)
+    from pipelines.stages import _model_payload, data_spec_dict, study_models
+
+    source = _source(data_spec_dict(cfg))
+    split = source.eval.subset(np.arange(min(args.naive_images, len(source.eval))))
+    plans = [p for p in study_models(cfg) if p.kind == "embedded"][: args.naive_models]
+    models = {}
+    for p in plans:
+        inputs = {str(layout.weights(p.model_id).relative_to(layout.root)): layout.weights(p.model_id).read_bytes()}
+        net, rec = build_model(_model_payload(p), inputs, source.num_classes, "cpu")
+        models[p.model_id] = (net, ModelPreprocess.from_data_config(rec.data_config))
+    m = len(models)
+    print(f"\n== naive vs cached on the trained zoo of {args.zoo}: {m} models, {len(split)} eval images, "
+          f"{m * (m - 1)} ordered pairs, torch threads={args.threads}")
+
+    def run(mid: str) -> pa.Table:
+        net, pre = models[mid]
+        return predict(net, split, pre, model_id=mid, batch_size=args.batch, topk=0)
+
+    for mid in models:  # warm-up
+        run(mid)
+    t0 = time.perf_counter()
+    cache = {mid: run(mid) for mid in models}
+    t_pass = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast, _ = score_pairs(cache, num_classes=source.num_classes)
+    t_score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = []
+    for t_id in models:
+        for s_id in models:
+            if t_id != s_id:
+                r, _ = score_pairs({t_id: run(t_id), s_id: run(s_id)}, [(t_id, s_id)], num_classes=source.num_classes)
+                rows.append(r)
+    t_naive = time.perf_counter() - t0
+    naive = pa.concat_tables(rows).sort_by([("teacher", "ascending"), ("student", "ascending")])
+    print(f"cached: {m} prediction passes {t_pass:.2f} s + vectorised scoring {t_score * 1e3:.1f} ms = {t_pass + t_score:.2f} s")
+    print(f"naive : {2 * m * (m - 1)} prediction passes + per-pair scoring = {t_naive:.2f} s")
+    print(f"ratio naive / cached: {t_naive / (t_pass + t_score):.1f}x (expectation 2*(M-1) = {2 * (m - 1)}x); "
+          f"identical pair tables: {naive.equals(fast)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=300, help="zoo size N for the scale run (default 300)")
@@ -230,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-images", type=int, default=1500, help="random 32x32 images (default 1500)")
     ap.add_argument("--batch", type=int, default=500, help="inference batch size (default 500)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the naive comparison (default 1)")
+    ap.add_argument("--zoo", metavar="RESULTS", help="also compare naive vs cached on the trained zoo of a results "
+                    "root (e.g. runs/demo after `zoo-study run --stage zoo`)")
     args = ap.parse_args(argv)
     if not args.skip_scale:
         run_scale(args)
     if args.naive:
         run_naive(args)
+    if args.zoo:
+        run_zoo_naive(args)
     return 0
 
 

@@ -192,7 +192,8 @@ def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "s
     hp = dict(t.hparams.get(method, {}))
     hp.update(hparams or {})
     return {"method": method, "mode": mode, "hparams": hp, "epochs": epochs or t.epochs, "batch_size": t.batch_size,
-            "transfer_fraction": t.transfer_fraction, "seed": seed, "study_part": study_part, "teacher_order": order}
+            "transfer_fraction": t.transfer_fraction, "seed": seed, "study_part": study_part, "teacher_order": order,
+            "augment": t.augment, "student_mode": t.student_mode}
 
 
 def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, ModelPlan], stage: str,

@@ -125,6 +125,8 @@ class TransferSection(_Strict):
     batch_size: int = Field(128, ge=1)
     transfer_fraction: float = Field(0.1, gt=0, le=1)
     seeds: list[int] = [0]
+    augment: Literal["paper", "flip", "none"] = "paper"  # flip: when colour is part of the label
+    student_mode: Literal["train", "frozen_norm", "eval"] = "train"  # train = the paper
     hparams: dict[str, dict[str, Any]] = {}  # per-method overrides, e.g. {kl_dp = {lr = 1e-4}}
 
     @field_validator("methods")

@@ -24,6 +24,9 @@ MODES = ("single", "sequential", "parallel", "soup")
 TEACHER_ORDERS = ("given", "ascending", "descending")
 STUDY_PARTS = ("transfer", "multi_teacher", "hparam")
 STUDENT_MODES = ("train", "frozen_norm", "eval")
+# paper: flip + colour distortion (p 0.8) + grayscale (p 0.2); flip: flip only (for data whose labels
+# are colours, like the generated shapes); none: no augmentation
+AUGMENTS = ("paper", "flip", "none")
 REFERENCE_BATCH = 256
 # config fields that may also appear among the method's hyper-parameters, with their accepted names
 _HPARAM_FIELDS = {"base_lr": ("lr", "base_lr"), "temperature": ("temperature", "T")}
@@ -74,6 +77,8 @@ class TransferConfig:
     - ``study_part``: transfer | multi_teacher | hparam (None: transfer for single, else multi_teacher).
     - ``student_mode``: train (paper) | frozen_norm (BatchNorm statistics frozen, rest in train mode) |
       eval (no dropout / drop-path, BN frozen; gradients still flow).
+    - ``augment``: paper (flip, colour distortion p 0.8, grayscale p 0.2) | flip | none. Use ``flip`` when
+      colour is part of the label (the generated shapes data): colour distortion would change the class.
     - ``amp``: bf16 autocast (None: on for CUDA, off on CPU so CPU runs are exactly reproducible).
     """
 
@@ -93,6 +98,7 @@ class TransferConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3
     student_mode: str = "train"
+    augment: str = "paper"
     amp: bool | None = None
     keep_best: bool = True
 
@@ -132,6 +138,7 @@ class TransferConfig:
         _float("weight_decay", self.weight_decay, 0.0, None, low_open=False)
         _choice("teacher_order", self.teacher_order, TEACHER_ORDERS)
         _choice("student_mode", self.student_mode, STUDENT_MODES)
+        _choice("augment", self.augment, AUGMENTS)
         if self.study_part is not None:
             _choice("study_part", self.study_part, STUDY_PARTS)
         if self.amp not in (None, True, False):

@@ -293,7 +293,7 @@ def run_stage(
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
-    augment = TransferAugment()
+    augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[config.augment]
     aug_gen = torch.Generator().manual_seed(seeds["augment"])
     obj_gen = torch.Generator().manual_seed(seeds["objective"])
     routes = RouteStats() if obj.routes else None
@@ -312,7 +312,7 @@ def run_stage(
         epoch_routes = RouteStats() if routes is not None else None
         for raw, labels, sample_ids in loader:
             step += 1
-            raw = augment(raw.to(rt.device), aug_gen)
+            raw = raw.to(rt.device) if augment is None else augment(raw.to(rt.device), aug_gen)
             labels = labels.to(rt.device)
             cache: dict[ModelPreprocess, Tensor] = {}
 

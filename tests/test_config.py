@@ -1,0 +1,57 @@
+"""Study config: defaults, overrides, one-line errors naming key, value and what is valid."""
+
+from __future__ import annotations
+
+import pytest
+
+from zoo_study.config import ConfigError, apply_overrides, load_config, validate_config
+
+
+def test_demo_config_loads_and_round_trips_through_toml(tmp_path):
+    cfg = load_config(None)
+    assert cfg.study.name == "demo" and cfg.data.kind == "generated"
+    path = tmp_path / "resolved.toml"
+    path.write_text(cfg.to_toml())
+    assert load_config(path) == cfg
+
+
+def test_overrides_parse_literals_and_nested_keys():
+    raw = apply_overrides({}, ["transfer.epochs=3", "transfer.methods=['kl', 'kl_dp']", "study.name=x y",
+                               "transfer.hparams={kl_dp={lr=1e-3}}"])
+    cfg = validate_config(raw)
+    assert cfg.transfer.epochs == 3 and cfg.transfer.methods == ["kl", "kl_dp"]
+    assert cfg.study.name == "x y" and cfg.transfer.hparams == {"kl_dp": {"lr": 1e-3}}
+
+
+@pytest.mark.parametrize(
+    "raw, needles",
+    [
+        ({"transfer": {"augment": "colour"}}, ["transfer.augment", "colour", "paper"]),
+        ({"transfer": {"student_mode": "frozen"}}, ["transfer.student_mode", "frozen"]),
+        ({"transfer": {"hparams": {"magic": {}}}}, ["magic", "valid"]),
+        ({"score": {"pairs": "random"}}, ["score.k"]),
+        ({"ray": {"max_retries": -1}}, ["ray.max_retries", "-1"]),
+        ({"zoo": {"models": [{"id": "m", "source": "local"}]}}, ["checkpoint"]),
+        ({"transfr": {}}, ["transfr", "valid keys", "transfer"]),
+    ],
+)
+def test_bad_values_name_key_value_and_valid_choices(raw, needles):
+    with pytest.raises(ConfigError) as exc:
+        validate_config(raw)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg
+
+
+def test_bad_override_syntax_is_a_config_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["transfer.epochs"])
+
+
+def test_transfer_config_validates_augment():
+    from zoo_study.transfer import TransferConfig
+
+    with pytest.raises(ValueError, match="augment"):
+        TransferConfig(method="kl", augment="colour")
+    assert TransferConfig(method="kl", augment="flip").augment == "flip"
