@@ -42,7 +42,7 @@ class GeneratedSection(_Strict):
     image_size: int = Field(32, ge=8, le=256)
     n_train: int = Field(16000, ge=1)
     n_eval: int = Field(4000, ge=1)
-    difficulty: float = Field(1.0, ge=0)
+    difficulty: float = Field(0.4, ge=0)
 
 
 class DataSection(_Strict):

@@ -48,7 +48,7 @@ class GeneratedSpec:
     image_size: int = 32
     n_train: int = 16000
     n_eval: int = 4000
-    difficulty: float = 1.0
+    difficulty: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("seed", "num_superclasses", "classes_per_superclass", "image_size", "n_train", "n_eval"):
