@@ -32,6 +32,7 @@ import importlib
 import importlib.util
 import io
 import json
+import time
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -195,12 +196,24 @@ def output_reads_back(path: Path) -> bool:
 
 
 def is_done(job: Job, root: str | Path) -> bool:
-    """True when every output of ``job`` exists under ``root`` and reads back.
+    """True when this very job (same id) finished and every output exists and reads back.
 
-    A truncated or corrupt Parquet file counts as not done (the job runs again and overwrites it).
+    A truncated or corrupt Parquet file counts as not done (the job runs again and overwrites it). The
+    job record (``_jobs/<job_id>.json``, written after the outputs) ties outputs whose paths do not
+    contain the job id (``zoo/models/<model>.parquet``, ``predictions/model=<model>.parquet``) to the spec
+    that wrote them: change a model's recipe and its jobs run again instead of reusing the old files.
     """
     root = Path(root)
+    if not store.ResultsLayout(root).job_record(job.job_id).is_file():
+        return False
     return all(output_reads_back(root / rel) for rel in job.outputs)
+
+
+def job_record_json(job: Job) -> str:
+    """What the runner stores about a finished job: enough to know which spec produced the outputs."""
+    return json.dumps({"job_id": job.job_id, "stage": job.stage, "name": job.name, "spec": job.spec,
+                       "outputs": list(job.outputs), "inputs": list(job.inputs),
+                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pyarrow as pa
 
 from pipelines.jobs import (
+    job_record_json,
     Job,
     JobContext,
     _running,
@@ -509,12 +510,15 @@ def _write_outputs(job: Job, outputs: Mapping[str, Any], root: Path) -> list[str
                 f"executor returned empty content for declared output {rel!r} (it would never count as done)"
             )
     order = [r for r in items if r not in job.outputs] + list(job.outputs)
+    record = store.ResultsLayout(root).job_record(job.job_id)
+    record.unlink(missing_ok=True)  # outputs are being replaced: not done until the new record lands
     for rel in order:
         kind, content = items[rel]
         if kind == "table":
             store.write_parquet_atomic(content, root / rel)
         else:
             store.write_bytes_atomic(content, root / rel)
+    store.write_text_atomic(job_record_json(job), record)
     return order
 
 

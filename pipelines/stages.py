@@ -255,6 +255,11 @@ def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
                                      epochs=mt.epochs, order=mt.order)
             jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
                                       _transfer_outputs(layout)))
+        if mt.single_baselines:  # each teacher alone, same method and epochs: what the modes must beat
+            for teacher in teachers:
+                tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], epochs=mt.epochs)
+                jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", [teacher], student, tconf,
+                                          _transfer_outputs(layout)))
     return jobs
 
 

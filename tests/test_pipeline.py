@@ -106,7 +106,11 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
     assert pairs.num_rows == 3 * 2 + 3  # all ordered trained pairs + noise-floor rows
     summaries = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
     single = [s for s in summaries if s["mode"] == "single"]
-    assert len(single) == 2 and {s["method"] for s in single} == {"kl", "kl_dp"}  # 1 pair x 2 methods
+    # 1 sampled pair x 2 methods, plus each multi-teacher teacher alone (the Tab 4 baseline, kl_dp)
+    assert len(single) == 4 and {s["method"] for s in single} == {"kl", "kl_dp"}
+    baselines = {(s["teacher"], s["student"]) for s in single if s["student"] == "mixer_p8" and s["epochs"] == 1
+                 and s["method"] == "kl_dp"}
+    assert {("resnet10t_w16", "mixer_p8"), ("convnext_atto_p2", "mixer_p8")} <= baselines
     multi = {s["mode"]: s for s in summaries if s["study_part"] == "multi_teacher"}
     assert set(multi) == {"sequential", "parallel", "soup"}
     assert multi["sequential"]["teachers"] == ["resnet10t_w16", "convnext_atto_p2"] or sorted(
@@ -140,6 +144,13 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
     after = mtimes(root)
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"predictions/model=mixer_p8.parquet"}
+
+    # a changed spec reruns the jobs it changes, even though their output paths are the same
+    before = mtimes(root)
+    assert run_cli("run", str(cfg), "--no-progress", "--stage", "zoo", "--set", "zoo.epochs_scale=0.25") == 0
+    after = mtimes(root)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {f"zoo/models/{m}.parquet" for m in ("resnet10t_w16", "convnext_atto_p2", "mixer_p8")}
 
     # a truncated Parquet file is detected and redone
     pairs_file = root / "scores" / "pairs.parquet"

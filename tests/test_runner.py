@@ -17,6 +17,7 @@ import pytest
 
 from pipelines import _testing as T
 from pipelines.jobs import (
+    job_record_json,
     Job,
     current_job,
     is_done,
@@ -113,7 +114,11 @@ def test_done_detection_truncated_parquet_and_empty_file(tmp_path):
     (tmp_path / "r.html").write_bytes(b"")
     assert not is_done(job, tmp_path)  # empty non-Parquet file is not done
     (tmp_path / "r.html").write_text("<html/>")
+    assert not is_done(job, tmp_path)  # outputs of unknown origin: no record of this job id
+    store.write_text_atomic(job_record_json(job), store.ResultsLayout(tmp_path).job_record(job.job_id))
     assert is_done(job, tmp_path)
+    other = Job("s", {"changed": True}, ("t.parquet", "r.html"))  # same paths, another spec
+    assert not is_done(other, tmp_path)
     data = (tmp_path / "t.parquet").read_bytes()
     (tmp_path / "t.parquet").write_bytes(data[: len(data) // 2])
     assert not is_done(job, tmp_path)

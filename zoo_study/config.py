@@ -154,6 +154,7 @@ class MultiTeacherSection(_Strict):
     method: str = "kl_dp"
     order: Literal["ascending", "descending", "given"] = "ascending"
     epochs: int | None = Field(None, ge=1)  # per teacher; defaults to transfer.epochs
+    single_baselines: bool = True  # also each teacher alone (same method, epochs): the paper's Tab 4 baseline
 
 
 class HparamSection(_Strict):

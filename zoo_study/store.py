@@ -16,6 +16,7 @@ Layout of a results root (``runs/<study>/``)::
     transfers/<job_id>/predictions.parquet   per-sample eval predictions before / after transfer
     hparams/<job_id>.parquet                 grid-search rows (same columns as a transfer summary)
     failures/<job_id>.parquet                a failed job: error, traceback, attempts
+    _jobs/<job_id>.json                      record of a finished job (its spec); part of "done"
     report/index.html, report/figures/*      the report
 """
 
@@ -270,6 +271,14 @@ class ResultsLayout:
 
     def hparam_row(self, job_id: str) -> Path:
         return self.hparams_dir / f"{job_id}.parquet"
+
+    # job records: which spec produced the outputs at a path (outputs keyed by model id outlive specs)
+    @property
+    def job_records_dir(self) -> Path:
+        return self.root / "_jobs"
+
+    def job_record(self, job_id: str) -> Path:
+        return self.job_records_dir / f"{job_id}.json"
 
     # failures and report
     @property
