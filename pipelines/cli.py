@@ -21,12 +21,13 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 LOG = logging.getLogger("zoo_study")
 EXIT_MISUSE = 2
 
 
-def _die(msg: str) -> "NoReturn":  # noqa: F821
+def _die(msg: str) -> NoReturn:
     print(f"zoo-study: error: {msg}", file=sys.stderr)
     raise SystemExit(EXIT_MISUSE)
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from pipelines.jobs import current_job, read_input_table
-from zoo_study.store import MODEL_SCHEMA, PREDICTION_SCHEMA, ResultsLayout
+from zoo_study.store import PREDICTION_SCHEMA, ResultsLayout
 
 LOG = logging.getLogger("zoo_study.pipeline")
 
@@ -71,18 +71,12 @@ def build_model(payload: dict[str, Any], inputs: dict[str, bytes], num_classes: 
     from zoo_study.zoo.loading import load_model
 
     if payload["kind"] == "embedded":
-        key = f"zoo/weights/{_safe(payload['model_id'])}.safetensors"
+        key = str(ResultsLayout("").weights(payload["model_id"]))
         with _weights_file(inputs[key]) as path:
             model, record = load_model(_ref(payload, num_classes, path), device=device)
         record.checkpoint = key
         return model, record
     return load_model(_ref(payload, num_classes), device=device)
-
-
-def _safe(model_id: str) -> str:
-    from zoo_study.store import safe_name
-
-    return safe_name(model_id)
 
 
 # -------------------------------------------------------------------------------------------- stages

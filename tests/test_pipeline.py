@@ -7,7 +7,6 @@ the others complete, and bad config that exits 2 having written nothing.
 
 from __future__ import annotations
 
-import os
 import textwrap
 import time
 from pathlib import Path

@@ -9,7 +9,6 @@ and against timm's own eval transform; the normalisation on constant images.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

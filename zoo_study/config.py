@@ -219,7 +219,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _format_error(err: ValidationError, raw: dict[str, Any]) -> str:
+def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
     msg = first["msg"].removeprefix("Value error, ")
@@ -245,7 +245,7 @@ def validate_config(raw: dict[str, Any]) -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, raw)) from None
+        raise ConfigError(_format_error(err)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> StudyConfig:

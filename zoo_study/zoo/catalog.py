@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -95,6 +94,3 @@ def paper_models() -> list[dict[str, Any]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 
-
-def recipe_dict(record: CatalogRecord) -> dict[str, Any] | None:
-    return json.loads(record.recipe_json) if record.recipe_json else None
