@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 import zoo_study  # noqa: F401  (installs the torchvision compat shim before timm is imported)
-from zoo_study.complementarity import PairSelection, align_predictions, iter_pair_scores, score_pairs
+from zoo_study.scoring import PairSelection, align_predictions, iter_pair_scores, score_pairs
 from zoo_study.store import PREDICTION_SCHEMA
 
 
@@ -135,7 +135,7 @@ def run_scale(args: argparse.Namespace) -> None:
     total = t_align + t_full
     k = min(466, n_pairs)  # the paper's setting: 466 random pairs of the zoo, both tables in memory
     t0 = time.perf_counter()
-    sparse, sparse_classes = score_pairs(aligned, PairSelection("random", k=k, seed=args.seed))
+    sparse, sparse_classes = score_pairs(aligned, PairSelection(pairs="random", k=k, seed=args.seed))
     t_sparse = time.perf_counter() - t0
     print(f"model accuracies {accs.min():.1%} .. {accs.max():.1%}; rho_pos over pairs: "
           f"median {np.median(rho):.2%}, min {rho.min():.2%}, max {rho.max():.2%}")

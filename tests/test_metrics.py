@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from zoo_study import metrics
-from zoo_study.complementarity import top_x_counts
+from zoo_study.scoring import top_x_counts
 
 B = np.array
 

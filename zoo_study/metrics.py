@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from zoo_study.complementarity import top_x_counts
+from zoo_study.scoring import top_x_counts
 
 __all__ = [
     "TransferMetrics",
@@ -214,7 +214,7 @@ def positive_flip_counts(
 def top_x_classes(pos_flip_counts: np.ndarray, x: float) -> np.ndarray:
     """The teacher's top-X% classes: the smallest prefix of classes, sorted by positive flips descending
     (ties by class id), whose cumulative share of flips is >= X%. Counted exactly on integers, the same
-    rule as :func:`zoo_study.complementarity.top_x_counts` and the fig5a query. Empty without flips."""
+    rule as :func:`zoo_study.scoring.top_x_counts` and the fig5a query. Empty without flips."""
     c = np.asarray(pos_flip_counts)
     if c.ndim != 1 or not np.issubdtype(c.dtype, np.integer):
         raise ValueError(f"pos_flip_counts must be a 1-D integer array of per-class counts, got {c.dtype} {c.shape}")

@@ -1,4 +1,4 @@
-"""Tests of complementary-knowledge scoring (zoo_study.complementarity, METHOD.md section 1).
+"""Tests of complementary-knowledge scoring (zoo_study.scoring, METHOD.md section 1).
 
 Fast and pure numpy/pyarrow: a hand-computed 3-model example, a slow per-pair reference on random
 predictions, edge cases of entropy and top-X% counting, pair selection and input validation.
@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from zoo_study import complementarity as cm
-from zoo_study.complementarity import (
+from zoo_study.scoring import counts as sc_counts
+from zoo_study.scoring import scoring as sc_scoring
+from zoo_study.scoring import (
     PairSelection,
     align_predictions,
     entropy_from_counts,
@@ -207,10 +208,10 @@ def _check_against_reference(raw, tables, num_classes, **kwargs):
 
 def _paths(tables, num_classes):
     """Which internal paths scoring takes: (every class in one 64-bit word, top-X by histogram)."""
-    packed = cm._PackedCorrectness(align_predictions(tables, num_classes))
-    t, s, _ = cm._resolve_pairs(align_predictions(tables, num_classes), None, ())
+    packed = sc_counts._PackedCorrectness(align_predictions(tables, num_classes))
+    t, s, _ = sc_scoring._resolve_pairs(align_predictions(tables, num_classes), None, ())
     pos = packed.right[t] - packed.both_correct(t, s)
-    return packed.one_word, cm._use_hist(int(pos.max()), num_classes)
+    return packed.one_word, sc_counts._use_hist(int(pos.max()), num_classes)
 
 
 def test_all_pairs_match_slow_reference_balanced_classes():
@@ -254,8 +255,8 @@ def test_iter_pair_scores_chunks_concatenate_to_score_pairs():
 def test_popcount_fallback_matches_numpy():
     words = np.random.default_rng(4).integers(0, 2**63, size=(7, 5), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     expected = np.array([[bin(int(w)).count("1") for w in row] for row in words])
-    assert np.array_equal(cm._popcount_table(words), expected)
-    assert np.array_equal(cm._popcount(words), expected)
+    assert np.array_equal(sc_counts._popcount_table(words), expected)
+    assert np.array_equal(sc_counts._popcount(words), expected)
 
 
 # ------------------------------------------------------------------------------- entropy and top-X%
@@ -264,7 +265,7 @@ def test_entropy_of_uniform_flips_is_ln_c(num_classes):
     counts = np.full((2, num_classes), 7, dtype=np.int64)
     assert entropy_from_counts(counts) == pytest.approx([math.log(num_classes)] * 2, abs=1e-12)
     # the histogram path used inside scoring agrees
-    _, ent, _ = cm._flip_stats(counts)
+    _, ent, _ = sc_counts._flip_stats(counts)
     assert ent == pytest.approx([math.log(num_classes)] * 2, abs=1e-12)
 
 
@@ -370,12 +371,43 @@ def test_select_pairs_modes_and_validation():
         select_pairs(IDS, "all", k=3)
     with pytest.raises(ValueError, match="unique"):
         select_pairs(["a", "a", "b"])
-    assert PairSelection("random", k=4, seed=2).resolve(IDS) == random_pairs(IDS, 4, seed=2)
+    assert PairSelection(pairs="random", k=4, seed=2).resolve(IDS) == random_pairs(IDS, 4, seed=2)
+
+
+def test_pair_selection_is_the_score_config_section():
+    import tomllib
+
+    from pydantic import ValidationError
+
+    sel = PairSelection.model_validate({"pairs": "random", "k": 3, "seed": 1})
+    assert sel.resolve(IDS) == random_pairs(IDS, 3, seed=1)
+    toml = PairSelection.model_validate(tomllib.loads('pairs = "explicit"\nexplicit = [["m1", "m0"], ["m2", "m0"]]'))
+    assert toml.explicit == [("m1", "m0"), ("m2", "m0")] and toml.resolve(IDS) == [("m1", "m0"), ("m2", "m0")]
+    assert PairSelection.model_validate(PairSelection().model_dump(mode="json")) == PairSelection()
+    assert PairSelection().resolve(IDS[:3]) == select_pairs(IDS[:3])
+    for raw, needles in [
+        ({"pairs": "random"}, ["score.k", "random"]),
+        ({"pairs": "explicit"}, ["score.explicit", "explicit"]),
+        ({"pairs": "all", "k": 3}, ["score.k=3", "'all'", "random"]),
+        ({"pairs": "all", "explicit": [["m0", "m1"]]}, ["score.explicit", "'all'"]),
+        ({"pairs": "some"}, ["pairs", "some", "'all', 'random' or 'explicit'"]),
+        ({"pairs": "random", "k": 0}, ["k", "greater than or equal to 1"]),
+        ({"seed": -1}, ["seed", "greater than or equal to 0"]),
+        ({"mode": "all"}, ["mode", "Extra inputs are not permitted"]),
+    ]:
+        with pytest.raises(ValidationError) as exc:
+            PairSelection.model_validate(raw)
+        for needle in needles:
+            assert needle in str(exc.value), (raw, needle)
+    with pytest.raises(ValidationError):
+        sel.k = 4  # frozen
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['nope'\]"):
+        PairSelection(pairs="explicit", explicit=[("m0", "nope")]).resolve(IDS)
 
 
 def test_score_pairs_with_selection_and_unknown_ids():
     _, tables = _random_zoo(5, 100, np.full(4, 0.25), seed=6)
-    sel = PairSelection("random", k=7, seed=0)
+    sel = PairSelection(pairs="random", k=7, seed=0)
     pairs, _ = score_pairs(tables, sel)
     assert sorted(zip(pairs.column("teacher").to_pylist(), pairs.column("student").to_pylist())) == sorted(
         sel.resolve(tables)

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from zoo_study.stats import mcnemar_exact_p, paired_delta_ci
 from zoo_study.store import (
     FAILURE_SCHEMA,
     MODEL_SCHEMA,
@@ -227,15 +228,33 @@ class RootBuilder:
         rho_neg_before: float | None = 0.03,
         rho_neg_after: float | None = 0.03,
         teacher_share: float | None = 0.4,
+        teacher_share_pos: float | None = None,
+        teacher_share_neg: float | None = None,
         lr: float = 1e-4,
         job_id: str | None = None,
+        n_eval: int = 1000,
+        n_gain: int | None = None,
+        n_loss: int | None = None,
     ) -> dict[str, Any]:
+        """One summary row. The paired counts (n_gain, n_loss) and the uncertainty columns (p_mcnemar,
+        delta_ci_low/high) are computed with :mod:`zoo_study.stats` from the gain and loss shares and
+        ``n_eval`` (rounded to whole samples), or taken as given (then gain = n_gain / n_eval and so on,
+        and delta_last must equal (n_gain - n_loss) / n_eval)."""
         teachers = [teacher] if isinstance(teacher, str) else list(teacher)
         if study_part is None:
             study_part = "transfer" if mode == "single" else "multi_teacher"
-        if gain is None or loss is None:
-            gain = max(delta_last, 0.0) + 0.01
-            loss = gain - delta_last
+        if n_gain is not None or n_loss is not None:
+            if n_gain is None or n_loss is None:
+                raise ValueError("give both n_gain and n_loss, or neither")
+            if abs(delta_last - (n_gain - n_loss) / n_eval) > 1e-12:
+                raise ValueError(f"delta_last {delta_last} != ({n_gain} - {n_loss}) / {n_eval}")
+            gain, loss = n_gain / n_eval, n_loss / n_eval
+        else:
+            if gain is None or loss is None:
+                gain = max(delta_last, 0.0) + 0.01
+                loss = gain - delta_last
+            n_gain, n_loss = int(round(gain * n_eval)), int(round(loss * n_eval))
+        ci_low, ci_high = paired_delta_ci(n_gain, n_loss, n_eval)
         best = max(delta_last, delta_best if delta_best is not None else delta_last)
         return {
             "job_id": job_id or self._job_id(student, tuple(teachers), method, mode, seed, json.dumps(hparams)),
@@ -252,7 +271,7 @@ class RootBuilder:
             "batch_size": 32,
             "seed": seed,
             "n_train": 100,
-            "n_eval": 100,
+            "n_eval": n_eval,
             "acc_before": acc_before,
             "acc_last": acc_before + delta_last,
             "acc_best": acc_before + best,
@@ -261,12 +280,17 @@ class RootBuilder:
             "delta_best": best,
             "gain": gain,
             "loss": loss,
+            "n_gain": n_gain,
+            "n_loss": n_loss,
+            "p_mcnemar": mcnemar_exact_p(n_gain, n_loss),
+            "delta_ci_low": ci_low,
+            "delta_ci_high": ci_high,
             "rho_pos_before": rho_pos_before,
             "rho_pos_after": rho_pos_after,
             "rho_neg_before": rho_neg_before,
             "rho_neg_after": rho_neg_after,
-            "teacher_share_pos": None,
-            "teacher_share_neg": None,
+            "teacher_share_pos": teacher_share_pos,
+            "teacher_share_neg": teacher_share_neg,
             "teacher_share": teacher_share,
             "runtime_s": 1.5,
             "device": "cpu",
@@ -376,6 +400,8 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
     b.write_scores()
 
     single_delta: dict[tuple[str, str, str], float] = {}
+    single_counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+    rng_route = np.random.default_rng(seed + 1000)  # its own stream: the other draws stay as they were
     for s, *_ in STUDENTS:
         y, ps = b.preds[s]
         for t, *_ in TEACHERS:
@@ -390,6 +416,10 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
                 loss = float(np.mean((ps == y) & (after != y)))
                 delta = gain - loss
                 single_delta[(s, t, key)] = delta
+                n_gain = int(np.sum((ps != y) & (after == y)))
+                n_loss = int(np.sum((ps == y) & (after != y)))
+                single_counts[(s, t, key)] = (n_gain, n_loss)
+                routed = key.startswith("kl_dp")
                 acc_b = float(np.mean(ps == y))
                 rho_pos_after = float(np.mean((pt == y) & (after != y)))
                 rho_neg_after = float(np.mean((pt != y) & (after == y)))
@@ -407,6 +437,9 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
                     rho_neg_before=float(np.mean((pt != y) & (ps == y))),
                     rho_neg_after=rho_neg_after,
                     teacher_share=0.3 + 0.1 * rng.random(),
+                    teacher_share_pos=float(rng_route.uniform(0.6, 0.85)) if routed else None,
+                    teacher_share_neg=float(rng_route.uniform(0.05, 0.15)) if routed else None,
+                    n_eval=n,
                 )
                 b.transfer_predictions(job, y, ps, after)
                 b.epochs(
@@ -419,10 +452,17 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
 
     chain = ["t_weak", "t_equal", "t_strong"]
     for s in ("vit_s", "resnet_s"):
-        best = max(single_delta[(s, t, "kl_dp")] for t in chain)
-        for mode, delta in (("sequential", best + 0.02), ("parallel", best - 0.005), ("soup", best - 0.02)):
-            job = b.transfer(s, chain, "kl_dp", delta, mode=mode, gain=delta + 0.03, loss=0.03)
+        # the multi-teacher stage's own single-teacher baselines (study_part multi_teacher, mode single)
+        for t in chain:
+            g, l = single_counts[(s, t, "kl_dp")]
+            b.transfer(s, t, "kl_dp", (g - l) / n, study_part="multi_teacher", n_eval=n, n_gain=g, n_loss=l)
+        best_n = max(single_counts[(s, t, "kl_dp")][0] - single_counts[(s, t, "kl_dp")][1] for t in chain)
+        for mode, d_n in (("sequential", best_n + 2), ("parallel", best_n - 1), ("soup", best_n - 2)):
+            n_loss = 3 + max(0, -d_n)
+            delta = d_n / n
+            job = b.transfer(s, chain, "kl_dp", delta, mode=mode, n_eval=n, n_gain=d_n + n_loss, n_loss=n_loss)
             if mode == "sequential":
+                g_end, l_end = (d_n + n_loss) / n, n_loss / n
                 rows = []
                 for stage, t in enumerate(chain):
                     for e in range(3):
@@ -433,11 +473,11 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
                                 "stage_teacher": t,
                                 "epoch": e,
                                 "delta": delta * frac,
-                                "gain": (delta + 0.03) * frac,
-                                "loss": 0.03 * frac,
+                                "gain": g_end * frac,
+                                "loss": l_end * frac,
                             }
                         )
-                rows.append({"stage": 2, "stage_teacher": "t_strong", "epoch": 3, "delta": delta, "gain": delta + 0.03, "loss": 0.03})
+                rows.append({"stage": 2, "stage_teacher": "t_strong", "epoch": 3, "delta": delta, "gain": g_end, "loss": l_end})
                 b.epochs(job, rows)
 
     for lr, d in ((1e-4, 0.004), (1e-3, 0.002), (1e-2, -0.01)):
