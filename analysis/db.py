@@ -6,25 +6,20 @@ runs (one summary per transfer job, one prediction file per model). A view over
 query, so a report or an ad-hoc ``zoo-study sql`` sees new jobs without any rebuild step, and files
 written by an older schema (a missing nullable column) still line up by name.
 
-A view whose files do not exist yet (a partial root) is still created, empty, with the columns and types
-of its schema in :mod:`zoo_study.store`, so every query runs on any root and simply returns no rows.
-:class:`ResultsDB` re-checks before each query whether such a folder gained files and then swaps the
-empty view for the real one. A file that is not readable Parquet (truncated, foreign) would make DuckDB
-reject the whole view; such files are left out, listed in ``ResultsDB.skipped``, and named in the report.
+There is one view per table of the catalogue :data:`zoo_study.store.TABLES` (its ``name``, over its
+``glob`` under the root, with its ``schema``): models, predictions, pairs, pair_classes, transfers, epochs,
+transfer_predictions, hparams, failures. A view whose files do not exist yet (a partial root) is still
+created, empty, with the columns and types of its schema, so every query runs on any root and simply
+returns no rows. :class:`ResultsDB` re-checks before each query whether such a folder gained files and
+then swaps the empty view for the real one. A file that is not readable Parquet (truncated, foreign)
+would make DuckDB reject the whole view; such files are left out, listed with the reason in
+``ResultsDB.skipped`` / :meth:`ResultsDB.skipped_lines`, and named by ``zoo-study sql`` and the report.
 
-Views (name: files under the root, schema):
-
-=====================  ===================================  ============================
-models                 zoo/models/*.parquet                 MODEL_SCHEMA
-predictions            predictions/*.parquet                PREDICTION_SCHEMA
-pairs                  scores/pairs.parquet                 PAIR_SCHEMA
-pair_classes           scores/pair_classes.parquet          PAIR_CLASS_SCHEMA
-transfers              transfers/*/summary.parquet          TRANSFER_SUMMARY_SCHEMA
-epochs                 transfers/*/epochs.parquet           TRANSFER_EPOCH_SCHEMA
-transfer_predictions   transfers/*/predictions.parquet      TRANSFER_PREDICTION_SCHEMA
-hparams                hparams/*.parquet                    TRANSFER_SUMMARY_SCHEMA
-failures               failures/*.parquet                   FAILURE_SCHEMA
-=====================  ===================================  ============================
+Sandbox: the connection is a read-only window on one results root. DuckDB may read files under the root
+only (``allowed_directories`` with ``enable_external_access = false``; no spill files, no extension
+install or autoload), its configuration is then locked (``lock_configuration``), and :meth:`ResultsDB.query`
+refuses, before anything runs, every statement that is not a read-only query (see :func:`check_read_only`):
+no COPY, ATTACH, INSTALL/LOAD, SET, CREATE, INSERT ... Results are saved by our code (``--out``), never by SQL.
 
 Macros available to every query:
 
@@ -34,16 +29,24 @@ Macros available to every query:
     paper reports supervised and unsupervised KL+DP separately (Tab 1 vs Tab 3), and the summary schema
     has no column for it.
 
+95% intervals (generated from :mod:`zoo_study.stats`, see :func:`_stats_macros`):
+``z975()``, ``t975(df)`` (t table for df 1..30, the normal quantile beyond); ``mean_ci_low/high(mean,
+sd, n)`` (t interval of a mean over n independent units, NULL for n < 2); ``wilson_low/high(k, n)``
+(Wilson interval of k / n); ``fisher_low/high(r, n)`` (Fisher-z interval of a Pearson r, NULL for
+n < 4); ``tango_z(g, l, n, d)`` (the score statistic of ``paired_delta_ci``, for bisection in SQL);
+``claim_verdict(value, lo, hi, threshold, side)``: 'holds' when the interval lies entirely on the claim's
+side (``side`` '>' or '<') of the threshold, 'does not hold' when entirely on the other side, 'not enough
+power to tell' when it spans the threshold (or has no width: one unit), 'no data' without a value.
+
 Safety: user values are always bound as query parameters. The only strings formatted into SQL are the
-file globs in ``CREATE VIEW`` (DuckDB cannot bind a table-function path there); they are built from the
-resolved root with glob metacharacters escaped and single quotes doubled.
+file globs in ``CREATE VIEW`` and the root in ``allowed_directories`` (DuckDB cannot bind either); they are
+built from the resolved root with glob metacharacters escaped and single quotes doubled.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,85 +54,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoo_study.store import (
-    FAILURE_SCHEMA,
-    MODEL_SCHEMA,
-    PAIR_CLASS_SCHEMA,
-    PAIR_SCHEMA,
-    PREDICTION_SCHEMA,
-    TRANSFER_EPOCH_SCHEMA,
-    TRANSFER_PREDICTION_SCHEMA,
-    TRANSFER_SUMMARY_SCHEMA,
-    ResultsLayout,
-)
+from zoo_study.store import TABLES, ResultsLayout, TableSpec
 
 QUERIES_DIR = Path(__file__).with_name("queries")
 
-
-@dataclass(frozen=True)
-class ViewSource:
-    """Where one view's files live (a glob relative to the root) and the schema they follow."""
-
-    name: str
-    pattern: str  # relative to the results root, '/'-separated, may contain '*'
-    schema: pa.Schema
-    stage: str  # the pipeline stage that writes these files, for "missing" messages
-    what: str  # human name of the rows, for "missing" messages
-
-
-def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-def _view_sources() -> tuple[ViewSource, ...]:
-    """Derive every glob from :class:`ResultsLayout`, so a path change in the store reaches us."""
-    root = Path("/__root__")
-    lay = ResultsLayout(root)
-    return (
-        ViewSource("models", f"{_rel(lay.models_dir, root)}/*.parquet", MODEL_SCHEMA, "zoo", "model catalog rows"),
-        ViewSource(
-            "predictions",
-            f"{_rel(lay.predictions_dir, root)}/*.parquet",
-            PREDICTION_SCHEMA,
-            "predict",
-            "model predictions",
-        ),
-        ViewSource("pairs", _rel(lay.pairs, root), PAIR_SCHEMA, "score", "pair scores"),
-        ViewSource("pair_classes", _rel(lay.pair_classes, root), PAIR_CLASS_SCHEMA, "score", "per-class pair flips"),
-        ViewSource(
-            "transfers",
-            f"{_rel(lay.transfers_dir, root)}/*/{lay.transfer_summary('x').name}",
-            TRANSFER_SUMMARY_SCHEMA,
-            "transfer",
-            "transfer results",
-        ),
-        ViewSource(
-            "epochs",
-            f"{_rel(lay.transfers_dir, root)}/*/{lay.transfer_epochs('x').name}",
-            TRANSFER_EPOCH_SCHEMA,
-            "transfer",
-            "per-epoch transfer curves",
-        ),
-        ViewSource(
-            "transfer_predictions",
-            f"{_rel(lay.transfers_dir, root)}/*/{lay.transfer_predictions('x').name}",
-            TRANSFER_PREDICTION_SCHEMA,
-            "transfer",
-            "per-sample transfer predictions",
-        ),
-        ViewSource(
-            "hparams",
-            f"{_rel(lay.hparams_dir, root)}/*.parquet",
-            TRANSFER_SUMMARY_SCHEMA,
-            "hyper-parameter grid",
-            "hyper-parameter grid results",
-        ),
-        ViewSource("failures", f"{_rel(lay.failures_dir, root)}/*.parquet", FAILURE_SCHEMA, "any", "failed jobs"),
-    )
-
-
-VIEW_SOURCES: tuple[ViewSource, ...] = _view_sources()
-VIEWS: dict[str, ViewSource] = {v.name: v for v in VIEW_SOURCES}
+VIEW_SOURCES: tuple[TableSpec, ...] = tuple(TABLES.values())
+VIEWS: dict[str, TableSpec] = TABLES
 
 _MACROS = """
 CREATE OR REPLACE MACRO method_key(m, hp) AS CASE
@@ -139,6 +69,52 @@ CREATE OR REPLACE MACRO method_key(m, hp) AS CASE
         OR lower(coalesce(json_extract_string(hp, '$.supervised'), '')) IN ('false', '0')
     ) THEN m || '_unsup'
     ELSE m
+END;
+"""
+
+
+def _stats_macros() -> str:
+    """SQL macros for 95% intervals, generated from :mod:`zoo_study.stats` so its numbers (the normal
+    quantile, the t table for df 1..30) live in one place; the queries and the Python agree by construction."""
+    from zoo_study.stats import _T975, Z95
+
+    z = repr(float(Z95))
+    t_list = "[" + ", ".join(repr(float(v)) for v in _T975) + "]"
+    return f"""
+CREATE OR REPLACE MACRO z975() AS {z}::DOUBLE;
+CREATE OR REPLACE MACRO t975(df) AS CASE
+    WHEN df IS NULL OR df < 1 THEN NULL
+    WHEN df <= {len(_T975)} THEN ({t_list}::DOUBLE[])[df::BIGINT]
+    ELSE {z}::DOUBLE
+END;
+CREATE OR REPLACE MACRO mean_ci_low(m, sd, n) AS CASE WHEN n >= 2 THEN m - t975(n - 1) * sd / sqrt(n) END;
+CREATE OR REPLACE MACRO mean_ci_high(m, sd, n) AS CASE WHEN n >= 2 THEN m + t975(n - 1) * sd / sqrt(n) END;
+CREATE OR REPLACE MACRO wilson_low(k, n) AS CASE WHEN n > 0 THEN greatest(0.0,
+    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
+    - {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
+CREATE OR REPLACE MACRO wilson_high(k, n) AS CASE WHEN n > 0 THEN least(1.0,
+    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
+    + {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
+CREATE OR REPLACE MACRO fisher_low(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
+    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) - {z} / sqrt(n - 3)) END;
+CREATE OR REPLACE MACRO fisher_high(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
+    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) + {z} / sqrt(n - 3)) END;
+CREATE OR REPLACE MACRO tango_b(g, l, n, d) AS -g - l + (2.0 * n - g + l) * d;
+CREATE OR REPLACE MACRO tango_var(g, l, n, d) AS n * (2.0 * ((sqrt(greatest(tango_b(g, l, n, d) ^ 2
+    + 8.0 * n * l * d * (1.0 - d), 0.0)) - tango_b(g, l, n, d)) / (4.0 * n)) + d * (1.0 - d));
+CREATE OR REPLACE MACRO tango_z(g, l, n, d) AS CASE
+    WHEN tango_var(g, l, n, d) > 0 THEN (g - l - n * d) / sqrt(tango_var(g, l, n, d))
+    WHEN g - l - n * d = 0 THEN 0.0
+    ELSE sign(g - l - n * d) * 'inf'::DOUBLE
+END;
+CREATE OR REPLACE MACRO claim_verdict(value, lo, hi, threshold, side) AS CASE
+    WHEN value IS NULL OR isnan(value) OR threshold IS NULL THEN 'no data'
+    WHEN lo IS NULL OR hi IS NULL OR isnan(lo) OR isnan(hi) THEN 'not enough power to tell'
+    WHEN side = '>' AND lo > threshold THEN 'holds'
+    WHEN side = '>' AND hi <= threshold THEN 'does not hold'
+    WHEN side = '<' AND hi < threshold THEN 'holds'
+    WHEN side = '<' AND lo >= threshold THEN 'does not hold'
+    ELSE 'not enough power to tell'
 END;
 """
 
@@ -227,6 +203,67 @@ def check_params(params: Params) -> dict[str, Any] | list[Any] | None:
     raise TypeError(f"params must be a mapping, a sequence or None, not {type(params).__name__}")
 
 
+# --------------------------------------------------------------------------------------------- sandbox
+class RefusedQuery(ValueError):
+    """A statement that is not a read-only query over the views; refused before anything runs."""
+
+
+_T = duckdb.StatementType
+_READ_ONLY_PRAGMAS = frozenset({"version", "platform", "show", "show_tables", "show_tables_expanded", "table_info",
+                                "database_list", "functions", "collations", "user_agent"})  # fmt: skip
+_WHY = {**dict.fromkeys(("COPY", "EXPORT"), "results are saved with --out, never by SQL"),
+        **dict.fromkeys(("SET", "VARIABLE_SET"), "the settings of this connection are fixed"),
+        **dict.fromkeys(("ATTACH", "DETACH"), "only the views of this results root can be read"),
+        **dict.fromkeys(("LOAD", "EXTENSION"), "extensions cannot be installed or loaded here")}  # fmt: skip
+_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)  # whitespace and comments
+_EXPLAIN = re.compile(r"explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?", re.I)
+_PRAGMA = re.compile(r"pragma\s+(\w+)\s*(?:\([^;]*\))?\s*;?\s*", re.I)
+ALLOWED = "read-only queries only: SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, read-only PRAGMA"
+
+
+def _refuse(i: int, n: int, kind: str, text: str, why: str = "") -> RefusedQuery:
+    where = f"statement {i + 1} of {n}" if n > 1 else "the statement"
+    head = " ".join(_LEADING.sub("", text, count=1).split())[:60]
+    why = why or _WHY.get(kind, f"{kind} is not a read-only query")
+    return RefusedQuery(f"refused {where} ({kind}: {head!r}): {why}; {ALLOWED}")
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise :class:`RefusedQuery` unless every statement of ``sql`` only reads.
+
+    Why DuckDB's own parser: a regex on the text is fooled by comments, CTEs and quoting. A statement
+    that does not parse is left to DuckDB, which reports the syntax error when the query runs.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error:
+        return
+    n = len(statements)
+    for i, st in enumerate(statements):
+        try:
+            kind = st.type
+        except ValueError:  # a statement type newer than this duckdb's Python enum (UPDATE EXTENSIONS ...)
+            raise _refuse(i, n, "UNKNOWN", st.query) from None
+        text = _LEADING.sub("", st.query, count=1)
+        if kind == _T.SELECT:
+            continue
+        if kind == _T.EXPLAIN:  # EXPLAIN ANALYZE runs its statement: only a SELECT may follow
+            m = _EXPLAIN.match(text)
+            try:
+                inner = con.extract_statements(text[m.end() :]) if m else []
+                if len(inner) == 1 and inner[0].type == _T.SELECT:
+                    continue
+            except (duckdb.Error, ValueError):
+                pass
+            raise _refuse(i, n, "EXPLAIN", text, "only EXPLAIN of a SELECT is allowed")
+        if kind == _T.PRAGMA:
+            m = _PRAGMA.fullmatch(text)
+            if m and m.group(1).lower() in _READ_ONLY_PRAGMAS:
+                continue
+            raise _refuse(i, n, "PRAGMA", text, f"read-only pragmas: {', '.join(sorted(_READ_ONLY_PRAGMAS))}")
+        raise _refuse(i, n, kind.name, text)
+
+
 # ------------------------------------------------------------------------------------------- connection
 class ResultsDB:
     """An in-memory DuckDB connection with one view per result table of a results root.
@@ -244,20 +281,41 @@ class ResultsDB:
             raise NotADirectoryError(f"results root {str(root_path)!r} is not a directory")
         self.root = root_path.resolve()
         self.layout = ResultsLayout(self.root)
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
         if threads is not None:
             config["threads"] = int(threads)
         self.con = duckdb.connect(database=":memory:", config=config)
         self._state: dict[str, tuple] = {}
         self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
+        self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
         self.con.execute(_MACROS)
+        self.con.execute(_stats_macros())
         for src in VIEW_SOURCES:
             empty = pa.Table.from_batches([], schema=src.schema)
             tmp = f"__arrow_empty_{src.name}"
             self.con.register(tmp, empty)
             self.con.execute(f"CREATE TABLE {identifier('_empty_' + src.name)} AS SELECT * FROM {identifier(tmp)}")
             self.con.unregister(tmp)
+        self._sandbox()
         self.refresh(force=True)
+
+    def _sandbox(self) -> None:
+        """Let DuckDB read files under the root and nothing else, then lock every setting.
+
+        Both spellings of the root are allowed: DuckDB checks the glob pattern of a view (with ``[``, ``*``
+        and ``?`` escaped) as well as each file it expands to. No temp directory: a spill file would be a
+        write outside the root (and DuckDB would allow reads there too).
+        """
+        root = self.root.as_posix().rstrip("/")
+        dirs = ", ".join(sql_string_literal(d + "/") for d in dict.fromkeys([root, duckdb_glob_escape(root)]))
+        try:
+            self.con.execute("SET temp_directory = ''")
+            self.con.execute(f"SET allowed_directories = [{dirs}]")
+        except duckdb.Error as exc:
+            raise RuntimeError(f"DuckDB {duckdb.__version__} cannot confine queries to the results root "
+                               f"(allowed_directories needs DuckDB 1.2 or newer): {exc}") from exc
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     # -- views
     def files(self, view: str) -> list[Path]:
@@ -289,7 +347,8 @@ class ResultsDB:
     def _install(self, view: str) -> None:
         """(Re)create one view from the files present now, leaving out files that are not Parquet."""
         files = self.files(view)
-        self.skipped.pop(view, None)
+        for f in self.skipped.pop(view, []):
+            self.skip_reasons.pop(f, None)
         if not files:
             self.con.execute(self.view_sql(view, glob=False))
             self._state[view] = ("empty",)
@@ -299,15 +358,21 @@ class ResultsDB:
             self._state[view] = ("glob",)
             return
         except duckdb.Error:
-            bad = [f for f in files if not _readable_parquet(f)]
-            if not bad:
+            reasons = {f: why for f in files if (why := _unreadable(f)) is not None}
+            if not reasons:
                 raise  # not a broken file (say, clashing column types): let the caller see it
-        good = [f for f in files if f not in bad]
+        good = [f for f in files if f not in reasons]
         # An explicit list of the readable files; re-listed before every query, so it still follows
         # new files, and goes back to the glob once the broken file is replaced.
         self.con.execute(self.view_sql(view, good, glob=False))
         self._state[view] = ("files", tuple(files))
-        self.skipped[view] = bad
+        self.skipped[view] = list(reasons)
+        self.skip_reasons.update(reasons)
+
+    def skipped_lines(self) -> list[str]:
+        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>'."""
+        return [f"skipped unreadable file {f.relative_to(self.root).as_posix()}: {self.skip_reasons.get(f, '?')}"
+                for files in self.skipped.values() for f in files]
 
     def refresh(self, force: bool = False) -> None:
         """Point each view at its files, or at the empty typed table while it has none.
@@ -329,17 +394,23 @@ class ResultsDB:
         """Run ``sql`` with bound ``params`` and return the result as an Arrow table."""
         self.refresh()
         bound = check_params(params)
+        check_read_only(self.con, sql)
         try:
-            rel = self.con.sql(sql, params=bound)
+            return self._run(sql, bound)
         except duckdb.Error:
             # A broken file may have appeared under a glob view since it was created: leave it out
             # and try once more; any other error is the query's own and is raised unchanged.
             if not self._reinstall_broken_views():
                 raise
+            return self._run(sql, bound)
+
+    def _run(self, sql: str, bound: dict[str, Any] | list[Any] | None) -> pa.Table:
+        try:
             rel = self.con.sql(sql, params=bound)
-        if rel is None:  # a statement without a result (SET, CREATE ...)
-            return pa.table({})
-        return _to_arrow(rel)
+            return pa.table({}) if rel is None else _to_arrow(rel)  # None: no statement (only comments)
+        except duckdb.PermissionException as exc:  # the sandbox said no (a file outside the root ...)
+            why = str(exc).splitlines()[0].removeprefix("Permission Error: ")
+            raise RefusedQuery(f"refused: only files under the results root {self.root} can be read ({why})") from exc
 
     def _reinstall_broken_views(self) -> bool:
         changed = False
@@ -376,13 +447,13 @@ class ResultsDB:
         self.close()
 
 
-def _readable_parquet(path: Path) -> bool:
-    """Whether ``path`` has a readable Parquet footer (a truncated or foreign file does not)."""
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` has no readable Parquet footer (a truncated or foreign file), or None when it has one."""
     try:
         pq.read_schema(path)
-    except (OSError, pa.ArrowException, ValueError):
-        return False
-    return True
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
 
 
 def connect(root: str | os.PathLike[str], *, threads: int | None = None) -> ResultsDB:

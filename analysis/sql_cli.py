@@ -13,20 +13,27 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from analysis.db import Params, ResultsDB, query_description, query_names, query_text
+from analysis.db import Params, RefusedQuery, ResultsDB, query_description, query_names, query_text
 from zoo_study.store import write_bytes_atomic, write_parquet_atomic
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
 class QueryError(RuntimeError):
-    """A query failed to prepare or run; the message names the query and DuckDB's reason."""
+    """A query failed to prepare or run, or was refused (not read-only, or it reads outside the root);
+    the message names the query and the reason, on its first line."""
+
+
+def warn_stderr(message: str) -> None:
+    """The default ``warn`` of :func:`run_sql`: one line on stderr."""
+    print(f"zoo-study: warning: {message}", file=sys.stderr)
 
 
 def resolve_query(query: str) -> tuple[str, str]:
@@ -81,17 +88,22 @@ def run_sql(
     query: str,
     params: Params = None,
     out: str | os.PathLike[str] | None = None,
+    warn: Callable[[str], None] | None = warn_stderr,
 ) -> pa.Table:
     """Run ``query`` over the views of results root ``root`` and return the rows.
 
     ``params`` are bound, never formatted into the SQL: a mapping binds ``$name`` placeholders, a list
-    binds ``?`` in order. ``out`` (optional) is a ``.csv`` or ``.parquet`` path, written atomically.
+    binds ``?`` in order. ``out`` (optional) is a ``.csv`` or ``.parquet`` path, written atomically by
+    this function (SQL itself can write nothing: see :func:`analysis.db.check_read_only`). Each result
+    file that could not be read, and so is missing from the rows, is passed to ``warn`` as one line.
     """
     out_path = _check_out(out)
     label, sql = resolve_query(query)
     with ResultsDB(root) as db:
         try:
             table = db.query(sql, params)
+        except RefusedQuery as exc:
+            raise QueryError(f"query {label}: {exc}") from exc
         except Exception as exc:  # duckdb raises many types; name the query and keep the cause
             if not _is_duckdb_error(exc):
                 raise
@@ -99,6 +111,10 @@ def run_sql(
             if label == "SQL" and re.fullmatch(r"[A-Za-z0-9_.]+", query.strip()):
                 hint = f" (not a shipped query name either; shipped queries: {', '.join(query_names())})"
             raise QueryError(f"query {label} failed: {exc}{hint}") from exc
+        finally:  # name the files the rows leave out, even when the query failed
+            if warn is not None:
+                for line in db.skipped_lines():
+                    warn(line)
     if out_path is not None:
         write_table(table, out_path)
     return table

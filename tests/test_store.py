@@ -203,3 +203,42 @@ def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
         os.umask(mask)
     for f in (p, q):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------------------ catalogue
+def test_every_table_path_matches_its_view_glob_and_nothing_else(tmp_path):
+    from zoo_study.store import FILES, TABLES
+
+    layout = ResultsLayout(tmp_path)
+    written = {
+        "models": layout.model_row("timm/vit:b"), "predictions": layout.predictions("m"), "pairs": layout.pairs,
+        "pair_classes": layout.pair_classes, "transfers": layout.transfer_summary("j1"),
+        "epochs": layout.transfer_epochs("j1"), "transfer_predictions": layout.transfer_predictions("j1"),
+        "hparams": layout.hparam_row("j2"), "failures": layout.failure("j3"),
+    }  # fmt: skip
+    assert set(written) == set(TABLES) and not set(TABLES) & set(FILES)
+    for path in written.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    for name, spec in TABLES.items():
+        assert sorted(tmp_path.glob(spec.glob)) == [written[name]], name
+        assert spec.pattern == spec.glob and spec.description and spec.what and spec.stage
+    assert TABLES["transfers"].shown == "transfers/<job_id>/summary.parquet"
+    assert TABLES["transfers"].folder == "transfers" and TABLES["models"].folder == "zoo/models"
+    assert layout.transfer_dir("j1") == tmp_path / "transfers" / "j1"
+    assert layout.path("weights", model="a/b") == layout.weights("a/b") == tmp_path / "zoo/weights/a_b.safetensors"
+    with pytest.raises(KeyError, match="no table or file 'nope'"):
+        layout.path("nope")
+    with pytest.raises(TypeError, match="needs"):
+        layout.path("transfers", model="x")
+
+
+def test_a_results_root_has_a_config_or_a_result_file(tmp_path):
+    layout = ResultsLayout(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    assert not layout.is_results_root()
+    layout.config_file.write_text("")
+    assert layout.is_results_root()
+    layout.config_file.unlink()
+    write_parquet_atomic(table_from_rows(pair_rows(), PAIR_CLASS_SCHEMA), layout.pair_classes)
+    assert layout.is_results_root()

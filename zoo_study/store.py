@@ -3,21 +3,10 @@
 Why one module: every stage writes and the analysis layer reads the same files. Keeping the schemas and
 paths here means a column is renamed in one place, and ``analysis`` needs nothing else from the library.
 
-Layout of a results root (``runs/<study>/``)::
-
-    config.toml, environment.json           resolved config and versions (written by the pipeline)
-    zoo/models/<model>.parquet               one catalog row per model (models view: zoo/models/*.parquet)
-    zoo/weights/<model>.safetensors          weights of models the pipeline trained itself
-    predictions/model=<model>.parquet        per-sample predictions of one model on the eval split
-    scores/pairs.parquet                     one row per scored (teacher, student) pair
-    scores/pair_classes.parquet              per-class flips of every scored pair
-    transfers/<job_id>/summary.parquet       one row per transfer job
-    transfers/<job_id>/epochs.parquet        per-epoch (and per-stage) curve of a transfer job
-    transfers/<job_id>/predictions.parquet   per-sample eval predictions before / after transfer
-    hparams/<job_id>.parquet                 grid-search rows (same columns as a transfer summary)
-    failures/<job_id>.parquet                a failed job: error, traceback, attempts
-    _jobs/<job_id>.json                      record of a finished job (its spec); part of "done"
-    report/index.html, report/figures/*      the report
+The layout of a results root (``runs/<study>/``) is declared once, in :data:`TABLES` (every result table:
+view name, path template, schema, producing stage, description) and :data:`FILES` (config, environment,
+weights, job records, report). :class:`ResultsLayout`'s path methods, the DuckDB views of
+``analysis.db`` and the report's "no data" messages are all derived from them.
 """
 
 from __future__ import annotations
@@ -26,8 +15,9 @@ import os
 import re
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -123,6 +113,16 @@ TRANSFER_SUMMARY_SCHEMA = pa.schema(
         pa.field("delta_best", pa.float64(), nullable=False),
         pa.field("gain", pa.float64(), nullable=False),  # share of eval samples, last model
         pa.field("loss", pa.float64(), nullable=False),
+        # The uncertainty of delta_last, from the paired before/after correctness on the eval split:
+        # n_gain / n_loss = eval samples wrong before and right after / right before and wrong after (last
+        # model; n_gain - n_loss = delta_last * n_eval); p_mcnemar = exact two-sided McNemar p-value of
+        # "no change"; delta_ci_low/high = 95% Tango score interval of delta_last (paired, depends only on
+        # n_gain, n_loss, n_eval; keeps a width when nothing changed, unlike Wald): see zoo_study/stats.py.
+        pa.field("n_gain", pa.int64(), nullable=False),
+        pa.field("n_loss", pa.int64(), nullable=False),
+        pa.field("p_mcnemar", pa.float64(), nullable=False),
+        pa.field("delta_ci_low", pa.float64(), nullable=False),
+        pa.field("delta_ci_high", pa.float64(), nullable=False),
         pa.field("rho_pos_before", pa.float64()),  # vs the (first) teacher; null for no teacher
         pa.field("rho_pos_after", pa.float64()),
         pa.field("rho_neg_before", pa.float64()),
@@ -175,19 +175,9 @@ FAILURE_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {
-    "models": MODEL_SCHEMA,
-    "predictions": PREDICTION_SCHEMA,
-    "pairs": PAIR_SCHEMA,
-    "pair_classes": PAIR_CLASS_SCHEMA,
-    "transfers": TRANSFER_SUMMARY_SCHEMA,
-    "epochs": TRANSFER_EPOCH_SCHEMA,
-    "transfer_predictions": TRANSFER_PREDICTION_SCHEMA,
-    "failures": FAILURE_SCHEMA,
-}
-
-# ---------------------------------------------------------------------------------------------- layout
+# ------------------------------------------------------------------------------------------- catalogue
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 def safe_name(model_id: str) -> str:
@@ -197,100 +187,155 @@ def safe_name(model_id: str) -> str:
     return _UNSAFE.sub("_", model_id)
 
 
+class _Template:
+    """Path arithmetic shared by :class:`FileSpec` and :class:`TableSpec` (which have ``name`` and
+    ``template``): a '/'-separated path under the root where ``{model}`` stands for a model id (made
+    file-safe by :func:`safe_name`) and ``{job_id}`` for a job id."""
+
+    @property
+    def glob(self) -> str:
+        """The template with every placeholder as ``*``: matches every file of this kind."""
+        return _PLACEHOLDER.sub("*", self.template)
+
+    @property
+    def shown(self) -> str:
+        """The template as people read it: ``transfers/<job_id>/summary.parquet``."""
+        return _PLACEHOLDER.sub(r"<\1>", self.template)
+
+    @property
+    def folder(self) -> str:
+        """The fixed folder above the first placeholder ('zoo/models', 'transfers', 'scores')."""
+        parts = self.template.split("/")[:-1]
+        return "/".join(parts[: next((i for i, p in enumerate(parts) if "{" in p), len(parts))])
+
+    def relpath(self, **keys: str) -> str:
+        """One file's path relative to the root: ``relpath(job_id="ab12")``."""
+        if set(keys) != set(need := _PLACEHOLDER.findall(self.template)):
+            raise TypeError(f"{self.name} ({self.template}) needs {need}, got {sorted(keys)}")
+        return self.template.format(**{k: safe_name(v) if k == "model" else str(v) for k, v in keys.items()})
+
+
+@dataclass(frozen=True)
+class FileSpec(_Template):
+    """A kind of file in a results root that is not a table (config, weights, job records, report)."""
+
+    name: str
+    template: str
+    stage: str  # the pipeline stage that writes it ("any": every stage, "run": the driver)
+    description: str  # one line
+
+
+@dataclass(frozen=True)
+class TableSpec(_Template):
+    """A result table: its files (``glob``) follow ``schema``, and DuckDB view ``name`` reads them all."""
+
+    name: str  # the DuckDB view
+    template: str
+    schema: pa.Schema
+    stage: str  # the pipeline stage that writes it ("any": every stage)
+    what: str  # its rows in words, for messages: "transfer results"
+    description: str  # one line
+
+    pattern = _Template.glob  # the name analysis.db and figures use for the glob
+
+
+# One entry per DuckDB view, in view order: a new table is one more line here (and its schema above).
+TABLES: dict[str, TableSpec] = {t.name: t for t in (
+    TableSpec("models", "zoo/models/{model}.parquet", MODEL_SCHEMA, "zoo", "model catalog rows",
+              "one catalog row per model: source, architecture, family, size, preprocessing"),
+    TableSpec("predictions", "predictions/model={model}.parquet", PREDICTION_SCHEMA, "predict", "model predictions",
+              "per-sample predictions of one model on the eval split"),
+    TableSpec("pairs", "scores/pairs.parquet", PAIR_SCHEMA, "score", "pair scores",
+              "one row per scored (teacher, student) pair: accuracies, flips, entropy, top-X% classes"),
+    TableSpec("pair_classes", "scores/pair_classes.parquet", PAIR_CLASS_SCHEMA, "score", "per-class pair flips",
+              "positive and negative flips per class of every scored pair"),
+    TableSpec("transfers", "transfers/{job_id}/summary.parquet", TRANSFER_SUMMARY_SCHEMA, "transfer",
+              "transfer results", "one row per transfer job (single or multi-teacher): accuracies, gain, loss"),
+    TableSpec("epochs", "transfers/{job_id}/epochs.parquet", TRANSFER_EPOCH_SCHEMA, "transfer",
+              "per-epoch transfer curves", "per-epoch (and per-stage) curve of a transfer job"),
+    TableSpec("transfer_predictions", "transfers/{job_id}/predictions.parquet", TRANSFER_PREDICTION_SCHEMA,
+              "transfer", "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
+    TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hparam", "hyper-parameter grid results",
+              "grid-search rows, kept apart from the study's transfers (same columns as a transfer summary)"),
+    TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "any", "failed jobs",
+              "one row per failed or skipped job: error, traceback, attempts"),
+)}  # fmt: skip
+
+FILES: dict[str, FileSpec] = {f.name: f for f in (  # the files that are not tables
+    FileSpec("config", "config.toml", "run", "the resolved study config"),
+    FileSpec("environment", "environment.json", "run", "versions and hardware of the run"),
+    FileSpec("weights", "zoo/weights/{model}.safetensors", "zoo", "weights of a model the pipeline trained itself"),
+    FileSpec("job_record", "_jobs/{job_id}.json", "any", "record of a finished job (its spec); part of 'done'"),
+    FileSpec("report", "report/index.html", "report", "the report; its figures and tables beside it"),
+)}  # fmt: skip
+
+# every distinct schema, under the first table that uses it (hparams reuse the transfer summary's)
+SCHEMAS: dict[str, pa.Schema] = {}
+for _table in TABLES.values():
+    if _table.schema not in SCHEMAS.values():
+        SCHEMAS[_table.name] = _table.schema
+
+
+_ALL: dict[str, FileSpec | TableSpec] = {**TABLES, **FILES}
+
+
+def _keyed(name: str) -> Callable[[ResultsLayout, str], Path]:
+    """A layout method for one file of catalogue entry ``name``, e.g. ``layout.transfer_summary(job_id)``."""
+    (key,) = _PLACEHOLDER.findall(_ALL[name].template)
+
+    def method(self: ResultsLayout, value: str) -> Path:
+        return self.path(name, **{key: value})
+
+    method.__doc__ = f"``{_ALL[name].shown}`` for one {key}."
+    return method
+
+
 class ResultsLayout:
-    """Paths inside one results root. Pure path arithmetic: nothing is created here."""
+    """Paths inside one results root, from the catalogue. Pure path arithmetic: nothing is created here."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
 
-    # files written by the pipeline
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.toml"
+    def path(self, name: str, **keys: str) -> Path:
+        """The file of catalogue entry ``name`` (a table or a file): ``path("transfers", job_id=j)``."""
+        if name not in _ALL:
+            raise KeyError(f"no table or file {name!r} in the results layout; known: {', '.join(_ALL)}")
+        return self.root / _ALL[name].relpath(**keys)
 
-    @property
-    def environment_file(self) -> Path:
-        return self.root / "environment.json"
+    def folder(self, name: str) -> Path:
+        """The fixed folder of catalogue entry ``name`` (``transfers``, ``zoo/models``)."""
+        return self.root / _ALL[name].folder
 
-    # zoo
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "zoo" / "models"
+    def is_results_root(self) -> bool:
+        """Whether the root holds a study: a config, or at least one file of a catalogue table."""
+        return self.config_file.is_file() or any(next(self.root.glob(t.glob), None) for t in TABLES.values())
 
-    def model_row(self, model_id: str) -> Path:
-        return self.models_dir / f"{safe_name(model_id)}.parquet"
+    config_file = property(lambda self: self.path("config"))
+    environment_file = property(lambda self: self.path("environment"))
+    models_dir = property(lambda self: self.folder("models"))
+    weights_dir = property(lambda self: self.folder("weights"))
+    predictions_dir = property(lambda self: self.folder("predictions"))
+    scores_dir = property(lambda self: self.folder("pairs"))
+    pairs = property(lambda self: self.path("pairs"))
+    pair_classes = property(lambda self: self.path("pair_classes"))
+    transfers_dir = property(lambda self: self.folder("transfers"))
+    hparams_dir = property(lambda self: self.folder("hparams"))
+    job_records_dir = property(lambda self: self.folder("job_record"))
+    failures_dir = property(lambda self: self.folder("failures"))
+    report_dir = property(lambda self: self.folder("report"))
 
-    @property
-    def weights_dir(self) -> Path:
-        return self.root / "zoo" / "weights"
-
-    def weights(self, model_id: str) -> Path:
-        return self.weights_dir / f"{safe_name(model_id)}.safetensors"
-
-    # predictions
-    @property
-    def predictions_dir(self) -> Path:
-        return self.root / "predictions"
-
-    def predictions(self, model_id: str) -> Path:
-        return self.predictions_dir / f"model={safe_name(model_id)}.parquet"
-
-    # scores
-    @property
-    def scores_dir(self) -> Path:
-        return self.root / "scores"
-
-    @property
-    def pairs(self) -> Path:
-        return self.scores_dir / "pairs.parquet"
-
-    @property
-    def pair_classes(self) -> Path:
-        return self.scores_dir / "pair_classes.parquet"
-
-    # transfers
-    @property
-    def transfers_dir(self) -> Path:
-        return self.root / "transfers"
+    model_row = _keyed("models")
+    weights = _keyed("weights")
+    predictions = _keyed("predictions")
+    transfer_summary = _keyed("transfers")
+    transfer_epochs = _keyed("epochs")
+    transfer_predictions = _keyed("transfer_predictions")
+    hparam_row = _keyed("hparams")
+    job_record = _keyed("job_record")  # which spec produced a job's outputs: part of "done"
+    failure = _keyed("failures")
 
     def transfer_dir(self, job_id: str) -> Path:
-        return self.transfers_dir / job_id
-
-    def transfer_summary(self, job_id: str) -> Path:
-        return self.transfer_dir(job_id) / "summary.parquet"
-
-    def transfer_epochs(self, job_id: str) -> Path:
-        return self.transfer_dir(job_id) / "epochs.parquet"
-
-    def transfer_predictions(self, job_id: str) -> Path:
-        return self.transfer_dir(job_id) / "predictions.parquet"
-
-    @property
-    def hparams_dir(self) -> Path:
-        return self.root / "hparams"
-
-    def hparam_row(self, job_id: str) -> Path:
-        return self.hparams_dir / f"{job_id}.parquet"
-
-    # job records: which spec produced the outputs at a path (outputs keyed by model id outlive specs)
-    @property
-    def job_records_dir(self) -> Path:
-        return self.root / "_jobs"
-
-    def job_record(self, job_id: str) -> Path:
-        return self.job_records_dir / f"{job_id}.json"
-
-    # failures and report
-    @property
-    def failures_dir(self) -> Path:
-        return self.root / "failures"
-
-    def failure(self, job_id: str) -> Path:
-        return self.failures_dir / f"{job_id}.parquet"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
+        return self.transfer_summary(job_id).parent
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -325,20 +370,18 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: pa.Schema | None = None) -> Path:
-    """Write ``table`` to ``path`` via a temp file in the same folder and an atomic rename.
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp)`` on a temp file in ``path``'s folder, fsync it, then rename it onto ``path``.
 
     Why: a job killed mid-write must never leave a file that reads back as complete. The temp name
     starts with '.' and ends in '.tmp', so globs like ``*.parquet`` never see it.
     """
     path = Path(path)
-    if schema is not None:
-        table = conform(table, schema)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
@@ -350,23 +393,17 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: 
     return path
 
 
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: pa.Schema | None = None) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file in the same folder + rename)."""
+    if schema is not None:
+        table = conform(table, schema)
+    return _write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
+                         suffix=f".{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
     """Atomically write raw bytes (configs, JSON, HTML, PNG) with the same temp-then-rename rule."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
