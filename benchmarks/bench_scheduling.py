@@ -27,13 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from functools import partial
+
 from pipelines import _testing as T
+from pipelines.backends import ensure_ray
 from pipelines.jobs import Job, plan
-from pipelines.runner import ensure_ray, run_jobs
+from pipelines.runner import run_jobs as _run_jobs
+
+run_jobs = partial(_run_jobs, executors=T.EXECUTORS)
 
 
 def make_jobs(n: int, tag: str) -> list[Job]:
-    return [Job(T.EMIT, {"value": i, "bench": tag}, (f"bench/v{i:05d}.parquet",)) for i in range(n)]
+    return [Job(T.EMIT, {"value": i, "bench": tag}, {"row": f"bench/v{i:05d}.parquet"}) for i in range(n)]
 
 
 def timed(fn, *args, **kwargs):

@@ -2,7 +2,8 @@
 
 Why a module inside the package: Ray workers import executors by module path, and ``tests/`` is not a
 package; ``pipelines._testing`` is importable wherever ``pipelines`` is installed. Stage names start
-with ``_test.`` so they can never collide with real stages.
+with ``_test.`` so they can never collide with real stages, and they are not in the study's map
+(``pipelines.jobs.EXECUTORS``): pass ``run_jobs(..., executors=EXECUTORS)`` to run them.
 
 Behaviour is driven by the spec so that tests can inject faults into a job without changing its id:
 
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.jobs import current_job, read_input_table, register_executor
+from pipelines.jobs import JobContext, read_input_table
 
 EMIT = "_test.emit"
 SUM = "_test.sum"
+EXECUTORS = {EMIT: "pipelines._testing:emit", SUM: "pipelines._testing:total"}
 
 
 def _faults(spec: dict) -> None:
@@ -47,22 +49,18 @@ def _content(rel: str, table: pa.Table) -> pa.Table | bytes:
     return table if rel.endswith(".parquet") else f"{table.to_pylist()}\n".encode()
 
 
-@register_executor(EMIT)
-def emit(spec: dict, inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
+def emit(spec: dict, inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table | bytes]:
     """One row ``(job_id, value, attempt, pid)`` into every declared output."""
     _faults(spec)
-    ctx = current_job()
     table = pa.table({"job_id": [ctx.job_id], "value": [int(spec["value"])], "attempt": [ctx.attempt],
                       "pid": [os.getpid()]})
-    return {rel: _content(rel, table) for rel in ctx.outputs}
+    return {name: _content(rel, table) for name, rel in ctx.outputs.items()}
 
 
-@register_executor(SUM)
-def total(spec: dict, inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
+def total(spec: dict, inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table | bytes]:
     """Sum of ``value`` over all (Parquet) inputs, plus how many inputs it saw."""
     _faults(spec)
-    ctx = current_job()
     values = [v for rel in ctx.inputs for v in read_input_table(inputs[rel]).column("value").to_pylist()]
     table = pa.table({"job_id": [ctx.job_id], "value": [sum(values)], "attempt": [ctx.attempt],
                       "n_inputs": [len(inputs)]})
-    return {rel: _content(rel, table) for rel in ctx.outputs}
+    return {name: _content(rel, table) for name, rel in ctx.outputs.items()}

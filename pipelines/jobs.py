@@ -1,25 +1,23 @@
-"""Job specs, content-hash ids, done detection and the executor registry.
+"""Jobs: one unit of work, its content-hash id, when it is done, and which executor runs it.
 
 Why this module exists: the pipeline runs hundreds of independent units of work (a model, a pair set,
 a transfer) and must resume after a crash, a Ctrl-C or a config extension by doing only the missing
 work. A :class:`Job` therefore names its work by *content* (a hash of its canonical spec), and its
-completion by *files* (its outputs exist and read back), never by a database or a log.
+completion by *files* (its named outputs exist and read back with their table's schema, and a record of
+its own id exists), never by a database or a log.
 
-What a job computes is not known here: a stage module registers an *executor* for its stage name::
+What a job computes is an *executor*, found by stage name in :data:`EXECUTORS` (a static map of
+``"module:function"`` strings, so Ray workers import executors by name and the CLI never imports torch)::
 
-    from pipelines.jobs import Job, register_executor, read_input_table
-
-    @register_executor("predict")
-    def predict_job(spec: dict, inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
+    def predict_job(spec: dict, inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
         models = read_input_table(inputs["zoo/models/resnet18.parquet"])
         ...
-        return {f"predictions/model={spec['model']}.parquet": table}
+        return {"predictions": table}          # one entry per name of Job.outputs
 
-Executors are plain module-level functions. Ray workers find them by their import path
-(``"module:qualname"``), so the module that defines them must be importable on every worker (it is,
-when the package is installed there). Executors never touch the results root: they get the bytes of
-their declared inputs and return the content of their outputs; the driver does all reads and writes.
-That is what makes the same code work on a cluster without a shared filesystem.
+Executors never touch the results root: they get the bytes of their declared inputs (keyed by path) and
+return the content of their outputs (keyed by output *name*); the driver maps names to the paths of
+``Job.outputs`` and does all reads and writes. That is what makes the same code work on a cluster
+without a shared filesystem.
 
 This module does not import Ray, so planning and status work in a notebook or the CLI without it.
 """
@@ -27,13 +25,14 @@ This module does not import Ray, so planning and status work in a notebook or th
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import importlib
 import importlib.util
-import io
 import json
-import time
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -44,38 +43,44 @@ import pyarrow.parquet as pq
 from zoo_study import store
 
 __all__ = [
-    "Job",
+    "EXECUTORS",
     "Executor",
+    "Job",
+    "JobContext",
     "OutputContent",
     "PlanCounts",
     "canonical_json",
-    "job_id_for",
+    "check_done",
+    "done_flags",
+    "executor_for",
     "is_done",
-    "output_reads_back",
+    "job_id_for",
     "plan",
-    "pending",
-    "format_plan",
-    "register_executor",
-    "register_executor_path",
-    "unregister_executor",
-    "executor_ref",
-    "resolve_executor",
-    "registered_stages",
     "read_input_table",
-    "table_to_parquet_bytes",
-    "JobContext",
-    "current_job",
+    "resolve_executor",
+    "schema_for_path",
 ]
 
-OutputContent = Union[pa.Table, bytes, str]
-"""What an executor may return for one output path: a table (written as Parquet), raw bytes, or text
-(written as UTF-8)."""
-
-Executor = Callable[[dict, "dict[str, bytes]"], Mapping[str, OutputContent]]
-"""``fn(spec, inputs) -> {relative output path: content}``; ``inputs`` maps each declared input path to
-its bytes."""
-
+LOG = logging.getLogger("pipelines.jobs")
 ID_LENGTH = 16
+
+OutputContent = Union[pa.Table, bytes, str]
+"""What an executor may return for one output: a table (written as Parquet), raw bytes, or text (UTF-8)."""
+
+Executor = Callable[[dict, "dict[str, bytes]", "JobContext"], Mapping[str, OutputContent]]
+"""``fn(spec, inputs, ctx) -> {output name: content}``; ``inputs`` maps each declared input path to its bytes."""
+
+EXECUTORS: dict[str, str] = {
+    "zoo": "pipelines.executors:zoo_job",
+    "predict": "pipelines.executors:predict_job",
+    "score": "pipelines.executors:score_job",
+    "transfer": "pipelines.executors:transfer_job",
+    "multi_teacher": "pipelines.executors:multi_teacher_job",
+    "hparam": "pipelines.executors:hparam_job",
+}
+"""The study's executors by stage. Other executors (the runner's tests: ``pipelines._testing.EXECUTORS``; a
+notebook's own function) are passed to ``run_jobs(..., executors=)``, which merges them over this map:
+the study's stages stay one fixed list, and a test stage can never be picked up by a study run."""
 
 
 # ------------------------------------------------------------------------------------------------ ids
@@ -122,21 +127,24 @@ def _check_relpath(path: str, what: str) -> str:
 @dataclass(frozen=True)
 class Job:
     """One unit of work: which executor (``stage``), with what parameters (``spec``), producing which
-    files (``outputs``), from which files (``inputs``), with which resources.
+    files (``outputs``: output name -> path), from which files (``inputs``), with which resources.
 
     ``spec`` must be JSON-serialisable; it is normalised through JSON at construction (tuples become
     lists) and the executor receives a fresh copy of that normalised dict. Do not mutate it.
-    ``outputs`` and ``inputs`` are paths relative to the results root; every output existing and reading
-    back marks the job done. ``name`` is a human label for logs only (not part of the id).
+    Paths are relative to the results root; every output existing and reading back marks the job done.
+    ``name`` is a human label for logs only (not part of the id, nor are files, resources and ``runtime``).
     """
 
     stage: str
     spec: Mapping[str, Any]
-    outputs: tuple[str, ...]
+    outputs: Mapping[str, str]
     inputs: tuple[str, ...] = ()
     num_cpus: float = 1
     num_gpus: float = 0
     name: str = field(default="", compare=False)
+    # settings that change how fast a job runs, never what it computes (a node-local cache folder):
+    # handed to the executor as ``ctx.runtime``, not part of the id, so moving a cache reruns nothing
+    runtime: Mapping[str, Any] = field(default_factory=dict, compare=False)
     job_id: str = field(init=False, compare=False)
     spec_json: str = field(init=False, repr=False, compare=False)
 
@@ -145,16 +153,23 @@ class Job:
             raise ValueError(f"job stage must be a non-empty string, got {self.stage!r}")
         if not isinstance(self.spec, Mapping):
             raise ValueError(f"job spec must be a mapping, got {type(self.spec).__name__}")
-        if isinstance(self.outputs, str) or isinstance(self.inputs, str):
-            raise ValueError("job outputs and inputs must be sequences of paths, not a single string")
-        outputs = tuple(_check_relpath(p, "job output") for p in self.outputs)
+        if not isinstance(self.outputs, Mapping):
+            raise ValueError(f"job outputs must be a mapping of output name -> path, got {self.outputs!r}")
+        if isinstance(self.inputs, str):
+            raise ValueError("job inputs must be a sequence of paths, not a single string")
+        bad = [n for n in self.outputs if not isinstance(n, str) or not n]
+        if bad:
+            raise ValueError(f"job output names must be non-empty strings, got {bad}")
+        outputs = {n: _check_relpath(p, f"job output {n!r}") for n, p in self.outputs.items()}
         inputs = tuple(_check_relpath(p, "job input") for p in self.inputs)
         if not outputs:
             raise ValueError(f"job of stage {self.stage!r} declares no outputs; a job without outputs is never done")
-        if len(set(outputs)) != len(outputs):
-            raise ValueError(f"job of stage {self.stage!r} declares duplicate outputs: {list(outputs)}")
-        if set(outputs) & set(inputs):
-            raise ValueError(f"job of stage {self.stage!r} reads its own outputs: {sorted(set(outputs) & set(inputs))}")
+        if len(set(outputs.values())) != len(outputs):
+            raise ValueError(f"job of stage {self.stage!r} declares one path for two outputs: {outputs}")
+        if set(outputs.values()) & set(inputs):
+            raise ValueError(
+                f"job of stage {self.stage!r} reads its own outputs: {sorted(set(outputs.values()) & set(inputs))}"
+            )
         for attr in ("num_cpus", "num_gpus"):
             value = getattr(self, attr)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
@@ -164,10 +179,11 @@ class Job:
         object.__setattr__(self, "outputs", outputs)
         object.__setattr__(self, "inputs", tuple(dict.fromkeys(inputs)))
         object.__setattr__(self, "spec_json", spec_json)
+        object.__setattr__(self, "runtime", json.loads(canonical_json(dict(self.runtime))))
         object.__setattr__(self, "job_id", job_id_for(self.stage, self.spec))
 
     def __hash__(self) -> int:  # the spec is a dict, so hash by the content id
-        return hash((self.job_id, self.outputs))
+        return hash((self.job_id, tuple(self.outputs.items())))
 
     @property
     def label(self) -> str:
@@ -184,35 +200,97 @@ class Job:
         )
 
 
+@dataclass(frozen=True)
+class JobContext:
+    """What an executor gets besides its spec and inputs: the job's id (e.g. for a ``job_id`` column),
+    stage, declared outputs (name -> path) and inputs, the attempt number (2 and up after a worker
+    died) and the job's speed-only runtime settings."""
+
+    job_id: str
+    stage: str
+    outputs: dict[str, str]
+    inputs: tuple[str, ...]
+    attempt: int = 1
+    runtime: dict[str, Any] = field(default_factory=dict)  # Job.runtime (speed-only settings)
+
+    @classmethod
+    def of(cls, job: Job, attempt: int = 1) -> "JobContext":
+        return cls(job.job_id, job.stage, dict(job.outputs), job.inputs, attempt, dict(job.runtime))
+
+
 # --------------------------------------------------------------------------------------- done detection
-def output_reads_back(path: Path) -> bool:
-    """True when one output file is complete: Parquet reads back, any other file exists and is non-empty."""
-    if path.suffix == ".parquet":
-        return store.read_parquet_checked(path) is not None
+def schema_for_path(rel: str) -> pa.Schema | None:
+    """The schema of the result table at results-root relative path ``rel``, or None (not a study table).
+
+    ``store.schema_for_path`` when the store offers it, else the first of ``store.TABLES`` whose glob matches.
+    """
+    catalogue = getattr(store, "schema_for_path", None)
+    if catalogue is not None:
+        return catalogue(rel)
+    return next((t.schema for t in store.TABLES.values() if fnmatch.fnmatchcase(rel, t.glob)), None)
+
+
+def output_problem(root: Path, rel: str) -> str | None:
+    """None when the output at ``root/rel`` is complete, else what is wrong: ``"missing"``, ``"empty"``,
+    ``"unreadable ..."`` or ``"does not match ..."`` (a Parquet file with the wrong columns or types)."""
+    path = root / rel
+    if path.suffix != ".parquet":
+        try:
+            return None if path.stat().st_size > 0 else "empty"
+        except OSError:
+            return "missing"
+    schema = schema_for_path(rel)
+    if store.read_parquet_checked(path, schema) is not None:
+        return None
+    if not path.is_file():
+        return "missing"
     try:
-        return path.is_file() and path.stat().st_size > 0
-    except OSError:
-        return False
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException, ValueError):
+        return "unreadable (truncated or corrupt)"
+    missing = [n for n in schema.names if n not in names] if schema is not None else []
+    what = f"missing columns {missing}" if missing else "columns of the wrong type"
+    return f"does not match its table's schema ({what})"
 
 
-def is_done(job: Job, root: str | Path) -> bool:
-    """True when this very job (same id) finished and every output exists and reads back.
+def check_done(job: Job, root: str | Path) -> tuple[bool, str | None]:
+    """``(done, note)``: done when this very job (same id) finished and every output reads back with its
+    table's schema. ``note`` says why a job that *looks* finished is not (an output exists but is
+    truncated, corrupt or of another schema: it will be redone), else None.
 
-    A truncated or corrupt Parquet file counts as not done (the job runs again and overwrites it). The
-    job record (``_jobs/<job_id>.json``, written after the outputs) ties outputs whose paths do not
+    The job record (``_jobs/<job_id>.json``, written after the outputs) ties outputs whose paths do not
     contain the job id (``zoo/models/<model>.parquet``, ``predictions/model=<model>.parquet``) to the spec
     that wrote them: change a model's recipe and its jobs run again instead of reusing the old files.
     """
     root = Path(root)
     if not store.ResultsLayout(root).job_record(job.job_id).is_file():
-        return False
-    return all(output_reads_back(root / rel) for rel in job.outputs)
+        return False, None
+    for rel in job.outputs.values():
+        problem = output_problem(root, rel)
+        if problem is not None:
+            return False, (None if problem == "missing" else f"{rel} {problem}")
+    return True, None
+
+
+def is_done(job: Job, root: str | Path) -> bool:
+    return check_done(job, root)[0]
+
+
+def done_flags(jobs: Sequence[Job], root: str | Path, log: logging.Logger | None = None) -> list[bool]:
+    """:func:`check_done` of each job; every note is logged as a warning (the job will be redone)."""
+    flags = []
+    for job in jobs:
+        done, note = check_done(job, root)
+        if note:
+            (log or LOG).warning("%s looks finished but %s; it will be redone", job.label, note)
+        flags.append(done)
+    return flags
 
 
 def job_record_json(job: Job) -> str:
     """What the runner stores about a finished job: enough to know which spec produced the outputs."""
     return json.dumps({"job_id": job.job_id, "stage": job.stage, "name": job.name, "spec": job.spec,
-                       "outputs": list(job.outputs), "inputs": list(job.inputs),
+                       "outputs": dict(job.outputs), "inputs": list(job.inputs),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
 
 
@@ -225,39 +303,19 @@ class PlanCounts:
     to_run: int
 
 
-def _done_flags(jobs: Sequence[Job], root: Path) -> list[bool]:
-    return [is_done(j, root) for j in jobs]
-
-
 def plan(jobs: Iterable[Job], root: str | Path) -> dict[str, PlanCounts]:
     """Per-stage counts (total, done, to_run), stages in order of first appearance. Reads only outputs."""
-    jobs = _unique(jobs)
-    flags = _done_flags(jobs, Path(root))
+    jobs = unique(jobs)
     counts: dict[str, list[int]] = {}
-    for job, done in zip(jobs, flags):
+    for job, done in zip(jobs, done_flags(jobs, root)):
         c = counts.setdefault(job.stage, [0, 0])
         c[0] += 1
         c[1] += int(done)
     return {stage: PlanCounts(total=t, done=d, to_run=t - d) for stage, (t, d) in counts.items()}
 
 
-def pending(jobs: Iterable[Job], root: str | Path) -> list[Job]:
-    """The jobs that are not done, in their given order (duplicates removed)."""
-    jobs = _unique(jobs)
-    return [j for j, done in zip(jobs, _done_flags(jobs, Path(root))) if not done]
-
-
-def format_plan(counts: Mapping[str, PlanCounts]) -> str:
-    """A small fixed-width table of :func:`plan` output, for ``--dry-run`` and logs."""
-    width = max([len("stage")] + [len(s) for s in counts])
-    lines = [f"{'stage':<{width}}  {'total':>7}  {'done':>7}  {'to run':>7}"]
-    for stage, c in counts.items():
-        lines.append(f"{stage:<{width}}  {c.total:>7}  {c.done:>7}  {c.to_run:>7}")
-    return "\n".join(lines)
-
-
-def _unique(jobs: Iterable[Job]) -> list[Job]:
-    """Drop repeated jobs (same id and outputs); two jobs claiming one output path is an error."""
+def unique(jobs: Iterable[Job]) -> list[Job]:
+    """Drop repeated jobs (same id and files); two jobs claiming one output path is an error."""
     seen: dict[str, Job] = {}
     owner: dict[str, Job] = {}
     out: list[Job] = []
@@ -272,7 +330,7 @@ def _unique(jobs: Iterable[Job]) -> list[Job]:
                     f"{prev.outputs}/{prev.inputs} vs {job.outputs}/{job.inputs}"
                 )
             continue
-        for rel in job.outputs:
+        for rel in job.outputs.values():
             other = owner.get(rel)
             if other is not None:
                 raise ValueError(f"output {rel!r} is claimed by two jobs: {other.label} and {job.label}")
@@ -282,119 +340,30 @@ def _unique(jobs: Iterable[Job]) -> list[Job]:
     return out
 
 
-# ------------------------------------------------------------------------------------ executor registry
-@dataclass
-class _Entry:
-    ref: str  # "module:qualname"
-    fn: Callable | None  # None until imported (path registrations)
+# ------------------------------------------------------------------------------------------ executors
+def executor_for(stage: str, executors: Mapping[str, str | Callable] | None = None) -> str | Callable:
+    """The executor of ``stage`` (``"module:function"`` or a function) from ``executors`` over
+    :data:`EXECUTORS`, checked enough for a clear error on the driver before anything runs."""
+    table = {**EXECUTORS, **(executors or {})}
+    ref = table.get(stage)
+    if ref is None:
+        raise KeyError(f"no executor for stage {stage!r} (known: {', '.join(sorted(table))}); "
+                       f"pass run_jobs(..., executors={{{stage!r}: 'module:function'}})")
+    if callable(ref):
+        return ref
+    module, sep, qualname = str(ref).partition(":")
+    if not sep or not module or not qualname:
+        raise ValueError(f"executor of stage {stage!r} must look like 'package.module:function', got {ref!r}")
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise ValueError(f"executor {ref!r} of stage {stage!r}: package {module.split('.')[0]!r} is not importable")
+    return ref
 
 
-_REGISTRY: dict[str, _Entry] = {}
 _RESOLVED: dict[str, Callable] = {}
 
 
-def _ref_of(fn: Callable) -> str:
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not module or not qualname:
-        raise ValueError(f"executor {fn!r} has no module/qualname; register a plain module-level function")
-    return f"{module}:{qualname}"
-
-
-def _importable(ref: str) -> bool:
-    """Whether a worker process can import ``ref`` by name (not ``__main__``, not a local function)."""
-    module, _, qualname = ref.partition(":")
-    return module != "__main__" and "<locals>" not in qualname and "<lambda>" not in qualname
-
-
-def register_executor(stage: str, *, replace: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator: make ``fn(spec, inputs) -> {output path: content}`` the executor of ``stage``.
-
-    Registering the same function again (a module imported twice, a notebook cell re-run) is fine;
-    registering a *different* function for a taken stage is an error unless ``replace=True``, because a
-    silent swap would make two runs of the same job id compute different things.
-    Functions defined in ``__main__`` or inside other functions work with the serial runner and are sent
-    to Ray workers by value; module-level functions are sent by name.
-    """
-    if not isinstance(stage, str) or not stage:
-        raise ValueError(f"stage must be a non-empty string, got {stage!r}")
-
-    def decorator(fn: Callable) -> Callable:
-        if not callable(fn):
-            raise TypeError(f"register_executor({stage!r}) needs a function, got {fn!r}")
-        _register(stage, _ref_of(fn), fn, replace)
-        return fn
-
-    return decorator
-
-
-def register_executor_path(stage: str, target: str, *, replace: bool = False) -> None:
-    """Register ``"package.module:function"`` for ``stage`` without importing it now.
-
-    Why: a CLI that plans or reports need not import torch-heavy modules; the import happens where
-    the job runs (in a Ray worker, or on first use by the serial runner).
-    """
-    module, sep, qualname = target.partition(":")
-    if not sep or not module or not qualname:
-        raise ValueError(f"executor target must look like 'package.module:function', got {target!r}")
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise ValueError(f"executor target {target!r}: package {module.split('.')[0]!r} is not importable")
-    _register(stage, target, None, replace)
-
-
-def _register(stage: str, ref: str, fn: Callable | None, replace: bool) -> None:
-    prev = _REGISTRY.get(stage)
-    if prev is not None and prev.ref != ref and not replace:
-        raise ValueError(
-            f"stage {stage!r} already has executor {prev.ref}; refusing to register {ref} "
-            f"(pass replace=True to swap it)"
-        )
-    if prev is not None and prev.ref == ref and fn is None:
-        fn = prev.fn  # a path registration after the import keeps the imported function
-    _REGISTRY[stage] = _Entry(ref=ref, fn=fn)
-    if fn is not None:
-        _RESOLVED[ref] = fn
-    else:
-        _RESOLVED.pop(ref, None)
-
-
-def unregister_executor(stage: str) -> None:
-    """Remove a stage's executor (tests and notebooks)."""
-    entry = _REGISTRY.pop(stage, None)
-    if entry is not None:
-        _RESOLVED.pop(entry.ref, None)
-
-
-def registered_stages() -> dict[str, str]:
-    """``{stage: "module:qualname"}`` of every registered executor."""
-    return {stage: e.ref for stage, e in _REGISTRY.items()}
-
-
-def executor_ref(stage: str) -> str:
-    """The ``"module:qualname"`` of ``stage``'s executor, or a clear error naming the registered stages."""
-    entry = _REGISTRY.get(stage)
-    if entry is None:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(
-            f"no executor registered for stage {stage!r} (registered: {known}); import the module that "
-            f"registers it, or call register_executor_path({stage!r}, 'module:function')"
-        )
-    return entry.ref
-
-
-def _executor_payload(stage: str) -> str | Callable:
-    """What to ship to a worker: the import path when workers can import it, else the function itself."""
-    ref = executor_ref(stage)
-    if _importable(ref):
-        return ref
-    fn = _REGISTRY[stage].fn
-    if fn is None:
-        raise ValueError(f"executor {ref} of stage {stage!r} cannot be imported by name")
-    return fn
-
-
 def resolve_executor(ref: str | Callable) -> Callable:
-    """The executor function for ``"module:qualname"`` (imported once per process), or ``ref`` itself."""
+    """The function of ``"module:qualname"`` (imported once per process, where the job runs), or ``ref``."""
     if callable(ref):
         return ref
     fn = _RESOLVED.get(ref)
@@ -416,55 +385,9 @@ def resolve_executor(ref: str | Callable) -> Callable:
     return obj
 
 
-# ------------------------------------------------------------------------------------------ job context
-@dataclass(frozen=True)
-class JobContext:
-    """What an executor may want to know about the job it runs besides its spec: its id (e.g. for a
-    ``job_id`` column or a ``transfers/<job_id>/`` path), its stage, its declared outputs and inputs, and
-    the attempt number (2 and up after a worker died)."""
-
-    job_id: str
-    stage: str
-    outputs: tuple[str, ...]
-    inputs: tuple[str, ...]
-    attempt: int = 1
-
-
-_CURRENT: list[JobContext] = []
-
-
-def current_job() -> JobContext:
-    """The job being executed in this process; only valid inside an executor call."""
-    if not _CURRENT:
-        raise RuntimeError("current_job() is only available while an executor runs")
-    return _CURRENT[-1]
-
-
-class _running:
-    """Context manager that makes ``ctx`` the :func:`current_job` for the duration of an executor call."""
-
-    def __init__(self, ctx: JobContext):
-        self.ctx = ctx
-
-    def __enter__(self) -> JobContext:
-        _CURRENT.append(self.ctx)
-        return self.ctx
-
-    def __exit__(self, *exc: object) -> None:
-        _CURRENT.pop()
-
-
-# ---------------------------------------------------------------------------------------- input helpers
 def read_input_table(data: bytes, schema: pa.Schema | None = None) -> pa.Table:
     """Parse the bytes of a Parquet input (as given to an executor) into a table, optionally conformed."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected the bytes of a Parquet file, got {type(data).__name__}")
     table = pq.read_table(pa.BufferReader(data))
     return store.conform(table, schema) if schema is not None else table
-
-
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
-    """Serialise a table to Parquet bytes (tests and executors that build inputs in memory)."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import zoo_study  # noqa: F401
 import timm
@@ -47,15 +46,6 @@ def _augment(raw: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor
         idx_c = cols.view(b, 1, 1, w).expand(b, 3, h, w)
         raw = tmp.gather(3, idx_c)
     return raw
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, split, pre: ModelPreprocess, batch_size: int = 512) -> float:
-    model.eval()
-    correct = 0
-    for raw, labels, _ in raw_loader(split, batch_size):
-        correct += (model(pre(raw)).argmax(1) == labels).sum().item()
-    return correct / len(split)
 
 
 def train_recipe(
