@@ -23,30 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from analysis.db import VIEWS, ResultsDB
+from zoo_study.methods import method_label, method_names, method_sort_key  # labels and order: the registry
 
 # ------------------------------------------------------------------------------------ names, colours
-METHOD_ORDER = (
-    "kl",
-    "xe_kl",
-    "xe_kl_ls",
-    "kl_topk",
-    "cd",
-    "crd",
-    "xe_kl_mcl",
-    "kl_dp",
-    "kl_dp_unsup",
-)
-METHOD_LABELS = {
-    "kl": "KL-Dist",
-    "xe_kl": "XE-KL-Dist",
-    "xe_kl_ls": "XE-KL-Dist + LS",
-    "kl_topk": "Top-k KL",
-    "cd": "CD",
-    "crd": "CRD",
-    "xe_kl_mcl": "XE-KL + MCL",
-    "kl_dp": "KL+DP",
-    "kl_dp_unsup": "KL+DP (unsupervised)",
-}
 FAMILY_COLORS = {"cnn": "#1f77b4", "transformer": "#ff7f0e", "mlp": "#2ca02c"}
 _PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -54,20 +33,11 @@ _PALETTE = (
 )  # fmt: skip
 
 
-def method_label(method: str) -> str:
-    """The paper's name for a method key (the key itself when unknown)."""
-    return METHOD_LABELS.get(method, method)
-
-
-def method_sort_key(method: str) -> tuple[int, str]:
-    """Known methods in the paper's order (weakest baseline first), then the rest alphabetically."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
 def method_color(method: str) -> str:
-    """A colour per method that is the same in every figure."""
-    if method in METHOD_ORDER:
-        return _PALETTE[METHOD_ORDER.index(method) % len(_PALETTE)]
+    """A colour per method that is the same in every figure (registry order; unknown names by hash)."""
+    order, _ = method_sort_key(method)
+    if method in method_names():
+        return _PALETTE[order % len(_PALETTE)]
     return _PALETTE[zlib.crc32(method.encode()) % len(_PALETTE)]
 
 
@@ -166,36 +136,61 @@ def draw_fig2a(t: pa.Table) -> Figure:
 
 
 def draw_fig4a(t: pa.Table) -> Figure:
+    """Two success rates per method side by side: Δ > 0 (the paper's) and Δ significantly > 0."""
     methods = methods_in(t)
-    data = {m: [r["success_rate_pct"] for r in rows(t) if r["method"] == m] for m in methods}
-    fig = _new_figure(max(5.0, 1.2 * len(methods) + 2), 4.4)
+    kinds = (
+        ("success_rate_pct", "Δ > 0", 0.35),
+        ("sig_success_rate_pct", "Δ significantly > 0 (McNemar p < 0.05)", 0.95),
+    )
+    fig = _new_figure(max(6.0, 1.6 * len(methods) + 2), 4.6)
     ax = fig.add_subplot()
     pos = np.arange(1, len(methods) + 1)
-    ax.boxplot([data[m] for m in methods], positions=pos, widths=0.5, showmeans=True)
+    for k, (col, label, alpha) in enumerate(kinds):
+        offset = -0.19 + 0.38 * k
+        data = [[r[col] for r in rows(t) if r["method"] == m and r[col] is not None] for m in methods]
+        bp = ax.boxplot([d if d else [np.nan] for d in data], positions=pos + offset, widths=0.3, showmeans=True,
+                        patch_artist=True, manage_ticks=False)
+        for box, m in zip(bp["boxes"], methods):
+            box.set_facecolor(method_color(m))
+            box.set_alpha(alpha)
+        for p, m, vals in zip(pos, methods, data):
+            v = np.asarray(vals, dtype=float)
+            jitter = np.linspace(-0.06, 0.06, len(v)) if len(v) > 1 else np.zeros(len(v))
+            ax.scatter(p + offset + jitter, v, s=12, color=method_color(m), alpha=alpha, zorder=3,
+                       edgecolor="0.2", lw=0.3)
+        ax.bar([np.nan], [np.nan], color="0.5", alpha=alpha, label=label)  # legend entry
     for p, m in zip(pos, methods):
-        vals = np.asarray(data[m], dtype=float)
-        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
-        ax.scatter(p + jitter, vals, s=16, color=method_color(m), alpha=0.8, zorder=3)
-        ax.annotate(f"n={len(vals)}", (p, -3), ha="center", va="top", fontsize=7, color="0.3")
+        n = sum(1 for r in rows(t) if r["method"] == m)
+        harmed = [r.get("harmed_pct") for r in rows(t) if r["method"] == m and r.get("harmed_pct") is not None]
+        note = f"n={n}" + (f", harmed {np.mean(harmed):.0f}%" if harmed else "")
+        ax.annotate(note, (p, -3), ha="center", va="top", fontsize=7, color="0.3")
     ax.set_xticks(pos, [method_label(m) for m in methods], rotation=20, ha="right")
     ax.set_ylim(-12, 105)
-    ax.set_ylabel("success rate [% of a student's teachers with Δ > 0]")
+    ax.set_ylabel("success rate [% of a student's teachers]")
     ax.set_title("Transfer success rate per method (one point per student)")
+    ax.legend(fontsize=8, loc="upper left")
     return fig
 
 
 def draw_fig4b(t: pa.Table) -> Figure:
     fig = _new_figure()
     ax = fig.add_subplot()
-    for m in methods_in(t):
+    ms = methods_in(t)
+    spans = floats(t, "bin_hi_pp") - floats(t, "bin_lo_pp")
+    width = 0.25 * (float(np.nanmax(spans)) if len(spans) and np.isfinite(spans).any() else 1.0)
+    for i, m in enumerate(ms):
         rs = sorted((r for r in rows(t) if r["method"] == m), key=lambda r: r["bin"])
-        ax.plot(
-            [r["bin_mid_pp"] for r in rs], [r["top25_mean_delta_pp"] for r in rs], marker="o", ms=4,
-            color=method_color(m), label=method_label(m),
-        )  # fmt: skip
+        shift = (i - (len(ms) - 1) / 2) * width / max(1, len(ms))  # keep error bars of methods apart
+        x = np.array([r["bin_mid_pp"] for r in rs], dtype=float) + shift
+        y = np.array([r["top25_mean_delta_pp"] for r in rs], dtype=float)
+        lo = np.array([np.nan if r.get("top25_ci_low_pp") is None else r["top25_ci_low_pp"] for r in rs], dtype=float)
+        hi = np.array([np.nan if r.get("top25_ci_high_pp") is None else r["top25_ci_high_pp"] for r in rs], dtype=float)
+        yerr = np.vstack([np.where(np.isnan(lo), 0, y - lo), np.where(np.isnan(hi), 0, hi - y)])
+        ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=2, lw=1.0, elinewidth=0.7,
+                    color=method_color(m), label=method_label(m))
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("Δacc bin centre (teacher − student) [pp]")
-    ax.set_ylabel("mean of top-25% Δtransf [pp]")
+    ax.set_ylabel("mean of top-25% Δtransf [pp] (bars: 95% CI)")
     ax.set_title("Transfer delta vs performance difference")
     ax.legend(fontsize=8)
     return fig
@@ -268,12 +263,19 @@ def draw_fig5b(t: pa.Table) -> Figure:
 
 
 def draw_fig7(t: pa.Table) -> Figure:
-    fig = _new_figure(5.6, 5.0)
-    ax = fig.add_subplot()
-    for m in methods_in(t):
+    """Left: gain vs loss (filled = significant, McNemar p < 0.05). Right: every transfer's Δ with its
+    95% paired score interval, sorted within each method."""
+    fig = _new_figure(11.5, 5.0)
+    ax, ax_ci = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.25]})
+    methods = methods_in(t)
+    for m in methods:
         rs = [r for r in rows(t) if r["method"] == m]
-        x, y = [r["loss_pct"] for r in rs], [r["gain_pct"] for r in rs]
-        ax.scatter(x, y, s=18, alpha=0.8, color=method_color(m), label=method_label(m))
+        sig = np.array([bool(r.get("significant")) for r in rs], dtype=bool)
+        x = np.array([r["loss_pct"] for r in rs], dtype=float)
+        y = np.array([r["gain_pct"] for r in rs], dtype=float)
+        c = method_color(m)
+        ax.scatter(x[sig], y[sig], s=20, alpha=0.85, color=c, label=f"{method_label(m)} ({int(sig.sum())}/{len(rs)} sig.)")
+        ax.scatter(x[~sig], y[~sig], s=20, alpha=0.85, facecolors="none", edgecolors=c)
     hi = float(np.nanmax(np.concatenate([floats(t, "loss_pct"), floats(t, "gain_pct")]))) * 1.08 or 1.0
     ax.plot([0, hi], [0, hi], color="0.4", ls="--", lw=0.8, label="gain = loss")
     ax.set_xlim(0, hi)
@@ -281,8 +283,26 @@ def draw_fig7(t: pa.Table) -> Figure:
     ax.set_aspect("equal")
     ax.set_xlabel("knowledge loss [% of samples]")
     ax.set_ylabel("knowledge gain [% of samples]")
-    ax.set_title("Knowledge gain vs loss (above the diagonal = positive transfer)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Gain vs loss (filled: significant, p < 0.05; hollow: not)", fontsize=9)
+    ax.legend(fontsize=7)
+    start = 0
+    ticks, labels = [], []
+    for m in methods:
+        rs = sorted((r for r in rows(t) if r["method"] == m), key=lambda r: r["delta_last_pp"])
+        x = np.arange(start, start + len(rs))
+        y = np.array([r["delta_last_pp"] for r in rs], dtype=float)
+        lo = np.array([np.nan if r.get("delta_ci_low_pp") is None else r["delta_ci_low_pp"] for r in rs], dtype=float)
+        hi_ = np.array([np.nan if r.get("delta_ci_high_pp") is None else r["delta_ci_high_pp"] for r in rs], dtype=float)
+        yerr = np.vstack([np.where(np.isnan(lo), 0, y - lo), np.where(np.isnan(hi_), 0, hi_ - y)])
+        ax_ci.errorbar(x, y, yerr=yerr, fmt="o", ms=3, elinewidth=0.8, capsize=0, color=method_color(m))
+        ticks.append(start + (len(rs) - 1) / 2)
+        labels.append(method_label(m))
+        start += len(rs) + 2
+    ax_ci.axhline(0, color="0.4", lw=0.8)
+    ax_ci.set_xticks(ticks, labels, rotation=20, ha="right", fontsize=8)
+    ax_ci.set_ylabel("Δtransf per transfer [pp], 95% paired score interval")
+    ax_ci.set_title("Each transfer's Δ with its 95% interval (sorted within method)", fontsize=9)
+    fig.suptitle("Knowledge gain vs loss (above the diagonal = positive transfer)", fontsize=10)
     return fig
 
 
@@ -295,14 +315,16 @@ def draw_fig8(t: pa.Table) -> Figure:
     for i, m in enumerate(methods):
         rs = [r for r in rows(t) if r["method"] == m]
         y = np.array([r["mean_delta_pp"] for r in rs], dtype=float)
-        yerr = np.vstack([y - [r["min_delta_pp"] for r in rs], [r["max_delta_pp"] for r in rs] - y])
+        lo = np.array([np.nan if r.get("ci_low_pp") is None else r["ci_low_pp"] for r in rs], dtype=float)
+        hi = np.array([np.nan if r.get("ci_high_pp") is None else r["ci_high_pp"] for r in rs], dtype=float)
+        yerr = np.vstack([np.where(np.isnan(lo), 0, y - lo), np.where(np.isnan(hi), 0, hi - y)])
         kw = dict(fmt="o", ms=4, capsize=2, lw=0.7, alpha=0.85, color=method_color(m))
         ax_acc.errorbar([r["student_acc_pct"] for r in rs], y, yerr=yerr, label=method_label(m), **kw)
         sized = [k for k, r in enumerate(rs) if r["params_m"] is not None]
         if sized:
             ax_size.errorbar([rs[k]["params_m"] for k in sized], y[sized], yerr=yerr[:, sized], **kw)
         xf = [families.index(r["family"]) - 0.35 + width * (i + 0.5) for r in rs]
-        ax_fam.scatter(xf, y, s=18, color=method_color(m))
+        ax_fam.errorbar(xf, y, yerr=yerr, **kw)
     for ax in (ax_acc, ax_size, ax_fam):
         ax.axhline(0, color="0.6", lw=0.8)
     _size_axis(ax_size, [r["params_m"] for r in rows(t)])
@@ -310,7 +332,7 @@ def draw_fig8(t: pa.Table) -> Figure:
     ax_size.set_xlabel("student parameters [M]")
     ax_fam.set_xticks(range(len(families)), families)
     ax_fam.set_xlabel("student family")
-    ax_acc.set_ylabel("Δtransf, mean over teachers (bars: min–max) [pp]")
+    ax_acc.set_ylabel("Δtransf, mean over teachers (bars: 95% CI) [pp]")
     ax_acc.legend(fontsize=7)
     fig.suptitle("Transfer delta vs student accuracy, size and family")
     return fig
@@ -341,6 +363,11 @@ def draw_fig11(t: pa.Table, max_jobs: int = 6) -> Figure:
                     str(r["stage_teacher"] or f"stage {r['stage']}"), (r["step"], 1.0), xycoords=("data", "axes fraction"),
                     fontsize=7, va="top", color="0.3",
                 )  # fmt: skip
+        last = rs[-1]
+        if last.get("final_ci_low_pp") is not None and last.get("final_ci_high_pp") is not None:
+            d = last["final_delta_pp"]
+            ax.errorbar([last["step"] + 0.15], [d], yerr=[[d - last["final_ci_low_pp"]], [last["final_ci_high_pp"] - d]],
+                        fmt="s", ms=4, capsize=3, color="#1f77b4", label="final Δ, 95% CI")
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(f"{rs[0]['student']} ← {rs[0]['teacher_chain']} ({method_label(rs[0]['method'])})", fontsize=9)
         ax.set_xlabel("epoch, across stages")
@@ -395,16 +422,19 @@ FIGURES: tuple[FigureSpec, ...] = (
     ),
     FigureSpec(
         "fig4a", "Fig 4a — transfer success rate per method", "fig4a_success_rate",
-        "Each point is a student; its success rate is the share of its teachers whose transfer ended with a "
-        "positive Δ (last epoch). Boxes summarise students; a method is safe when its box sits near 100%.",
+        "Each point is a student; two success rates per method: the share of its teachers whose transfer ended "
+        "with a positive Δ (last epoch; light boxes, the paper's definition) and the share whose Δ is "
+        "significantly > 0 (exact McNemar test on the eval samples, p < 0.05; dark boxes). On a small eval "
+        "split the light box counts noise; below the boxes, the share of transfers significantly harmed.",
         ("transfers",), "no single-teacher transfers (study_part 'transfer', mode 'single') yet: run the transfer stage",
         draw_fig4a,
     ),
     FigureSpec(
         "fig4b", "Fig 4b — best transfer deltas per performance-difference bin", "fig4b_top25_by_delta_acc_bin",
         "Pairs are binned by Δacc (teacher − student); each point is the mean of the top 25% transfer deltas "
-        "in a bin. Rising lines mean stronger teachers allow bigger gains; lines above 0 on the left mean "
-        "even weaker teachers help.",
+        "in a bin, with its 95% interval (t over the top pairs, or the one top transfer's own interval). "
+        "Rising lines mean stronger teachers allow bigger gains; lines above 0 on the left mean even weaker "
+        "teachers help. Picking the top quarter favours lucky draws: read it as optimistic.",
         ("transfers", "pairs"), "no single-teacher transfer has a scored pair (teacher, student) to take Δacc from",
         draw_fig4b,
     ),
@@ -427,22 +457,24 @@ FIGURES: tuple[FigureSpec, ...] = (
     ),
     FigureSpec(
         "fig7", "Fig 7 — knowledge gain vs knowledge loss", "fig7_gain_vs_loss",
-        "Each point is a transfer: share of samples newly right (gain) against share newly wrong (loss). "
-        "Above the dashed diagonal the student improved.",
+        "Left: each point is a transfer, share of samples newly right (gain) against share newly wrong (loss); "
+        "above the dashed diagonal the student improved; filled points are significant (exact McNemar "
+        "p < 0.05), hollow ones are not. Right: each transfer's Δ with its 95% paired score interval.",
         ("transfers",), "no single-teacher transfers yet: run the transfer stage",
         draw_fig7,
     ),
     FigureSpec(
         "fig8", "Fig 8 — transfer delta vs student accuracy, size and family", "fig8_delta_vs_student",
-        "Each point is a student's mean Δ over its teachers (bars: min–max), against its accuracy before "
-        "transfer, its size and its family.",
+        "Each point is a student's mean Δ over its teachers (bars: 95% t interval over the teachers; none "
+        "with one teacher), against its accuracy before transfer, its size and its family.",
         ("transfers",), "no single-teacher transfers yet: run the transfer stage",
         draw_fig8,
     ),
     FigureSpec(
         "fig11", "Fig 11 — sequential multi-teacher transfer per epoch", "fig11_sequential",
         "Each panel is one sequential run: gain, loss and Δ against the original student, epoch by epoch; "
-        "dotted lines mark where the next teacher takes over.",
+        "dotted lines mark where the next teacher takes over; the square is the final Δ with its 95% "
+        "paired score interval.",
         ("transfers", "epochs"),
         "no sequential multi-teacher runs (mode 'sequential') with epoch rows yet: run the multi-teacher stage",
         draw_fig11,

@@ -20,8 +20,14 @@ from analysis.figures import Rendered, Section, method_label, method_sort_key, m
 Cell = str
 Presented = tuple[list[str], list[list[Cell]]]  # headers, rows of already-formatted cells
 
-# Paper (Roth et al. 2024), ImageNet 10 %, 400 pairs: share of teachers with a positive transfer.
-PAPER_SUCCESS_RATE = {"kl": "~32.5%", "xe_kl": "~40%", "xe_kl_ls": "~54%", "xe_kl_mcl": "~80%", "kl_dp": "92.5%"}
+
+
+def paper_success_rate(method: str) -> str | None:
+    """Paper (Roth et al. 2024), ImageNet 10 %, 400 pairs: share of teachers with a positive transfer
+    (kept with each method in the registry)."""
+    from zoo_study.methods import get_method, method_names
+
+    return get_method(method).paper_success_rate if method in method_names() else None
 
 
 # --------------------------------------------------------------------------------------- formatting
@@ -47,6 +53,39 @@ def mean_std(mean: Any, std: Any, n: Any = None) -> str:
     return s
 
 
+OPTIMISTIC = "optimistic (best epoch chosen on the eval split)"
+
+
+def _ok(x: Any) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def with_ci(mean: Any, lo: Any, hi: Any, digits: int = 2, signed: bool = True) -> str:
+    """'mean [lo, hi]' (a 95% interval); '[no CI]' when the interval is undefined (one unit)."""
+    if not _ok(mean):
+        return "–"
+    f = (lambda v: f"{v:+.{digits}f}") if signed else (lambda v: f"{v:.{digits}f}")
+    ci = f"[{f(lo)}, {f(hi)}]" if _ok(lo) and _ok(hi) else "[no CI]"
+    return f"{f(mean)} {ci}"
+
+
+def delta_cell(mean: Any, lo: Any, hi: Any, std: Any = None, n: Any = None, n_sig: Any = None, seeds: Any = None) -> str:
+    """A per-student (or per-method) delta: 'mean [95% CI] (±std) n=4, 2 sig., 3 seeds'."""
+    if not _ok(mean):
+        return "–"
+    out = with_ci(mean, lo, hi)
+    if std is not None or n is not None:
+        out += " (±–)" if not _ok(std) else f" (±{std:.2f})"
+    extra = []
+    if n:
+        extra.append(f"n={n}")
+    if n_sig is not None:
+        extra.append(f"{n_sig} sig.")
+    if seeds and seeds > 1:
+        extra.append(f"{seeds} seeds")
+    return out + (" " + ", ".join(extra) if extra else "")
+
+
 def mean_range(mean: Any, lo: Any, hi: Any) -> str:
     if mean is None:
         return "–"
@@ -60,7 +99,10 @@ def pretty_header(name: str) -> str:
         name, unit = name[:-3], " [pp]"
     elif name.endswith("_pct"):
         name, unit = name[:-4], " [%]"
-    return name.replace("_", " ") + unit
+    label = name.replace("_", " ") + unit
+    if "delta_best" in name:
+        label += f", {OPTIMISTIC}"
+    return label
 
 
 def generic(table: pa.Table, drop: Sequence[str] = (), by_method: bool = False) -> Presented:
@@ -90,27 +132,44 @@ def generic(table: pa.Table, drop: Sequence[str] = (), by_method: bool = False) 
 
 # --------------------------------------------------------------------------------------- presenters
 def present_tab1(t: pa.Table) -> Presented:
-    heads = ["student", "family", "Δ KL-Dist [pp], mean (±std)", "Δ KL+DP [pp], mean (±std)"]
+    heads = ["student", "family", "Δ KL-Dist [pp], mean [95% CI] (±std)", "Δ KL+DP [pp], mean [95% CI] (±std)"]
     rows = [
-        [r["student"], r["family"], mean_std(r["kl_mean_pp"], r["kl_std_pp"], r["kl_n"] or None),
-         mean_std(r["kl_dp_mean_pp"], r["kl_dp_std_pp"], r["kl_dp_n"] or None)]
+        [r["student"], r["family"],
+         delta_cell(r["kl_mean_pp"], r.get("kl_ci_low_pp"), r.get("kl_ci_high_pp"), r["kl_std_pp"], r["kl_n"] or None,
+                    r.get("kl_n_sig"), r.get("kl_seeds")),
+         delta_cell(r["kl_dp_mean_pp"], r.get("kl_dp_ci_low_pp"), r.get("kl_dp_ci_high_pp"), r["kl_dp_std_pp"],
+                    r["kl_dp_n"] or None, r.get("kl_dp_n_sig"), r.get("kl_dp_seeds"))]
         for r in t.to_pylist()
     ]  # fmt: skip
     return heads, rows
 
 
+def _pct_ci(value: Any, lo: Any, hi: Any) -> str:
+    return with_ci(value, lo, hi, digits=1, signed=False)
+
+
 def present_tab2(t: pa.Table) -> Presented:
     heads = [
-        "method", "students", "pairs", "success rate, mean over students [%]", "median [%]", "pooled [%]",
-        "paper success rate", "Δ last [pp], mean (±std)", "Δ best [pp]", "gain [%]", "loss [%]", "routed to teacher [%]",
+        "method", "students", "pairs", "runs per pair (max)", "success Δ > 0, mean over students [%]", "median [%]",
+        "success Δ > 0, pooled [%] [95% CI]", "significant Δ > 0, pooled [%] [95% CI]",
+        "significant Δ > 0, mean over students [%]", "significantly harmed [%]", "paper success rate",
+        "Δ last [pp], mean [95% CI over pairs] (±std)", f"Δ best [pp], {OPTIMISTIC}", "gain [%]", "loss [%]",
+        "routed to teacher [%]", "sd across seeds [pp]",
     ]  # fmt: skip
     rs = sorted(t.to_pylist(), key=lambda r: method_sort_key(r["method"]))
     rows = [
-        [method_label(r["method"]), num(r["n_students"]), num(r["n_pairs"]), num(r["success_rate_mean_pct"], 1),
-         num(r["success_rate_median_pct"], 1), num(r["success_rate_pooled_pct"], 1),
-         PAPER_SUCCESS_RATE.get(r["method"], "–"), mean_std(r["mean_delta_last_pp"], r["std_delta_last_pp"]),
+        [method_label(r["method"]), num(r["n_students"]), num(r["n_pairs"]), num(r.get("max_seeds")),
+         num(r["success_rate_mean_pct"], 1), num(r["success_rate_median_pct"], 1),
+         _pct_ci(r["success_rate_pooled_pct"], r.get("success_rate_pooled_ci_low_pct"), r.get("success_rate_pooled_ci_high_pct")),
+         _pct_ci(r.get("sig_success_rate_pooled_pct"), r.get("sig_success_rate_pooled_ci_low_pct"),
+                 r.get("sig_success_rate_pooled_ci_high_pct")),
+         num(r.get("sig_success_rate_mean_pct"), 1), num(r.get("harmed_pooled_pct"), 1),
+         paper_success_rate(r["method"]) or "–",
+         delta_cell(r["mean_delta_last_pp"], r.get("mean_delta_last_ci_low_pp"), r.get("mean_delta_last_ci_high_pp"),
+                    r["std_delta_last_pp"]),
          num(r["mean_delta_best_pp"], 2, signed=True), num(r["mean_gain_pct"]), num(r["mean_loss_pct"]),
-         num(r["mean_teacher_share_pct"], 1)]
+         num(r["mean_teacher_share_pct"], 1),
+         num(r.get("mean_seed_sd_pp")) + (f" ({r['n_pairs_multi_seed']} pairs)" if r.get("n_pairs_multi_seed") else "")]
         for r in rs
     ]  # fmt: skip
     return heads, rows
@@ -118,12 +177,21 @@ def present_tab2(t: pa.Table) -> Presented:
 
 def present_tab3(t: pa.Table) -> Presented:
     heads = [
-        "student", "family", "Δ unsupervised KL+DP [pp], mean (±std)", "routed to teacher, unsupervised [%]",
-        "Δ supervised KL+DP [pp], mean", "routed to teacher, supervised [%]",
+        "student", "family", "Δ unsupervised KL+DP [pp], mean [95% CI] (±std)",
+        "routed to teacher, unsupervised [%]: all / positive flips / negative flips",
+        "Δ supervised KL+DP [pp], mean [95% CI]", "routed to teacher, supervised [%]: all / positive / negative",
     ]  # fmt: skip
+
+    def routing(all_: Any, pos: Any, neg: Any) -> str:
+        return " / ".join(num(v, 1) for v in (all_, pos, neg))
+
     rows = [
-        [r["student"], r["family"], mean_std(r["unsup_mean_pp"], r["unsup_std_pp"], r["unsup_n"]),
-         num(r["unsup_teacher_share_pct"], 1), num(r["sup_mean_pp"], 2, signed=True), num(r["sup_teacher_share_pct"], 1)]
+        [r["student"], r["family"],
+         delta_cell(r["unsup_mean_pp"], r.get("unsup_ci_low_pp"), r.get("unsup_ci_high_pp"), r["unsup_std_pp"],
+                    r["unsup_n"], r.get("unsup_n_sig")),
+         routing(r["unsup_teacher_share_pct"], r.get("unsup_share_pos_pct"), r.get("unsup_share_neg_pct")),
+         with_ci(r["sup_mean_pp"], r.get("sup_ci_low_pp"), r.get("sup_ci_high_pp")),
+         routing(r["sup_teacher_share_pct"], r.get("sup_share_pos_pct"), r.get("sup_share_neg_pct"))]
         for r in t.to_pylist()
     ]  # fmt: skip
     return heads, rows
@@ -131,18 +199,21 @@ def present_tab3(t: pa.Table) -> Presented:
 
 def present_tab4(t: pa.Table) -> Presented:
     heads = [
-        "student", "method", "teachers", "single: mean / min / max [pp]", "sequential [pp]", "parallel [pp]",
-        "soup [pp]", "sequential beats best single",
+        "student", "method", "teachers", "single teachers [pp]: mean [95% CI] / min / max [95% CI]",
+        "sequential [pp] [95% CI]", "parallel [pp] [95% CI]", "soup [pp] [95% CI]", "sequential beats best single",
     ]  # fmt: skip
     rows = []
     for r in t.to_pylist():
         single = "–" if not r["n_single"] else (
-            f"{r['single_mean_pp']:+.2f} / {r['single_min_pp']:+.2f} / {r['single_max_pp']:+.2f} (n={r['n_single']})"
+            f"{with_ci(r['single_mean_pp'], r.get('single_mean_ci_low_pp'), r.get('single_mean_ci_high_pp'))} / "
+            f"{r['single_min_pp']:+.2f} / "
+            f"{with_ci(r['single_max_pp'], r.get('single_max_ci_low_pp'), r.get('single_max_ci_high_pp'))} "
+            f"(n={r['n_single']}{', ' + r['single_source'] + ' runs' if r.get('single_source') else ''})"
         )
-        rows.append(
-            [r["student"], method_label(r["method"]), r["teachers"], single, num(r["sequential_pp"], 2, True),
-             num(r["parallel_pp"], 2, True), num(r["soup_pp"], 2, True), num(r["beats_best_single"])]
-        )  # fmt: skip
+        cells = [with_ci(r[f"{k}_pp"], r.get(f"{k}_ci_low_pp"), r.get(f"{k}_ci_high_pp"))
+                 + (f" ({r[f'n_{k}']} runs)" if (r.get(f"n_{k}") or 0) > 1 else "")
+                 for k in ("sequential", "parallel", "soup")]
+        rows.append([r["student"], method_label(r["method"]), r["teachers"], single, *cells, num(r["beats_best_single"])])
     return heads, rows
 
 
@@ -178,22 +249,27 @@ class TableSpec(Section):
 TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "tab1", "Tab 1 — KL-Dist vs KL+DP per student", "tab1_kl_vs_kldp",
-        "Mean transfer delta of each student over its teachers (± sample std over teachers). Plain KL "
-        "distillation often hurts; KL+DP should be positive for every student with a small spread.",
+        "Mean transfer delta of each student over its teachers with its 95% interval (t over teachers; one "
+        "teacher: its run's paired score interval), ± the sample std, the number of teachers and how many of "
+        "them are significantly positive (McNemar p < 0.05). Plain KL distillation often hurts; KL+DP should "
+        "be positive for every student with a small spread.",
         ("transfers",), "no single-teacher transfers with method 'kl' or 'kl_dp' yet", present_tab1,
     ),
     TableSpec(
         "tab2", "Tab 2 — per-method summary", "tab2_method_summary",
-        "Success rate = share of a student's teachers with a positive delta (mean and median over students, "
-        "and pooled over all pairs), next to the paper's ImageNet-10% numbers; then the mean delta, gain, "
-        "loss and the share of training samples the method routed to the teacher.",
+        "Success rate two ways: the share of pairs with a positive delta (the paper's; mean and median over "
+        "students, and pooled over all pairs with a 95% Wilson interval) and the share whose delta is "
+        "significantly > 0 (exact McNemar p < 0.05), next to the paper's ImageNet-10% numbers; significantly "
+        "harmed = significantly < 0. Then the mean delta with its 95% t interval over pairs, the best-epoch "
+        "delta (optimistic: that epoch is chosen on the eval split), gain, loss, the share of training "
+        "samples routed to the teacher, and for repeated seeds their spread.",
         ("transfers",), "no single-teacher transfers yet: run the transfer stage", present_tab2,
     ),
     TableSpec(
         "tab3", "Tab 3 — unsupervised KL+DP", "tab3_unsupervised",
         "KL+DP without labels (each sample goes to whichever model is more confident) per student, next to "
-        "supervised KL+DP, with the share of transfer samples routed to the teacher. The paper also splits "
-        "routing by positive/negative flips; that split is not recorded in the results store.",
+        "supervised KL+DP, each mean with its 95% interval over teachers, and the share of transfer samples "
+        "routed to the teacher: all, positive flips (paper: 72%) and negative flips (paper: 9%).",
         ("transfers",),
         "no unsupervised KL+DP runs (a method containing 'unsup', or hparams \"unsupervised\": true) yet",
         present_tab3,
@@ -201,8 +277,9 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "tab4", "Tab 4 — multi-teacher transfer", "tab4_multi_teacher",
         "For each student and teacher set: the single-teacher deltas of those teachers (mean / min / max), "
-        "then sequential, parallel and soup transfer from all of them. Sequential should beat the best "
-        "single teacher; soup is expected to be worst.",
+        "then sequential, parallel and soup transfer from all of them, each with its 95% interval (one run: "
+        "its paired score interval; several: t over runs). Sequential should beat the best single teacher; "
+        "soup is expected to be worst; the Claims section tests both with intervals.",
         ("transfers",), "no multi-teacher runs (study_part 'multi_teacher') yet: run the multi-teacher stage",
         present_tab4,
     ),

@@ -1,6 +1,6 @@
 """``zoo-study``: run a study, inspect it, query and report its results.
 
-    zoo-study run [CONFIG] [--set key=value ...] [--stage zoo,predict,...] [--dry-run] [--address auto]
+    zoo-study run [CONFIG] [--set key=value ...] [--stage zoo,predict,...] [--dry-run] [--address auto] [--wait]
     zoo-study status [CONFIG] [--set key=value ...]
     zoo-study sql RESULTS "SELECT ..." [--param name=value ...] [--out file.csv|file.parquet]
     zoo-study report RESULTS
@@ -8,7 +8,8 @@
     zoo-study zoo [--paper STUDY]        list the embedded recipes or a paper model list
     zoo-study prefetch NAME [NAME ...]   download timm weights into the local cache (needs network)
 
-Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments or config; nothing was written).
+Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments, config, results root or Ray address,
+or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
 """
 
 from __future__ import annotations
@@ -60,19 +61,22 @@ def environment_info() -> dict:
     return info
 
 
-def _plans(cfg, stages):
+def _plans(cfg, stages) -> dict:
+    """Each job stage of ``stages`` planned (and its jobs hashed) once: ``{stage: jobs}``, or ``None`` for a
+    stage that needs scores/pairs.parquet first. Raises ConfigError for a bad plan (unknown model ids)."""
     from pipelines.stages import JOB_STAGES, plan_stage
 
-    return {s: (plan_stage(cfg, s) if s in JOB_STAGES else []) for s in stages}
+    return {s: plan_stage(cfg, s) for s in stages if s in JOB_STAGES}
 
 
-def _print_plan(cfg, stages) -> None:
+def _print_plan(cfg, stages, plans) -> None:
     from pipelines.jobs import plan
 
     root = cfg.results_root()
     print(f"study {cfg.study.name!r}: results in {root}")
     print(f"{'stage':<14} {'total':>7} {'done':>7} {'to run':>7}")
-    for stage, jobs in _plans(cfg, stages).items():
+    for stage in stages:
+        jobs = plans.get(stage)
         if stage == "report":
             print(f"{stage:<14} {'1':>7} {'-':>7} {'1':>7}   (always rebuilt)")
         elif jobs is None:
@@ -84,40 +88,80 @@ def _print_plan(cfg, stages) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipelines.stages import JOB_STAGES, parse_stages, plan_stage
+    """Plan, check the results root and the Ray address, take the root's lock, run stage by stage.
+
+    Exit 2 (nothing written) for a bad config, results root or Ray address, or a root in use by another
+    run (unless ``--wait``); 130 after Ctrl-C (finished jobs kept); 1 when a job failed or was skipped.
+    """
+    import os
+
+    from pipelines import backends
+    from pipelines.lock import LockHeld, ResultsLock, check_results_root
+    from pipelines.stages import parse_stages
+    from pipelines.validate import validate_study
     from zoo_study.config import ConfigError
-    from zoo_study.store import ResultsLayout, write_text_atomic
+    from zoo_study.store import ResultsLayout
 
     cfg = _load(args)
     try:
         stages = parse_stages(args.stage)
-        if args.dry_run:
-            _print_plan(cfg, stages)
-            return 0
-        for s in stages:  # validate every plan (model ids, pairs) before writing anything
-            if s in JOB_STAGES:
-                plan_stage(cfg, s)
+        validate_study(cfg, stages)  # the whole study against its inputs: ids, configs, data root
+        plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
     except ConfigError as err:
         _die(str(err))
-
-    from pipelines.runner import run_jobs
-
+    if args.dry_run:
+        _print_plan(cfg, stages, plans)
+        return 0
     layout = ResultsLayout(cfg.results_root())
-    layout.root.mkdir(parents=True, exist_ok=True)
+    address = args.address if args.address is not None else (cfg.ray.address or None)
+    if problem := check_results_root(layout.root):
+        _die(problem)
+    ray_was_up = backends.ray_is_initialized()
+    lock = ResultsLock(layout.root)
+    try:
+        try:
+            if address != backends.LOCAL and (address or os.environ.get("RAY_ADDRESS")):
+                LOG.info("%s", backends.ensure_ray(address))  # join now: a bad address fails before any write
+        except backends.RayUnavailable as err:
+            _die(str(err))
+        try:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire(wait=args.wait, log=LOG)
+        except LockHeld as err:
+            _die(str(err))
+        except OSError as err:
+            _die(f"results root {layout.root} is not writable: {err.strerror or err}")
+        return _run_stages(args, cfg, stages, plans, layout, address)
+    finally:
+        lock.release()
+        if not ray_was_up:
+            backends.shutdown_ray()  # the local instance this run started (or its connection to a cluster)
+
+
+def _run_stages(args, cfg, stages, plans, layout, address) -> int:
+    from pipelines.backends import RayUnavailable
+    from pipelines.lock import remove_temp_files
+    from pipelines.runner import RunInterrupted, run_jobs
+    from pipelines.stages import plan_stage
+    from zoo_study.store import write_text_atomic
+
+    if n := remove_temp_files(layout.root):
+        LOG.info("removed %d temp file(s) left by an interrupted run", n)
     write_text_atomic(cfg.to_toml(), layout.config_file)
     write_text_atomic(json.dumps(environment_info(), indent=2), layout.environment_file)
     LOG.info("study %r: results in %s", cfg.study.name, layout.root)
-    address = args.address if args.address is not None else (cfg.ray.address or None)
-    failed = 0
+    failed = finished = 0
+    score_ran = False
     t0 = time.perf_counter()
     for stage in stages:
         if stage == "report":
             from analysis.report import build_report
 
-            path = build_report(layout.root)
-            print(f"report: {path}")
+            print(f"report: {build_report(layout.root)}")
             continue
-        jobs = plan_stage(cfg, stage)
+        jobs = plans[stage]
+        if jobs is None or score_ran:  # planned now from the pairs the score stage just wrote
+            jobs = plan_stage(cfg, stage)
         if jobs is None:
             print(f"{stage}: needs scores/pairs.parquet; run the score stage first", file=sys.stderr)
             failed += 1
@@ -125,28 +169,34 @@ def cmd_run(args) -> int:
         if not jobs:
             continue
         LOG.info("stage %s: %d job(s)", stage, len(jobs))
-        report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus,
-                          max_retries=cfg.ray.max_retries, progress=not args.no_progress)
+        try:
+            report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus,
+                              max_retries=cfg.ray.max_retries, progress=not args.no_progress)
+        except RunInterrupted as stop:
+            print(f"interrupted: {finished + stop.report.ran} job(s) finished, {stop.cancelled} cancelled; "
+                  "rerun to resume", file=sys.stderr)
+            return 130
+        except RayUnavailable as err:
+            _die(str(err))
         print(report.summary())
+        finished += report.ran
         failed += report.failed + report.skipped
+        score_ran = score_ran or (stage == "score" and report.ran > 0)
     print(f"done in {time.perf_counter() - t0:.1f} s; results in {layout.root}")
     return 1 if failed else 0
 
 
 def cmd_status(args) -> int:
-    from pipelines.runner import status
-    from pipelines.stages import STAGES, plan_stage
+    from pipelines.records import status
+    from pipelines.stages import JOB_STAGES
     from zoo_study.config import ConfigError
 
     cfg = _load(args)
-    jobs = []
     try:
-        for s in STAGES[:-1]:
-            planned = plan_stage(cfg, s)
-            jobs.extend(planned or [])
+        plans = _plans(cfg, JOB_STAGES)
     except ConfigError as err:
         _die(str(err))
-    st = status(cfg.results_root(), jobs)
+    st = status(cfg.results_root(), [j for jobs in plans.values() for j in jobs or []])
     print(f"study {cfg.study.name!r}: results in {cfg.results_root()}")
     print(st.summary())
     return 0
@@ -176,9 +226,13 @@ def cmd_sql(args) -> int:
 
 def cmd_report(args) -> int:
     from analysis.report import build_report
+    from zoo_study.store import ResultsLayout
 
     if not Path(args.results).is_dir():
         _die(f"results root {args.results!r} does not exist")
+    if not ResultsLayout(args.results).is_results_root():  # a report must not land in any folder
+        _die(f"{args.results!r} is not a results root (no config.toml and no result files); "
+             "give the folder of a study, e.g. runs/demo")
     print(build_report(args.results))
     return 0
 
@@ -254,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stage", help="comma-separated subset of: zoo,predict,score,transfer,multi_teacher,hparam,report")
     r.add_argument("--dry-run", action="store_true", help="print jobs per stage (total, done, to run) and exit")
     r.add_argument("--address", default=None, help="Ray address: 'auto' joins a cluster, 'local' runs without Ray")
+    r.add_argument("--wait", action="store_true", help="if another run holds the results root, wait for it to end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 
@@ -292,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's job loop (which reports itself)
+        print("zoo-study: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

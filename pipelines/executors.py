@@ -1,7 +1,9 @@
 """What each pipeline job does inside a worker: thin adapters from a job spec to library calls.
 
 Executors receive their inputs as bytes (shared by the driver through Ray's object store), so workers
-never need the results filesystem; they return tables/bytes that the driver writes atomically.
+never need the results filesystem; they return ``{output name: table or bytes}`` (the names of the
+job's ``outputs``, e.g. ``summary``/``epochs``/``predictions``) that the driver writes atomically.
+Signature: ``fn(spec, inputs, ctx)``; ``ctx`` (:class:`~pipelines.jobs.JobContext`) carries the job id.
 Heavy imports (torch, timm) happen here, inside workers, never in the CLI process.
 """
 
@@ -15,7 +17,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipelines.jobs import current_job, read_input_table
+from pipelines.jobs import JobContext, read_input_table
 from zoo_study.store import PREDICTION_SCHEMA, ResultsLayout
 
 LOG = logging.getLogger("zoo_study.pipeline")
@@ -31,11 +33,12 @@ def _device(name: str) -> str:
     return name
 
 
-def _source(data: dict[str, Any]):
-    from zoo_study.data import DataSpec, GeneratedSpec, load_source
+def _source(data: dict[str, Any], ctx: JobContext):
+    """The job's dataset: the spec's ``data`` (a dumped :class:`DataSpec`, validated again here) plus the
+    job's speed-only runtime settings (the decoded-image cache folder)."""
+    from zoo_study.data import DataSpec, load_source
 
-    gen = GeneratedSpec(**data.get("generated", {}))
-    return load_source(DataSpec(kind=data["kind"], generated=gen, root=data.get("root"), raw_size=data.get("raw_size", 256)))
+    return load_source(DataSpec.from_job(data, ctx.runtime))
 
 
 @contextmanager
@@ -50,20 +53,16 @@ def _weights_file(blob: bytes) -> Iterator[str]:
 
 
 def _ref(payload: dict[str, Any], num_classes: int, checkpoint: str | None = None):
-    from zoo_study.zoo.loading import ModelRef
+    """The :class:`ModelRef` of a job's model payload (embedded: the trained weights file)."""
+    from zoo_study.zoo.ref import ModelRef
 
     kind, spec, mid = payload["kind"], payload["spec"], payload["model_id"]
     if kind == "embedded":
         return ModelRef(mid, source="embedded", checkpoint=checkpoint, num_classes=num_classes)
     if kind == "random":
-        kwargs = dict(spec.get("model_kwargs") or {})
-        return ModelRef(mid, source="random", arch=spec["arch"], model_kwargs=kwargs, num_classes=num_classes,
-                        data_config=spec.get("data_config"), seed=int(spec.get("seed", 0)))
-    entry = dict(spec)
-    return ModelRef(entry.pop("id"), source=entry.get("source", "timm"), arch=entry.get("arch"),
-                    checkpoint=entry.get("checkpoint"), model_kwargs=entry.get("model_kwargs") or {},
-                    num_classes=num_classes, family=entry.get("family"), reported_top1=entry.get("reported_top1"),
-                    seed=int(entry.get("seed", 0)))
+        return ModelRef(mid, source="random", arch=spec["arch"], model_kwargs=dict(spec.get("model_kwargs") or {}),
+                        num_classes=num_classes, data_config=spec.get("data_config"), seed=int(spec.get("seed", 0)))
+    return ModelRef.model_validate({**spec, "num_classes": num_classes})
 
 
 def build_model(payload: dict[str, Any], inputs: dict[str, bytes], num_classes: int, device: str):
@@ -80,13 +79,12 @@ def build_model(payload: dict[str, Any], inputs: dict[str, bytes], num_classes: 
 
 
 # -------------------------------------------------------------------------------------------- stages
-def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table | bytes]:
-    """Resolve one model (or train it, for the embedded zoo) and write its catalog row."""
+def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table | bytes]:
+    """Resolve one model (or train it, for the embedded zoo) -> its catalog row (and weights)."""
     from zoo_study.zoo.loading import load_model
 
-    ctx = current_job()
     payload = spec["model"]
-    source = _source(spec["data"])
+    source = _source(spec["data"], ctx)
     device = _device("auto")
     out: dict[str, pa.Table | bytes] = {}
     if payload["kind"] == "embedded":
@@ -100,53 +98,50 @@ def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Tabl
         blob, info = train_recipe(recipe, source, device=device, epochs_scale=scale)
         with _weights_file(blob) as path:
             _, record = load_model(_ref(payload, source.num_classes, path))
-        weights_rel = next(o for o in ctx.outputs if o.endswith(".safetensors"))
-        record.checkpoint = weights_rel
+        record.checkpoint = ctx.outputs["weights"]
         record.train_seconds = float(info["train_seconds"])
-        out[weights_rel] = blob
+        out["weights"] = blob
     else:
         _, record = load_model(_ref(payload, source.num_classes))
-    out[next(o for o in ctx.outputs if o.endswith(".parquet"))] = record.to_table()
+    out["model"] = record.to_table()
     return out
 
 
-def predict_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table]:
+def predict_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """One model over the eval split -> predictions/model=<id>.parquet."""
     from zoo_study.data.preprocess import ModelPreprocess
     from zoo_study.predict import predict
 
-    ctx = current_job()
-    source = _source(spec["data"])
+    source = _source(spec["data"], ctx)
     device = _device(spec.get("device", "auto"))
     model, record = build_model(spec["model"], inputs, source.num_classes, device)
-    table = predict(model, source.eval, ModelPreprocess.from_data_config(record.data_config),
+    from zoo_study.data import cached_split
+
+    eval_split = cached_split(source.eval, [record.data_config])  # unchanged without a cache
+    table = predict(model, eval_split, ModelPreprocess.from_data_config(record.data_config),
                     model_id=record.model_id, batch_size=int(spec["batch_size"]), device=device,
                     topk=int(spec["topk"]))
-    return {ctx.outputs[0]: table}
+    return {"predictions": table}
 
 
-def score_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table]:
+def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """All selected pairs from the cached predictions -> scores/pairs.parquet, scores/pair_classes.parquet."""
-    from zoo_study.complementarity import PairSelection, score_pairs
+    from zoo_study.scoring import PairSelection, score_pairs
 
-    ctx = current_job()
     layout = ResultsLayout("")
     ids = list(spec["models"]) + list(spec["random_teachers"])
     preds = {m: read_input_table(inputs[str(layout.predictions(m))], PREDICTION_SCHEMA) for m in ids}
-    p = spec["pairs"]
-    selection = PairSelection(mode=p["pairs"], k=p.get("k"), seed=int(p.get("seed", 0)),
-                              explicit=[tuple(x) for x in p.get("explicit", [])] or None)
+    selection = PairSelection.model_validate(spec["pairs"])  # the [score] section, dumped to JSON
     trained = {m: preds[m] for m in spec["models"]}
     pairs = selection.resolve(list(trained))
     pairs_table, classes_table = score_pairs(preds, pairs, random_teachers=spec["random_teachers"])
-    return {ctx.outputs[0]: pairs_table, ctx.outputs[1]: classes_table}
+    return {"pairs": pairs_table, "pair_classes": classes_table}
 
 
-def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes]):
+def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext):
     from zoo_study.transfer import TransferConfig, run_transfer
 
-    ctx = current_job()
-    source = _source(spec["data"])
+    source = _source(spec["data"], ctx)
     device = _device(spec.get("device", "auto"))
     student, s_rec = build_model(spec["student"], inputs, source.num_classes, device)
     teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
@@ -158,21 +153,19 @@ def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes]):
         if key in inputs:
             cached[payload["model_id"]] = read_input_table(inputs[key], PREDICTION_SCHEMA)
     LOG.info("transfer %s: %s -> %s", config.method, "+".join(r.model_id for _, r in teachers), s_rec.model_id)
-    return ctx, run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id,
-                             cached_predictions=cached)
+    return run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id,
+                        cached_predictions=cached)
 
 
-def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table]:
+def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """One (teacher(s), student, method, hparams, seed) -> transfers/<job_id>/{summary,epochs,predictions}."""
-    ctx, result = _run_transfer_spec(spec, inputs)
-    summary, epochs, predictions = ctx.outputs
-    return {summary: result.summary, epochs: result.epochs, predictions: result.predictions}
+    result = _run_transfer_spec(spec, inputs, ctx)
+    return {"summary": result.summary, "epochs": result.epochs, "predictions": result.predictions}
 
 
 multi_teacher_job = transfer_job
 
 
-def hparam_job(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, pa.Table]:
+def hparam_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """One grid point on one pair -> hparams/<job_id>.parquet (a transfer summary row)."""
-    ctx, result = _run_transfer_spec(spec, inputs)
-    return {ctx.outputs[0]: result.summary}
+    return {"summary": _run_transfer_spec(spec, inputs, ctx).summary}

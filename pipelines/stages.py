@@ -2,7 +2,9 @@
 
 Planning is cheap (no torch import): it reads the config and, for stages that depend on earlier
 results (transfer pairs drawn from the scored pairs), the Parquet files already written. Executors live
-in :mod:`pipelines.executors` and are registered by module path, so Ray workers import them lazily.
+in :mod:`pipelines.executors`, found by stage name in ``pipelines.jobs.EXECUTORS`` (module paths), so Ray
+workers import them lazily. Every job names its outputs (``{"summary": "transfers/<id>/summary.parquet", ...}``)
+and its executor returns ``{name: table}``.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipelines.jobs import Job, register_executor_path, registered_stages
-from zoo_study.config import StudyConfig
+from pipelines.jobs import Job
+from pydantic import ValidationError
+
+from zoo_study.config import ConfigError, StudyConfig
 from zoo_study.store import ResultsLayout
 
 STAGES = ("zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "report")
 JOB_STAGES = STAGES[:-1]  # report runs on the driver, always
-
-for _stage in JOB_STAGES:
-    if _stage not in registered_stages():
-        register_executor_path(_stage, f"pipelines.executors:{_stage}_job")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -46,10 +45,7 @@ class ModelPlan:
 
 
 def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
-    d = cfg.data.model_dump(mode="json")
-    if cfg.data.kind == "generated":
-        d.pop("root", None)
-    return d
+    return cfg.data.job_dict()
 
 
 def study_models(cfg: StudyConfig) -> list[ModelPlan]:
@@ -79,7 +75,7 @@ def study_models(cfg: StudyConfig) -> list[ModelPlan]:
                      "reported_top1": float(row["reported_top1"]) if row["reported_top1"] else None}
             plans.append(ModelPlan(row["timm_name"], "ref", entry))
     for m in cfg.zoo.models:
-        plans.append(ModelPlan(m.id, "ref", m.model_dump(mode="json")))
+        plans.append(ModelPlan(m.model_id, "ref", m.entry_dict()))
     by_recipe = {r.model_id: r for r in EMBEDDED_RECIPES}
     for name in cfg.zoo.random_teachers:
         if name in by_recipe:
@@ -115,12 +111,12 @@ def plan_zoo(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     jobs = []
     data = data_spec_dict(cfg)
     for p in study_models(cfg):
-        outputs = [_rel(layout.model_row(p.model_id), layout.root)]
+        outputs = {"model": _rel(layout.model_row(p.model_id), layout.root)}
         if p.has_weights_file:
-            outputs.append(_rel(layout.weights(p.model_id), layout.root))
-        jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, tuple(outputs),
+            outputs["weights"] = _rel(layout.weights(p.model_id), layout.root)
+        jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, outputs,
                         num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.kind == "embedded" else 0,
-                        name=p.model_id))
+                        name=p.model_id, runtime=cfg.data.runtime_dict()))
     return jobs
 
 
@@ -129,9 +125,9 @@ def plan_predict(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     for p in study_models(cfg):
         spec = {"model": _model_payload(p), "data": data_spec_dict(cfg), "batch_size": cfg.predict.batch_size,
                 "topk": cfg.predict.topk, "device": cfg.study.device}
-        jobs.append(Job("predict", spec, (_rel(layout.predictions(p.model_id), layout.root),),
+        jobs.append(Job("predict", spec, {"predictions": _rel(layout.predictions(p.model_id), layout.root)},
                         inputs=tuple(_model_inputs(p, layout)), num_cpus=cfg.ray.cpus_per_job,
-                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id))
+                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id, runtime=cfg.data.runtime_dict()))
     return jobs
 
 
@@ -145,7 +141,7 @@ def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
         "pairs": cfg.score.model_dump(mode="json"),
     }
     inputs = tuple(_rel(layout.predictions(m.model_id), layout.root) for m in models)
-    outputs = (_rel(layout.pairs, layout.root), _rel(layout.pair_classes, layout.root))
+    outputs = {"pairs": _rel(layout.pairs, layout.root), "pair_classes": _rel(layout.pair_classes, layout.root)}
     return [Job("score", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job, name="all pairs")]
 
 
@@ -181,23 +177,43 @@ def transfer_pairs(cfg: StudyConfig, layout: ResultsLayout) -> list[tuple[str, s
         students = [r["timm_name"] for r in rows if r["role"] == "student"]
         teachers = [r["timm_name"] for r in rows if r["role"] == "teacher"]
         return [(te, st) for st in students for te in teachers if te != st]
-    if not layout.pairs.is_file():
-        return None
-    return sample_pairs_by_delta(pq.read_table(layout.pairs), t.n_pairs, cfg.study.seed)
+    scores = scored_pairs(layout)
+    return None if scores is None else sample_pairs_by_delta(scores, t.n_pairs, cfg.study.seed)
+
+
+def scored_pairs(layout: ResultsLayout):
+    """scores/pairs.parquet, or None while it is missing, truncated or of another schema (the score stage
+    redoes such a file; planning from it would fail on a missing column)."""
+    from zoo_study.store import PAIR_SCHEMA, read_parquet_checked
+
+    return read_parquet_checked(layout.pairs, PAIR_SCHEMA)
 
 
 def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "single", study_part: str = "transfer",
                      epochs: int | None = None, hparams: dict[str, Any] | None = None, order: str = "given") -> dict[str, Any]:
+    """The resolved, validated TransferConfig of one job, as the dict its spec (and id) holds.
+
+    A bad value (a grid point outside a parameter's range, a method that cannot run a mode) is a
+    ConfigError here, at planning, naming the method and the value."""
+    from zoo_study.transfer.config import TransferConfig, first_error
+
     t = cfg.transfer
     hp = dict(t.hparams.get(method, {}))
     hp.update(hparams or {})
-    return {"method": method, "mode": mode, "hparams": hp, "epochs": epochs or t.epochs, "batch_size": t.batch_size,
-            "transfer_fraction": t.transfer_fraction, "seed": seed, "study_part": study_part, "teacher_order": order,
-            "augment": t.augment, "student_mode": t.student_mode}
+    settings = {**t.settings(), "epochs": epochs or t.epochs}
+    try:
+        tc = TransferConfig(**settings, method=method, mode=mode, hparams=hp, seed=seed, study_part=study_part,
+                            teacher_order=order)
+    except ValidationError as err:
+        raise ConfigError(f"{study_part} job of method {method!r}: {first_error(err)}") from None
+    except ValueError as err:
+        raise ConfigError(f"{study_part} job of method {method!r}: {err}") from None
+    return tc.to_dict()
 
 
 def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, ModelPlan], stage: str,
-                  teachers: list[str], student: str, tconfig: dict[str, Any], outputs_for: Callable[[str], list[Path]]) -> Job:
+                  teachers: list[str], student: str, tconfig: dict[str, Any],
+                  outputs_for: Callable[[str], dict[str, Path]]) -> Job:
     from pipelines.jobs import job_id_for
 
     unknown = [m for m in [*teachers, student] if m not in models]
@@ -216,14 +232,15 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     inputs = [i for m in [student, *teachers] for i in _model_inputs(models[m], layout)]
     # cached eval predictions spare the job its own before-transfer passes over the eval split
     inputs += [_rel(layout.predictions(m), layout.root) for m in [student, *teachers]]
-    outputs = tuple(_rel(p, layout.root) for p in outputs_for(job_id))
+    outputs = {name: _rel(p, layout.root) for name, p in outputs_for(job_id).items()}
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
-               num_gpus=cfg.ray.gpus_per_job, name=name)
+               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict())
 
 
-def _transfer_outputs(layout: ResultsLayout) -> Callable[[str], list[Path]]:
-    return lambda jid: [layout.transfer_summary(jid), layout.transfer_epochs(jid), layout.transfer_predictions(jid)]
+def _transfer_outputs(layout: ResultsLayout) -> Callable[[str], dict[str, Path]]:
+    return lambda jid: {"summary": layout.transfer_summary(jid), "epochs": layout.transfer_epochs(jid),
+                        "predictions": layout.transfer_predictions(jid)}
 
 
 def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
@@ -233,10 +250,15 @@ def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     if pairs is None:
         return None
     models = {m.model_id: m for m in study_models(cfg)}
+    t = cfg.transfer
+    rep = t.replicate
     jobs = []
-    for teacher, student in pairs:
-        for method in cfg.transfer.methods:
-            for seed in cfg.transfer.seeds:
+    for i, (teacher, student) in enumerate(pairs):
+        for method in t.methods:
+            seeds = list(t.seeds)
+            if i < rep.n_pairs and (not rep.methods or method in rep.methods):  # extra seeds on the first pairs
+                seeds += [s for s in rep.seeds if s not in seeds]
+            for seed in seeds:
                 jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
                                           _transfer_config(cfg, method, seed), _transfer_outputs(layout)))
     return jobs
@@ -257,7 +279,9 @@ def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
                                       _transfer_outputs(layout)))
         if mt.single_baselines:  # each teacher alone, same method and epochs: what the modes must beat
             for teacher in teachers:
-                tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], epochs=mt.epochs)
+                # study_part multi_teacher: Tab 4's baselines, kept apart from the study's own transfers
+                tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], epochs=mt.epochs,
+                                         study_part="multi_teacher")
                 jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", [teacher], student, tconf,
                                           _transfer_outputs(layout)))
     return jobs
@@ -267,26 +291,23 @@ def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     hs = cfg.hparam_search
     if not hs.enabled:
         return []
-    if not layout.pairs.is_file():
+    scores = scored_pairs(layout)
+    if scores is None:
         return None
-    from zoo_study.transfer.hparams import DEFAULT_GRIDS, grid_points
+    from zoo_study.methods import default_grid
+    from zoo_study.methods.grids import grid_points
 
-    pairs = sample_pairs_by_delta(pq.read_table(layout.pairs), hs.n_pairs, cfg.study.seed + 1)
+    pairs = sample_pairs_by_delta(scores, hs.n_pairs, cfg.study.seed + 1)
     models = {m.model_id: m for m in study_models(cfg)}
     jobs = []
     for method in hs.methods:
-        grid = hs.grid or DEFAULT_GRIDS.get(method)
-        if not grid:
-            from zoo_study.config import ConfigError
-
-            raise ConfigError(f"hparam_search.grid is empty and method {method!r} has no default grid; "
-                              f"methods with one: {sorted(DEFAULT_GRIDS)}")
+        grid = hs.grid or default_grid(method)  # the config checked that one exists
         for point in grid_points(grid):
             for teacher, student in pairs:
                 tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], study_part="hparam", epochs=hs.epochs,
                                          hparams=point)
                 jobs.append(_transfer_job(cfg, layout, models, "hparam", [teacher], student, tconf,
-                                          lambda jid: [layout.hparam_row(jid)]))
+                                          lambda jid: {"summary": layout.hparam_row(jid)}))
     return jobs
 
 

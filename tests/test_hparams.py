@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from zoo_study.transfer import (
-    DEFAULT_GRIDS,
+    default_grids,
     TransferConfig,
     best_configs,
     best_per_method,
@@ -34,7 +34,8 @@ def test_grid_points_and_method_name_base():
     points = grid_points({"lr": [1e-4, 1e-3], "temperature": [1.0]})
     assert points == [{"lr": 1e-4, "temperature": 1.0}, {"lr": 1e-3, "temperature": 1.0}]
     cfgs = [TransferConfig(method="kl_dp", hparams=p) for p in points]  # lr / T accepted with the params
-    assert [(c.base_lr, c.temperature, c.hparams) for c in cfgs] == [(1e-4, 1.0, {}), (1e-3, 1.0, {})]
+    assert [(c.base_lr, c.temperature, c.hparams) for c in cfgs] == [(1e-4, 1.0, {"lambda": 1.0}),
+                                                                      (1e-3, 1.0, {"lambda": 1.0})]
     assert [c.base_lr for c in expand_grid("kl_dp", {"lr": [1e-4, 1e-3]})] == [1e-4, 1e-3]
     with pytest.raises(ValueError, match="repeats values"):
         grid_points({"lr": [1, 1]})
@@ -64,15 +65,15 @@ def test_grid_errors(grid, match):
 
 
 def test_default_grids_expand_for_every_method():
-    cfgs = expand_grids(TransferConfig(method="kl", epochs=2), DEFAULT_GRIDS)
+    cfgs = expand_grids(TransferConfig(method="kl", epochs=2), default_grids())
     expected = 0
-    for grid in DEFAULT_GRIDS.values():
+    for grid in default_grids().values():
         n = 1
         for v in grid.values():
             n *= len(v)
         expected += n
     assert len(cfgs) == expected
-    assert {c.method for c in cfgs} == set(DEFAULT_GRIDS)
+    assert {c.method for c in cfgs} == set(default_grids())
     assert all(c.epochs == 2 for c in cfgs)
 
 

@@ -12,7 +12,7 @@ from zoo_study.store import TRANSFER_EPOCH_SCHEMA, TRANSFER_PREDICTION_SCHEMA, T
 from zoo_study.transfer import (
     ObjectiveInputs,
     TransferConfig,
-    get_objective,
+    get_method,
     order_teachers,
     route_sources,
     run_transfer,
@@ -45,7 +45,7 @@ def test_parallel_source_choice_supervised_by_hand():
     # row 3: student and teacher 1 tie (identical logits) -> student
     route = route_sources(frozen, torch.stack([t1, t2]), y, supervised=True)
     assert route.tolist() == [0, 2, 1, 0]
-    out = get_objective("kl_dp").fn(
+    out = get_method("kl_dp").fn(
         ObjectiveInputs(student=torch.zeros(4, 3), teachers=torch.stack([t1, t2]), frozen=frozen, labels=y), {})
     uniform = [1 / 3] * 3
 
@@ -132,7 +132,7 @@ def test_sequential_stages_anchor_and_rows():
     assert ep[3]["acc"] == ep[2]["acc"] and ep[3]["delta"] == ep[2]["delta"]  # stage 1 starts where 0 ended
     assert ep[-1]["acc"] == row["acc_last"] and all(r["gain"] - r["loss"] == r["delta"] for r in ep)
     assert row["best_epoch"] in (1, 2, 3, 4) and row["acc_best"] == max(r["acc"] for r in ep if r["epoch"] > 0)
-    assert [s["teacher"] for s in res.info["stages"]] == [r2.model_id, r1.model_id]
+    assert [s["teacher"] for s in res.info["phases"]] == [r2.model_id, r1.model_id]
     # stage 0 of the two-teacher job is the single-teacher job with the first teacher
     single = run_transfer(student, srec, [(t2, r2)], src, TransferConfig(method="kl_dp", **FAST), job_id="x")
     assert single.epochs.to_pylist()[:3] == [{**r, "job_id": "x"} for r in ep[:3]]
@@ -186,5 +186,5 @@ def test_soup_job_tables_and_members():
 
 
 def test_single_mode_rejects_several_teachers_and_parallel_needs_routing():
-    with pytest.raises(ValueError, match="parallel mode needs a routing method"):
+    with pytest.raises(ValueError, match="cannot run in parallel mode; routing methods"):
         TransferConfig(method="xe_kl", mode="parallel")

@@ -110,8 +110,11 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
     baselines = {(s["teacher"], s["student"]) for s in single if s["student"] == "mixer_p8" and s["epochs"] == 1
                  and s["method"] == "kl_dp"}
     assert {("resnet10t_w16", "mixer_p8"), ("convnext_atto_p2", "mixer_p8")} <= baselines
-    multi = {s["mode"]: s for s in summaries if s["study_part"] == "multi_teacher"}
+    multi = {s["mode"]: s for s in summaries if s["study_part"] == "multi_teacher" and s["mode"] != "single"}
     assert set(multi) == {"sequential", "parallel", "soup"}
+    # the single-teacher baselines of the multi-teacher stage are kept apart from the study's transfers
+    assert {s["study_part"] for s in single if s["method"] == "kl_dp" and s["student"] == "mixer_p8"
+            and (s["teacher"], s["student"]) in baselines} >= {"multi_teacher"}
     assert multi["sequential"]["teachers"] == ["resnet10t_w16", "convnext_atto_p2"] or sorted(
         multi["sequential"]["teachers"]) == ["convnext_atto_p2", "resnet10t_w16"]
     grid_rows = [pq.read_table(p).to_pylist()[0] for p in (root / "hparams").glob("*.parquet")]
@@ -160,13 +163,16 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
 
 
 def test_failing_job_is_recorded_and_others_complete(tmp_path, ray_local, capsys):
+    # a checkpoint that exists (so planning accepts it) but is not a weights file: the zoo job fails
+    broken = tmp_path / "weights.safetensors"
+    broken.write_bytes(b"this is not a safetensors file")
     bad = textwrap.dedent(
-        """
+        f"""
         [[zoo.models]]
         id = "broken"
         source = "local"
         arch = "resnet10t"
-        checkpoint = "/nonexistent/weights.safetensors"
+        checkpoint = "{broken}"
         """
     )
     cfg = write_config(tmp_path, extra_models=bad)
@@ -176,14 +182,14 @@ def test_failing_job_is_recorded_and_others_complete(tmp_path, ray_local, capsys
     assert len(list((root / "zoo" / "models").glob("*.parquet"))) == 4  # the others completed
     failures = pq.read_table(root / "failures").to_pylist()
     zoo_fail = [f for f in failures if f["stage"] == "zoo"]
-    assert len(zoo_fail) == 1 and "does not exist" in zoo_fail[0]["error"]
+    assert len(zoo_fail) == 1 and "broken" in zoo_fail[0]["error"]
     assert zoo_fail[0]["attempts"] == 1 and "Traceback" in zoo_fail[0]["traceback"]
     # the broken model's prediction job is skipped with a reason, not run
     assert any(f["stage"] == "predict" and f["attempts"] == 0 for f in failures)
     capsys.readouterr()
     assert run_cli("status", str(cfg)) == 0
     out = capsys.readouterr().out
-    assert "does not exist" in out and "zoo" in out
+    assert "broken" in out and "zoo" in out
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_tables_conform_and_metrics_are_consistent():
     assert ep[0]["train_loss"] is None and ep[0]["delta"] == 0.0 and ep[0]["acc"] == row["acc_before"]
     assert all(r["gain"] - r["loss"] == r["delta"] for r in ep)
     assert ep[-1]["acc"] == row["acc_last"]
-    logs = res.info["stages"][0]["epoch_logs"]  # per-epoch means of the objective's own logs
+    logs = res.info["phases"][0]["epoch_logs"]  # per-epoch means of the objective's own logs
     assert [lg["teacher_share"] for lg in logs] == pytest.approx([r["teacher_share"] for r in ep[1:]])
     assert max(r["acc"] for r in ep[1:]) == row["acc_best"] == ep[row["best_epoch"]]["acc"]
     # rho vs the teacher from the per-sample predictions
@@ -141,10 +141,10 @@ class _NaNTeacher(nn.Module):
 def test_nan_loss_fails_the_job_with_its_reason():
     src = tiny_source()
     student, srec, teacher, trec = _pair(16)
-    with pytest.raises(TransferDiverged, match=r"kl loss is nan at stage 0 .*epoch 1, step 1") as info:
+    with pytest.raises(TransferDiverged, match=r"kl loss is nan at phase 0 .*epoch 1, step 1") as info:
         run_transfer(student, srec, [(_NaNTeacher(teacher), trec)], src, TransferConfig(method="kl", **FAST), job_id="nan")
     err = info.value
-    assert (err.epoch, err.step, err.stage) == (1, 1, 0)
+    assert (err.epoch, err.step, err.phase) == (1, 1, 0)
     again = pickle.loads(pickle.dumps(err))  # survives a Ray worker boundary
     assert str(again) == str(err) and again.step == 1
 

@@ -62,12 +62,12 @@ def test_mcl_in_the_loop_keeps_and_evaluates_the_slow_weights():
     p = frozen_slow.predictions
     assert p.column("pred_after").to_pylist() == p.column("pred_before").to_pylist()
     assert frozen_slow.row["delta_last"] == 0.0
-    steps = frozen_slow.info["stages"][0]["steps"]
+    steps = frozen_slow.info["phases"][0]["steps"]
     assert steps == 2 * (120 // 30)
     # tau = 0.5 every 2 steps: the kept model moved, by exactly steps / N interpolations
     moved = run_transfer(student, srec, [(teacher, trec)], src,
                          TransferConfig(**base, hparams={"tau": 0.5, "N": 2}), job_id="mcl2")
-    assert moved.info["stages"][0]["mcl_updates"] == steps // 2
+    assert moved.info["phases"][0]["mcl_updates"] == steps // 2
     assert not state_equal(moved.model, student, floating_only=True)
 
 

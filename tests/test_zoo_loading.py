@@ -265,7 +265,7 @@ def test_pretrained_weights_not_cached_fail_offline_without_network(name, no_net
 
 
 def test_model_ref_validation():
-    with pytest.raises(ValueError, match="unknown source 'hub'"):
+    with pytest.raises(ValueError, match=r"source\n.*'timm', 'local', 'embedded' or 'random'.*input_value='hub'"):
         ModelRef("m", source="hub", arch="resnet18")
     with pytest.raises(ValueError, match="needs checkpoint"):
         ModelRef("m", source="local")

@@ -2,21 +2,36 @@
 
 Why pydantic: a bad value must fail before anything runs, naming the key, the value and what is valid
 (:class:`ConfigError` carries a one-line message for the CLI, which exits with code 2).
+
+One shape per concept: the sections are the library's own types where the library takes them
+(``[data]`` is a :class:`~zoo_study.data.spec.DataSpec`, ``[score]`` a
+:class:`~zoo_study.scoring.pairs.PairSelection`, ``[[zoo.models]]`` entries are
+:class:`~zoo_study.zoo.ref.ModelRef`, ``[transfer]`` extends
+:class:`~zoo_study.transfer.config.TransferSettings`), and method names and hyper-parameters are checked
+against the method registry (:mod:`zoo_study.methods`). This module imports no torch.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from zoo_study.data.spec import DataSpec
+from zoo_study.methods.registry import get_method, method_names, methods, multi_teacher_methods
+from zoo_study.scoring.pairs import PairSelection
+from zoo_study.transfer.config import TransferSettings, split_method_hparams
+from zoo_study.zoo.ref import ModelRef
 
-METHODS = ("kl", "xe_kl", "xe_kl_ls", "kl_topk", "kl_dp", "kl_dp_unsup", "xe_kl_mcl", "cd", "crd")
+
 MULTI_MODES = ("sequential", "parallel", "soup")
 
 
@@ -29,55 +44,25 @@ class _Strict(BaseModel):
 
 
 class StudySection(_Strict):
-    name: str = "study"
-    results_root: str = "runs/study"
-    seed: int = 0
+    name: str = Field("study", min_length=1)
+    results_root: str = Field("runs/study", min_length=1)
+    seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-
-class GeneratedSection(_Strict):
-    seed: int = 0
-    num_superclasses: int = Field(10, ge=1, le=10)
-    classes_per_superclass: int = Field(10, ge=1, le=10)
-    image_size: int = Field(32, ge=8, le=256)
-    n_train: int = Field(16000, ge=1)
-    n_eval: int = Field(4000, ge=1)
-    difficulty: float = Field(0.4, ge=0)
-
-
-class DataSection(_Strict):
-    kind: Literal["generated", "imagefolder"] = "generated"
-    root: str | None = None  # imagefolder: dataset root; falls back to $ZOO_STUDY_IMAGENET
-    raw_size: int = Field(256, ge=8)
-    generated: GeneratedSection = GeneratedSection()
-
-
-class ModelEntry(_Strict):
-    """One model of the zoo given explicitly."""
-
-    id: str
-    source: Literal["timm", "local", "embedded", "random"] = "timm"
-    arch: str | None = None
-    checkpoint: str | None = None
-    model_kwargs: dict[str, Any] = {}
-    family: Literal["cnn", "transformer", "mlp"] | None = None
-    reported_top1: float | None = None
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _needs(self) -> "ModelEntry":
-        if self.source in ("local", "embedded") and not self.checkpoint:
-            raise ValueError(f"zoo.models entry {self.id!r}: source={self.source!r} needs checkpoint=")
-        if self.source in ("timm", "random") and not self.arch:
-            raise ValueError(f"zoo.models entry {self.id!r}: source={self.source!r} needs arch=")
-        return self
+    @field_validator("results_root")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("study.results_root must name a folder (an empty value would write into the "
+                             "current directory)")
+        return v
 
 
 class ZooSection(_Strict):
     embedded: Literal["all", "none"] | list[str] = "all"  # recipes of the embedded zoo to train
-    epochs_scale: float = Field(1.0, gt=0)  # shrink embedded training (smoke tests)
+    epochs_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # shrink embedded training (smoke tests)
     paper_study: Literal["", "imagenet_10pct", "imagenet_full", "multi_teacher"] = ""
-    models: list[ModelEntry] = []
+    models: list[ModelRef] = []
     random_teachers: list[str] = []  # archs (or embedded ids) initialised at random: the noise floor
 
     @field_validator("embedded")
@@ -90,6 +75,8 @@ class ZooSection(_Strict):
             bad = [x for x in v if x not in known]
             if bad:
                 raise ValueError(f"unknown embedded recipe(s) {bad}; valid: {known}")
+            if not v:
+                raise ValueError("zoo.embedded is an empty list; use \"none\" for no embedded model, \"all\", or recipe ids")
         return v
 
 
@@ -98,24 +85,45 @@ class PredictSection(_Strict):
     topk: int = Field(5, ge=0)
 
 
-class ScoreSection(_Strict):
-    pairs: Literal["all", "random", "explicit"] = "all"
-    k: int | None = Field(None, ge=1)
-    seed: int = 0
-    explicit: list[tuple[str, str]] = []
-
-    @model_validator(mode="after")
-    def _k(self) -> "ScoreSection":
-        if self.pairs == "random" and self.k is None:
-            raise ValueError("score.pairs='random' needs score.k (number of pairs)")
-        if self.pairs == "explicit" and not self.explicit:
-            raise ValueError("score.pairs='explicit' needs score.explicit = [[teacher, student], ...]")
-        return self
+def _check_methods(key: str, names: list[str]) -> list[str]:
+    known = method_names()
+    bad = [m for m in names if m not in known]
+    if bad:
+        raise ValueError(f"unknown transfer method(s) {bad} in {key}; valid: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key} repeats a method: {names}")
+    return names
 
 
-class TransferSection(_Strict):
+def _check_hparams(key: str, method: str, given: dict[str, Any]) -> None:
+    hp, fields = split_method_hparams(method, given)
+    get_method(method).resolve_params(hp)  # names and values
+    for name, value in fields.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok:
+            raise ValueError(f"{key}.{method}: {name}={value!r} is invalid; must be a finite number > 0")
+
+
+class ReplicateSection(_Strict):
+    """Extra training seeds for the first ``n_pairs`` transfer pairs (their spread across seeds), for
+    ``methods`` (empty: every method of the study)."""
+
+    seeds: list[Annotated[int, Field(ge=0)]] = []
+    n_pairs: int = Field(0, ge=0)
+    methods: list[str] = []
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        return _check_methods("transfer.replicate.methods", v) if v else v
+
+
+class TransferSection(TransferSettings):
+    """The study's single-teacher transfers; the shared settings (epochs, batch, ...) are the very
+    :class:`TransferSettings` every job's :class:`TransferConfig` is built from."""
+
     enabled: bool = True
-    methods: list[str] = ["kl", "xe_kl", "xe_kl_mcl", "kl_dp", "kl_dp_unsup"]
+    methods: list[str] = Field(["kl", "xe_kl", "xe_kl_mcl", "kl_dp", "kl_dp_unsup"], min_length=1)
     pairs: Literal["sample", "explicit", "grid", "paper"] = "sample"
     n_pairs: int = Field(6, ge=1)  # 'sample': pairs drawn from the scored pairs, stratified by delta_acc
     explicit: list[tuple[str, str]] = []  # (teacher, student)
@@ -123,62 +131,107 @@ class TransferSection(_Strict):
     teachers: list[str] = []
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(128, ge=1)
-    transfer_fraction: float = Field(0.1, gt=0, le=1)
-    seeds: list[int] = [0]
-    augment: Literal["paper", "flip", "none"] = "paper"  # flip: when colour is part of the label
-    student_mode: Literal["train", "frozen_norm", "eval"] = "train"  # train = the paper
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
     hparams: dict[str, dict[str, Any]] = {}  # per-method overrides, e.g. {kl_dp = {lr = 1e-4}}
+    replicate: ReplicateSection = ReplicateSection()
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        bad = [m for m in v if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown transfer method(s) {bad}; valid: {list(METHODS)}")
-        return v
+        return _check_methods("transfer.methods", v)
 
     @field_validator("hparams")
     @classmethod
     def _hp(cls, v):
-        bad = [m for m in v if m not in METHODS]
-        if bad:
-            raise ValueError(f"transfer.hparams has unknown method(s) {bad}; valid: {list(METHODS)}")
+        _check_methods("transfer.hparams", list(v))
+        for method, given in v.items():
+            _check_hparams("transfer.hparams", method, given)
         return v
+
+    @model_validator(mode="after")
+    def _pairs_given(self) -> "TransferSection":
+        if self.enabled and self.pairs == "explicit" and not self.explicit:
+            raise ValueError("transfer.pairs='explicit' needs transfer.explicit = [[teacher, student], ...]")
+        if self.enabled and self.pairs == "grid" and not (self.students and self.teachers):
+            raise ValueError("transfer.pairs='grid' needs transfer.students and transfer.teachers (non-empty lists)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"transfer.seeds repeats a seed: {self.seeds}")
+        stray = [m for m in self.replicate.methods if m not in self.methods]
+        if stray:
+            raise ValueError(f"transfer.replicate.methods {stray} are not in transfer.methods {self.methods}")
+        return self
 
 
 class MultiTeacherSection(_Strict):
     enabled: bool = False
     students: list[str] = []
     teachers: list[str] = []
-    modes: list[Literal["sequential", "parallel", "soup"]] = list(MULTI_MODES)
+    modes: list[Literal["sequential", "parallel", "soup"]] = Field(list(MULTI_MODES), min_length=1)
     method: str = "kl_dp"
     order: Literal["ascending", "descending", "given"] = "ascending"
     epochs: int | None = Field(None, ge=1)  # per teacher; defaults to transfer.epochs
     single_baselines: bool = True  # also each teacher alone (same method, epochs): the paper's Tab 4 baseline
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v):
+        _check_methods("multi_teacher.method", [v])
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> "MultiTeacherSection":
+        if "parallel" in self.modes and not get_method(self.method).multi_teacher:
+            raise ValueError(f"multi_teacher.method={self.method!r} cannot run mode 'parallel'; routing methods: "
+                             f"{', '.join(multi_teacher_methods())} (or drop 'parallel' from multi_teacher.modes)")
+        if self.enabled and not (self.students and self.teachers):
+            raise ValueError("multi_teacher.enabled = true needs multi_teacher.students and multi_teacher.teachers")
+        if self.enabled and any(len([t for t in self.teachers if t != s]) < 2 for s in self.students):
+            raise ValueError("multi_teacher.teachers needs at least 2 teachers besides each student")
+        return self
+
 
 class HparamSection(_Strict):
     enabled: bool = False
-    methods: list[str] = ["kl_dp"]
+    methods: list[str] = Field(["kl_dp"], min_length=1)
     n_pairs: int = Field(3, ge=1)
     grid: dict[str, list[Any]] = {}  # e.g. {lr = [1e-3, 1e-4], temperature = [1.0, 4.0]}; {} = the method's default grid
     epochs: int | None = Field(None, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        return _check_methods("hparam_search.methods", v)
+
+    @model_validator(mode="after")
+    def _grids(self) -> "HparamSection":
+        from zoo_study.methods.grids import check_grid_keys, grid_points
+
+        for m in self.methods:
+            spec = get_method(m)
+            if self.grid:
+                check_grid_keys(m, self.grid, spec.params)
+                grid_points(self.grid)  # empty axes, repeated values
+            elif not spec.grid:
+                with_grid = [x.name for x in methods() if x.grid]
+                raise ValueError(f"hparam_search.grid is empty and method {m!r} has no default grid; give a grid "
+                                 f"or use a method with one: {', '.join(with_grid)}")
+        return self
 
 
 class RaySection(_Strict):
     address: str = ""  # "" local Ray (honours RAY_ADDRESS), "auto" join a cluster, "local" no Ray
     num_cpus: int | None = Field(None, ge=1)
-    gpus_per_job: float = Field(0.0, ge=0)
-    cpus_per_job: float = Field(1.0, gt=0)
+    gpus_per_job: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cpus_per_job: float = Field(1.0, gt=0, allow_inf_nan=False)
     max_retries: int = Field(2, ge=0)
 
 
 class StudyConfig(_Strict):
     study: StudySection = StudySection()
-    data: DataSection = DataSection()
+    data: DataSpec = DataSpec()
     zoo: ZooSection = ZooSection()
     predict: PredictSection = PredictSection()
-    score: ScoreSection = ScoreSection()
+    score: PairSelection = PairSelection()
     transfer: TransferSection = TransferSection()
     multi_teacher: MultiTeacherSection = MultiTeacherSection()
     hparam_search: HparamSection = HparamSection()

@@ -3,27 +3,37 @@
 Every source yields *raw* images: uint8 tensors [3, R, R] at one common raw size R. Each model then
 turns the same raw batch into its own input (resolution, crop, interpolation, mean/std) with
 :class:`ModelPreprocess`, so a teacher and a student always look at the same picture.
+
+Names are imported lazily (PEP 562): the specs (:mod:`zoo_study.data.spec`) need no torch, so the
+study config can use them in a process that never loads data.
 """
 
-from zoo_study.data.base import ImageSplit, DataSource, raw_loader
-from zoo_study.data.subsets import stratified_indices
-from zoo_study.data.preprocess import ModelPreprocess
-from zoo_study.data.augment import TransferAugment
-from zoo_study.data.generated import GeneratedSpec, make_generated
-from zoo_study.data.imagefolder import ImageFolderSpec, make_imagefolder
-from zoo_study.data.sources import DataSpec, load_source
+from __future__ import annotations
 
-__all__ = [
-    "ImageSplit",
-    "DataSource",
-    "raw_loader",
-    "stratified_indices",
-    "ModelPreprocess",
-    "TransferAugment",
-    "GeneratedSpec",
-    "make_generated",
-    "ImageFolderSpec",
-    "make_imagefolder",
-    "DataSpec",
-    "load_source",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageSplit": "zoo_study.data.base",
+    "DataSource": "zoo_study.data.base",
+    "raw_loader": "zoo_study.data.base",
+    "stratified_indices": "zoo_study.data.subsets",
+    "ModelPreprocess": "zoo_study.data.preprocess",
+    "TransferAugment": "zoo_study.data.augment",
+    "GeneratedSpec": "zoo_study.data.spec",
+    "DataSpec": "zoo_study.data.spec",
+    "make_generated": "zoo_study.data.generated",
+    "ImageFolderSpec": "zoo_study.data.imagefolder",
+    "make_imagefolder": "zoo_study.data.imagefolder",
+    "load_source": "zoo_study.data.sources",
+    "cached_split": "zoo_study.data.cache",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo_study.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -13,11 +13,11 @@ by (seed, split, chunk), so the same spec gives the same bytes on every run and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
 from zoo_study.data.base import DataSource, ImageSplit
+from zoo_study.data.spec import MAX_COLOURS, MAX_SHAPES, GeneratedSpec
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon", "crescent", "ellipse")
 # (name, hue in [0,1), saturation, value): neighbours in hue are deliberately close
@@ -36,41 +36,6 @@ COLOURS = (
 PATTERNS = ("solid", "striped", "dotted", "checkered", "hollow", "shaded")
 _CHUNK = 1024
 _SPLIT_CODE = {"train": 1, "eval": 2}
-
-
-@dataclass(frozen=True)
-class GeneratedSpec:
-    """Size and seed of the generated dataset. ``difficulty`` scales noise, jitter and clutter."""
-
-    seed: int = 0
-    num_superclasses: int = 10
-    classes_per_superclass: int = 10
-    image_size: int = 32
-    n_train: int = 16000
-    n_eval: int = 4000
-    difficulty: float = 0.4
-
-    def __post_init__(self) -> None:
-        for name in ("seed", "num_superclasses", "classes_per_superclass", "image_size", "n_train", "n_eval"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.seed < 0:  # numpy's SeedSequence only takes non-negative entropy
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not (1 <= self.num_superclasses <= len(SHAPES)):
-            raise ValueError(f"num_superclasses must be in 1..{len(SHAPES)}, got {self.num_superclasses}")
-        if not (1 <= self.classes_per_superclass <= len(COLOURS)):
-            raise ValueError(f"classes_per_superclass must be in 1..{len(COLOURS)}, got {self.classes_per_superclass}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
-        if self.n_train < 1 or self.n_eval < 1:
-            raise ValueError(f"n_train and n_eval must be >= 1, got {self.n_train}, {self.n_eval}")
-        if not (self.difficulty >= 0 and np.isfinite(self.difficulty)):  # also rejects NaN
-            raise ValueError(f"difficulty must be a finite number >= 0, got {self.difficulty}")
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_superclasses * self.classes_per_superclass
 
 
 def class_table(spec: GeneratedSpec) -> list[tuple[str, int, int, int]]:
@@ -283,3 +248,6 @@ def make_generated(spec: GeneratedSpec | None = None) -> DataSource:
         superclass_names=list(SHAPES[: spec.num_superclasses]),
         meta={"spec": spec.__dict__.copy()},
     )
+
+
+assert len(SHAPES) == MAX_SHAPES and len(COLOURS) == MAX_COLOURS  # the spec's bounds match the palette

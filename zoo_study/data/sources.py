@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Literal
 
 from zoo_study.data.base import DataSource
-from zoo_study.data.generated import GeneratedSpec, make_generated
+from zoo_study.data.generated import make_generated
+from zoo_study.data.spec import IMAGENET_ENV, DataSpec
 from zoo_study.data.imagefolder import ImageFolderSpec, make_imagefolder
-
-IMAGENET_ENV = "ZOO_STUDY_IMAGENET"
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which dataset to use. ``kind='generated'`` needs nothing on disk; ``'imagefolder'`` needs ``root``
-    (or the ZOO_STUDY_IMAGENET environment variable)."""
-
-    kind: Literal["generated", "imagefolder"] = "generated"
-    generated: GeneratedSpec = field(default_factory=GeneratedSpec)
-    root: str | None = None
-    raw_size: int = 256
-
-    def resolved_root(self) -> str:
-        root = self.root or os.environ.get(IMAGENET_ENV)
-        if not root:
-            raise FileNotFoundError(
-                f"data.kind='imagefolder' needs a dataset root: set data.root in the config or {IMAGENET_ENV}"
-            )
-        return root
 
 
 @lru_cache(maxsize=4)
@@ -38,7 +15,9 @@ def _cached(spec: DataSpec) -> DataSource:
     if spec.kind == "generated":
         return make_generated(spec.generated)
     if spec.kind == "imagefolder":
-        return make_imagefolder(ImageFolderSpec(root=spec.resolved_root(), raw_size=spec.raw_size))
+        return make_imagefolder(ImageFolderSpec(root=spec.resolved_root(), raw_size=spec.raw_size,
+                                                cache_dir=spec.cache_dir, cache_geometry=spec.cache_geometry,
+                                                cache_workers=spec.cache_workers, on_bad_image=spec.on_bad_image))
     raise ValueError(f"unknown data kind {spec.kind!r}; valid: 'generated', 'imagefolder'")
 
 
@@ -49,5 +28,5 @@ def load_source(spec: DataSpec) -> DataSource:
     ZOO_STUDY_IMAGENET never returns the dataset of the previous root.
     """
     if spec.kind == "imagefolder" and spec.root is None:
-        spec = replace(spec, root=spec.resolved_root())
+        spec = spec.model_copy(update={"root": spec.resolved_root()})
     return _cached(spec)

@@ -1,11 +1,10 @@
 """Knowledge transfer between pretrained classifiers (METHOD.md sections 2-4).
 
-- :mod:`~zoo_study.transfer.objectives`: the registry of objectives (kl, xe_kl, xe_kl_ls, kl_topk, kl_dp,
-  kl_dp_unsup, xe_kl_mcl, cd, crd), one small function each.
-- :mod:`~zoo_study.transfer.config`: :class:`TransferConfig`, validated, JSON round-trip.
-- :mod:`~zoo_study.transfer.loop`: one training stage (augment once, per-model preprocessing, SGD,
-  per-epoch evaluation, MCL slow weights, divergence check).
-- :mod:`~zoo_study.transfer.runner`: :func:`run_transfer`, single and multi-teacher modes (sequential,
+- :mod:`zoo_study.methods`: the registry of methods (objectives, parameters, labels, grids); torch-free.
+- :mod:`~zoo_study.transfer.config`: :class:`TransferConfig`, validated and resolved; torch-free.
+- :mod:`~zoo_study.transfer.loop`: one training phase (augment once, per-model preprocessing, SGD,
+  per-epoch evaluation, the method's state hooks, divergence check).
+- :mod:`~zoo_study.transfer.job`: :func:`run_transfer`, single and multi-teacher modes (sequential,
   parallel, soup) -> summary / epoch / prediction tables.
 - :mod:`~zoo_study.transfer.hparams`: grid expansion and the best setting per method.
 
@@ -14,45 +13,60 @@ The pipeline calls::
     result = run_transfer(student, student_record, [(teacher, teacher_record)], source, config,
                           device="cuda", job_id=job_id)
     result.summary, result.epochs, result.predictions  # pyarrow tables in the store's schemas
+
+Names are imported lazily (PEP 562), so ``zoo_study.transfer.config`` can be used without torch.
 """
 
-import zoo_study  # noqa: F401  (torchvision compat before timm)
+from __future__ import annotations
 
-from zoo_study.transfer.objectives import (
-    OBJECTIVES,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    Param,
-    cross_entropy,
-    get_objective,
-    kl_rows,
-    kl_term,
-    method_names,
-    register_objective,
-    route_sources,
-)
-from zoo_study.transfer.config import MODES, STUDENT_MODES, STUDY_PARTS, TEACHER_ORDERS, TransferConfig
-from zoo_study.transfer.mcl import SlowWeights, interpolate_, soup_state_dicts
-from zoo_study.transfer.loop import Runtime, TransferDiverged, predict_split, run_stage, stage_seeds
-from zoo_study.transfer.runner import TransferResult, order_teachers, run_transfer, transfer_set
-from zoo_study.transfer.hparams import (
-    BEST_SCHEMA,
-    DEFAULT_GRIDS,
-    best_configs,
-    best_per_method,
-    expand_grid,
-    expand_grids,
-    grid_points,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "OBJECTIVES", "Objective", "ObjectiveInputs", "ObjectiveOutput", "Param", "cross_entropy", "get_objective",
-    "kl_rows", "kl_term", "method_names", "register_objective", "route_sources",
-    "MODES", "STUDENT_MODES", "STUDY_PARTS", "TEACHER_ORDERS", "TransferConfig",
-    "SlowWeights", "interpolate_", "soup_state_dicts",
-    "Runtime", "TransferDiverged", "predict_split", "run_stage", "stage_seeds",
-    "TransferResult", "order_teachers", "run_transfer", "transfer_set",
-    "BEST_SCHEMA", "DEFAULT_GRIDS", "best_configs", "best_per_method", "expand_grid", "expand_grids",
-    "grid_points",
-]
+_EXPORTS = {
+    "ObjectiveInputs": "zoo_study.methods.registry",
+    "ObjectiveOutput": "zoo_study.methods.registry",
+    "Param": "zoo_study.methods.registry",
+    "get_method": "zoo_study.methods.registry",
+    "method_names": "zoo_study.methods.registry",
+    "register_method": "zoo_study.methods.registry",
+    "cross_entropy": "zoo_study.methods.losses",
+    "kl_rows": "zoo_study.methods.losses",
+    "kl_term": "zoo_study.methods.losses",
+    "route_sources": "zoo_study.methods.losses",
+    "MODES": "zoo_study.transfer.config",
+    "STUDENT_MODES": "zoo_study.transfer.config",
+    "STUDY_PARTS": "zoo_study.transfer.config",
+    "TEACHER_ORDERS": "zoo_study.transfer.config",
+    "TransferConfig": "zoo_study.transfer.config",
+    "TransferSettings": "zoo_study.transfer.config",
+    "SlowWeights": "zoo_study.transfer.mcl",
+    "interpolate_": "zoo_study.transfer.mcl",
+    "soup_state_dicts": "zoo_study.transfer.mcl",
+    "Runtime": "zoo_study.transfer.loop",
+    "TransferDiverged": "zoo_study.transfer.loop",
+    "predict_split": "zoo_study.transfer.loop",
+    "run_phase": "zoo_study.transfer.loop",
+    "phase_seeds": "zoo_study.transfer.loop",
+    "TransferResult": "zoo_study.transfer.job",
+    "order_teachers": "zoo_study.transfer.job",
+    "run_transfer": "zoo_study.transfer.job",
+    "transfer_set": "zoo_study.transfer.job",
+    "BEST_SCHEMA": "zoo_study.transfer.hparams",
+    "best_configs": "zoo_study.transfer.hparams",
+    "default_grids": "zoo_study.transfer.hparams",
+    "best_per_method": "zoo_study.transfer.hparams",
+    "expand_grid": "zoo_study.transfer.hparams",
+    "expand_grids": "zoo_study.transfer.hparams",
+    "grid_points": "zoo_study.methods.grids",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo_study.transfer' has no attribute {name!r}")
+    if module != "zoo_study.transfer.config" and module != "zoo_study.methods.registry":
+        import zoo_study  # noqa: F401  (torchvision compat before timm)
+    return getattr(importlib.import_module(module), name)

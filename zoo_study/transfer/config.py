@@ -1,24 +1,29 @@
 """TransferConfig: everything that defines one transfer job besides the models and the data.
 
-Why a frozen dataclass with ``from_dict`` / ``to_dict``: the pipeline hashes a job's canonical spec into
-its id, so a config must round-trip through JSON unchanged, and a bad value must fail when the study is
-planned (naming the value and what is valid), not twenty epochs into a job.
+Why pydantic, and why resolved: the study config's ``[transfer]`` section and a job's spec are the same
+type (:class:`TransferSettings` is their common part), so a bad value fails when the study is loaded or
+planned, naming the key, the value and what is valid, never twenty epochs into a worker. A validated
+config is *fully resolved*: the method's defaults are filled into ``hparams``, ``base_lr`` and
+``temperature``, and ``lr`` / ``T`` given among the hyper-parameters are moved to their fields. Two
+configs that mean the same are therefore equal and dump to the same JSON, which the pipeline hashes
+into the job id; the worker re-validates that JSON (validation is idempotent).
 
-``base_lr`` and ``temperature`` default to the method's registry defaults (METHOD.md: KL+DP lr 1e-4,
-T = 1; XE-KL + MCL lr 0.01). The lr actually used is ``base_lr * batch / 256`` with the batch actually
-used (the transfer set may be smaller than ``batch_size``); both are recorded in the summary.
+The lr actually used is ``base_lr * batch / 256`` with the batch actually used (the transfer set may be
+smaller than ``batch_size``); both are recorded in the summary. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-from zoo_study.transfer.objectives import Objective, get_objective
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["TransferConfig", "MODES", "TEACHER_ORDERS", "STUDY_PARTS", "STUDENT_MODES"]
+from zoo_study.methods.registry import Method, get_method, multi_teacher_methods
+
+__all__ = ["TransferSettings", "TransferConfig", "MODES", "TEACHER_ORDERS", "STUDY_PARTS", "STUDENT_MODES",
+           "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error"]
 
 MODES = ("single", "sequential", "parallel", "soup")
 TEACHER_ORDERS = ("given", "ascending", "descending")
@@ -29,154 +34,155 @@ STUDENT_MODES = ("train", "frozen_norm", "eval")
 AUGMENTS = ("paper", "flip", "none")
 REFERENCE_BATCH = 256
 # config fields that may also appear among the method's hyper-parameters, with their accepted names
-_HPARAM_FIELDS = {"base_lr": ("lr", "base_lr"), "temperature": ("temperature", "T")}
+HPARAM_FIELDS = {"base_lr": ("lr", "base_lr"), "temperature": ("temperature", "T")}
 
 
-def _err(name: str, value: Any, valid: str) -> ValueError:
-    return ValueError(f"transfer config: {name}={value!r} is invalid; valid: {valid}")
+def _finite(v: float | None, name: str) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return v
 
 
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _err(name, value, f"an integer >= {low}")
-    return value
+def split_method_hparams(method: str, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``given`` split into (method hyper-parameters, config fields ``base_lr`` / ``temperature``).
+
+    Raises when a field is given twice under two names with different values."""
+    hp = dict(given)
+    fields: dict[str, Any] = {}
+    for field_name, aliases in HPARAM_FIELDS.items():
+        found = [(a, hp.pop(a)) for a in aliases if a in hp]
+        if not found:
+            continue
+        if len({json.dumps(v) for _, v in found}) > 1:
+            raise ValueError(f"method {method!r}: {field_name} given twice with different values "
+                             f"({', '.join(f'{a}={v!r}' for a, v in found)})")
+        fields[field_name] = found[0][1]
+    return hp, fields
 
 
-def _float(name: str, value: Any, low: float, high: float | None = None, low_open: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (high is None or v <= high)
-    if not ok:
-        lb = "(" if low_open else "["
-        raise _err(name, value, f"a number in {lb}{low:g}, {'inf)' if high is None else f'{high:g}]'}")
-    return float(value)
+class TransferSettings(BaseModel):
+    """The settings a study shares across its transfer jobs (and that a job carries)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    # evaluate the student every k epochs (and always after the last); 1 = every epoch, the paper's
+    # protocol and the default. Larger values make long, small jobs cheaper; "best" then ranges over the
+    # evaluated epochs only.
+    eval_every: int = Field(1, ge=1)
+    transfer_fraction: float = Field(0.1, gt=0, le=1)  # stratified share of the train split
+    # or exactly this many samples of every class (the paper draws 130 per class of ImageNet); wins over
+    # transfer_fraction when set
+    transfer_per_class: int | None = Field(None, ge=1)
+    subset_seed: int = Field(0, ge=0)  # draws the transfer set (fixed across training seeds, as in the paper)
+    # multiplies each method's default lr (the paper's per-method settings keep their ratios); an lr
+    # given explicitly (transfer.hparams.<method>.lr, a grid point) is used as given
+    lr_scale: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, le=1)
+    weight_decay: float = Field(1e-3, ge=0)
+    student_mode: Literal["train", "frozen_norm", "eval"] = "train"  # train = the paper
+    augment: Literal["paper", "flip", "none"] = "paper"  # flip: when colour is part of the label
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU (exactly reproducible)
+    keep_best: bool = True
+
+    @field_validator("transfer_fraction", "momentum", "weight_decay", "lr_scale")
+    @classmethod
+    def _finite_fields(cls, v: float, info) -> float:
+        return _finite(v, info.field_name)
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings as keyword arguments for a :class:`TransferConfig`."""
+        return {k: getattr(self, k) for k in TransferSettings.model_fields}
 
 
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise _err(name, value, ", ".join(valid))
-    return value
+class TransferConfig(TransferSettings):
+    """One transfer job's settings, validated and resolved.
 
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """One transfer job's settings.
-
-    - ``method``: a registry name (kl, xe_kl, xe_kl_ls, kl_topk, kl_dp, kl_dp_unsup, xe_kl_mcl, cd, crd).
-    - ``mode``: single (one teacher) | sequential | parallel (kl_dp / kl_dp_unsup only) | soup.
-    - ``hparams``: the method's own parameters (lambda, k, tau, N, beta, ...); missing ones take defaults.
+    - ``method``: a registry name (:func:`zoo_study.methods.method_names`).
+    - ``mode``: single (one teacher) | sequential | parallel (routing methods only) | soup.
+    - ``hparams``: the method's own parameters (lambda, k, tau, N, beta, ...), defaults filled in.
       ``lr`` / ``base_lr`` and ``temperature`` / ``T`` found here are moved to their fields.
-    - ``base_lr``: lr for batch 256 (None: the method's default); ``temperature`` likewise.
-    - ``transfer_fraction``: stratified share of the train split used for transfer, drawn with
-      ``subset_seed`` (fixed across training seeds, as in the paper); ``seed`` drives shuffling,
-      augmentation and any randomness of the objective.
+    - ``base_lr``: lr for batch 256 (default: the method's); ``temperature`` likewise.
+    - ``seed`` drives shuffling, augmentation and any randomness of the objective.
     - ``teacher_order``: multi-teacher modes; given | ascending | descending teacher eval accuracy: the
       stage order of sequential, and for parallel / soup the listed order (the rho reference is the
       first teacher). Ignored for single.
-    - ``study_part``: transfer | multi_teacher | hparam (None: transfer for single, else multi_teacher).
-    - ``student_mode``: train (paper) | frozen_norm (BatchNorm statistics frozen, rest in train mode) |
-      eval (no dropout / drop-path, BN frozen; gradients still flow).
-    - ``augment``: paper (flip, colour distortion p 0.8, grayscale p 0.2) | flip | none. Use ``flip`` when
-      colour is part of the label (the generated shapes data): colour distortion would change the class.
-    - ``amp``: bf16 autocast (None: on for CUDA, off on CPU so CPU runs are exactly reproducible).
+    - ``study_part``: transfer | multi_teacher | hparam (default: transfer for single, else multi_teacher).
+    - ``student_mode``: train (paper) | frozen_norm (BatchNorm statistics frozen) | eval.
+    - ``augment``: paper (flip, colour distortion p 0.8, grayscale p 0.2) | flip | none.
     """
 
     method: str
-    mode: str = "single"
-    hparams: Mapping[str, Any] = field(default_factory=dict)
-    epochs: int = 20
-    batch_size: int = 256
-    base_lr: float | None = None
-    temperature: float | None = None
-    transfer_fraction: float = 0.1
-    seed: int = 0
-    subset_seed: int = 0
-    teacher_order: str = "given"
-    eval_batch_size: int = 256
-    study_part: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    student_mode: str = "train"
-    augment: str = "paper"
-    amp: bool | None = None
-    keep_best: bool = True
+    mode: Literal["single", "sequential", "parallel", "soup"] = "single"
+    hparams: dict[str, Any] = {}
+    base_lr: float | None = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    teacher_order: Literal["given", "ascending", "descending"] = "given"
+    study_part: Literal["transfer", "multi_teacher", "hparam"] | None = None
 
-    def __post_init__(self) -> None:
-        obj = get_objective(self.method)  # raises with the valid names
-        if not isinstance(self.hparams, Mapping):
-            raise _err("hparams", self.hparams, "a mapping of the method's hyper-parameters")
-        hp = dict(self.hparams)
-        # lr and temperature may also be given with the method's parameters (a TOML table of per-method
-        # overrides, a grid point); they are moved to their fields so hparams_json holds method params only
-        for field_name, aliases in _HPARAM_FIELDS.items():
-            given = [(a, hp.pop(a)) for a in aliases if a in hp]
-            if not given:
-                continue
-            values = {v for _, v in given} | ({getattr(self, field_name)} if getattr(self, field_name) is not None else set())
-            if len(values) > 1:
-                raise ValueError(f"transfer config: {field_name} given twice with different values "
-                                 f"({', '.join(f'{a}={v!r}' for a, v in given)}, {field_name}={getattr(self, field_name)!r})")
-            object.__setattr__(self, field_name, given[0][1])
-        object.__setattr__(self, "hparams", hp)
-        obj.resolve_params(self.hparams)  # validates names and values
-        _choice("mode", self.mode, MODES)
-        if self.mode == "parallel" and not obj.multi_teacher:
-            multi = ", ".join(sorted(n for n in _all_objectives() if get_objective(n).multi_teacher))
-            raise _err("method", self.method, f"parallel mode needs a routing method: {multi}")
-        _int("epochs", self.epochs, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("eval_batch_size", self.eval_batch_size, 1)
-        _int("seed", self.seed, 0)
-        _int("subset_seed", self.subset_seed, 0)
-        if self.base_lr is not None:
-            _float("base_lr", self.base_lr, 0.0)
-        if self.temperature is not None:
-            _float("temperature", self.temperature, 0.0)
-        _float("transfer_fraction", self.transfer_fraction, 0.0, 1.0)
-        _float("momentum", self.momentum, 0.0, 1.0, low_open=False)
-        _float("weight_decay", self.weight_decay, 0.0, None, low_open=False)
-        _choice("teacher_order", self.teacher_order, TEACHER_ORDERS)
-        _choice("student_mode", self.student_mode, STUDENT_MODES)
-        _choice("augment", self.augment, AUGMENTS)
-        if self.study_part is not None:
-            _choice("study_part", self.study_part, STUDY_PARTS)
-        if self.amp not in (None, True, False):
-            raise _err("amp", self.amp, "true, false or null (auto: on for CUDA)")
-        if self.keep_best not in (True, False):
-            raise _err("keep_best", self.keep_best, "true or false")
+    @model_validator(mode="before")
+    @classmethod
+    def _move_aliases(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("hparams"), Mapping):
+            return data
+        data = dict(data)
+        hp, fields = split_method_hparams(str(data.get("method")), data["hparams"])
+        for name, value in fields.items():
+            if data.get(name) is not None and json.dumps(data[name]) != json.dumps(value):
+                raise ValueError(f"{name} given twice with different values ({name}={data[name]!r} and "
+                                 f"{value!r} among the method's hyper-parameters)")
+            data[name] = value
+        data["hparams"] = hp
+        return data
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "TransferConfig":
+        m = get_method(self.method)  # raises with the valid names
+        object.__setattr__(self, "hparams", m.resolve_params(self.hparams))
+        _finite(self.base_lr, "base_lr")
+        _finite(self.temperature, "temperature")
+        if self.base_lr is None:
+            object.__setattr__(self, "base_lr", float(m.lr) * self.lr_scale)
+        if self.temperature is None:
+            object.__setattr__(self, "temperature", float(m.temperature))
+        if self.study_part is None:
+            object.__setattr__(self, "study_part", "transfer" if self.mode == "single" else "multi_teacher")
+        if self.mode == "parallel" and not m.multi_teacher:
+            raise ValueError(f"method={self.method!r} cannot run in parallel mode; routing methods: "
+                             f"{', '.join(multi_teacher_methods())}")
+        return self
 
     def __hash__(self) -> int:  # hparams is a dict
         return hash(self.to_json())
 
     # ------------------------------------------------------------------------------------ resolved
     @property
-    def objective(self) -> Objective:
-        return get_objective(self.method)
+    def method_spec(self) -> Method:
+        return get_method(self.method)
 
     @property
     def resolved_hparams(self) -> dict[str, Any]:
-        """The method's parameters with defaults filled in (what the run used)."""
-        return self.objective.resolve_params(self.hparams)
+        return dict(self.hparams)
 
     @property
     def hparams_json(self) -> str:
-        """Canonical JSON of the resolved method parameters (the summary's ``hparams_json``)."""
-        return json.dumps(self.resolved_hparams, sort_keys=True, separators=(",", ":"))
+        """Canonical JSON of the method parameters (the summary's ``hparams_json``)."""
+        return json.dumps(self.hparams, sort_keys=True, separators=(",", ":"))
 
     @property
     def resolved_base_lr(self) -> float:
-        return float(self.base_lr if self.base_lr is not None else self.objective.lr)
+        return float(self.base_lr)
 
     @property
     def resolved_temperature(self) -> float:
-        return float(self.temperature if self.temperature is not None else self.objective.temperature)
+        return float(self.temperature)
 
     @property
     def resolved_study_part(self) -> str:
-        if self.study_part is not None:
-            return self.study_part
-        return "transfer" if self.mode == "single" else "multi_teacher"
+        return str(self.study_part)
 
     def lr_for_batch(self, batch: int) -> float:
         """Linear scaling of the base lr (defined for batch 256) to the batch actually used."""
@@ -184,29 +190,43 @@ class TransferConfig:
 
     # ------------------------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (dict(getattr(self, f.name)) if f.name == "hparams" else getattr(self, f.name))
-                for f in fields(self)}
+        return self.model_dump(mode="json")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TransferConfig":
+        """Validate a mapping (a job spec's ``config``); errors are one-line ValueErrors."""
         if not isinstance(d, Mapping):
             raise TypeError(f"transfer config must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
+        unknown = sorted(set(d) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"transfer config: unknown key(s) {unknown}; valid: {', '.join(names)}")
-        if "method" not in d:
-            raise ValueError("transfer config: 'method' is required")
-        return cls(**dict(d))
+            raise ValueError(f"transfer config: unknown key(s) {unknown}; valid: {', '.join(cls.model_fields)}")
+        try:
+            return cls.model_validate(dict(d))
+        except ValidationError as err:
+            raise ValueError(f"transfer config: {first_error(err)}") from None
 
     def replace(self, **changes: Any) -> "TransferConfig":
-        return TransferConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes``; a new method starts from its own defaults (hparams, lr, T)."""
+        base = self.to_dict()
+        if "method" in changes and changes["method"] != self.method:
+            for k in ("hparams", "base_lr", "temperature"):
+                base.pop(k)
+        derived_part = "transfer" if self.mode == "single" else "multi_teacher"
+        if "mode" in changes and "study_part" not in changes and self.study_part == derived_part:
+            base.pop("study_part")  # it was derived from the old mode: derive it again
+        return TransferConfig.from_dict({**base, **changes})
 
 
-def _all_objectives() -> list[str]:
-    from zoo_study.transfer.objectives import method_names
-
-    return method_names()
+def first_error(err: ValidationError) -> str:
+    """One line for the first problem of a ValidationError: the key, the value and what is valid."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    if not loc:
+        return msg
+    return f"{loc}={e.get('input')!r}: {msg}"

@@ -2,7 +2,8 @@
 
 Both networks' penultimate features are projected to a shared ``feat_dim`` (128) sphere by trainable
 linear heads. Each sample's student embedding is contrasted against the *teacher's* memory-bank
-embedding of the same sample (the positive) and ``nce_k`` (4096) random memory entries (negatives), and
+embedding of the same sample (the positive) and ``nce_k`` (16384, Tian et al.'s default) memory entries of
+*other classes* drawn uniformly with replacement (negatives; their code's ``cls_negative`` sampling), and
 symmetrically for the teacher embedding against the student memory. Scores ``exp(<u, v> / nce_t)``
 (nce_t = 0.07) are divided by a normalisation constant Z, estimated once from the first batch as
 ``mean(score) * N`` (N = memory size), and fed to the NCE loss with a uniform noise distribution
@@ -22,15 +23,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo_study.methods.registry import MethodState, SetupContext
+
 _EPS = 1e-7
 
 
 class CRDState(nn.Module):
     def __init__(self, student_dim: int, teacher_dim: int, n_data: int, *, feat_dim: int = 128,
-                 nce_k: int = 4096, nce_t: float = 0.07, nce_m: float = 0.5) -> None:
+                 nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5, labels=None) -> None:
         super().__init__()
         if n_data < 1:
             raise ValueError(f"CRD needs a non-empty transfer set, got n_data={n_data}")
+        self._other_class = None
+        if labels is not None:  # negatives from other classes (Tian et al.): per class, the rows not in it
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.shape != (n_data,):
+                raise ValueError(f"CRD labels must have one entry per memory row ({n_data}), got {tuple(labels.shape)}")
+            order = torch.argsort(labels, stable=True)  # rows grouped by class
+            classes, counts = torch.unique(labels, return_counts=True)
+            if len(classes) < 2:
+                raise ValueError("CRD negatives come from other classes, but the transfer set has one class")
+            start = torch.zeros(int(labels.max()) + 1, dtype=torch.int64)
+            count = torch.zeros_like(start)
+            start[classes] = torch.cumsum(counts, 0) - counts
+            count[classes] = counts
+            self.register_buffer("_order", order, persistent=False)
+            self.register_buffer("_labels", labels, persistent=False)
+            self.register_buffer("_start", start, persistent=False)
+            self.register_buffer("_count", count, persistent=False)
+            self._other_class = True
         self.embed_s = nn.Linear(student_dim, feat_dim)
         self.embed_t = nn.Linear(teacher_dim, feat_dim)
         self.n_data, self.nce_k, self.nce_t, self.nce_m = int(n_data), int(nce_k), float(nce_t), float(nce_m)
@@ -49,13 +70,24 @@ class CRDState(nn.Module):
         log_d0 = torch.log(k_pn / (neg + k_pn + _EPS))
         return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]
 
+    def _negatives(self, index: Tensor, b: int, generator: torch.Generator | None) -> Tensor:
+        """[B, K] memory rows: uniform over all rows, or (with labels) uniform over the rows of the other
+        classes: draw r in [0, N - n_c) and skip the anchor class's block in the class-sorted order."""
+        if self._other_class is None:
+            return torch.randint(0, self.n_data, (b, self.nce_k), generator=generator)
+        cls = self._labels[index.cpu()]
+        start, count = self._start[cls].unsqueeze(1), self._count[cls].unsqueeze(1)
+        u = torch.rand((b, self.nce_k), generator=generator, dtype=torch.float64)
+        r = (u * (self.n_data - count)).long()
+        return self._order[torch.where(r >= start, r + count, r)]
+
     def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         dev = f_s.device
         with torch.autocast(device_type=dev.type, enabled=False):
             v_s = F.normalize(self.embed_s(f_s.float()), dim=-1)
             v_t = F.normalize(self.embed_t(f_t.detach().float()), dim=-1)
             b = v_s.shape[0]
-            neg = torch.randint(0, self.n_data, (b, self.nce_k), generator=generator).to(dev)
+            neg = self._negatives(index, b, generator).to(dev)
             idx = torch.cat([index.view(b, 1).to(dev), neg], dim=1)  # [B, K+1], positive first
             w_t = self.memory_t[idx].detach()  # teacher memory for student anchors
             w_s = self.memory_s[idx].detach()
@@ -72,3 +104,28 @@ class CRDState(nn.Module):
                 self.memory_s[pos] = F.normalize(self.memory_s[pos] * m + v_s.detach() * (1 - m), dim=-1)
                 self.memory_t[pos] = F.normalize(self.memory_t[pos] * m + v_t.detach() * (1 - m), dim=-1)
         return loss
+
+
+class _CRDMethodState(MethodState):
+    """CRD's hooks in the transfer loop: its heads train with the student; the objective calls :meth:`loss`."""
+
+    def __init__(self, module: CRDState) -> None:
+        self.module = module
+
+    def parameters(self) -> list:
+        return list(self.module.parameters())
+
+    def train(self) -> None:
+        self.module.train()
+
+    def loss(self, f_s: Tensor, f_t: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.module(f_s, f_t, index, generator)
+
+
+def setup_crd(ctx: SetupContext) -> MethodState:
+    """The ``setup`` hook of ``crd``: heads sized by a probe of the two models' penultimate features."""
+    student_dim, teacher_dim = ctx.feature_dims()
+    p = ctx.params
+    module = CRDState(student_dim, teacher_dim, ctx.n_data, feat_dim=p["feat_dim"], nce_k=p["nce_k"],
+                      nce_t=p["nce_t"], nce_m=p["nce_m"], labels=ctx.labels).to(ctx.device)
+    return _CRDMethodState(module)

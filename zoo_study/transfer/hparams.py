@@ -8,10 +8,8 @@ grid's key order), with ``study_part='hparam'``; the pipeline runs each over a s
 the summaries to ``hparams/``. :func:`best_per_method` then picks, per method, the setting with the best
 mean ``delta_last`` over (student, teacher) pairs.
 
-``DEFAULT_GRIDS``: METHOD.md records only the winners (XE-KL + MCL: tau 0.9999, N 2, lr 0.01,
-lambda 0.7; KL+DP: lr 1e-4, T 1), not every grid value of the appendix. The grids below span those
-winners on the paper's axes (lr x T x lambda; tau x N for MCL) and are a starting point to check
-against the paper, not a transcription of it.
+Default grids live with each method in the registry (:mod:`zoo_study.methods.builtin`);
+:func:`default_grids` collects them.
 """
 
 from __future__ import annotations
@@ -23,44 +21,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from zoo_study.methods.grids import GRID_CONFIG_KEYS, canonical_key as _canonical_key, grid_points
+from zoo_study.methods.registry import default_grid, methods
 from zoo_study.transfer.config import REFERENCE_BATCH, TransferConfig
 
-__all__ = ["DEFAULT_GRIDS", "GRID_CONFIG_KEYS", "grid_points", "expand_grid", "expand_grids", "best_per_method", "best_configs",
+__all__ = ["default_grids", "GRID_CONFIG_KEYS", "grid_points", "expand_grid", "expand_grids", "best_per_method", "best_configs",
            "BEST_SCHEMA"]
 
-GRID_CONFIG_KEYS = ("base_lr", "temperature", "epochs", "batch_size", "transfer_fraction", "weight_decay",
-                    "momentum", "seed", "student_mode")
-_ALIASES = {"lr": "base_lr", "T": "temperature"}
-
-DEFAULT_GRIDS: dict[str, dict[str, list]] = {
-    "kl": {"base_lr": [1e-2, 1e-3, 1e-4], "temperature": [0.1, 1.0, 4.0]},
-    "xe_kl": {"base_lr": [1e-2, 1e-3, 1e-4], "temperature": [0.1, 1.0, 4.0], "lambda": [0.3, 0.5, 0.7, 0.9]},
-    "xe_kl_ls": {"base_lr": [1e-2, 1e-3, 1e-4], "temperature": [0.1, 1.0, 4.0], "lambda": [0.3, 0.5, 0.7, 0.9]},
-    "xe_kl_mcl": {"base_lr": [1e-2, 1e-3], "lambda": [0.5, 0.7, 0.9], "tau": [0.99, 0.999, 0.9999],
-                  "N": [2, 10, 50]},
-    "kl_dp": {"base_lr": [1e-3, 1e-4, 1e-5], "temperature": [0.1, 1.0, 4.0]},
-    "kl_dp_unsup": {"base_lr": [1e-3, 1e-4, 1e-5], "temperature": [0.1, 1.0, 4.0]},
-}
-
-
-def _canonical_key(key: str) -> str:
-    return _ALIASES.get(key, key)
-
-
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """The points of a grid as plain dicts (Cartesian product in key order), checked for empty or
-    repeated value lists; names are not interpreted (``TransferConfig(hparams=point)`` accepts method
-    parameters and ``lr`` / ``temperature`` alike)."""
-    if not isinstance(grid, Mapping) or not grid:
-        raise ValueError(f"a grid must be a non-empty mapping name -> list of values, got {grid!r}")
-    for key, vals in grid.items():
-        if isinstance(vals, (str, bytes)) or not isinstance(vals, Sequence) or len(vals) == 0:
-            raise ValueError(f"grid key {key!r} needs a non-empty list of values, got {vals!r}")
-        seen = [json.dumps(v, sort_keys=True) for v in vals]
-        if len(set(seen)) != len(seen):
-            raise ValueError(f"grid key {key!r} repeats values: {list(vals)}")
-    keys = list(grid)
-    return [dict(zip(keys, point)) for point in itertools.product(*(list(grid[k]) for k in keys))]
+def default_grids() -> dict[str, dict[str, list]]:
+    """``{method: grid}`` of every registered method that has a default grid."""
+    return {m.name: default_grid(m.name) for m in methods() if m.grid}
 
 
 def expand_grid(base: TransferConfig | Mapping[str, Any] | str, grid: Mapping[str, Sequence[Any]],
@@ -85,11 +55,11 @@ def expand_grid(base: TransferConfig | Mapping[str, Any] | str, grid: Mapping[st
             raise ValueError(f"grid key {raw_key!r} is given twice (as {key!r})")
         if key in ("method", "mode", "hparams", "study_part", "job_id"):
             raise ValueError(f"grid key {raw_key!r} cannot be varied; valid: {', '.join(GRID_CONFIG_KEYS)} or the "
-                             f"method's hyper-parameters ({', '.join(sorted(base_cfg.objective.params)) or 'none'})")
-        if key not in GRID_CONFIG_KEYS and key not in base_cfg.objective.params:
+                             f"method's hyper-parameters ({', '.join(sorted(base_cfg.method_spec.params)) or 'none'})")
+        if key not in GRID_CONFIG_KEYS and key not in base_cfg.method_spec.params:
             raise ValueError(f"grid key {raw_key!r} is neither a config field ({', '.join(GRID_CONFIG_KEYS)}) nor a "
                              f"hyper-parameter of method {base_cfg.method!r} "
-                             f"({', '.join(sorted(base_cfg.objective.params)) or 'none'})")
+                             f"({', '.join(sorted(base_cfg.method_spec.params)) or 'none'})")
         if isinstance(vals, (str, bytes)) or not isinstance(vals, Sequence) or len(vals) == 0:
             raise ValueError(f"grid key {raw_key!r} needs a non-empty list of values, got {vals!r}")
         seen = [json.dumps(v, sort_keys=True) for v in vals]
@@ -116,10 +86,11 @@ def expand_grid(base: TransferConfig | Mapping[str, Any] | str, grid: Mapping[st
 def expand_grids(base: TransferConfig | Mapping[str, Any], grids: Mapping[str, Mapping[str, Sequence[Any]]],
                  *, study_part: str = "hparam") -> list[TransferConfig]:
     """Grids of several methods: ``{method: grid}``; each on ``base`` with its method swapped in."""
-    base_dict = (base if isinstance(base, TransferConfig) else TransferConfig.from_dict(base)).to_dict()
+    base_cfg = base if isinstance(base, TransferConfig) else TransferConfig.from_dict(base)
     out: list[TransferConfig] = []
     for method, grid in grids.items():
-        b = TransferConfig.from_dict({**base_dict, "method": method, "hparams": {}})
+        # a new method starts from its own defaults (hparams, lr, T), the shared settings stay
+        b = base_cfg if method == base_cfg.method else base_cfg.replace(method=method)
         out.extend(expand_grid(b, grid, study_part=study_part))
     return out
 

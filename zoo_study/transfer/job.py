@@ -2,24 +2,24 @@
 
 Modes (METHOD.md section 3):
 
-- ``single``: one teacher, one stage.
-- ``parallel``: one stage with all K teachers; per sample the objective distils from the most confident
+- ``single``: one teacher, one phase.
+- ``parallel``: one phase with all K teachers; per sample the objective distils from the most confident
   of {frozen student, teacher_1..K} (``kl_dp``: probability of the label; ``kl_dp_unsup``:
   max-probability; ties to the student, then to the earlier teacher).
-- ``sequential``: one full stage per teacher (fresh optimiser); after each stage the current student
+- ``sequential``: one full training phase per teacher (fresh optimiser); after each phase the current student
   becomes the frozen anchor of the next. Teacher order: as given, or by the teachers' eval accuracy
-  (ascending / descending; ties keep the given order). Epoch rows carry ``stage`` and
-  ``stage_teacher``; gain, loss and delta are always measured against the original student. Stage 0
+  (ascending / descending; ties keep the given order). Epoch rows carry the phase in the columns ``stage`` and
+  ``stage_teacher`` (schema names kept); gain, loss and delta are always measured against the original student. Phase 0
   uses exactly the random streams of a single-teacher job, so one teacher gives identical numbers.
-- ``soup``: one single-teacher stage per teacher, each from the original student with the single job's
+- ``soup``: one single-teacher phase per teacher, each from the original student with the single job's
   random streams, then the uniform average of the resulting students' floating tensors (integer
   buffers copied) is evaluated. Epoch rows: every member's curve (stage k, its teacher), then one row
   for the soup (stage K, ``stage_teacher`` = all teachers joined by '+', epoch = ``epochs``).
 
 Summary: ``acc_last`` / ``delta_last`` / gain / loss are those of the final model (sequential: after the
-last stage; soup: the soup); "best" is the first trained epoch with the highest accuracy over all stages,
-``best_epoch`` counted across stages (stage k, epoch e -> k * epochs + e; soup: best = last = ``epochs``).
-rho values are against the first teacher in stage order. ``teacher_share`` (and its positive / negative
+last phase; soup: the soup); "best" is the first trained epoch with the highest accuracy over all phases,
+``best_epoch`` counted across phases (phase k, epoch e -> k * epochs + e; soup: best = last = ``epochs``).
+rho values are against the first teacher in phase order. ``teacher_share`` (and its positive / negative
 flip variants) pool every routed training sample of the job; null for methods that do not route.
 
 Cost: the student's eval predictions before transfer are computed once per job and reused for every
@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 import zoo_study
-from zoo_study import metrics
+from zoo_study import metrics, stats
 from zoo_study.data.base import DataSource, ImageSplit
+from zoo_study.data.cache import cached_split
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.data.subsets import stratified_indices
 from zoo_study.store import (
@@ -62,7 +63,7 @@ from zoo_study.transfer.loop import (
     TeacherModel,
     _state_cpu,
     predict_split,
-    run_stage,
+    run_phase,
 )
 from zoo_study.transfer.mcl import soup_state_dicts
 
@@ -93,13 +94,18 @@ def versions() -> dict[str, str]:
 
 
 def transfer_set(source: DataSource, config: TransferConfig) -> ImageSplit:
-    """The stratified ``transfer_fraction`` of the train split, drawn with ``subset_seed``."""
+    """The stratified transfer set of the train split, drawn with ``subset_seed``: ``transfer_per_class``
+    samples of every class when set (the paper: 130 per ImageNet class), else ``transfer_fraction`` of
+    each class."""
+    if config.transfer_per_class is not None:
+        idx = stratified_indices(source.train.labels, per_class=config.transfer_per_class, seed=config.subset_seed)
+        return source.train.subset(idx, name=f"{source.train.name}[transfer {config.transfer_per_class}/class]")
     idx = stratified_indices(source.train.labels, fraction=config.transfer_fraction, seed=config.subset_seed)
     return source.train.subset(idx, name=f"{source.train.name}[transfer {config.transfer_fraction:g}]")
 
 
 def order_teachers(accuracies: Sequence[float], order: str) -> list[int]:
-    """Indices of the teachers in stage order; ties keep the given order (stable sort)."""
+    """Indices of the teachers in phase order; ties keep the given order (stable sort)."""
     idx = list(range(len(accuracies)))
     if order == "given":
         return idx
@@ -176,8 +182,11 @@ def run_transfer(
     anchor = rt.prepare(student).eval()
     tms = [TeacherModel(rec.model_id, rt.prepare(mod).eval(), ModelPreprocess.from_data_config(rec.data_config))
            for mod, rec in teachers]
-    train = transfer_set(source, config)
-    eval_split = source.eval
+    # read through the decoded-image cache when the source has one (ImageFolder with data.cache_dir):
+    # one array per distinct geometry of the job's models; unchanged otherwise
+    configs = [student_record.data_config] + [r.data_config for _, r in teachers]
+    train = cached_split(transfer_set(source, config), configs)
+    eval_split = cached_split(source.eval, configs)  # teachers too: their eval pass when not cached
     labels = eval_split.labels
     eb = config.eval_batch_size
 
@@ -208,43 +217,43 @@ def run_transfer(
     joined = "+".join(names)
 
     common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
-    routes = RouteStats() if config.objective.routes else None
+    routes = RouteStats() if config.method_spec.routes else None
     evals: list[EpochEval] = []
     E = config.epochs
     best_index, best_correct, best_state = 0, -1, None
-    info: dict[str, Any] = {"teachers": names, "stages": []}
+    info: dict[str, Any] = {"teachers": names, "phases": []}
 
     def absorb(res, offset: int) -> None:
         nonlocal best_index, best_correct, best_state
-        evals.extend(res.evals)  # every stage starts with its epoch-0 row
+        evals.extend(res.evals)  # every phase starts with its epoch-0 row
         if res.best_correct > best_correct:
             best_index, best_correct, best_state = offset + res.best_epoch, res.best_correct, res.best_state
         if routes is not None and res.routes is not None:
             routes.merge(res.routes)
-        info["stages"].append({"teacher": res.evals[0].stage_teacher, "steps": res.steps,
+        info["phases"].append({"teacher": res.evals[0].phase_teacher, "steps": res.steps,
                                "epoch_logs": [ev.logs for ev in res.evals[1:]], **res.extra})
         info["lr"], info["batch"] = res.lr, res.batch
 
     if config.mode in ("single", "parallel"):
-        res = run_stage(start=student, anchor=anchor, teachers=ordered, stage=0, seed_stage=0,
-                        start_pred=before_pred, stage_teacher=joined, **common)
+        res = run_phase(start=student, anchor=anchor, teachers=ordered, phase=0, seed_phase=0,
+                        start_pred=before_pred, phase_teacher=joined, **common)
         absorb(res, 0)
         final, final_pred = res.model, res.evals[-1].pred
     elif config.mode == "sequential":
         current, current_pred, frozen = student, before_pred, anchor
         for k, t in enumerate(ordered):
-            res = run_stage(start=current, anchor=frozen, teachers=[t], stage=k, seed_stage=k,
-                            start_pred=current_pred, stage_teacher=t.model_id, **common)
+            res = run_phase(start=current, anchor=frozen, teachers=[t], phase=k, seed_phase=k,
+                            start_pred=current_pred, phase_teacher=t.model_id, **common)
             absorb(res, k * E)
-            # run_stage trained a copy, so the stage's result can serve as the next frozen anchor as is
+            # run_phase trained a copy, so the phase's result can serve as the next frozen anchor as is
             current = frozen = res.model
             current_pred = res.evals[-1].pred
         final, final_pred = current, current_pred
     elif config.mode == "soup":
         members = []
         for k, t in enumerate(ordered):
-            res = run_stage(start=student, anchor=anchor, teachers=[t], stage=k, seed_stage=0,
-                            start_pred=before_pred, stage_teacher=t.model_id, **common)
+            res = run_phase(start=student, anchor=anchor, teachers=[t], phase=k, seed_phase=0,
+                            start_pred=before_pred, phase_teacher=t.model_id, **common)
             absorb(res, k * E)
             members.append(_state_cpu(res.model))
             del res
@@ -266,7 +275,7 @@ def run_transfer(
     for ev in evals:
         m = metrics.transfer_metrics(before_correct, ev.pred == labels)
         epoch_rows.append({
-            "job_id": job_id, "stage": ev.stage, "stage_teacher": ev.stage_teacher, "epoch": ev.epoch,
+            "job_id": job_id, "stage": ev.phase, "stage_teacher": ev.phase_teacher, "epoch": ev.epoch,
             "acc": m.acc_after, "delta": m.delta, "gain": m.gain, "loss": m.loss,
             "train_loss": ev.train_loss, "teacher_share": ev.teacher_share,
         })
@@ -281,6 +290,14 @@ def run_transfer(
                                                           "teacher_share_neg": None}
     if routes is not None:
         info["route_counts"] = dict(zip(RouteStats.FIELDS, routes.counts.tolist()))
+    # paired counts of the last model vs the student before transfer: the uncertainty of delta_last
+    after_correct = final_pred == labels
+    n_gain = int(np.count_nonzero(~before_correct & after_correct))
+    n_loss = int(np.count_nonzero(before_correct & ~after_correct))
+    if abs(final_m.gain * n_eval - n_gain) > 1e-6 or abs(final_m.loss * n_eval - n_loss) > 1e-6:
+        raise AssertionError(f"gain/loss counts disagree: {final_m.gain} * {n_eval} vs {n_gain}, "
+                             f"{final_m.loss} * {n_eval} vs {n_loss}")
+    delta_ci = stats.paired_delta_ci(n_gain, n_loss, n_eval)
     summary_row = {
         "job_id": job_id,
         "study_part": config.resolved_study_part,
@@ -305,6 +322,11 @@ def run_transfer(
         "delta_best": delta_best,
         "gain": final_m.gain,
         "loss": final_m.loss,
+        "n_gain": n_gain,
+        "n_loss": n_loss,
+        "p_mcnemar": stats.mcnemar_exact_p(n_gain, n_loss),
+        "delta_ci_low": delta_ci[0],
+        "delta_ci_high": delta_ci[1],
         "rho_pos_before": final_m.rho_pos_before,
         "rho_pos_after": final_m.rho_pos_after,
         "rho_neg_before": final_m.rho_neg_before,

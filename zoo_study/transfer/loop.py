@@ -1,18 +1,18 @@
-"""The transfer loop: one training stage of a student against a frozen anchor and K teachers.
+"""The transfer loop: one training phase of a student against a frozen anchor and K teachers.
 
-A stage is what a single-teacher job runs once, a sequential job once per teacher, a parallel job once
+A phase is what a single-teacher job runs once, a sequential job once per teacher, a parallel job once
 with all teachers and a soup once per teacher. What it guarantees:
 
-- Teachers and the frozen anchor (the initial student, or the previous stage's result) run in eval mode
+- Teachers and the frozen anchor (the initial student, or the previous phase's result) run in eval mode
   under ``no_grad``; only a deep copy of the start model trains, so callers' modules never change.
 - Each raw uint8 batch is augmented once (:class:`TransferAugment`, seeded generator) and then turned
   into each model's own input by its :class:`ModelPreprocess`; models with equal preprocessing share
   the tensor, so the student and its frozen anchor always see the very same input.
 - SGD (momentum 0.9, weight decay 1e-3 by default), constant lr ``base_lr * batch / 256``.
 - Evaluation of the kept model (MCL: the slow weights) before training and after every epoch; last and
-  best are kept. A NaN / inf loss raises :class:`TransferDiverged` naming stage, epoch and step.
+  best are kept. A NaN / inf loss raises :class:`TransferDiverged` naming phase, epoch and step.
 - Seeded: shuffling, augmentation and the objective's own sampling each use a generator derived from
-  ``(seed, stage)``, and ``torch.manual_seed`` covers module initialisation (CRD heads) and dropout. On
+  ``(seed, phase)``, and ``torch.manual_seed`` covers module initialisation (CRD heads) and dropout. On
   CPU the same config gives bit-identical results; on CUDA the loop uses bf16 autocast and
   channels_last, which are fast but not bitwise reproducible.
 """
@@ -30,14 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from zoo_study.data.augment import TransferAugment
+from zoo_study.data.cache import augment_batch
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.transfer.config import TransferConfig
-from zoo_study.transfer.mcl import SlowWeights
-from zoo_study.transfer.objectives import ObjectiveInputs
+from zoo_study.methods.registry import ObjectiveInputs, SetupContext
 
-__all__ = ["TransferDiverged", "Runtime", "TeacherModel", "StageResult", "RouteStats", "predict_split",
-           "run_stage", "stage_seeds"]
+__all__ = ["TransferDiverged", "Runtime", "TeacherModel", "PhaseResult", "RouteStats", "predict_split",
+           "run_phase", "phase_seeds"]
 
 Progress = Callable[[str], None]
 
@@ -45,20 +45,20 @@ Progress = Callable[[str], None]
 class TransferDiverged(RuntimeError):
     """The objective became NaN or infinite: the job fails with this reason."""
 
-    def __init__(self, loss: float, *, stage: int, epoch: int, step: int, method: str, teacher: str | None = None):
-        self.loss, self.stage, self.epoch, self.step, self.method, self.teacher = loss, stage, epoch, step, method, teacher
-        where = f"stage {stage}" + (f" (teacher {teacher!r})" if teacher else "")
+    def __init__(self, loss: float, *, phase: int, epoch: int, step: int, method: str, teacher: str | None = None):
+        self.loss, self.phase, self.epoch, self.step, self.method, self.teacher = loss, phase, epoch, step, method, teacher
+        where = f"phase {phase}" + (f" (teacher {teacher!r})" if teacher else "")
         super().__init__(
             f"transfer diverged: {method} loss is {loss} at {where}, epoch {epoch}, step {step}; "
             f"lower the learning rate or the temperature"
         )
 
     def __reduce__(self):  # picklable across Ray workers
-        return (_rebuild_diverged, (self.loss, self.stage, self.epoch, self.step, self.method, self.teacher))
+        return (_rebuild_diverged, (self.loss, self.phase, self.epoch, self.step, self.method, self.teacher))
 
 
-def _rebuild_diverged(loss, stage, epoch, step, method, teacher) -> TransferDiverged:
-    return TransferDiverged(loss, stage=stage, epoch=epoch, step=step, method=method, teacher=teacher)
+def _rebuild_diverged(loss, phase, epoch, step, method, teacher) -> TransferDiverged:
+    return TransferDiverged(loss, phase=phase, epoch=epoch, step=step, method=method, teacher=teacher)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class TeacherModel:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-@torch.no_grad()
+@torch.inference_mode()
 def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, batch_size: int, rt: Runtime) -> np.ndarray:
     """Top-1 predictions (int64, split order) of ``model`` in eval mode with its own preprocessing."""
     model.eval()
@@ -137,11 +137,11 @@ def set_student_mode(model: nn.Module, mode: str) -> None:
                 m.eval()
 
 
-def stage_seeds(seed: int, stage: int) -> dict[str, int]:
-    """Independent seeds for one stage. Stage 0 of any mode uses the same seeds as a single-teacher
+def phase_seeds(seed: int, phase: int) -> dict[str, int]:
+    """Independent seeds for one phase. Phase 0 of any mode uses the same seeds as a single-teacher
     job, so a one-teacher sequential job reproduces the single transfer exactly."""
     names = ("torch", "shuffle", "augment", "objective")
-    state = np.random.SeedSequence([int(seed), int(stage)]).generate_state(len(names), dtype=np.uint32)
+    state = np.random.SeedSequence([int(seed), int(phase)]).generate_state(len(names), dtype=np.uint32)
     return {n: int(s) for n, s in zip(names, state)}
 
 
@@ -202,8 +202,8 @@ class RouteStats:
 
 @dataclass
 class EpochEval:
-    stage: int
-    stage_teacher: str | None
+    phase: int
+    phase_teacher: str | None
     epoch: int
     pred: np.ndarray
     train_loss: float | None = None
@@ -212,8 +212,8 @@ class EpochEval:
 
 
 @dataclass
-class StageResult:
-    model: nn.Module  # the kept model of the stage (MCL: slow weights), eval mode
+class PhaseResult:
+    model: nn.Module  # the kept model of the phase (MCL: slow weights), eval mode
     evals: list[EpochEval]  # epoch 0 (start) and 1..E
     best_epoch: int  # 1..E, the first epoch with the highest accuracy
     best_correct: int
@@ -225,8 +225,8 @@ class StageResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------- stage
-def run_stage(
+# ---------------------------------------------------------------------------------------------- phase
+def run_phase(
     *,
     start: nn.Module,
     anchor: nn.Module,
@@ -236,32 +236,32 @@ def run_stage(
     eval_split: ImageSplit,
     config: TransferConfig,
     rt: Runtime,
-    stage: int,
-    seed_stage: int,
+    phase: int,
+    seed_phase: int,
     start_pred: np.ndarray,
-    stage_teacher: str | None = None,
+    phase_teacher: str | None = None,
     progress: Progress | None = None,
-) -> StageResult:
+) -> PhaseResult:
     """Train a copy of ``start`` for ``config.epochs`` epochs on ``train``; evaluate on ``eval_split``.
 
     ``anchor`` is the frozen student of the data-partitioning objectives (only run when the objective
     needs it); ``start_pred`` are ``start``'s eval predictions (the epoch-0 row, computed by the caller
-    once). ``seed_stage`` selects the stage's random streams (see :func:`stage_seeds`).
+    once). ``seed_phase`` selects the phase's random streams (see :func:`phase_seeds`).
     """
-    obj = config.objective
+    obj = config.method_spec
     params = config.resolved_hparams
     temperature = config.resolved_temperature
     if not teachers:
-        raise ValueError("a transfer stage needs at least one teacher")
+        raise ValueError("a transfer phase needs at least one teacher")
     if len(teachers) > 1 and not obj.multi_teacher:
-        raise ValueError(f"method {obj.name!r} takes one teacher per stage, got {len(teachers)}")
+        raise ValueError(f"method {obj.name!r} takes one teacher per phase, got {len(teachers)}")
     n = len(train)
     if n == 0:
         raise ValueError("the transfer set is empty; raise transfer_fraction")
     batch = min(config.batch_size, n)
     drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one)
     lr = config.lr_for_batch(batch)
-    seeds = stage_seeds(config.seed, seed_stage)
+    seeds = phase_seeds(config.seed, seed_phase)
     torch.manual_seed(seeds["torch"])
 
     model = rt.prepare(copy.deepcopy(start))
@@ -278,17 +278,17 @@ def run_stage(
     def positions(sample_ids: Tensor) -> Tensor:
         return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
 
-    state: nn.Module | None = None
-    if obj.make_state is not None:
+    def feature_dims() -> tuple[int, int]:
         # feature sizes from a probe of two copies of one image, in eval mode (no state changes)
         raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
         with torch.no_grad(), rt.autocast():
             model.eval()
             fs = _forward(model, rt.inputs(student_pre, raw0), True)[1]
             ft = _forward(teachers[0].module, rt.inputs(teachers[0].pre, raw0), True)[1]
-        state = obj.make_state(student_dim=fs.flatten(1).shape[1], teacher_dim=ft.flatten(1).shape[1], n_data=n,
-                               params=params).to(rt.device)
-    slow = SlowWeights(model, params["tau"], params["N"]) if obj.momentum_interp else None
+        return fs.flatten(1).shape[1], ft.flatten(1).shape[1]
+
+    state = obj.make_state(SetupContext(model=model, params=params, n_data=n, device=rt.device,
+                                        feature_dims=feature_dims, labels=train.labels))
 
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -299,7 +299,7 @@ def run_stage(
     routes = RouteStats() if obj.routes else None
 
     labels_eval = eval_split.labels
-    evals = [EpochEval(stage, stage_teacher, 0, start_pred)]
+    evals = [EpochEval(phase, phase_teacher, 0, start_pred)]
     best_epoch, best_correct, best_state = 0, -1, None
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -312,7 +312,7 @@ def run_stage(
         epoch_routes = RouteStats() if routes is not None else None
         for raw, labels, sample_ids in loader:
             step += 1
-            raw = raw.to(rt.device) if augment is None else augment(raw.to(rt.device), aug_gen)
+            raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
             labels = labels.to(rt.device)
             cache: dict[ModelPreprocess, Tensor] = {}
 
@@ -340,20 +340,20 @@ def run_stage(
                 temperature=temperature,
                 student_features=s_feat.float() if s_feat is not None else None,
                 teacher_features=t_feat,
-                index=positions(sample_ids).to(rt.device) if state is not None else None,
+                index=positions(sample_ids).to(rt.device) if obj.needs_index else None,
                 state=state,
                 generator=obj_gen,
             )
             out = obj.fn(inputs, params)
             loss_value = float(out.loss.detach())
             if not math.isfinite(loss_value):
-                raise TransferDiverged(loss_value, stage=stage, epoch=epoch, step=step, method=obj.name,
-                                       teacher=stage_teacher)
+                raise TransferDiverged(loss_value, phase=phase, epoch=epoch, step=step, method=obj.name,
+                                       teacher=phase_teacher)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
-            if slow is not None:
-                slow.step(model)
+            if state is not None:
+                state.after_step(model)
             loss_sum += loss_value
             batches += 1
             for key, value in out.logs.items():  # device tensors: summed without a sync per step
@@ -361,28 +361,30 @@ def run_stage(
             if epoch_routes is not None and out.route is not None:
                 epoch_routes.add(out.route, frozen, teacher_logits, labels)
 
-        kept = slow.model if slow is not None else model
-        pred = predict_split(kept, eval_split, student_pre, batch_size=config.eval_batch_size, rt=rt)
         share = None
         if epoch_routes is not None:
             epoch_routes.flush()
             share = epoch_routes.shares()["teacher_share"]
             routes.merge(epoch_routes)
+        if epoch != config.epochs and epoch % config.eval_every:
+            continue  # evaluated every eval_every epochs and always after the last
+        kept = state.kept_model(model) if state is not None else model
+        pred = predict_split(kept, eval_split, student_pre, batch_size=config.eval_batch_size, rt=rt)
         train_loss = loss_sum / batches if batches else None
         logs = {k: float(v) / batches for k, v in log_sums.items()}
-        evals.append(EpochEval(stage, stage_teacher, epoch, pred, train_loss, share, logs))
+        evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, share, logs))
         correct = int(np.count_nonzero(pred == labels_eval))
         if correct > best_correct:
             best_epoch, best_correct = epoch, correct
             best_state = _state_cpu(kept) if config.keep_best else None
         if progress is not None:
             progress(
-                f"stage {stage}{f' ({stage_teacher})' if stage_teacher else ''} epoch {epoch}/{config.epochs}: "
+                f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} epoch {epoch}/{config.epochs}: "
                 f"loss {train_loss if train_loss is not None else float('nan'):.4f} "
                 f"acc {correct / len(labels_eval):.4f}"
             )
 
-    kept = slow.model if slow is not None else model
+    kept = state.kept_model(model) if state is not None else model
     kept.eval()
-    extra = {"mcl_updates": slow.updates} if slow is not None else {}
-    return StageResult(kept, evals, best_epoch, best_correct, best_state, routes, lr, batch, step, extra)
+    extra = state.extra() if state is not None else {}
+    return PhaseResult(kept, evals, best_epoch, best_correct, best_state, routes, lr, batch, step, extra)

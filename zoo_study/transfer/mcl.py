@@ -17,7 +17,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SlowWeights", "interpolate_", "soup_state_dicts"]
+from zoo_study.methods.registry import MethodState, SetupContext
+
+__all__ = ["SlowWeights", "interpolate_", "soup_state_dicts", "setup_slow_weights"]
 
 
 @torch.no_grad()
@@ -84,3 +86,24 @@ def soup_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor
         else:
             out[k] = first.clone()
     return out
+
+
+class _SlowWeightsState(MethodState):
+    """MCL's hooks in the transfer loop: interpolate after every step, evaluate and keep the slow model."""
+
+    def __init__(self, slow: SlowWeights) -> None:
+        self.slow = slow
+
+    def after_step(self, model: nn.Module) -> None:
+        self.slow.step(model)
+
+    def kept_model(self, model: nn.Module) -> nn.Module:
+        return self.slow.model
+
+    def extra(self) -> dict:
+        return {"mcl_updates": self.slow.updates}
+
+
+def setup_slow_weights(ctx: SetupContext) -> MethodState:
+    """The ``setup`` hook of ``xe_kl_mcl`` (params ``tau`` and ``N``)."""
+    return _SlowWeightsState(SlowWeights(ctx.model, ctx.params["tau"], ctx.params["N"]))

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,47 +27,13 @@ from timm.data import resolve_data_config
 
 from zoo_study.zoo import archs as _archs  # noqa: F401  (registers the embedded MLP variants)
 from zoo_study.zoo.catalog import CatalogRecord, family_of
+from zoo_study.zoo.ref import SOURCES, ModelRef
 
-SOURCES = ("timm", "local", "embedded", "random")
 RECIPE_METADATA_KEY = "zoo_study_recipe"
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says which model and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """How to get one model.
-
-    - ``source='timm'``: ``arch`` is a timm pretrained name (``resnet50.a1_in1k``); weights from the local
-      Hugging Face cache, or from ``checkpoint`` when given.
-    - ``source='local'`` / ``'embedded'``: ``checkpoint`` is a local file (safetensors preferred); ``arch``
-      may be omitted when the file carries zoo-study metadata.
-    - ``source='random'``: a randomly initialised ``arch`` (the noise-floor teacher), seeded by ``seed``.
-    """
-
-    model_id: str
-    source: str = "timm"
-    arch: str | None = None
-    checkpoint: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    num_classes: int | None = None
-    data_config: dict[str, Any] | None = None  # overrides timm's data config
-    family: str | None = None
-    reported_top1: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"model {self.model_id!r}: unknown source {self.source!r}; valid: {', '.join(SOURCES)}")
-        if self.source in ("local", "embedded") and not self.checkpoint:
-            raise ValueError(f"model {self.model_id!r}: source {self.source!r} needs checkpoint=<file>")
-        if self.source in ("timm", "random") and not self.arch:
-            raise ValueError(f"model {self.model_id!r}: source {self.source!r} needs arch=<timm name>")
-
-    def __hash__(self) -> int:  # model_kwargs is a dict
-        return hash((self.model_id, self.source, self.arch, self.checkpoint))
 
 
 # --------------------------------------------------------------------------------------------- helpers

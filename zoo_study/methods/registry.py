@@ -1,0 +1,303 @@
+"""The method registry: the one list of transfer methods, their parameters, labels and grids.
+
+Why one registry, and why torch-free: a method's name is used by the config (which methods a study may
+name, which hyper-parameters each takes), by the planner (default grids, which methods may run several
+teachers at once), by the transfer loop (what to compute for the objective) and by the report (labels,
+order, the paper's reference numbers). Each of these reads the entry that the method's decorator wrote,
+so adding a method touches one module::
+
+    from zoo_study.methods import Param, register_method
+
+    @register_method("my_kd", label="My KD", params={"alpha": Param(0.5, float, 0.0, 1.0)},
+                     grid={"base_lr": [1e-3, 1e-4]}, needs_labels=True)
+    def my_kd(inp, p):
+        ...  # return ObjectiveOutput(loss)
+
+The registry itself imports no torch: objective functions reach their maths through a lazy module
+(:mod:`zoo_study._lazy`), so listing or validating methods costs nothing in the CLI.
+
+An objective is ``fn(inputs: ObjectiveInputs, params: dict) -> ObjectiveOutput``. The loop computes
+every tensor an objective may need (flags ``needs_*``) and the objective only does the maths.
+Methods with state of their own (MCL's slow weights, CRD's projection heads and memory bank) give a
+``setup`` hook that builds a :class:`MethodState` per transfer stage; its hooks run at fixed points of
+the loop (parameters to train, after every optimiser step, the model to evaluate and keep).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from torch import Generator, Tensor, nn
+
+__all__ = [
+    "Param",
+    "Method",
+    "MethodState",
+    "SetupContext",
+    "ObjectiveInputs",
+    "ObjectiveOutput",
+    "register_method",
+    "unregister_method",
+    "get_method",
+    "method_names",
+    "methods",
+    "multi_teacher_methods",
+    "method_label",
+    "method_sort_key",
+    "default_grid",
+]
+
+
+# ----------------------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter of a method: default and valid range (for clear config errors)."""
+
+    default: Any
+    kind: type = float  # float | int
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    doc: str = ""
+
+    def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return f"a {self.kind.__name__}"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        lb = "(" if self.low_open or self.low is None else "["
+        rb = ")" if self.high_open or self.high is None else "]"
+        return f"a {self.kind.__name__} in {lb}{lo}, {hi}{rb}"
+
+    def check(self, method: str, name: str, value: Any) -> Any:
+        ok = not isinstance(value, bool)
+        if self.kind is int:
+            ok = ok and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+        else:
+            ok = ok and isinstance(value, (int, float)) and math.isfinite(float(value))
+        if ok:
+            v = self.kind(value)
+            if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+                ok = False
+            if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
+                ok = False
+        if not ok:
+            raise ValueError(f"method {method!r}: hyper-parameter {name}={value!r} is invalid; must be {self.describe()}")
+        return self.kind(value)
+
+
+# ------------------------------------------------------------------------------------ loop <-> method
+@dataclass
+class ObjectiveInputs:
+    """What the loop hands an objective for one batch. Logits are float32 [B, C]."""
+
+    student: "Tensor"  # logits of the student being trained (with gradients)
+    teachers: "Tensor | None" = None  # [K, B, C] logits of the K teachers (no gradients)
+    frozen: "Tensor | None" = None  # [B, C] logits of the frozen initial student (no gradients)
+    labels: "Tensor | None" = None  # [B] int64
+    temperature: float = 1.0
+    student_features: "Tensor | None" = None  # [B, D_s] penultimate features (pre-logits)
+    teacher_features: "Tensor | None" = None  # [B, D_t] of the first teacher
+    index: "Tensor | None" = None  # [B] positions of the samples in the transfer set (needs_index)
+    state: "MethodState | None" = None  # the method's per-stage state (setup hook)
+    generator: "Generator | None" = None  # for objectives that sample (CRD negatives)
+
+    @property
+    def teacher(self) -> "Tensor":
+        if self.teachers is None or self.teachers.shape[0] == 0:
+            raise ValueError("this objective needs teacher logits, but none were given")
+        return self.teachers[0]
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: "Tensor"  # scalar
+    route: "Tensor | None" = None  # [B] int64: 0 = frozen student, k = teacher k (DP objectives)
+    logs: dict[str, "Tensor"] = field(default_factory=dict)  # detached scalars; the loop averages per epoch
+
+
+@dataclass
+class SetupContext:
+    """What a method's ``setup`` hook may use to build its state for one transfer stage."""
+
+    model: "nn.Module"  # the student being trained (already on the device)
+    params: Mapping[str, Any]  # the method's resolved hyper-parameters
+    n_data: int  # samples in the transfer set
+    device: Any
+    feature_dims: Callable[[], tuple[int, int]]  # (student, first teacher) penultimate sizes, probed on demand
+    labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
+
+
+class MethodState:
+    """Per-stage state of a method; the loop calls these hooks. Override what the method needs."""
+
+    def parameters(self) -> list:
+        """Extra tensors the optimiser trains with the student (CRD's projection heads)."""
+        return []
+
+    def train(self) -> None:
+        """Called at the start of every epoch (put extra modules in train mode)."""
+
+    def after_step(self, model: "nn.Module") -> None:
+        """Called after every optimiser step (MCL: the slow-weight interpolation)."""
+
+    def kept_model(self, model: "nn.Module") -> "nn.Module":
+        """The model that is evaluated and kept (MCL: the slow weights); the trained one by default."""
+        return model
+
+    def extra(self) -> dict[str, Any]:
+        """Values recorded with the stage result (MCL: number of interpolations)."""
+        return {}
+
+
+ObjectiveFn = Callable[[ObjectiveInputs, Mapping[str, Any]], ObjectiveOutput]
+SetupFn = Callable[[SetupContext], MethodState]
+
+
+# ----------------------------------------------------------------------------------------- entries
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the loss function, its parameters, and what the loop and the report need."""
+
+    name: str
+    fn: ObjectiveFn
+    label: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    lr: float = 1e-4  # default base lr for batch 256
+    temperature: float = 1.0  # default T
+    needs_labels: bool = False
+    needs_frozen: bool = False
+    needs_features: bool = False  # penultimate features of student and first teacher
+    needs_index: bool = False  # positions of the batch's samples in the transfer set
+    routes: bool = False  # returns ObjectiveOutput.route (logs the teacher share)
+    multi_teacher: bool = False  # accepts K > 1 teachers at once (parallel mode)
+    grid: Mapping[str, tuple] | None = None  # default grid search (paper appendix axes)
+    setup: SetupFn | str | None = None  # builds the per-stage MethodState; "module:function" is imported lazily
+    paper_success_rate: str | None = None  # the paper's reference number (Tab/Fig 4a), shown in the report
+    doc: str = ""
+    order: int = 0  # registration order: the order of figures and tables
+
+    def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults merged with ``given``, each value checked; unknown names are errors."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            valid = ", ".join(sorted(self.params)) or "none"
+            raise ValueError(f"method {self.name!r} has no hyper-parameter(s) {unknown}; valid: {valid}")
+        return {k: p.check(self.name, k, given.get(k, p.default)) for k, p in sorted(self.params.items())}
+
+    def make_state(self, ctx: SetupContext) -> MethodState | None:
+        """The method's per-stage state, or None for a stateless method."""
+        if self.setup is None:
+            return None
+        setup = self.setup
+        if isinstance(setup, str):
+            module, _, attr = setup.partition(":")
+            setup = getattr(importlib.import_module(module), attr)
+        return setup(ctx)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    label: str,
+    params: Mapping[str, Param] | None = None,
+    lr: float = 1e-4,
+    temperature: float = 1.0,
+    needs_labels: bool = False,
+    needs_frozen: bool = False,
+    needs_features: bool = False,
+    needs_index: bool = False,
+    routes: bool = False,
+    multi_teacher: bool = False,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    setup: SetupFn | str | None = None,
+    paper_success_rate: str | None = None,
+    doc: str = "",
+) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Decorator: register ``fn`` as the objective of method ``name`` (stack it for variants that share
+    one function with other parameters). Registering a taken name is an error, so two modules can never
+    silently define one method twice."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"method name must be an identifier-like string, got {name!r}")
+
+    def decorator(fn: ObjectiveFn) -> ObjectiveFn:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].fn.__module__})")
+        params_ = dict(params or {})
+        if grid is not None:
+            from zoo_study.methods.grids import check_grid_keys
+
+            check_grid_keys(name, grid, params_)
+        _REGISTRY[name] = Method(
+            name=name, fn=fn, label=label, params=params_, lr=lr, temperature=temperature,
+            needs_labels=needs_labels, needs_frozen=needs_frozen, needs_features=needs_features,
+            needs_index=needs_index, routes=routes, multi_teacher=multi_teacher,
+            grid={k: tuple(v) for k, v in grid.items()} if grid is not None else None, setup=setup,
+            paper_success_rate=paper_success_rate, doc=doc or (fn.__doc__ or "").strip(), order=len(_REGISTRY),
+        )
+        return fn
+
+    return decorator
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (tests that register a toy method clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtins() -> None:
+    import zoo_study.methods.builtin  # noqa: F401  (registers the study's methods)
+
+
+def methods() -> list[Method]:
+    """Every registered method in registration order (the report's order)."""
+    _load_builtins()
+    return sorted(_REGISTRY.values(), key=lambda m: m.order)
+
+
+def method_names() -> list[str]:
+    """Registered names, sorted alphabetically."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown transfer method {name!r}; valid: {', '.join(method_names())}") from None
+
+
+def multi_teacher_methods() -> list[str]:
+    """Methods that may run with several teachers at once (parallel mode)."""
+    return sorted(m.name for m in methods() if m.multi_teacher)
+
+
+def method_label(name: str) -> str:
+    """The paper's name for a method key (the key itself when unknown, e.g. results of an old study)."""
+    _load_builtins()
+    m = _REGISTRY.get(name)
+    return m.label if m is not None else name
+
+
+def method_sort_key(name: str) -> tuple[int, str]:
+    """Known methods in registration order (weakest baseline first), then the rest alphabetically."""
+    _load_builtins()
+    m = _REGISTRY.get(name)
+    return (m.order, "") if m is not None else (len(_REGISTRY), name)
+
+
+def default_grid(name: str) -> dict[str, list]:
+    """The method's default grid (``{}`` when it has none)."""
+    m = get_method(name)
+    return {k: list(v) for k, v in (m.grid or {}).items()}
