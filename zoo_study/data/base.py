@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+def _is_cached(images: Any) -> bool:
+    """Whether ``images`` are memory-mapped shards of the decoded-image cache (CachedImages)."""
+    return getattr(images, "is_image_cache", False) is True
 
 
 class ImageSplit(Dataset):
@@ -18,6 +23,13 @@ class ImageSplit(Dataset):
     disk (``files``: paths decoded lazily by ``loader``, the ImageFolder source). ``sample_ids`` are
     stable identifiers of the samples within the split, so prediction tables of different models can be
     joined on them, also after taking subsets.
+
+    ``images`` may also be a :class:`zoo_study.data.cache.CachedImages` (memory-mapped shards of the
+    decoded-image cache): then :func:`raw_loader` slices whole batches from the shards, and with per-model
+    geometries the batches are :class:`zoo_study.data.cache.Views` that :class:`ModelPreprocess` reads.
+    ``cache`` (an :class:`zoo_study.data.cache.ImageCache`, set by the ImageFolder source when a cache
+    directory is configured) says where :func:`zoo_study.data.cache.cached_split` may build such shards;
+    subsets keep it.
     """
 
     def __init__(
@@ -31,6 +43,7 @@ class ImageSplit(Dataset):
         files: Sequence[str | Path] | None = None,
         loader: Callable[[str | Path, int], torch.Tensor] | None = None,
         name: str = "split",
+        cache: Any = None,
     ) -> None:
         if (images is None) == (files is None):
             raise ValueError("an ImageSplit needs exactly one of `images` (in memory) or `files` (on disk)")
@@ -47,6 +60,7 @@ class ImageSplit(Dataset):
         self.files = list(files) if files is not None else None
         self.loader = loader
         self.name = name
+        self.cache = cache
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +70,9 @@ class ImageSplit(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        if self.images is not None:
+        if _is_cached(self.images):  # CachedImages: a tensor, or Views at several geometries
+            img = self.images.sample(int(i))
+        elif self.images is not None:
             img = torch.from_numpy(np.ascontiguousarray(self.images[i]))
         else:
             img = self.loader(self.files[i], self.raw_size)
@@ -70,10 +86,12 @@ class ImageSplit(Dataset):
             sample_ids=self.sample_ids[indices],
             class_names=self.class_names,
             raw_size=self.raw_size,
-            images=self.images[indices] if self.images is not None else None,
+            images=(self.images.take(indices) if _is_cached(self.images)
+                    else self.images[indices] if self.images is not None else None),
             files=[self.files[i] for i in indices] if self.files is not None else None,
             loader=self.loader,
             name=name or f"{self.name}[subset]",
+            cache=self.cache,
         )
 
 
@@ -108,9 +126,17 @@ def raw_loader(
     num_workers: int = 0,
     drop_last: bool = False,
 ) -> DataLoader:
-    """Batches of ``(uint8 [B,3,R,R], labels int64 [B], sample_ids int64 [B])``; seeded when shuffled."""
+    """Batches of ``(uint8 [B,3,R,R], labels int64 [B], sample_ids int64 [B])``; seeded when shuffled.
+
+    A split backed by the decoded-image cache is read by memory-mapped batch slicing instead (no
+    decoding, ``num_workers`` is not needed), in the same order as the DataLoader with the same seed.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if _is_cached(split.images):
+        from zoo_study.data.cache import CachedBatches
+
+        return CachedBatches(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[return-value]
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         split,

@@ -4,16 +4,25 @@ When every class folder is an ImageNet-1k WordNet id (``n01440764``...), labels 
 and class names are timm's ImageNetInfo descriptions, so pretrained 1000-way classifiers are scored in
 their own label space even when the folder holds only some of the classes. Otherwise classes are the
 sorted folder names.
+
+With ``cache_dir`` set, each split also knows where to build its decoded-image cache
+(:mod:`zoo_study.data.cache`): a job calls :func:`zoo_study.data.cache.cached_split` with its models'
+data configs and reads memory-mapped uint8 shards instead of decoding JPEGs every epoch.
+
+Class folders that hold no image, and classes present in only one of ``train/`` and ``val/``, are
+logged as warnings and recorded in ``DataSource.meta`` (``empty_class_folders``, ``classes_only_in``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,10 +34,41 @@ _WNID = re.compile(r"^n\d{8}$")
 SPLIT_DIRS = {"train": "train", "eval": "val"}
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class ImageFolderSpec:
     root: str
     raw_size: int = 256  # every image becomes [3, raw_size, raw_size]: short side resize + centre crop
+    # decoded-image cache (zoo_study.data.cache); None: decode lazily on every read (no cache)
+    cache_dir: str | None = None
+    # "model": one array per distinct timm eval geometry of the requesting models (timm's eval transform
+    # exactly); "raw": the raw_size squares of the lazy path (the same pixels, only faster)
+    cache_geometry: Literal["model", "raw"] = "model"
+    cache_workers: int = 0  # decoding processes for a cache build; 0: one per CPU available
+    on_bad_image: Literal["skip", "fail"] = "fail"  # at cache build: drop (and count) or raise, naming it
+
+    def __post_init__(self) -> None:
+        if self.cache_geometry not in ("model", "raw"):
+            raise ValueError(f"cache_geometry must be 'model' or 'raw', got {self.cache_geometry!r}")
+        if self.on_bad_image not in ("skip", "fail"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {self.on_bad_image!r}")
+        if int(self.cache_workers) < 0:
+            raise ValueError(f"cache_workers must be >= 0 (0: one per CPU), got {self.cache_workers}")
+
+
+def raw_square(im, raw_size: int) -> np.ndarray:
+    """An RGB PIL image -> uint8 [raw_size, raw_size, 3]: bicubic short-side resize, centre crop."""
+    from PIL import Image
+
+    w, h = im.size
+    s = raw_size / min(w, h)
+    nw, nh = max(raw_size, round(w * s)), max(raw_size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - raw_size) // 2, (nh - raw_size) // 2
+    im = im.crop((left, top, left + raw_size, top + raw_size))
+    return np.asarray(im, dtype=np.uint8)
 
 
 def load_raw_image(path: str | Path, raw_size: int) -> torch.Tensor:
@@ -36,14 +76,7 @@ def load_raw_image(path: str | Path, raw_size: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = raw_size / min(w, h)
-        nw, nh = max(raw_size, round(w * s)), max(raw_size, round(h * s))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - raw_size) // 2, (nh - raw_size) // 2
-        im = im.crop((left, top, left + raw_size, top + raw_size))
-        arr = np.asarray(im, dtype=np.uint8).copy()
+        arr = raw_square(im.convert("RGB"), raw_size).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -94,16 +127,31 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
 
     loader = partial(_loader_entry)
     splits: dict[str, ImageSplit] = {}
+    empty: dict[str, list[str]] = {}
+    present: dict[str, set[str]] = {}
     for split, dirname in SPLIT_DIRS.items():
         files: list[str] = []
         labels: list[int] = []
+        empty[dirname], present[dirname] = [], set()
         for folder in _class_folders(root / dirname):
+            before = len(files)
             for f in sorted((root / dirname / folder).iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
                     files.append(str(f))
                     labels.append(index[folder])
+            if len(files) > before:
+                present[dirname].add(folder)
+            else:
+                empty[dirname].append(folder)
         if not files:
             raise FileNotFoundError(f"no images found under {str(root / dirname)!r} (suffixes {IMAGE_SUFFIXES})")
+        cache = None
+        if spec.cache_dir is not None:
+            from zoo_study.data.cache import ImageCache
+
+            cache = ImageCache(cache_dir=str(spec.cache_dir), dataset_root=str(root), split_dir=dirname,
+                               geometry=spec.cache_geometry, workers=int(spec.cache_workers),
+                               on_bad_image=spec.on_bad_image)
         splits[split] = ImageSplit(
             labels=np.asarray(labels, dtype=np.int64),
             sample_ids=np.arange(len(files), dtype=np.int64),
@@ -112,14 +160,34 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
             files=files,
             loader=loader,
             name=f"{root.name}/{dirname}",
+            cache=cache,
         )
+    meta: dict = {"root": str(root), "label_space": label_space}
+    for dirname, folders_empty in empty.items():
+        if folders_empty:
+            log.warning("%s: %d class folder(s) without images under %s/: %s", root, len(folders_empty), dirname,
+                        _some(folders_empty))
+    meta["empty_class_folders"] = {d: list(v) for d, v in empty.items()}
+    train_dir, val_dir = SPLIT_DIRS["train"], SPLIT_DIRS["eval"]
+    only = {train_dir: sorted(present[train_dir] - present[val_dir]),
+            val_dir: sorted(present[val_dir] - present[train_dir])}
+    for dirname, classes in only.items():
+        other = val_dir if dirname == train_dir else train_dir
+        if classes:
+            log.warning("%s: %d class(es) have images in %s/ but none in %s/: %s", root, len(classes), dirname,
+                        other, _some(classes))
+    meta["classes_only_in"] = only
     return DataSource(
         name=f"imagefolder:{root}",
         train=splits["train"],
         eval=splits["eval"],
         class_names=class_names,
-        meta={"root": str(root), "label_space": label_space},
+        meta=meta,
     )
+
+
+def _some(names: list[str], k: int = 10) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
 
 def _loader_entry(path: str | Path, raw_size: int) -> torch.Tensor:

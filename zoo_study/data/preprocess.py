@@ -13,6 +13,34 @@ _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "a
 
 
 @dataclass(frozen=True)
+class EvalGeometry:
+    """The pixel geometry of timm's eval transform (``crop_mode='center'``), without the normalisation.
+
+    ``resize`` is timm's ``scale_size`` (h, w) = floor(input / crop_pct): a square ``resize`` resizes the
+    image's short side to it (torchvision ``Resize(int)``), a non-square one keeps the aspect ratio so the
+    image covers it (timm ``ResizeKeepRatio``). ``crop`` (h, w) is the centre crop, i.e. the model input
+    size. Two models with equal geometries see identical uint8 pixels, whatever their mean/std: the
+    decoded-image cache stores one array per distinct geometry (:mod:`zoo_study.data.cache`).
+    """
+
+    resize: tuple[int, int]
+    crop: tuple[int, int]
+    interpolation: str = "bicubic"
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, e.g. ``r256-c224-bicubic`` (``r256x292-c224x256-...`` if not square)."""
+        def side(v: tuple[int, int]) -> str:
+            return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+
+        return f"r{side(self.resize)}-c{side(self.crop)}-{self.interpolation}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "eval", "resize": list(self.resize), "crop": list(self.crop),
+                "interpolation": self.interpolation}
+
+
+@dataclass(frozen=True)
 class ModelPreprocess:
     """Resize + centre crop + normalise, as timm's eval transform does, but on whole tensor batches.
 
@@ -57,6 +85,25 @@ class ModelPreprocess:
         _, h, w = self.input_size
         return int(math.floor(h / self.crop_pct)), int(math.floor(w / self.crop_pct))
 
+    @property
+    def geometry(self) -> EvalGeometry:
+        """The uint8 pixels this model looks at before normalisation (the decoded-image cache's key)."""
+        _, h, w = self.input_size
+        return EvalGeometry(resize=self.resize_size, crop=(h, w), interpolation=self.interpolation)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in [0, 1]) [B,3,H,W] already at this model's geometry -> normalised float32.
+
+        The same operations, in the same order, as timm's ``ToTensor`` + ``Normalize`` (divide by 255,
+        subtract the mean, divide by the std), so a cached uint8 crop gives timm's input bit for bit.
+        """
+        mean = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        if x.dtype == torch.uint8:  # a fresh float tensor: normalise in place (half the memory traffic)
+            return x.float().div_(255.0).sub_(mean).div_(std).contiguous()
+        x = x.float()
+        return ((x - mean.to(x.dtype)) / std.to(x.dtype)).contiguous()
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),
@@ -67,7 +114,16 @@ class ModelPreprocess:
         }
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,3,R,R] (or float in [0,1]) -> normalised float32 [B,3,H,W] on the same device."""
+        """uint8 [B,3,R,R] (or float in [0,1]) -> normalised float32 [B,3,H,W] on the same device.
+
+        ``raw`` may also be a :class:`zoo_study.data.cache.Views` batch (a cached split read at several
+        geometries): the view at this model's :attr:`geometry` is only normalised, no resampling.
+        """
+        view_for = getattr(raw, "view_for", None)
+        if view_for is not None:
+            raw, exact = view_for(self.geometry)
+            if exact:
+                return self.normalize(raw)
         if raw.ndim != 4 or raw.shape[1] != 3:
             raise ValueError(f"expected a raw batch [B, 3, H, W], got shape {tuple(raw.shape)}")
         x = raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
@@ -90,9 +146,7 @@ class ModelPreprocess:
         top = int(round((x.shape[-2] - h) / 2.0))
         left = int(round((x.shape[-1] - w) / 2.0))
         x = x[..., top : top + h, left : left + w]
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
+        return self.normalize(x)
 
 
 def preprocess_from_row(row: Mapping[str, Any]) -> ModelPreprocess:
