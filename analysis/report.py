@@ -18,6 +18,8 @@ import html
 import os
 from pathlib import Path
 
+from analysis.claims import CSS as CLAIMS_CSS
+from analysis.claims import render_claims
 from analysis.db import ResultsDB
 from analysis.figures import FIGURES, Rendered, render_figure
 from analysis.sql_cli import make_readable, table_to_csv_bytes
@@ -48,7 +50,7 @@ table.data th { background: #f0f0f0; text-align: left; }
 table.data td.n { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 0.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 nav ul { columns: 2; font-size: 0.9em; }
-"""
+""" + CLAIMS_CSS
 
 STAGE_ORDER = "zoo → predict → score → transfer → multi-teacher"
 
@@ -108,8 +110,9 @@ def build_report(root: str | os.PathLike[str]) -> Path:
         counts = db.counts()
 
         overview_html, failures_html = _overview(db)
+        claims_html = _claims_section(db, tab_dir)
         sections: list[str] = []
-        toc: list[tuple[str, str, str]] = []
+        toc: list[tuple[str, str, str]] = [("claims", "Claims", ""), ("overview", "Overview", "")]
         for spec in FIGURES:
             r = render_figure(db, spec, counts)
             png_path, csv_path = fig_dir / f"{spec.key}.png", fig_dir / f"{spec.key}.csv"
@@ -134,7 +137,7 @@ def build_report(root: str | os.PathLike[str]) -> Path:
             sections.append(_section_html(tr, tr.html or "", link))
             toc.append((tspec.key, tspec.title, _status(tr)))
 
-        page = _page(db.root, overview_html, failures_html, toc, sections)
+        page = _page(db.root, claims_html, overview_html, failures_html, toc, sections)
         return write_text_atomic(page, report_dir / "index.html")
 
 
@@ -144,6 +147,22 @@ def _status(r: Rendered) -> str:
     if r.message:
         return "no data yet"
     return ""
+
+
+def _claims_section(db: ResultsDB, tab_dir: Path) -> str:
+    """The Claims section that opens the report (its rows also go to ``tables/claims.csv``)."""
+    try:
+        claims, body = render_claims(db)
+        csv_path = tab_dir / "claims.csv"
+        write_bytes_atomic(table_to_csv_bytes(claims.table), csv_path)
+        src = ('<p class="src">data: <a href="tables/claims.csv">tables/claims.csv</a> · queries: '
+               "<code>analysis/queries/claim_*.sql</code>, <code>analysis/queries/study_size.sql</code></p>")
+    except Exception as exc:  # never let the claims stop the page
+        body, src = f'<p class="error">{_esc(f"claims failed: {type(exc).__name__}: {exc}")}</p>', ""
+    return (
+        '<section id="claims">\n<h2>Claims: the paper\'s findings against this study\'s 95% intervals</h2>\n'
+        f"{body}\n{src}\n</section>"
+    )
 
 
 def _overview(db: ResultsDB) -> tuple[str, str]:
@@ -157,7 +176,7 @@ def _overview(db: ResultsDB) -> tuple[str, str]:
         overview = f'<p class="error">{_esc(f"overview query failed: {exc}")}</p>'
     if db.skipped:
         listed = "".join(
-            f"<li><code>{_esc(f.relative_to(db.root))}</code> ({_esc(view)})</li>"
+            f"<li><code>{_esc(f.relative_to(db.root))}</code> ({_esc(view)}: {_esc(db.skip_reasons.get(f, '?'))})</li>"
             for view, files in db.skipped.items()
             for f in files
         )
@@ -182,7 +201,8 @@ def _overview(db: ResultsDB) -> tuple[str, str]:
     return overview, failures
 
 
-def _page(root: Path, overview: str, failures: str, toc: list[tuple[str, str, str]], sections: list[str]) -> str:
+def _page(root: Path, claims: str, overview: str, failures: str, toc: list[tuple[str, str, str]],
+          sections: list[str]) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     items = "".join(
         f'<li><a href="#{_esc(k)}">{_esc(t)}</a>{" <em>(" + _esc(s) + ")</em>" if s else ""}</li>' for k, t, s in toc
@@ -200,6 +220,7 @@ def _page(root: Path, overview: str, failures: str, toc: list[tuple[str, str, st
 <p class="meta">Results root <code>{_esc(root)}</code> · built {now}. Every number below comes from a
 named query in <code>analysis/queries</code> over the Parquet files of this root; re-run any of them with
 <code>zoo-study sql</code>. Stages: {_esc(STAGE_ORDER)}.</p>
+{claims}
 <section id="overview">
 <h2>Overview</h2>
 {overview}

@@ -8,10 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis.db import connect
-try:
-    from analysis_fixtures import RootBuilder
-except ModuleNotFoundError:  # tests/ imported as a package (rootdir on sys.path)
-    from tests.analysis_fixtures import RootBuilder
+from helpers.analysis_fixtures import RootBuilder
 
 
 def rows_by(table, *keys):
@@ -375,3 +372,109 @@ def test_overview_counts(tmp_path: Path) -> None:
         "models": 2, "models with predictions": 1, "scored pairs": 1, "single-teacher transfers": 1,
         "multi-teacher transfers": 1, "hyper-parameter grid runs": 1, "failed jobs": 2,
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------ uncertainty: significance, intervals
+@pytest.fixture()
+def significance_root(tmp_path: Path) -> Path:
+    from zoo_study.stats import mcnemar_exact_p
+
+    b = RootBuilder(tmp_path)
+    # student A, KL+DP, n_eval 1000: +18 samples (20 gained, 2 lost: p ~ 4e-5), +2 (3 vs 1: p = 0.625),
+    # -19 (1 vs 20: significantly harmed), and a pair with two seeds, both significant (15 vs 2, 14 vs 1)
+    assert mcnemar_exact_p(20, 2) < 0.05 and mcnemar_exact_p(3, 1) > 0.05 and mcnemar_exact_p(15, 2) < 0.05
+    b.transfer("A", "t1", "kl_dp", 0.018, n_gain=20, n_loss=2)
+    b.transfer("A", "t2", "kl_dp", 0.002, n_gain=3, n_loss=1)
+    b.transfer("A", "t3", "kl_dp", -0.019, n_gain=1, n_loss=20)
+    b.transfer("A", "t4", "kl_dp", 0.013, n_gain=15, n_loss=2, seed=0)
+    b.transfer("A", "t4", "kl_dp", 0.013, n_gain=14, n_loss=1, seed=1)
+    # one seed of t5 is significant, the other not: the pair is not counted as significant
+    b.transfer("A", "t5", "kl_dp", 0.018, n_gain=20, n_loss=2, seed=0)
+    b.transfer("A", "t5", "kl_dp", 0.002, n_gain=3, n_loss=1, seed=1)
+    return tmp_path
+
+
+def test_success_rate_two_ways_and_harmed(significance_root: Path) -> None:
+    with connect(significance_root) as db:
+        a = db.named("fig4a_success_rate").to_pylist()[0]
+        t2 = db.named("tab2_method_summary").to_pylist()[0]
+        fam = db.named("tab8_family_summary").to_pylist()[0]
+    # five teachers: positive t1 t2 t4 t5 (4/5), significant t1 t4 (2/5), harmed t3 (1/5)
+    assert (a["n_teachers"], a["n_positive"], a["n_sig_positive"], a["n_sig_negative"]) == (5, 4, 2, 1)
+    assert (a["success_rate_pct"], a["sig_success_rate_pct"], a["harmed_pct"]) == (80.0, 40.0, 20.0)
+    assert a["max_seeds"] == 2 and a["n_runs"] == 7
+    deltas = [0.018, 0.002, -0.019, 0.013, 0.010]
+    from zoo_study.stats import mean_ci, wilson_interval
+
+    m, lo, hi = mean_ci(deltas)
+    assert (a["mean_delta_pp"], a["mean_delta_ci_low_pp"], a["mean_delta_ci_high_pp"]) == pytest.approx((100 * m, 100 * lo, 100 * hi))
+    assert t2["sig_success_rate_pooled_pct"] == pytest.approx(40.0) and t2["harmed_pooled_pct"] == pytest.approx(20.0)
+    assert (t2["success_rate_pooled_ci_low_pct"], t2["success_rate_pooled_ci_high_pct"]) == pytest.approx(
+        tuple(100 * v for v in wilson_interval(4, 5)))
+    assert (t2["sig_success_rate_pooled_ci_low_pct"], t2["sig_success_rate_pooled_ci_high_pct"]) == pytest.approx(
+        tuple(100 * v for v in wilson_interval(2, 5)))
+    assert t2["mean_delta_last_ci_low_pp"] == pytest.approx(100 * lo)
+    # seeds: two pairs have two runs; their sample sds across seeds are 0 (t4) and 0.016 / sqrt(2) (t5)
+    assert (t2["max_seeds"], t2["n_pairs_multi_seed"]) == (2, 2)
+    assert t2["mean_seed_sd_pp"] == pytest.approx(100 * (0.0 + 0.016 / math.sqrt(2)) / 2)
+    assert (fam["sig_success_rate_pct"], fam["harmed_pct"]) == (pytest.approx(40.0), pytest.approx(20.0))
+
+
+def test_per_transfer_intervals_in_fig7_tab1_tab9(significance_root: Path) -> None:
+    from zoo_study.stats import mcnemar_exact_p, paired_delta_ci
+
+    with connect(significance_root) as db:
+        g = [r for r in db.named("fig7_gain_vs_loss").to_pylist() if r["teacher"] == "t3"][0]
+        t1 = db.named("tab1_kl_vs_kldp").to_pylist()[0]
+    lo, hi = paired_delta_ci(1, 20, 1000)
+    assert (g["delta_ci_low_pp"], g["delta_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
+    assert g["p_mcnemar"] == mcnemar_exact_p(1, 20) and g["significant"] is True
+    assert (g["n_gain"], g["n_loss"], g["n_eval"]) == (1, 20, 1000)
+    assert t1["kl_dp_n"] == 5 and t1["kl_dp_n_sig"] == 2 and t1["kl_dp_seeds"] == 2
+    assert t1["kl_dp_ci_low_pp"] < t1["kl_dp_mean_pp"] < t1["kl_dp_ci_high_pp"]
+
+
+def test_one_teacher_tables_use_the_runs_score_interval(tmp_path: Path) -> None:
+    from zoo_study.stats import paired_delta_ci
+
+    b = RootBuilder(tmp_path)
+    b.transfer("S", "A", "kl_dp", 0.01, n_gain=12, n_loss=2)
+    b.transfer("S", ["A", "B"], "kl_dp", 0.02, mode="sequential", n_gain=25, n_loss=5)
+    b.transfer("S", ["A", "B"], "kl_dp", 0.01, mode="soup", n_gain=12, n_loss=2, seed=0)
+    b.transfer("S", ["A", "B"], "kl_dp", 0.03, mode="soup", n_gain=32, n_loss=2, seed=1)
+    with connect(tmp_path) as db:
+        t1 = db.named("tab1_kl_vs_kldp").to_pylist()[0]
+        t4 = db.named("tab4_multi_teacher").to_pylist()[0]
+        t9 = rows_by(db.named("tab9_multi_teacher_runs"), "mode", "seed")
+    lo, hi = paired_delta_ci(12, 2, 1000)
+    assert (t1["kl_dp_ci_low_pp"], t1["kl_dp_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = paired_delta_ci(25, 5, 1000)
+    assert (t4["sequential_ci_low_pp"], t4["sequential_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
+    assert t4["single_max_ci_low_pp"] == pytest.approx(100 * paired_delta_ci(12, 2, 1000)[0])
+    assert t4["single_source"] == "transfer"
+    # two soup runs: the t interval over them (mean 2 pp, sd 1.414 pp, t(1) = 12.706)
+    assert t4["soup_pp"] == pytest.approx(2.0)
+    assert t4["soup_ci_low_pp"] == pytest.approx(2.0 - 12.706 * math.sqrt(2) / math.sqrt(2))
+    assert t9[("sequential", 0)]["delta_ci_high_pp"] == pytest.approx(100 * hi)
+
+
+def test_fig4b_and_fig8_carry_intervals(tmp_path: Path) -> None:
+    from zoo_study.stats import mean_ci, paired_delta_ci
+
+    b = RootBuilder(tmp_path)
+    b.model("S", "cnn", 10.0)
+    for i, (dacc, g, l) in enumerate(((-0.1, 12, 2), (-0.09, 30, 2), (0.1, 40, 5), (0.11, 10, 9))):
+        b.pair_row(f"t{i}", "S", acc_t=0.5 + dacc, acc_s=0.5, rho_pos=0.05)
+        b.transfer("S", f"t{i}", "kl_dp", (g - l) / 1000, n_gain=g, n_loss=l)
+    b.write_scores()
+    with connect(tmp_path) as db:
+        bins = rows_by(db.named("fig4b_top25_by_delta_acc_bin"), "bin")
+        s = db.named("fig8_delta_vs_student").to_pylist()[0]
+    # bin 0 holds t0 and t1: the top quarter is t1 alone -> its own score interval
+    assert bins[0]["n_top"] == 1
+    assert (bins[0]["top25_ci_low_pp"], bins[0]["top25_ci_high_pp"]) == pytest.approx(
+        tuple(100 * v for v in paired_delta_ci(30, 2, 1000)))
+    m, lo, hi = mean_ci([0.010, 0.028])
+    assert (bins[0]["mean_ci_low_pp"], bins[0]["mean_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
+    m, lo, hi = mean_ci([0.010, 0.028, 0.035, 0.001])
+    assert (s["ci_low_pp"], s["ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))

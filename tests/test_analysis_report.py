@@ -18,10 +18,7 @@ import pytest
 from analysis.figures import FIGURES
 from analysis.report import build_report
 from analysis.tables import TABLES
-try:
-    from analysis_fixtures import RootBuilder, build_full_root, build_partial_root
-except ModuleNotFoundError:  # tests/ imported as a package (rootdir on sys.path)
-    from tests.analysis_fixtures import RootBuilder, build_full_root, build_partial_root
+from helpers.analysis_fixtures import RootBuilder, build_full_root, build_partial_root
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +84,7 @@ def test_report_from_an_empty_root_says_what_to_run(tmp_path: Path) -> None:
     out = build_report(tmp_path)
     assert out == tmp_path / "report" / "index.html"
     page = parse(out)
-    assert page.sections == ["overview"] + FIG_KEYS + TAB_KEYS
+    assert page.sections == ["claims", "overview"] + FIG_KEYS + TAB_KEYS
     assert page.imgs == []
     for key in FIG_KEYS + TAB_KEYS:
         kinds = page.messages.get(key)
@@ -140,15 +137,70 @@ def test_full_root_has_every_figure_and_table(full_report: Path) -> None:
 
 def test_overview_counts_and_failures_in_the_page(full_report: Path) -> None:
     text = full_report.read_text()
-    overview = text[text.index('<section id="overview">') : text.index("</section>")]
+    start = text.index('<section id="overview">')
+    overview = text[start : text.index("</section>", start)]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", overview)
     counts = dict(zip(cells[0::3], cells[1::3]))
     assert counts["models"] == "8"
     assert counts["scored pairs"] == "21"  # 3 students x (4 teachers + random + 2 other students)
-    assert counts["single-teacher transfers"] == "60"
+    assert counts["single-teacher transfers"] == "66"  # 60 of the study + 6 multi-teacher baselines
     assert counts["multi-teacher transfers"] == "6"
     assert counts["failed jobs"] == "1"
     assert "job_failed_1" in overview and "NaN loss at epoch 2" in overview
+
+
+def test_report_opens_with_the_claims_table(full_report: Path) -> None:
+    from analysis.claims import VERDICTS
+
+    text = full_report.read_text()
+    page = parse(full_report)
+    assert page.sections[0] == "claims"
+    claims = text[text.index('<section id="claims">') : text.index('<section id="overview">')]
+    assert text.index('<section id="claims">') < text.index("<img")  # before every figure
+    assert page.tables_in["claims"] == 1 and 'class="data claims"' in claims
+    ids = re.findall(r'<tr data-claim="([^"]+)">', claims)
+    assert ids == ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6a", "6b_pos", "6b_neg", "7a", "7b"]
+    verdicts = re.findall(r'<td class="verdict (v-[a-z]+)" data-verdict="([^"]+)">', claims)
+    assert len(verdicts) == len(ids) and all(v in VERDICTS for _, v in verdicts)
+    assert {c for c, _ in verdicts} <= {"v-holds", "v-fails", "v-power", "v-nodata"}
+    assert "95% interval" in claims and "not enough power to tell" in claims
+    assert "80 eval samples per transfer" in claims and "1 seed per (method, pair)" in claims
+    assert "KL+DP" in claims and "{kl_dp}" not in claims  # method keys shown with the registry's labels
+    assert (full_report.parent / "tables" / "claims.csv").stat().st_size > 0
+
+
+def test_claims_on_an_empty_root_say_no_data(tmp_path: Path) -> None:
+    text = build_report(tmp_path).read_text()
+    claims = text[text.index('<section id="claims">') : text.index('<section id="overview">')]
+    verdicts = re.findall(r'data-verdict="([^"]+)"', claims)
+    assert verdicts and set(verdicts) == {"no data"}
+    assert 'class="error"' not in claims
+
+
+def test_fig4a_draws_both_success_rates(tmp_path: Path) -> None:
+    from analysis.db import connect
+    from analysis.figures import FIGURES_BY_KEY, figure_png
+
+    b = RootBuilder(tmp_path)
+    b.transfer("S", "T1", "kl_dp", 0.018, n_gain=20, n_loss=2)
+    b.transfer("S", "T2", "kl_dp", 0.002, n_gain=3, n_loss=1)
+    b.transfer("S", "T1", "kl", -0.001, n_gain=3, n_loss=4)
+    with connect(tmp_path) as db:
+        t = db.named("fig4a_success_rate")
+    assert {"success_rate_pct", "sig_success_rate_pct", "harmed_pct"} <= set(t.column_names)
+    fig = FIGURES_BY_KEY["fig4a"].draw(t)
+    labels = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["Δ > 0", "Δ significantly > 0 (McNemar p < 0.05)"]
+    assert len(fig.axes[0].patches) >= 4  # a box per method and rate (patch_artist boxes)
+    assert figure_png(fig).startswith(PNG_MAGIC)
+
+
+def test_delta_best_is_labelled_optimistic(full_report: Path) -> None:
+    text = full_report.read_text()
+    for key in ("tab2", "tab9"):
+        sec = text[text.index(f'<section id="{key}">') :]
+        sec = sec[: sec.index("</section>")]
+        assert "optimistic (best epoch chosen on the eval split)" in sec, key
 
 
 def test_a_corrupt_file_is_left_out_and_named(tmp_path: Path) -> None:

@@ -3,6 +3,12 @@
 -- equal-width bins spanning the observed delta_acc range (the same bins for every method). Per bin and
 -- method: the mean of the top 25% transfer deltas (delta_last; the best ceil(n/4) pairs, at least one),
 -- as in the paper. Repeated runs of one (method, student, teacher) are averaged first.
+-- Intervals: top25_ci_low/high_pp = 95% t interval over the top pairs, or, when the top quarter is one pair,
+-- that pair's own interval (its run's paired score interval; over several seeds, the t interval over them);
+-- mean_ci_low/high_pp = the t interval over all pairs of the bin (NULL with one pair). Picking the top
+-- quarter favours lucky draws, so the top-25% mean is an optimistic summary and its interval only says how
+-- spread the chosen pairs are; n_sig_positive counts the bin's pairs whose delta is significantly > 0
+-- (McNemar p < 0.05, every run).
 -- Transfers whose pair was not scored have no delta_acc and are left out.
 -- Reads: transfers, pairs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
@@ -10,10 +16,15 @@ WITH params AS (
     SELECT 6 AS n_bins   -- number of equal-width delta_acc bins; change it here
 ),
 runs AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last
+    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
+           coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
+           CASE WHEN count(*) = 1 THEN min(delta_ci_low)
+                ELSE mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_low,
+           CASE WHEN count(*) = 1 THEN min(delta_ci_high)
+                ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_high
     FROM transfers
     WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY ALL
+    GROUP BY method_key(method, hparams_json), student, teacher
 ),
 joined AS (
     SELECT r.*, p.delta_acc
@@ -50,7 +61,20 @@ SELECT
     max(n_in_bin)                               AS n_pairs,
     count(*) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)) AS n_top,
     100 * avg(delta_last) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)) AS top25_mean_delta_pp,
-    100 * avg(delta_last)                       AS mean_delta_pp
+    100 * CASE WHEN count(*) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)) = 1
+               THEN min(pair_ci_low) FILTER (WHERE rk = 1)
+               ELSE mean_ci_low(avg(delta_last) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)),
+                                stddev_samp(delta_last) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)),
+                                count(*) FILTER (WHERE rk <= ceil(n_in_bin / 4.0))) END  AS top25_ci_low_pp,
+    100 * CASE WHEN count(*) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)) = 1
+               THEN min(pair_ci_high) FILTER (WHERE rk = 1)
+               ELSE mean_ci_high(avg(delta_last) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)),
+                                 stddev_samp(delta_last) FILTER (WHERE rk <= ceil(n_in_bin / 4.0)),
+                                 count(*) FILTER (WHERE rk <= ceil(n_in_bin / 4.0))) END AS top25_ci_high_pp,
+    100 * avg(delta_last)                       AS mean_delta_pp,
+    100 * mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*))  AS mean_ci_low_pp,
+    100 * mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) AS mean_ci_high_pp,
+    count(*) FILTER (WHERE sig_pos)             AS n_sig_positive
 FROM ranked
 GROUP BY method, bin, lo, hi, n_bins
 ORDER BY method, bin;

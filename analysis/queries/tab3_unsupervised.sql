@@ -1,33 +1,69 @@
 -- Table 3: unsupervised KL+DP (no labels: route each sample by max-probability confidence) per student,
 -- next to supervised KL+DP. Mean and sample std of delta_last over teachers (runs averaged first), in
--- percentage points; routing = mean share of transfer-set samples the data partitioning sent to the
--- teacher (teacher_share), in percent. A run counts as unsupervised when method_key() says so: method
--- name containing 'unsup', or hparams_json with "unsupervised": true / "supervised": false.
--- Reads: transfers, models.
+-- percentage points, with the 95% t interval of the mean over teachers (*_ci_low/high_pp; with one teacher
+-- and one run, that run's paired score interval, zoo_study/stats.py) and the number of teachers whose delta
+-- is significantly > 0 (McNemar p < 0.05, every run). Routing = mean share of transfer-set samples the data
+-- partitioning sent to the teacher (teacher_share), and of the positive-flip / negative-flip samples
+-- (teacher_share_pos / teacher_share_neg; paper: 72% / 9%), in percent. A run counts as unsupervised when
+-- method_key() says so: method name containing 'unsup', or hparams_json with "unsupervised": true /
+-- "supervised": false. Reads: transfers, models.
 WITH per_teacher AS (
     SELECT
         method_key(method, hparams_json) AS method,
         student,
         teacher,
-        avg(delta_last)    AS delta_last,
-        avg(teacher_share) AS teacher_share
+        avg(delta_last)        AS delta_last,
+        min(delta_ci_low)      AS run_ci_low,
+        min(delta_ci_high)     AS run_ci_high,
+        count(*)               AS n_runs,
+        coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
+        avg(teacher_share)     AS teacher_share,
+        avg(teacher_share_pos) AS teacher_share_pos,
+        avg(teacher_share_neg) AS teacher_share_neg
     FROM transfers
     WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY ALL
+    GROUP BY method_key(method, hparams_json), student, teacher
+),
+per_student AS (
+    SELECT
+        student,
+        method,
+        count(*)                 AS n,
+        avg(delta_last)          AS m,
+        stddev_samp(delta_last)  AS sd,
+        CASE WHEN count(*) = 1 AND max(n_runs) = 1 THEN min(run_ci_low)
+             ELSE mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*)) END  AS lo,
+        CASE WHEN count(*) = 1 AND max(n_runs) = 1 THEN min(run_ci_high)
+             ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS hi,
+        count(*) FILTER (WHERE sig_pos) AS n_sig,
+        avg(teacher_share)       AS share,
+        avg(teacher_share_pos)   AS share_pos,
+        avg(teacher_share_neg)   AS share_neg
+    FROM per_teacher
+    WHERE method IN ('kl_dp', 'kl_dp_unsup')
+    GROUP BY student, method
 )
 SELECT
-    t.student,
-    coalesce(m.family, 'unknown')                                               AS family,
-    count(*) FILTER (WHERE t.method = 'kl_dp_unsup')                            AS unsup_n,
-    100 * avg(t.delta_last) FILTER (WHERE t.method = 'kl_dp_unsup')             AS unsup_mean_pp,
-    100 * stddev_samp(t.delta_last) FILTER (WHERE t.method = 'kl_dp_unsup')     AS unsup_std_pp,
-    100 * avg(t.teacher_share) FILTER (WHERE t.method = 'kl_dp_unsup')          AS unsup_teacher_share_pct,
-    count(*) FILTER (WHERE t.method = 'kl_dp')                                  AS sup_n,
-    100 * avg(t.delta_last) FILTER (WHERE t.method = 'kl_dp')                   AS sup_mean_pp,
-    100 * avg(t.teacher_share) FILTER (WHERE t.method = 'kl_dp')                AS sup_teacher_share_pct
-FROM per_teacher t
-LEFT JOIN models m ON m.model_id = t.student
-WHERE t.method IN ('kl_dp', 'kl_dp_unsup')
-GROUP BY ALL
-HAVING count(*) FILTER (WHERE t.method = 'kl_dp_unsup') > 0
-ORDER BY family, t.student;
+    s.student,
+    coalesce(m.family, 'unknown')                                     AS family,
+    coalesce(max(s.n) FILTER (WHERE s.method = 'kl_dp_unsup'), 0)     AS unsup_n,
+    100 * max(s.m)  FILTER (WHERE s.method = 'kl_dp_unsup')           AS unsup_mean_pp,
+    100 * max(s.sd) FILTER (WHERE s.method = 'kl_dp_unsup')           AS unsup_std_pp,
+    100 * max(s.lo) FILTER (WHERE s.method = 'kl_dp_unsup')           AS unsup_ci_low_pp,
+    100 * max(s.hi) FILTER (WHERE s.method = 'kl_dp_unsup')           AS unsup_ci_high_pp,
+    max(s.n_sig) FILTER (WHERE s.method = 'kl_dp_unsup')              AS unsup_n_sig,
+    100 * max(s.share) FILTER (WHERE s.method = 'kl_dp_unsup')        AS unsup_teacher_share_pct,
+    100 * max(s.share_pos) FILTER (WHERE s.method = 'kl_dp_unsup')    AS unsup_share_pos_pct,
+    100 * max(s.share_neg) FILTER (WHERE s.method = 'kl_dp_unsup')    AS unsup_share_neg_pct,
+    coalesce(max(s.n) FILTER (WHERE s.method = 'kl_dp'), 0)           AS sup_n,
+    100 * max(s.m)  FILTER (WHERE s.method = 'kl_dp')                 AS sup_mean_pp,
+    100 * max(s.lo) FILTER (WHERE s.method = 'kl_dp')                 AS sup_ci_low_pp,
+    100 * max(s.hi) FILTER (WHERE s.method = 'kl_dp')                 AS sup_ci_high_pp,
+    100 * max(s.share) FILTER (WHERE s.method = 'kl_dp')              AS sup_teacher_share_pct,
+    100 * max(s.share_pos) FILTER (WHERE s.method = 'kl_dp')          AS sup_share_pos_pct,
+    100 * max(s.share_neg) FILTER (WHERE s.method = 'kl_dp')          AS sup_share_neg_pct
+FROM per_student s
+LEFT JOIN models m ON m.model_id = s.student
+GROUP BY s.student, m.family
+HAVING coalesce(max(s.n) FILTER (WHERE s.method = 'kl_dp_unsup'), 0) > 0
+ORDER BY family, s.student;

@@ -1,13 +1,17 @@
 -- Table 8: transfer by architecture family: per method, student family and teacher family, the number
--- of (student, teacher) pairs, their success rate (share with delta_last > 0) and mean / min / max
--- delta_last (runs of one pair averaged first). Families come from the model catalog ('unknown' when a
--- model is missing from it). Deltas in percentage points. Reads: transfers, models.
+-- of (student, teacher) pairs, their success rate two ways (share with delta_last > 0, and share
+-- significantly > 0 at 5%: McNemar p_mcnemar < 0.05 and n_gain > n_loss, every run), the share harmed
+-- (significantly < 0), and mean (with its 95% t interval over pairs) / min / max delta_last (runs of one
+-- pair averaged first). Families come from the model catalog ('unknown' when a model is missing from it).
+-- Deltas in percentage points. Reads: transfers, models.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH per_teacher AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last
+    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
+           coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
+           coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg
     FROM transfers
     WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY ALL
+    GROUP BY method_key(method, hparams_json), student, teacher
 )
 SELECT
     t.method,
@@ -15,7 +19,11 @@ SELECT
     coalesce(mt.family, 'unknown')                                AS teacher_family,
     count(*)                                                      AS n_pairs,
     100 * avg(CASE WHEN t.delta_last > 0 THEN 1.0 ELSE 0.0 END)   AS success_rate_pct,
+    100 * avg(CASE WHEN t.sig_pos THEN 1.0 ELSE 0.0 END)          AS sig_success_rate_pct,
+    100 * avg(CASE WHEN t.sig_neg THEN 1.0 ELSE 0.0 END)          AS harmed_pct,
     100 * avg(t.delta_last)                                       AS mean_delta_pp,
+    100 * mean_ci_low(avg(t.delta_last), stddev_samp(t.delta_last), count(*))  AS mean_delta_ci_low_pp,
+    100 * mean_ci_high(avg(t.delta_last), stddev_samp(t.delta_last), count(*)) AS mean_delta_ci_high_pp,
     100 * min(t.delta_last)                                       AS min_delta_pp,
     100 * max(t.delta_last)                                       AS max_delta_pp
 FROM per_teacher t

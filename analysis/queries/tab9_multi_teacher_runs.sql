@@ -1,6 +1,9 @@
 -- Table 9: every multi-teacher run in detail: mode, teacher order, final delta, and for sequential runs
 -- the delta reached at the end of each stage (from the last recorded epoch of the stage), written as
--- "teacher: +x.xx" in stage order. Deltas in percentage points, teacher routing share in percent.
+-- "teacher: +x.xx" in stage order. Each run's uncertainty: delta_ci_low/high_pp (95% paired score interval
+-- of delta_last, zoo_study/stats.py), p_mcnemar (exact McNemar), n_gain / n_loss / n_eval. delta_best is
+-- optimistic: its epoch is chosen on the evaluation split itself. Deltas in percentage points, teacher
+-- routing share in percent.
 -- Reads: transfers, epochs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH multi AS (
@@ -33,6 +36,12 @@ SELECT
     m.seed,
     100 * m.acc_before                   AS acc_before_pct,
     100 * m.delta_last                   AS delta_last_pp,
+    100 * m.delta_ci_low                 AS delta_ci_low_pp,
+    100 * m.delta_ci_high                AS delta_ci_high_pp,
+    m.p_mcnemar,
+    m.n_gain,
+    m.n_loss,
+    m.n_eval,
     100 * m.delta_best                   AS delta_best_pp,
     100 * m.gain                         AS gain_pct,
     100 * m.loss                         AS loss_pct,
