@@ -18,29 +18,13 @@ would make DuckDB reject the whole view; such files are left out, listed with th
 Sandbox: the connection is a read-only window on one results root. DuckDB may read files under the root
 only (``allowed_directories`` with ``enable_external_access = false``; no spill files, no extension
 install or autoload), its configuration is then locked (``lock_configuration``), and :meth:`ResultsDB.query`
-refuses, before anything runs, every statement that is not a read-only query (see :func:`check_read_only`):
-no COPY, ATTACH, INSTALL/LOAD, SET, CREATE, INSERT ... Results are saved by our code (``--out``), never by SQL.
+refuses, before anything runs, every statement that is not a read-only query (:mod:`analysis.sandbox`,
+which also holds the quoting rules for the few strings formatted into SQL). Every connection defines the
+shared SQL macros of :mod:`analysis.macros` (``method_key``, 95% intervals, ``claim_verdict``).
 
-Macros available to every query:
-
-``method_key(method, hparams_json)``
-    The method name, with ``_unsup`` appended when the run is unsupervised (``hparams_json`` has
-    ``"unsupervised": true`` or ``"supervised": false``) and the name does not already say so. Why: the
-    paper reports supervised and unsupervised KL+DP separately (Tab 1 vs Tab 3), and the summary schema
-    has no column for it.
-
-95% intervals (generated from :mod:`zoo_study.stats`, see :func:`_stats_macros`):
-``z975()``, ``t975(df)`` (t table for df 1..30, the normal quantile beyond); ``mean_ci_low/high(mean,
-sd, n)`` (t interval of a mean over n independent units, NULL for n < 2); ``wilson_low/high(k, n)``
-(Wilson interval of k / n); ``fisher_low/high(r, n)`` (Fisher-z interval of a Pearson r, NULL for
-n < 4); ``tango_z(g, l, n, d)`` (the score statistic of ``paired_delta_ci``, for bisection in SQL);
-``claim_verdict(value, lo, hi, threshold, side)``: 'holds' when the interval lies entirely on the claim's
-side (``side`` '>' or '<') of the threshold, 'does not hold' when entirely on the other side, 'not enough
-power to tell' when it spans the threshold (or has no width: one unit), 'no data' without a value.
-
-Safety: user values are always bound as query parameters. The only strings formatted into SQL are the
-file globs in ``CREATE VIEW`` and the root in ``allowed_directories`` (DuckDB cannot bind either); they are
-built from the resolved root with glob metacharacters escaped and single quotes doubled.
+The sandbox checks, quoting helpers and parameter type (``RefusedQuery``, ``check_read_only``,
+``check_params``, ``Params``, ``sql_string_literal``, ``duckdb_glob_escape``, ``identifier``) are
+re-exported here, so callers import everything from ``analysis.db``.
 """
 
 from __future__ import annotations
@@ -48,100 +32,29 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.macros import METHOD_MACROS, stats_macros
+from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these from analysis.db)
+    ALLOWED,
+    Params,
+    RefusedQuery,
+    check_params,
+    check_read_only,
+    duckdb_glob_escape,
+    identifier,
+    sql_string_literal,
+)
 from zoo_study.store import TABLES, ResultsLayout, TableSpec
 
 QUERIES_DIR = Path(__file__).with_name("queries")
 
 VIEW_SOURCES: tuple[TableSpec, ...] = tuple(TABLES.values())
 VIEWS: dict[str, TableSpec] = TABLES
-
-_MACROS = """
-CREATE OR REPLACE MACRO method_key(m, hp) AS CASE
-    WHEN m LIKE '%unsup%' THEN m
-    WHEN json_valid(hp) AND (
-        lower(coalesce(json_extract_string(hp, '$.unsupervised'), '')) IN ('true', '1')
-        OR lower(coalesce(json_extract_string(hp, '$.supervised'), '')) IN ('false', '0')
-    ) THEN m || '_unsup'
-    ELSE m
-END;
-"""
-
-
-def _stats_macros() -> str:
-    """SQL macros for 95% intervals, generated from :mod:`zoo_study.stats` so its numbers (the normal
-    quantile, the t table for df 1..30) live in one place; the queries and the Python agree by construction."""
-    from zoo_study.stats import _T975, Z95
-
-    z = repr(float(Z95))
-    t_list = "[" + ", ".join(repr(float(v)) for v in _T975) + "]"
-    return f"""
-CREATE OR REPLACE MACRO z975() AS {z}::DOUBLE;
-CREATE OR REPLACE MACRO t975(df) AS CASE
-    WHEN df IS NULL OR df < 1 THEN NULL
-    WHEN df <= {len(_T975)} THEN ({t_list}::DOUBLE[])[df::BIGINT]
-    ELSE {z}::DOUBLE
-END;
-CREATE OR REPLACE MACRO mean_ci_low(m, sd, n) AS CASE WHEN n >= 2 THEN m - t975(n - 1) * sd / sqrt(n) END;
-CREATE OR REPLACE MACRO mean_ci_high(m, sd, n) AS CASE WHEN n >= 2 THEN m + t975(n - 1) * sd / sqrt(n) END;
-CREATE OR REPLACE MACRO wilson_low(k, n) AS CASE WHEN n > 0 THEN greatest(0.0,
-    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
-    - {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
-CREATE OR REPLACE MACRO wilson_high(k, n) AS CASE WHEN n > 0 THEN least(1.0,
-    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
-    + {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
-CREATE OR REPLACE MACRO fisher_low(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
-    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) - {z} / sqrt(n - 3)) END;
-CREATE OR REPLACE MACRO fisher_high(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
-    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) + {z} / sqrt(n - 3)) END;
-CREATE OR REPLACE MACRO tango_b(g, l, n, d) AS -g - l + (2.0 * n - g + l) * d;
-CREATE OR REPLACE MACRO tango_var(g, l, n, d) AS n * (2.0 * ((sqrt(greatest(tango_b(g, l, n, d) ^ 2
-    + 8.0 * n * l * d * (1.0 - d), 0.0)) - tango_b(g, l, n, d)) / (4.0 * n)) + d * (1.0 - d));
-CREATE OR REPLACE MACRO tango_z(g, l, n, d) AS CASE
-    WHEN tango_var(g, l, n, d) > 0 THEN (g - l - n * d) / sqrt(tango_var(g, l, n, d))
-    WHEN g - l - n * d = 0 THEN 0.0
-    ELSE sign(g - l - n * d) * 'inf'::DOUBLE
-END;
-CREATE OR REPLACE MACRO claim_verdict(value, lo, hi, threshold, side) AS CASE
-    WHEN value IS NULL OR isnan(value) OR threshold IS NULL THEN 'no data'
-    WHEN lo IS NULL OR hi IS NULL OR isnan(lo) OR isnan(hi) THEN 'not enough power to tell'
-    WHEN side = '>' AND lo > threshold THEN 'holds'
-    WHEN side = '>' AND hi <= threshold THEN 'does not hold'
-    WHEN side = '<' AND hi < threshold THEN 'holds'
-    WHEN side = '<' AND lo >= threshold THEN 'does not hold'
-    ELSE 'not enough power to tell'
-END;
-"""
-
-
-# ------------------------------------------------------------------------------------------ SQL quoting
-def sql_string_literal(text: str) -> str:
-    """``text`` as a single-quoted SQL string literal (quotes doubled). Only for paths in DDL."""
-    if "\x00" in text:
-        raise ValueError(f"a NUL character cannot appear in a path used in SQL: {text!r}")
-    return "'" + text.replace("'", "''") + "'"
-
-
-_GLOB_ESCAPES = {"[": "[[]", "*": "[*]", "?": "[?]"}
-
-
-def duckdb_glob_escape(text: str) -> str:
-    """Escape DuckDB glob metacharacters so ``text`` matches only itself (``[`` -> ``[[]`` and so on).
-
-    Why: a results root such as ``runs/ablation[lr]`` would otherwise be read as a character class and
-    match nothing, and the view would silently be empty.
-    """
-    return "".join(_GLOB_ESCAPES.get(ch, ch) for ch in text)
-
-
-def identifier(name: str) -> str:
-    """A view or table name as a quoted SQL identifier; names are ours, but quote anyway."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _to_arrow(rel: Any) -> pa.Table:
@@ -184,86 +97,6 @@ def query_description(name: str) -> str:
     return ""
 
 
-Params = Mapping[str, Any] | Sequence[Any] | None
-
-
-def check_params(params: Params) -> dict[str, Any] | list[Any] | None:
-    """Normalise query parameters: a mapping binds ``$name``, a sequence binds ``?`` / ``$1`` in order."""
-    if params is None:
-        return None
-    if isinstance(params, Mapping):
-        bad = [k for k in params if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
-        if bad:
-            raise ValueError(f"invalid parameter names {bad!r}: use identifiers, bound as $name in the query")
-        return dict(params)
-    if isinstance(params, (str, bytes)):
-        raise TypeError("params must be a mapping (for $name) or a list (for ?), not a string")
-    if isinstance(params, Sequence):
-        return list(params)
-    raise TypeError(f"params must be a mapping, a sequence or None, not {type(params).__name__}")
-
-
-# --------------------------------------------------------------------------------------------- sandbox
-class RefusedQuery(ValueError):
-    """A statement that is not a read-only query over the views; refused before anything runs."""
-
-
-_T = duckdb.StatementType
-_READ_ONLY_PRAGMAS = frozenset({"version", "platform", "show", "show_tables", "show_tables_expanded", "table_info",
-                                "database_list", "functions", "collations", "user_agent"})  # fmt: skip
-_WHY = {**dict.fromkeys(("COPY", "EXPORT"), "results are saved with --out, never by SQL"),
-        **dict.fromkeys(("SET", "VARIABLE_SET"), "the settings of this connection are fixed"),
-        **dict.fromkeys(("ATTACH", "DETACH"), "only the views of this results root can be read"),
-        **dict.fromkeys(("LOAD", "EXTENSION"), "extensions cannot be installed or loaded here")}  # fmt: skip
-_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)  # whitespace and comments
-_EXPLAIN = re.compile(r"explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?", re.I)
-_PRAGMA = re.compile(r"pragma\s+(\w+)\s*(?:\([^;]*\))?\s*;?\s*", re.I)
-ALLOWED = "read-only queries only: SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, read-only PRAGMA"
-
-
-def _refuse(i: int, n: int, kind: str, text: str, why: str = "") -> RefusedQuery:
-    where = f"statement {i + 1} of {n}" if n > 1 else "the statement"
-    head = " ".join(_LEADING.sub("", text, count=1).split())[:60]
-    why = why or _WHY.get(kind, f"{kind} is not a read-only query")
-    return RefusedQuery(f"refused {where} ({kind}: {head!r}): {why}; {ALLOWED}")
-
-
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise :class:`RefusedQuery` unless every statement of ``sql`` only reads.
-
-    Why DuckDB's own parser: a regex on the text is fooled by comments, CTEs and quoting. A statement
-    that does not parse is left to DuckDB, which reports the syntax error when the query runs.
-    """
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error:
-        return
-    n = len(statements)
-    for i, st in enumerate(statements):
-        try:
-            kind = st.type
-        except ValueError:  # a statement type newer than this duckdb's Python enum (UPDATE EXTENSIONS ...)
-            raise _refuse(i, n, "UNKNOWN", st.query) from None
-        text = _LEADING.sub("", st.query, count=1)
-        if kind == _T.SELECT:
-            continue
-        if kind == _T.EXPLAIN:  # EXPLAIN ANALYZE runs its statement: only a SELECT may follow
-            m = _EXPLAIN.match(text)
-            try:
-                inner = con.extract_statements(text[m.end() :]) if m else []
-                if len(inner) == 1 and inner[0].type == _T.SELECT:
-                    continue
-            except (duckdb.Error, ValueError):
-                pass
-            raise _refuse(i, n, "EXPLAIN", text, "only EXPLAIN of a SELECT is allowed")
-        if kind == _T.PRAGMA:
-            m = _PRAGMA.fullmatch(text)
-            if m and m.group(1).lower() in _READ_ONLY_PRAGMAS:
-                continue
-            raise _refuse(i, n, "PRAGMA", text, f"read-only pragmas: {', '.join(sorted(_READ_ONLY_PRAGMAS))}")
-        raise _refuse(i, n, kind.name, text)
-
-
 # ------------------------------------------------------------------------------------------- connection
 class ResultsDB:
     """An in-memory DuckDB connection with one view per result table of a results root.
@@ -288,8 +121,8 @@ class ResultsDB:
         self._state: dict[str, tuple] = {}
         self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
         self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
-        self.con.execute(_MACROS)
-        self.con.execute(_stats_macros())
+        self.con.execute(METHOD_MACROS)
+        self.con.execute(stats_macros())
         for src in VIEW_SOURCES:
             empty = pa.Table.from_batches([], schema=src.schema)
             tmp = f"__arrow_empty_{src.name}"

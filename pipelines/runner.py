@@ -4,7 +4,7 @@ Why it is shaped like this:
 
 * **The driver owns the filesystem.** It reads each input file once per wave, shares it through the
   backend (``ray.put``), and writes every returned output atomically (temp name + rename), the job
-  record last. Tasks only see bytes in and ``{output name: content}`` out, so a cluster needs no shared
+  record last (:mod:`pipelines.outputs`). Tasks only see bytes in and ``{output name: content}`` out, so a cluster needs no shared
   filesystem and a job killed mid-way never leaves a file that looks done.
 * **Waves.** Jobs run in dependency order, one wave after another (by default one wave per stage, in
   the order stages first appear). A job reads only files of earlier waves; a job whose input is missing
@@ -33,10 +33,9 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import pyarrow as pa
-
 from pipelines.backends import LOCAL, RayBackend, SerialBackend, ensure_ray, one_line
-from pipelines.jobs import Job, done_flags, executor_for, job_record_json, schema_for_path, unique
+from pipelines.jobs import Job, done_flags, executor_for, unique
+from pipelines.outputs import write_outputs
 from pipelines.records import FailureRecord, RunReport, StageCounts
 from zoo_study import store
 
@@ -115,44 +114,6 @@ def _check_waves(waves: list[list[Job]]) -> tuple[list[list[Job]], dict[str, tup
     return waves, producer
 
 
-def _content(rel: str, content: Any) -> pa.Table | bytes:
-    """One returned output, checked: a table for a '.parquet' path (with its table's schema), else bytes/str."""
-    if isinstance(content, pa.Table):
-        if not rel.endswith(".parquet"):
-            raise ValueError(f"output {rel!r}: a table must go to a '.parquet' path")
-        schema = schema_for_path(rel)
-        if schema is not None:
-            try:
-                store.conform(content, schema)
-            except (ValueError, pa.ArrowException) as exc:
-                raise ValueError(f"output {rel!r} does not match its table's schema: {one_line(exc)}") from None
-        return content
-    if isinstance(content, (bytes, bytearray, memoryview, str)):
-        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-        if not data:
-            raise ValueError(f"executor returned empty content for output {rel!r} (it would never count as done)")
-        return data
-    raise TypeError(f"output {rel!r}: content must be a pyarrow.Table, bytes or str, got {type(content).__name__}")
-
-
-def _write_outputs(job: Job, outputs: Mapping[str, Any], root: Path) -> list[str]:
-    """Check an executor's ``{name: content}`` against the job's declared outputs, then write it atomically
-    (nothing of a rejected result is written), the job record last."""
-    missing = [n for n in job.outputs if n not in outputs]
-    unknown = sorted(str(n) for n in outputs if n not in job.outputs)
-    if missing or unknown:
-        raise ValueError(f"executor returned outputs {sorted(map(str, outputs))}; declared {list(job.outputs)}"
-                         + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
-    items = {rel: _content(rel, outputs[name]) for name, rel in job.outputs.items()}
-    record = store.ResultsLayout(root).job_record(job.job_id)
-    record.unlink(missing_ok=True)  # outputs are being replaced: not done until the new record lands
-    for rel, content in items.items():
-        if isinstance(content, pa.Table):
-            store.write_parquet_atomic(content, root / rel)
-        else:
-            store.write_bytes_atomic(content, root / rel)
-    store.write_text_atomic(job_record_json(job), record)
-    return list(items)
 
 
 class _Inputs:
@@ -327,7 +288,7 @@ class _Wave:
             self.fail(job, outcome.error, outcome.traceback, attempt)
             return "done"
         try:
-            written = _write_outputs(job, outcome.outputs or {}, self.root)
+            written = write_outputs(job, outcome.outputs or {}, self.root)
         except Exception as exc:  # noqa: BLE001 - a bad result fails this job only
             self.fail(job, f"invalid result: {one_line(exc)}", _tb.format_exc(), attempt)
             return "done"

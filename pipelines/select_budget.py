@@ -50,10 +50,10 @@ class Budget:
 # from the cheapest up: more steps (epochs x transfer-set size), then a larger step size for all methods
 CANDIDATES = (
     Budget("B0 demo", 3, 0.1, 1.0),
-    Budget("B1", 5, 0.25, 1.0),
-    Budget("B2", 5, 0.25, 10.0),
-    Budget("B3", 8, 0.5, 10.0),
-    Budget("B4", 8, 0.5, 30.0),
+    Budget("B1", 3, 0.25, 1.0),
+    Budget("B2", 5, 0.25, 1.0),
+    Budget("B3", 5, 0.25, 10.0),
+    Budget("B4", 8, 0.5, 10.0),
 )
 
 
@@ -97,7 +97,7 @@ def run_budget(config: str, study_root: Path, budget: Budget, pairs: list[tuple[
             "--set", f"study.results_root={root}", "--set", "transfer.methods=['kl']",
             "--set", "transfer.pairs=explicit", "--set", f"transfer.explicit={explicit}",
             "--set", "multi_teacher.enabled=false", "--set", "hparam_search.enabled=false",
-            "--set", "transfer.replicate.n_pairs=0", *sum((["--set", o] for o in budget.overrides()), [])]
+            "--set", "transfer.replicate.n_pairs=0", "--set", "transfer.replicate.methods=[]", *sum((["--set", o] for o in budget.overrides()), [])]
     t0 = time.perf_counter()
     code = main(argv)
     wall = time.perf_counter() - t0

@@ -157,7 +157,7 @@ class TransferSection(TransferSettings):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"transfer.seeds repeats a seed: {self.seeds}")
         stray = [m for m in self.replicate.methods if m not in self.methods]
-        if stray:
+        if stray and self.replicate.n_pairs and self.replicate.seeds:
             raise ValueError(f"transfer.replicate.methods {stray} are not in transfer.methods {self.methods}")
         return self
 

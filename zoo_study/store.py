@@ -1,7 +1,9 @@
-"""Parquet schemas, the results-root layout, and atomic writes.
+"""The results-root catalogue and layout, table checks, and atomic writes and reads.
 
-Why one module: every stage writes and the analysis layer reads the same files. Keeping the schemas and
-paths here means a column is renamed in one place, and ``analysis`` needs nothing else from the library.
+Why one module: every stage writes and the analysis layer reads the same files. Keeping their paths and
+the rules for writing them here means a file moves in one place, and ``analysis`` needs nothing else from
+the library. The column schemas live in :mod:`zoo_study.schemas` (the longest, most often edited part)
+and are re-exported here, so ``from zoo_study.store import PAIR_SCHEMA`` works as before.
 
 The layout of a results root (``runs/<study>/``) is declared once, in :data:`TABLES` (every result table:
 view name, path template, schema, producing stage, description) and :data:`FILES` (config, environment,
@@ -22,158 +24,19 @@ from typing import Callable, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
-
-# --------------------------------------------------------------------------------------------- schemas
-MODEL_SCHEMA = pa.schema(
-    [
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),  # timm | local | embedded | random
-        pa.field("arch", pa.string(), nullable=False),  # timm architecture name
-        pa.field("family", pa.string(), nullable=False),  # cnn | transformer | mlp
-        pa.field("params_m", pa.float64(), nullable=False),
-        pa.field("num_classes", pa.int32(), nullable=False),
-        pa.field("input_size", pa.list_(pa.int32()), nullable=False),  # [C, H, W]
-        pa.field("crop_pct", pa.float64(), nullable=False),
-        pa.field("interpolation", pa.string(), nullable=False),
-        pa.field("mean", pa.list_(pa.float64()), nullable=False),
-        pa.field("std", pa.list_(pa.float64()), nullable=False),
-        pa.field("reported_top1", pa.float64()),  # percent, nullable
-        pa.field("checkpoint", pa.string()),  # local file, nullable
-        pa.field("weights_id", pa.string()),  # content hash of the weights, nullable
-        pa.field("recipe_json", pa.string()),  # training recipe of an embedded model, nullable
-        pa.field("train_seconds", pa.float64()),  # nullable
-    ]
+from zoo_study.schemas import (  # noqa: F401  (re-exported: the usual import path of the schemas)
+    FAILURE_SCHEMA,
+    MODEL_SCHEMA,
+    PAIR_CLASS_SCHEMA,
+    PAIR_SCHEMA,
+    PREDICTION_SCHEMA,
+    SCHEMA_VERSION,
+    TOP_X_PERCENTS,
+    TRANSFER_EPOCH_SCHEMA,
+    TRANSFER_PREDICTION_SCHEMA,
+    TRANSFER_SUMMARY_SCHEMA,
 )
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("sample_id", pa.int64(), nullable=False),
-        pa.field("label", pa.int32(), nullable=False),
-        pa.field("pred", pa.int32(), nullable=False),
-        pa.field("p_label", pa.float32(), nullable=False),
-        pa.field("p_max", pa.float32(), nullable=False),
-        pa.field("topk", pa.list_(pa.int32())),  # nullable: top-k classes, most likely first
-    ]
-)
-
-PAIR_SCHEMA = pa.schema(
-    [
-        pa.field("teacher", pa.string(), nullable=False),
-        pa.field("student", pa.string(), nullable=False),
-        pa.field("teacher_is_random", pa.bool_(), nullable=False),  # noise-floor rows
-        pa.field("n_samples", pa.int64(), nullable=False),
-        pa.field("num_classes", pa.int32(), nullable=False),
-        pa.field("acc_t", pa.float64(), nullable=False),  # fractions in [0, 1]
-        pa.field("acc_s", pa.float64(), nullable=False),
-        pa.field("delta_acc", pa.float64(), nullable=False),
-        pa.field("n_pos", pa.int64(), nullable=False),
-        pa.field("n_neg", pa.int64(), nullable=False),
-        pa.field("rho_pos", pa.float64(), nullable=False),
-        pa.field("rho_neg", pa.float64(), nullable=False),
-        pa.field("entropy", pa.float64()),  # nats; null when there is no positive flip
-    ]
-    + [pa.field(f"top{x}_classes", pa.int32(), nullable=False) for x in TOP_X_PERCENTS]
-)
-
-PAIR_CLASS_SCHEMA = pa.schema(
-    [
-        pa.field("teacher", pa.string(), nullable=False),
-        pa.field("student", pa.string(), nullable=False),
-        pa.field("class_id", pa.int32(), nullable=False),
-        pa.field("pos_flips", pa.int64(), nullable=False),
-        pa.field("neg_flips", pa.int64(), nullable=False),
-    ]
-)
-
-TRANSFER_SUMMARY_SCHEMA = pa.schema(
-    [
-        pa.field("job_id", pa.string(), nullable=False),
-        pa.field("study_part", pa.string(), nullable=False),  # transfer | multi_teacher | hparam
-        pa.field("method", pa.string(), nullable=False),  # kl, xe_kl, xe_kl_mcl, kl_dp, ...
-        pa.field("mode", pa.string(), nullable=False),  # single | sequential | parallel | soup
-        pa.field("student", pa.string(), nullable=False),
-        pa.field("teacher", pa.string(), nullable=False),  # teachers joined by '+', in order
-        pa.field("teachers", pa.list_(pa.string()), nullable=False),
-        pa.field("hparams_json", pa.string(), nullable=False),  # canonical JSON of method params
-        pa.field("lr", pa.float64(), nullable=False),  # lr actually used (after batch scaling)
-        pa.field("temperature", pa.float64(), nullable=False),
-        pa.field("epochs", pa.int32(), nullable=False),
-        pa.field("batch_size", pa.int32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("n_train", pa.int64(), nullable=False),
-        pa.field("n_eval", pa.int64(), nullable=False),
-        pa.field("acc_before", pa.float64(), nullable=False),  # fractions in [0, 1]
-        pa.field("acc_last", pa.float64(), nullable=False),
-        pa.field("acc_best", pa.float64(), nullable=False),
-        pa.field("best_epoch", pa.int32(), nullable=False),
-        pa.field("delta_last", pa.float64(), nullable=False),  # acc_last - acc_before
-        pa.field("delta_best", pa.float64(), nullable=False),
-        pa.field("gain", pa.float64(), nullable=False),  # share of eval samples, last model
-        pa.field("loss", pa.float64(), nullable=False),
-        # The uncertainty of delta_last, from the paired before/after correctness on the eval split:
-        # n_gain / n_loss = eval samples wrong before and right after / right before and wrong after (last
-        # model; n_gain - n_loss = delta_last * n_eval); p_mcnemar = exact two-sided McNemar p-value of
-        # "no change"; delta_ci_low/high = 95% Tango score interval of delta_last (paired, depends only on
-        # n_gain, n_loss, n_eval; keeps a width when nothing changed, unlike Wald): see zoo_study/stats.py.
-        pa.field("n_gain", pa.int64(), nullable=False),
-        pa.field("n_loss", pa.int64(), nullable=False),
-        pa.field("p_mcnemar", pa.float64(), nullable=False),
-        pa.field("delta_ci_low", pa.float64(), nullable=False),
-        pa.field("delta_ci_high", pa.float64(), nullable=False),
-        pa.field("rho_pos_before", pa.float64()),  # vs the (first) teacher; null for no teacher
-        pa.field("rho_pos_after", pa.float64()),
-        pa.field("rho_neg_before", pa.float64()),
-        pa.field("rho_neg_after", pa.float64()),
-        pa.field("teacher_share", pa.float64()),  # share of train samples routed to a teacher
-        # of the train samples that are positive / negative flips (teacher vs initial student on the same
-        # augmented view), the share routed to a teacher (paper Tab 3: 72% / 9%); null without routing
-        pa.field("teacher_share_pos", pa.float64()),
-        pa.field("teacher_share_neg", pa.float64()),
-        pa.field("runtime_s", pa.float64(), nullable=False),
-        pa.field("device", pa.string(), nullable=False),
-        pa.field("versions_json", pa.string(), nullable=False),
-    ]
-)
-
-TRANSFER_EPOCH_SCHEMA = pa.schema(
-    [
-        pa.field("job_id", pa.string(), nullable=False),
-        pa.field("stage", pa.int32(), nullable=False),  # 0 for single-stage jobs
-        pa.field("stage_teacher", pa.string()),  # teacher of this stage (sequential), nullable
-        pa.field("epoch", pa.int32(), nullable=False),  # 0 = before training
-        pa.field("acc", pa.float64(), nullable=False),
-        pa.field("delta", pa.float64(), nullable=False),  # vs the student before any transfer
-        pa.field("gain", pa.float64(), nullable=False),
-        pa.field("loss", pa.float64(), nullable=False),
-        pa.field("train_loss", pa.float64()),  # mean objective over the epoch, null at epoch 0
-        pa.field("teacher_share", pa.float64()),
-    ]
-)
-
-TRANSFER_PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field("job_id", pa.string(), nullable=False),
-        pa.field("sample_id", pa.int64(), nullable=False),
-        pa.field("label", pa.int32(), nullable=False),
-        pa.field("pred_before", pa.int32(), nullable=False),
-        pa.field("pred_after", pa.int32(), nullable=False),  # the kept model (last, or MCL slow)
-    ]
-)
-
-FAILURE_SCHEMA = pa.schema(
-    [
-        pa.field("job_id", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("spec_json", pa.string(), nullable=False),
-        pa.field("error", pa.string(), nullable=False),
-        pa.field("traceback", pa.string(), nullable=False),
-        pa.field("attempts", pa.int32(), nullable=False),
-        pa.field("failed_at", pa.timestamp("s", tz="UTC"), nullable=False),
-    ]
-)
 
 # ------------------------------------------------------------------------------------------- catalogue
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -1,0 +1,86 @@
+"""SQL macros defined on every results connection (:class:`analysis.db.ResultsDB`).
+
+Why a module of its own: the macros are the statistics the shipped queries share, written once in SQL,
+and they change with :mod:`zoo_study.stats` (the 95% interval rules), not with how views are built.
+The 95% interval macros are generated from :mod:`zoo_study.stats` so the normal quantile and the t table
+live in one place; the queries and the Python agree by construction.
+
+Macros available to every query:
+
+``method_key(method, hparams_json)``
+    The method name, with ``_unsup`` appended when the run is unsupervised (``hparams_json`` has
+    ``"unsupervised": true`` or ``"supervised": false``) and the name does not already say so. Why: the
+    paper reports supervised and unsupervised KL+DP separately (Tab 1 vs Tab 3), and the summary schema
+    has no column for it.
+
+95% intervals (see :func:`stats_macros`):
+``z975()``, ``t975(df)`` (t table for df 1..30, the normal quantile beyond); ``mean_ci_low/high(mean,
+sd, n)`` (t interval of a mean over n independent units, NULL for n < 2); ``wilson_low/high(k, n)``
+(Wilson interval of k / n); ``fisher_low/high(r, n)`` (Fisher-z interval of a Pearson r, NULL for
+n < 4); ``tango_z(g, l, n, d)`` (the score statistic of ``paired_delta_ci``, for bisection in SQL);
+``claim_verdict(value, lo, hi, threshold, side)``: 'holds' when the interval lies entirely on the claim's
+side (``side`` '>' or '<') of the threshold, 'does not hold' when entirely on the other side, 'not enough
+power to tell' when it spans the threshold (or has no width: one unit), 'no data' without a value.
+"""
+
+from __future__ import annotations
+
+__all__ = ["METHOD_MACROS", "stats_macros"]
+
+METHOD_MACROS = """
+CREATE OR REPLACE MACRO method_key(m, hp) AS CASE
+    WHEN m LIKE '%unsup%' THEN m
+    WHEN json_valid(hp) AND (
+        lower(coalesce(json_extract_string(hp, '$.unsupervised'), '')) IN ('true', '1')
+        OR lower(coalesce(json_extract_string(hp, '$.supervised'), '')) IN ('false', '0')
+    ) THEN m || '_unsup'
+    ELSE m
+END;
+"""
+
+
+def stats_macros() -> str:
+    """SQL macros for 95% intervals, generated from :mod:`zoo_study.stats` so its numbers (the normal
+    quantile, the t table for df 1..30) live in one place; the queries and the Python agree by construction."""
+    from zoo_study.stats import _T975, Z95
+
+    z = repr(float(Z95))
+    t_list = "[" + ", ".join(repr(float(v)) for v in _T975) + "]"
+    return f"""
+CREATE OR REPLACE MACRO z975() AS {z}::DOUBLE;
+CREATE OR REPLACE MACRO t975(df) AS CASE
+    WHEN df IS NULL OR df < 1 THEN NULL
+    WHEN df <= {len(_T975)} THEN ({t_list}::DOUBLE[])[df::BIGINT]
+    ELSE {z}::DOUBLE
+END;
+CREATE OR REPLACE MACRO mean_ci_low(m, sd, n) AS CASE WHEN n >= 2 THEN m - t975(n - 1) * sd / sqrt(n) END;
+CREATE OR REPLACE MACRO mean_ci_high(m, sd, n) AS CASE WHEN n >= 2 THEN m + t975(n - 1) * sd / sqrt(n) END;
+CREATE OR REPLACE MACRO wilson_low(k, n) AS CASE WHEN n > 0 THEN greatest(0.0,
+    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
+    - {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
+CREATE OR REPLACE MACRO wilson_high(k, n) AS CASE WHEN n > 0 THEN least(1.0,
+    ((k::DOUBLE / n) + {z} * {z} / (2.0 * n)) / (1 + {z} * {z} / n)
+    + {z} * sqrt((k::DOUBLE / n) * (1 - k::DOUBLE / n) / n + {z} * {z} / (4.0 * n * n)) / (1 + {z} * {z} / n)) END;
+CREATE OR REPLACE MACRO fisher_low(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
+    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) - {z} / sqrt(n - 3)) END;
+CREATE OR REPLACE MACRO fisher_high(r, n) AS CASE WHEN n >= 4 AND r IS NOT NULL AND NOT isnan(r)
+    THEN tanh(atanh(greatest(-0.999999999999, least(0.999999999999, r))) + {z} / sqrt(n - 3)) END;
+CREATE OR REPLACE MACRO tango_b(g, l, n, d) AS -g - l + (2.0 * n - g + l) * d;
+CREATE OR REPLACE MACRO tango_var(g, l, n, d) AS n * (2.0 * ((sqrt(greatest(tango_b(g, l, n, d) ^ 2
+    + 8.0 * n * l * d * (1.0 - d), 0.0)) - tango_b(g, l, n, d)) / (4.0 * n)) + d * (1.0 - d));
+CREATE OR REPLACE MACRO tango_z(g, l, n, d) AS CASE
+    WHEN tango_var(g, l, n, d) > 0 THEN (g - l - n * d) / sqrt(tango_var(g, l, n, d))
+    WHEN g - l - n * d = 0 THEN 0.0
+    ELSE sign(g - l - n * d) * 'inf'::DOUBLE
+END;
+CREATE OR REPLACE MACRO claim_verdict(value, lo, hi, threshold, side) AS CASE
+    WHEN value IS NULL OR isnan(value) OR threshold IS NULL THEN 'no data'
+    WHEN lo IS NULL OR hi IS NULL OR isnan(lo) OR isnan(hi) THEN 'not enough power to tell'
+    WHEN side = '>' AND lo > threshold THEN 'holds'
+    WHEN side = '>' AND hi <= threshold THEN 'does not hold'
+    WHEN side = '<' AND hi < threshold THEN 'holds'
+    WHEN side = '<' AND lo >= threshold THEN 'does not hold'
+    ELSE 'not enough power to tell'
+END;
+"""
+

@@ -1,0 +1,170 @@
+"""The Parquet schemas of every result table, and the constants their columns depend on.
+
+Why a module of its own: the schemas are the contract between the stages that write results and the
+analysis layer that reads them; they change for different reasons (a new column) than the catalogue and
+the write rules of :mod:`zoo_study.store` (a new file kind, a new write path), and they are the longest
+part of it. :mod:`zoo_study.store` re-exports every name here, so ``from zoo_study.store import
+PAIR_SCHEMA`` keeps working and stays the usual spelling.
+
+A column is renamed here, in one place; :data:`zoo_study.store.TABLES` ties each schema to its files and
+its DuckDB view.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["SCHEMA_VERSION", "TOP_X_PERCENTS", "MODEL_SCHEMA", "PREDICTION_SCHEMA", "PAIR_SCHEMA", "PAIR_CLASS_SCHEMA",
+           "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA"]
+
+SCHEMA_VERSION = 1
+TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
+
+MODEL_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # timm | local | embedded | random
+        pa.field("arch", pa.string(), nullable=False),  # timm architecture name
+        pa.field("family", pa.string(), nullable=False),  # cnn | transformer | mlp
+        pa.field("params_m", pa.float64(), nullable=False),
+        pa.field("num_classes", pa.int32(), nullable=False),
+        pa.field("input_size", pa.list_(pa.int32()), nullable=False),  # [C, H, W]
+        pa.field("crop_pct", pa.float64(), nullable=False),
+        pa.field("interpolation", pa.string(), nullable=False),
+        pa.field("mean", pa.list_(pa.float64()), nullable=False),
+        pa.field("std", pa.list_(pa.float64()), nullable=False),
+        pa.field("reported_top1", pa.float64()),  # percent, nullable
+        pa.field("checkpoint", pa.string()),  # local file, nullable
+        pa.field("weights_id", pa.string()),  # content hash of the weights, nullable
+        pa.field("recipe_json", pa.string()),  # training recipe of an embedded model, nullable
+        pa.field("train_seconds", pa.float64()),  # nullable
+    ]
+)
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("pred", pa.int32(), nullable=False),
+        pa.field("p_label", pa.float32(), nullable=False),
+        pa.field("p_max", pa.float32(), nullable=False),
+        pa.field("topk", pa.list_(pa.int32())),  # nullable: top-k classes, most likely first
+    ]
+)
+
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("student", pa.string(), nullable=False),
+        pa.field("teacher_is_random", pa.bool_(), nullable=False),  # noise-floor rows
+        pa.field("n_samples", pa.int64(), nullable=False),
+        pa.field("num_classes", pa.int32(), nullable=False),
+        pa.field("acc_t", pa.float64(), nullable=False),  # fractions in [0, 1]
+        pa.field("acc_s", pa.float64(), nullable=False),
+        pa.field("delta_acc", pa.float64(), nullable=False),
+        pa.field("n_pos", pa.int64(), nullable=False),
+        pa.field("n_neg", pa.int64(), nullable=False),
+        pa.field("rho_pos", pa.float64(), nullable=False),
+        pa.field("rho_neg", pa.float64(), nullable=False),
+        pa.field("entropy", pa.float64()),  # nats; null when there is no positive flip
+    ]
+    + [pa.field(f"top{x}_classes", pa.int32(), nullable=False) for x in TOP_X_PERCENTS]
+)
+
+PAIR_CLASS_SCHEMA = pa.schema(
+    [
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("student", pa.string(), nullable=False),
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("pos_flips", pa.int64(), nullable=False),
+        pa.field("neg_flips", pa.int64(), nullable=False),
+    ]
+)
+
+TRANSFER_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("study_part", pa.string(), nullable=False),  # transfer | multi_teacher | hparam
+        pa.field("method", pa.string(), nullable=False),  # kl, xe_kl, xe_kl_mcl, kl_dp, ...
+        pa.field("mode", pa.string(), nullable=False),  # single | sequential | parallel | soup
+        pa.field("student", pa.string(), nullable=False),
+        pa.field("teacher", pa.string(), nullable=False),  # teachers joined by '+', in order
+        pa.field("teachers", pa.list_(pa.string()), nullable=False),
+        pa.field("hparams_json", pa.string(), nullable=False),  # canonical JSON of method params
+        pa.field("lr", pa.float64(), nullable=False),  # lr actually used (after batch scaling)
+        pa.field("temperature", pa.float64(), nullable=False),
+        pa.field("epochs", pa.int32(), nullable=False),
+        pa.field("batch_size", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("n_eval", pa.int64(), nullable=False),
+        pa.field("acc_before", pa.float64(), nullable=False),  # fractions in [0, 1]
+        pa.field("acc_last", pa.float64(), nullable=False),
+        pa.field("acc_best", pa.float64(), nullable=False),
+        pa.field("best_epoch", pa.int32(), nullable=False),
+        pa.field("delta_last", pa.float64(), nullable=False),  # acc_last - acc_before
+        pa.field("delta_best", pa.float64(), nullable=False),
+        pa.field("gain", pa.float64(), nullable=False),  # share of eval samples, last model
+        pa.field("loss", pa.float64(), nullable=False),
+        # The uncertainty of delta_last, from the paired before/after correctness on the eval split:
+        # n_gain / n_loss = eval samples wrong before and right after / right before and wrong after (last
+        # model; n_gain - n_loss = delta_last * n_eval); p_mcnemar = exact two-sided McNemar p-value of
+        # "no change"; delta_ci_low/high = 95% Tango score interval of delta_last (paired, depends only on
+        # n_gain, n_loss, n_eval; keeps a width when nothing changed, unlike Wald): see zoo_study/stats.py.
+        pa.field("n_gain", pa.int64(), nullable=False),
+        pa.field("n_loss", pa.int64(), nullable=False),
+        pa.field("p_mcnemar", pa.float64(), nullable=False),
+        pa.field("delta_ci_low", pa.float64(), nullable=False),
+        pa.field("delta_ci_high", pa.float64(), nullable=False),
+        pa.field("rho_pos_before", pa.float64()),  # vs the (first) teacher; null for no teacher
+        pa.field("rho_pos_after", pa.float64()),
+        pa.field("rho_neg_before", pa.float64()),
+        pa.field("rho_neg_after", pa.float64()),
+        pa.field("teacher_share", pa.float64()),  # share of train samples routed to a teacher
+        # of the train samples that are positive / negative flips (teacher vs initial student on the same
+        # augmented view), the share routed to a teacher (paper Tab 3: 72% / 9%); null without routing
+        pa.field("teacher_share_pos", pa.float64()),
+        pa.field("teacher_share_neg", pa.float64()),
+        pa.field("runtime_s", pa.float64(), nullable=False),
+        pa.field("device", pa.string(), nullable=False),
+        pa.field("versions_json", pa.string(), nullable=False),
+    ]
+)
+
+TRANSFER_EPOCH_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("stage", pa.int32(), nullable=False),  # 0 for single-stage jobs
+        pa.field("stage_teacher", pa.string()),  # teacher of this stage (sequential), nullable
+        pa.field("epoch", pa.int32(), nullable=False),  # 0 = before training
+        pa.field("acc", pa.float64(), nullable=False),
+        pa.field("delta", pa.float64(), nullable=False),  # vs the student before any transfer
+        pa.field("gain", pa.float64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("train_loss", pa.float64()),  # mean objective over the epoch, null at epoch 0
+        pa.field("teacher_share", pa.float64()),
+    ]
+)
+
+TRANSFER_PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("pred_before", pa.int32(), nullable=False),
+        pa.field("pred_after", pa.int32(), nullable=False),  # the kept model (last, or MCL slow)
+    ]
+)
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("spec_json", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("traceback", pa.string(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("failed_at", pa.timestamp("s", tz="UTC"), nullable=False),
+    ]
+)
