@@ -69,7 +69,7 @@ def _plans(cfg, stages) -> dict:
     return {s: plan_stage(cfg, s) for s in stages if s in JOB_STAGES}
 
 
-def _print_plan(cfg, stages, plans) -> None:
+def _print_plan(cfg, stages, plans, bench: str | None = None) -> None:
     from pipelines.jobs import plan
 
     root = cfg.results_root()
@@ -85,6 +85,26 @@ def _print_plan(cfg, stages, plans) -> None:
             c = plan(jobs, root).get(stage)
             total, done, to_run = (c.total, c.done, c.to_run) if c else (0, 0, 0)
             print(f"{stage:<14} {total:>7} {done:>7} {to_run:>7}")
+    if bench:
+        _print_estimate(cfg, plans, bench)
+
+
+def _print_estimate(cfg, plans, bench: str) -> None:
+    """Accelerator-hours of the planned transfers from bench_gpu.py's per-model figures."""
+    from pipelines.estimate import estimate_hours, load_rates, split_sizes
+
+    try:
+        rows, device = load_rates(bench)
+    except ValueError as err:
+        _die(str(err))
+    n_train, n_eval = split_sizes(cfg)
+    num_classes = (cfg.data.generated.num_classes if cfg.data.kind == "generated" else None)
+    jobs = [j for stage_jobs in plans.values() if stage_jobs for j in stage_jobs]
+    hours, unknown = estimate_hours(jobs, rows, n_train, n_eval, num_classes)
+    pending = [s for s, j in plans.items() if j is None and s != "report"]
+    note = f"; {unknown} job(s) have a model missing from {bench}" if unknown else ""
+    note += f"; stage(s) {', '.join(pending)} are planned after the score stage (not counted)" if pending else ""
+    print(f"estimated accelerator time of the planned transfers: {hours:.2f} h on {device}{note}")
 
 
 def cmd_run(args) -> int:
@@ -110,7 +130,7 @@ def cmd_run(args) -> int:
     except ConfigError as err:
         _die(str(err))
     if args.dry_run:
-        _print_plan(cfg, stages, plans)
+        _print_plan(cfg, stages, plans, args.bench)
         return 0
     layout = ResultsLayout(cfg.results_root())
     address = args.address if args.address is not None else (cfg.ray.address or None)
@@ -170,7 +190,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
             continue
         LOG.info("stage %s: %d job(s)", stage, len(jobs))
         try:
-            report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus,
+            report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus, pack_size=cfg.ray.pack_size,
                               max_retries=cfg.ray.max_retries, progress=not args.no_progress)
         except RunInterrupted as stop:
             print(f"interrupted: {finished + stop.report.ran} job(s) finished, {stop.cancelled} cancelled; "
@@ -309,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print jobs per stage (total, done, to run) and exit")
     r.add_argument("--address", default=None, help="Ray address: 'auto' joins a cluster, 'local' runs without Ray")
     r.add_argument("--wait", action="store_true", help="if another run holds the results root, wait for it to end")
+    r.add_argument("--bench", default=None, metavar="JSON",
+                   help="with --dry-run: estimate the transfers' accelerator-hours from benchmarks/bench_gpu.py's output")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 

@@ -138,6 +138,17 @@ def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -
     return {"pairs": pairs_table, "pair_classes": classes_table}
 
 
+def _cached_predictions(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, Any]:
+    """The predict stage's eval predictions of the job's models (they spare the job its own passes)."""
+    layout = ResultsLayout("")
+    cached = {}
+    for payload in [spec["student"], *spec["teachers"]]:
+        key = str(layout.predictions(payload["model_id"]))
+        if key in inputs:
+            cached[payload["model_id"]] = read_input_table(inputs[key], PREDICTION_SCHEMA)
+    return cached
+
+
 def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext):
     from zoo_study.transfer import TransferConfig, run_transfer
 
@@ -146,12 +157,7 @@ def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobC
     student, s_rec = build_model(spec["student"], inputs, source.num_classes, device)
     teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
     config = TransferConfig.from_dict(spec["config"])
-    layout = ResultsLayout("")
-    cached = {}
-    for payload in [spec["student"], *spec["teachers"]]:
-        key = str(layout.predictions(payload["model_id"]))
-        if key in inputs:
-            cached[payload["model_id"]] = read_input_table(inputs[key], PREDICTION_SCHEMA)
+    cached = _cached_predictions(spec, inputs)
     LOG.info("transfer %s: %s -> %s", config.method, "+".join(r.model_id for _, r in teachers), s_rec.model_id)
     return run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id,
                         cached_predictions=cached)
@@ -169,3 +175,38 @@ multi_teacher_job = transfer_job
 def hparam_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """One grid point on one pair -> hparams/<job_id>.parquet (a transfer summary row)."""
     return {"summary": _run_transfer_spec(spec, inputs, ctx).summary}
+
+
+def transfer_pack_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, Any]:
+    """Several single-teacher transfers of one pair in one pass (pipelines/packs.py): every member's
+    outputs under ``"<job_id>:<name>"``, a failed member's error under ``"<job_id>:__error__"``."""
+    import traceback
+
+    from pipelines.backends import one_line
+    from pipelines.packs import ERROR_KEY
+    from zoo_study.transfer import TransferConfig
+    from zoo_study.transfer.job import run_transfer_pack
+
+    members, job_ids = spec["members"], spec["job_ids"]
+    first = members[0]
+    source = _source(first["data"], ctx)
+    device = _device(first.get("device", "auto"))
+    student, s_rec = build_model(first["student"], inputs, source.num_classes, device)
+    (teacher,) = [build_model(t, inputs, source.num_classes, device) for t in first["teachers"]]
+    configs = [TransferConfig.from_dict(m["config"]) for m in members]
+    cached = _cached_predictions(first, inputs)
+    LOG.info("transfer pack of %d (%s): %s -> %s", len(members), ", ".join(c.method for c in configs),
+             teacher[1].model_id, s_rec.model_id)
+    results = run_transfer_pack(student, s_rec, teacher, source, configs, device=device, job_ids=job_ids,
+                                cached_predictions=cached)
+    out: dict[str, Any] = {}
+    for jid, res in zip(job_ids, results):
+        if isinstance(res, BaseException):
+            tb = "".join(traceback.format_exception(type(res), res, res.__traceback__))
+            out[f"{jid}:{ERROR_KEY}"] = f"{one_line(res)}\n{tb}"
+            continue
+        names = [k.split(":", 1)[1] for k in ctx.outputs if k.startswith(f"{jid}:")]
+        tables = {"summary": res.summary, "epochs": res.epochs, "predictions": res.predictions}
+        for name in names:
+            out[f"{jid}:{name}"] = tables[name]
+    return out

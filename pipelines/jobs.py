@@ -77,6 +77,8 @@ EXECUTORS: dict[str, str] = {
     "transfer": "pipelines.executors:transfer_job",
     "multi_teacher": "pipelines.executors:multi_teacher_job",
     "hparam": "pipelines.executors:hparam_job",
+    "transfer_pack": "pipelines.executors:transfer_pack_job",
+    "hparam_pack": "pipelines.executors:transfer_pack_job",
 }
 """The study's executors by stage. Other executors (the runner's tests: ``pipelines._testing.EXECUTORS``; a
 notebook's own function) are passed to ``run_jobs(..., executors=)``, which merges them over this map:
@@ -145,6 +147,9 @@ class Job:
     # settings that change how fast a job runs, never what it computes (a node-local cache folder):
     # handed to the executor as ``ctx.runtime``, not part of the id, so moving a cache reruns nothing
     runtime: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # jobs of one stage with equal non-empty pack keys and inputs may run in one task (pipelines/packs.py);
+    # not part of the id: packing changes how a job runs, never its result
+    pack: str = field(default="", compare=False)
     job_id: str = field(init=False, compare=False)
     spec_json: str = field(init=False, repr=False, compare=False)
 

@@ -33,9 +33,10 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import LOCAL, RayBackend, SerialBackend, ensure_ray, one_line
+from pipelines.backends import LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
+from pipelines.packs import carrier_for, member_outcomes, take_pack
 from pipelines.records import FailureRecord, RunReport, StageCounts
 from zoo_study import store
 
@@ -150,6 +151,7 @@ def run_jobs(
     object_store_memory: int | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     executors: Mapping[str, str | Callable] | None = None,
+    pack_size: int = 1,
     progress: bool = True,
     log: logging.Logger | None = None,
 ) -> RunReport:
@@ -162,7 +164,8 @@ def run_jobs(
     (system failures only). ``max_in_flight``: submitted-but-unfinished jobs at most (bounds the inputs
     held in the object store); default ``max(128, 4 x cluster CPUs+GPUs)``, 1 for the serial backend.
     ``executors``: ``{stage: "module:function" or function}`` merged over :data:`pipelines.jobs.EXECUTORS`
-    (tests and notebooks bring their own stages this way).
+    (tests and notebooks bring their own stages this way). ``pack_size``: pending jobs with equal
+    ``Job.pack`` keys run up to this many in one task (:mod:`pipelines.packs`); 1 = every job alone.
     Raises for bad arguments (before any work), :class:`~pipelines.backends.RayUnavailable` when Ray
     cannot be reached, and :class:`RunInterrupted` on Ctrl-C (after writing what finished).
     """
@@ -181,7 +184,13 @@ def run_jobs(
         raise ValueError(f"use_ray=False runs in-process; address={address!r} would be ignored")
 
     waves, producer = _check_waves(_as_waves(jobs))
-    fns = {stage: executor_for(stage, executors) for stage in dict.fromkeys(j.stage for w in waves for j in w)}
+    if not isinstance(pack_size, int) or pack_size < 1:
+        raise ValueError(f"pack_size must be an int >= 1, got {pack_size!r}")
+    stages_run = list(dict.fromkeys(j.stage for w in waves for j in w))
+    fns = {stage: executor_for(stage, executors) for stage in stages_run}
+    if pack_size > 1:  # the carriers of packed jobs (pipelines/packs.py)
+        packed = {j.stage for w in waves for j in w if j.pack}
+        fns.update({f"{s}_pack": executor_for(f"{s}_pack", executors) for s in packed})
     report = RunReport(root=root, backend="ray" if use_ray else "serial")
     for j in (j for w in waves for j in w):
         report.stages.setdefault(j.stage, StageCounts()).total += 1
@@ -212,7 +221,7 @@ def run_jobs(
                 else:
                     log.info("serial backend: jobs run one by one in this process (pid %d)", os.getpid())
                     backend = SerialBackend()
-            _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop).run(
+            _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop, pack_size).run(
                 max_in_flight or backend.default_window(), progress, "+".join(stages))
     report.failures = list(failed.values())  # in the order they happened
     log.info("finished in %.1f s: %d ran, %d failed, %d skipped%s", report.wall_s, report.ran, report.failed,
@@ -233,8 +242,9 @@ class _Wave:
 
     def __init__(self, jobs: list[Job], root: Path, backend: Any, fns: Mapping[str, Any],
                  producer: Mapping[str, tuple[int, Job]], failed: dict[str, FailureRecord], report: RunReport,
-                 max_retries: int, log: logging.Logger, stop: _StopOnSigint):
+                 max_retries: int, log: logging.Logger, stop: _StopOnSigint, pack_size: int = 1):
         self.jobs, self.root, self.backend, self.fns = jobs, root, backend, fns
+        self.pack_size = pack_size
         self.producer, self.failed, self.report = producer, failed, report
         self.max_retries, self.log, self.stop = max_retries, log, stop
         self.inputs = _Inputs(root, backend, jobs)
@@ -302,27 +312,39 @@ class _Wave:
         from tqdm.auto import tqdm
 
         todo: collections.deque[tuple[Job, int]] = collections.deque((j, 1) for j in self.jobs)
-        inflight: dict[Any, tuple[Job, int]] = {}
+        inflight: dict[Any, tuple[Job, int, list[Job] | None]] = {}
         cancelled = 0
         redirect = _logging_redirect() if progress else contextlib.nullcontext()
         with redirect, tqdm(total=len(self.jobs), desc=desc, unit="job", disable=not progress,
                             dynamic_ncols=True) as bar:
 
-            def handle(outcomes: list) -> None:
+            def settle(job: Job, attempt: int, outcome: Any) -> None:
                 nonlocal cancelled
+                verdict = self.finish(job, attempt, outcome)
+                if verdict == "retry":
+                    todo.appendleft((job, attempt + 1))
+                    return
+                if verdict == "cancelled":
+                    cancelled += 1
+                    self.stop.requested = True
+                self.inputs.release(job)
+                bar.update(1)
+                if self.n_failed:
+                    bar.set_postfix(failed=self.n_failed, refresh=False)
+
+            def handle(outcomes: list) -> None:
                 for h, outcome in outcomes:
-                    job, attempt = inflight.pop(h)
-                    verdict = self.finish(job, attempt, outcome)
-                    if verdict == "retry":
-                        todo.appendleft((job, attempt + 1))
-                        continue
-                    if verdict == "cancelled":
-                        cancelled += 1
-                        self.stop.requested = True
-                    self.inputs.release(job)
-                    bar.update(1)
-                    if self.n_failed:
-                        bar.set_postfix(failed=self.n_failed, refresh=False)
+                    job, attempt, group = inflight.pop(h)
+                    if group is None:
+                        settle(job, attempt, outcome)
+                    elif outcome.kind != "ok":  # the pack as a whole: each member gets its outcome
+                        for member in group:
+                            settle(member, attempt, outcome)
+                    else:
+                        for member, outputs, error, tb in member_outcomes(group, outcome.outputs or {}):
+                            kind = "ok" if outputs is not None else "error"
+                            settle(member, attempt, Outcome(kind, outputs=outputs, error=error, traceback=tb,
+                                                            where=outcome.where, seconds=outcome.seconds))
 
             while (todo or inflight) and not self.stop.requested:
                 while todo and len(inflight) < window and not self.stop.requested:
@@ -339,7 +361,13 @@ class _Wave:
                         self.inputs.release(job)
                         bar.update(1)
                         continue
-                    inflight[self.backend.submit(job, self.fns[job.stage], handles, attempt)] = (job, attempt)
+                    group = take_pack(job, todo, self.pack_size) if attempt == 1 else [job]
+                    if len(group) == 1:
+                        inflight[self.backend.submit(job, self.fns[job.stage], handles, attempt)] = (job, attempt, None)
+                    else:
+                        carrier = carrier_for(group)
+                        inflight[self.backend.submit(carrier, self.fns[carrier.stage], handles, attempt)] = (
+                            carrier, attempt, group)
                 if not inflight:
                     break
                 try:
@@ -350,7 +378,7 @@ class _Wave:
                 with contextlib.suppress(KeyboardInterrupt):
                     if inflight:  # keep what finished meanwhile, cancel the rest
                         handle(self.backend.wait(list(inflight), timeout=0))
-                cancelled += len(inflight)
+                cancelled += sum(len(g) if g else 1 for _, _, g in inflight.values())
                 self.backend.cancel(list(inflight))
                 self.report.failures = list(self.failed.values())
                 self.log.debug("interrupted: %d job(s) in flight cancelled", cancelled)

@@ -9,6 +9,7 @@ and its executor returns ``{name: table}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +235,16 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     inputs += [_rel(layout.predictions(m), layout.root) for m in [student, *teachers]]
     outputs = {name: _rel(p, layout.root) for name, p in outputs_for(job_id).items()}
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
+    pack = ""
+    if tconfig["mode"] == "single":  # one pair's single-teacher transfers may share one task
+        from pipelines.jobs import canonical_json
+        from zoo_study.transfer.config import pack_key
+
+        key = {"stage": stage, "student": spec["student"], "teachers": spec["teachers"], "data": spec["data"],
+               "device": spec["device"], "batches": list(pack_key(tconfig))}
+        pack = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:16]
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
-               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict())
+               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack)
 
 
 def _transfer_outputs(layout: ResultsLayout) -> Callable[[str], dict[str, Path]]:

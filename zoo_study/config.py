@@ -224,6 +224,10 @@ class RaySection(_Strict):
     gpus_per_job: float = Field(0.0, ge=0, allow_inf_nan=False)
     cpus_per_job: float = Field(1.0, gt=0, allow_inf_nan=False)
     max_retries: int = Field(2, ge=0)
+    # single-teacher transfers of one pair (methods, seeds of equal batches, grid points) run up to this
+    # many per task, sharing data, teacher and frozen-student forwards and the eval pass; 1 = each alone.
+    # Results and job ids are the same either way (tests/test_transfer_pack.py).
+    pack_size: int = Field(16, ge=1)
 
 
 class StudyConfig(_Strict):

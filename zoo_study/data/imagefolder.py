@@ -75,8 +75,12 @@ def load_raw_image(path: str | Path, raw_size: int) -> torch.Tensor:
     """Decode an image file to uint8 [3, raw_size, raw_size] (short-side resize, centre crop)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = raw_square(im.convert("RGB"), raw_size).copy()
+    try:
+        with Image.open(path) as im:
+            arr = raw_square(im.convert("RGB"), raw_size).copy()
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated, corrupt or not an image
+        raise OSError(f"unreadable image {str(path)!r}: {exc}; set data.cache_dir to check every image once "
+                      f"when the cache is built (data.on_bad_image = 'skip' drops and counts unreadable ones)") from exc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

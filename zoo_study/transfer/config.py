@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zoo_study.methods.registry import Method, get_method, multi_teacher_methods
 
 __all__ = ["TransferSettings", "TransferConfig", "MODES", "TEACHER_ORDERS", "STUDY_PARTS", "STUDENT_MODES",
-           "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error"]
+           "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error", "PACK_SHARED", "pack_key"]
 
 MODES = ("single", "sequential", "parallel", "soup")
 TEACHER_ORDERS = ("given", "ascending", "descending")
@@ -218,6 +218,17 @@ class TransferConfig(TransferSettings):
         if "mode" in changes and "study_part" not in changes and self.study_part == derived_part:
             base.pop("study_part")  # it was derived from the old mode: derive it again
         return TransferConfig.from_dict({**base, **changes})
+
+
+# settings that must be equal for transfers to share their batches (zoo_study.transfer.phase)
+PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", "augment", "transfer_fraction",
+               "transfer_per_class", "subset_seed", "amp")
+
+
+def pack_key(config: TransferConfig | Mapping[str, Any]) -> tuple:
+    """Configs (or their dumps) with equal keys see the same batches and may run in one pack."""
+    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k))
+    return (get("mode"),) + tuple(get(k) for k in PACK_SHARED)
 
 
 def first_error(err: ValidationError) -> str:

@@ -63,11 +63,11 @@ from zoo_study.transfer.loop import (
     TeacherModel,
     _state_cpu,
     predict_split,
-    run_phase,
 )
 from zoo_study.transfer.mcl import soup_state_dicts
+from zoo_study.transfer.phase import pack_key, run_phase, run_phase_pack
 
-__all__ = ["TransferResult", "run_transfer", "transfer_set", "order_teachers", "versions"]
+__all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "transfer_set", "order_teachers", "versions"]
 
 
 @dataclass
@@ -173,10 +173,47 @@ def run_transfer(
     before equals the pair score exactly; they must come from the same weights and preprocessing).
     Raises :class:`~zoo_study.transfer.loop.TransferDiverged` on a NaN / inf loss.
     """
+    return _run_transfers(student, student_record, teachers, source, [config], device=device, job_ids=[job_id],
+                          progress=progress, cached_predictions=cached_predictions, strict=True)[0]
+
+
+def run_transfer_pack(
+    student: nn.Module,
+    student_record,
+    teacher: tuple[nn.Module, Any],
+    source: DataSource,
+    configs: Sequence[TransferConfig | Mapping[str, Any]],
+    *,
+    device: str | torch.device = "cpu",
+    job_ids: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+    cached_predictions: Mapping[str, Any] | None = None,
+) -> list[TransferResult | BaseException]:
+    """Several single-teacher transfers of one (teacher, student) pair in one pass (methods, grid points).
+
+    The batches, their augmentation and preprocessing, the teacher's and the frozen student's forwards
+    and the evaluation pass are computed once for all of them (:func:`~zoo_study.transfer.phase.run_phase_pack`);
+    each result is bit-identical on CPU to :func:`run_transfer` of that config alone. Returns, per config,
+    its result or the exception that ended it (the others still finish). ``runtime_s`` of a member is its
+    share of the pack's wall time.
+    """
+    return _run_transfers(student, student_record, [teacher], source, configs, device=device, job_ids=job_ids,
+                          progress=progress, cached_predictions=cached_predictions, strict=False)
+
+
+def _run_transfers(student, student_record, teachers, source, configs, *, device, job_ids, progress,
+                   cached_predictions, strict: bool) -> list[TransferResult | BaseException]:
     t0 = time.perf_counter()
-    if not isinstance(config, TransferConfig):
-        config = TransferConfig.from_dict(config)
-    _check_inputs(student_record, teachers, source, config, job_id)
+    configs = [c if isinstance(c, TransferConfig) else TransferConfig.from_dict(c) for c in configs]
+    if len(configs) != len(job_ids) or not configs:
+        raise ValueError(f"a pack needs one job id per config, got {len(configs)} configs and {len(job_ids)} ids")
+    if len(configs) > 1:
+        if len({pack_key(c) for c in configs}) > 1 or configs[0].mode != "single":
+            raise ValueError("transfers packed together must be single-teacher and share seed, batch size, epochs, "
+                             "evaluation and transfer set (zoo_study.transfer.phase.pack_key)")
+    for c, jid in zip(configs, job_ids):
+        _check_inputs(student_record, teachers, source, c, jid)
+    config = configs[0]  # the settings every member shares (data, runtime, evaluation)
     rt = Runtime.create(device, config.amp)
     student_pre = ModelPreprocess.from_data_config(student_record.data_config)
     anchor = rt.prepare(student).eval()
@@ -184,9 +221,9 @@ def run_transfer(
            for mod, rec in teachers]
     # read through the decoded-image cache when the source has one (ImageFolder with data.cache_dir):
     # one array per distinct geometry of the job's models; unchanged otherwise
-    configs = [student_record.data_config] + [r.data_config for _, r in teachers]
-    train = cached_split(transfer_set(source, config), configs)
-    eval_split = cached_split(source.eval, configs)  # teachers too: their eval pass when not cached
+    data_configs = [student_record.data_config] + [r.data_config for _, r in teachers]
+    train = cached_split(transfer_set(source, config), data_configs)
+    eval_split = cached_split(source.eval, data_configs)  # teachers too: their eval pass when not cached
     labels = eval_split.labels
     eb = config.eval_batch_size
 
@@ -216,138 +253,163 @@ def run_transfer(
     names = [t.model_id for t in ordered]
     joined = "+".join(names)
 
-    common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
-    routes = RouteStats() if config.method_spec.routes else None
-    evals: list[EpochEval] = []
-    E = config.epochs
-    best_index, best_correct, best_state = 0, -1, None
-    info: dict[str, Any] = {"teachers": names, "phases": []}
+    packed = None
+    if len(configs) > 1:
+        packed = run_phase_pack(start=student, anchor=anchor, teachers=ordered, student_pre=student_pre, train=train,
+                                eval_split=eval_split, configs=configs, rt=rt, phase=0, seed_phase=0,
+                                start_pred=before_pred, phase_teacher=joined, progress=progress)
 
-    def absorb(res, offset: int) -> None:
-        nonlocal best_index, best_correct, best_state
-        evals.extend(res.evals)  # every phase starts with its epoch-0 row
-        if res.best_correct > best_correct:
-            best_index, best_correct, best_state = offset + res.best_epoch, res.best_correct, res.best_state
-        if routes is not None and res.routes is not None:
-            routes.merge(res.routes)
-        info["phases"].append({"teacher": res.evals[0].phase_teacher, "steps": res.steps,
-                               "epoch_logs": [ev.logs for ev in res.evals[1:]], **res.extra})
-        info["lr"], info["batch"] = res.lr, res.batch
+    def runtime_s() -> float:  # a packed member's share of the pack's wall time
+        return (time.perf_counter() - t0) / len(configs)
 
-    if config.mode in ("single", "parallel"):
-        res = run_phase(start=student, anchor=anchor, teachers=ordered, phase=0, seed_phase=0,
-                        start_pred=before_pred, phase_teacher=joined, **common)
-        absorb(res, 0)
-        final, final_pred = res.model, res.evals[-1].pred
-    elif config.mode == "sequential":
-        current, current_pred, frozen = student, before_pred, anchor
-        for k, t in enumerate(ordered):
-            res = run_phase(start=current, anchor=frozen, teachers=[t], phase=k, seed_phase=k,
-                            start_pred=current_pred, phase_teacher=t.model_id, **common)
-            absorb(res, k * E)
-            # run_phase trained a copy, so the phase's result can serve as the next frozen anchor as is
-            current = frozen = res.model
-            current_pred = res.evals[-1].pred
-        final, final_pred = current, current_pred
-    elif config.mode == "soup":
-        members = []
-        for k, t in enumerate(ordered):
-            res = run_phase(start=student, anchor=anchor, teachers=[t], phase=k, seed_phase=0,
-                            start_pred=before_pred, phase_teacher=t.model_id, **common)
-            absorb(res, k * E)
-            members.append(_state_cpu(res.model))
-            del res
-        soup_state = soup_state_dicts(members)
-        final = copy.deepcopy(student)
-        final.load_state_dict(soup_state)
-        final = rt.prepare(final).eval()
-        final_pred = predict_split(final, eval_split, student_pre, batch_size=eb, rt=rt)
-        evals.append(EpochEval(len(ordered), joined, E, final_pred))
-        # the soup is the job's one result: last == best
-        best_index, best_correct = E, int(np.count_nonzero(final_pred == labels))
-        best_state = soup_state if config.keep_best else None
-    else:  # pragma: no cover - TransferConfig validates the mode
-        raise ValueError(f"unknown mode {config.mode!r}")
+    def build(config: TransferConfig, job_id: str, packed_res: Any = None) -> TransferResult:
+        common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
+        routes = RouteStats() if config.method_spec.routes else None
+        evals: list[EpochEval] = []
+        E = config.epochs
+        best_index, best_correct, best_state = 0, -1, None
+        info: dict[str, Any] = {"teachers": names, "phases": []}
 
-    # ---------------------------------------------------------------------------------------- tables
-    n_eval = len(labels)
-    epoch_rows = []
-    for ev in evals:
-        m = metrics.transfer_metrics(before_correct, ev.pred == labels)
-        epoch_rows.append({
-            "job_id": job_id, "stage": ev.phase, "stage_teacher": ev.phase_teacher, "epoch": ev.epoch,
-            "acc": m.acc_after, "delta": m.delta, "gain": m.gain, "loss": m.loss,
-            "train_loss": ev.train_loss, "teacher_share": ev.teacher_share,
-        })
-    teacher_correct = teacher_pred(order[0]) == labels
-    final_m = metrics.transfer_metrics(before_correct, final_pred == labels, teacher_correct)
-    acc_best = best_correct / n_eval
-    if config.mode == "soup":
-        delta_best = final_m.delta
-    else:  # the first trained epoch with the highest accuracy, as best_index tracked it
-        delta_best = max((r for r in epoch_rows if r["epoch"] > 0), key=lambda r: r["acc"])["delta"]
-    shares = routes.shares() if routes is not None else {"teacher_share": None, "teacher_share_pos": None,
-                                                          "teacher_share_neg": None}
-    if routes is not None:
-        info["route_counts"] = dict(zip(RouteStats.FIELDS, routes.counts.tolist()))
-    # paired counts of the last model vs the student before transfer: the uncertainty of delta_last
-    after_correct = final_pred == labels
-    n_gain = int(np.count_nonzero(~before_correct & after_correct))
-    n_loss = int(np.count_nonzero(before_correct & ~after_correct))
-    if abs(final_m.gain * n_eval - n_gain) > 1e-6 or abs(final_m.loss * n_eval - n_loss) > 1e-6:
-        raise AssertionError(f"gain/loss counts disagree: {final_m.gain} * {n_eval} vs {n_gain}, "
-                             f"{final_m.loss} * {n_eval} vs {n_loss}")
-    delta_ci = stats.paired_delta_ci(n_gain, n_loss, n_eval)
-    summary_row = {
-        "job_id": job_id,
-        "study_part": config.resolved_study_part,
-        "method": config.method,
-        "mode": config.mode,
-        "student": student_record.model_id,
-        "teacher": joined,
-        "teachers": names,
-        "hparams_json": config.hparams_json,
-        "lr": float(info["lr"]),
-        "temperature": config.resolved_temperature,
-        "epochs": E,
-        "batch_size": int(info["batch"]),
-        "seed": config.seed,
-        "n_train": len(train),
-        "n_eval": n_eval,
-        "acc_before": final_m.acc_before,
-        "acc_last": final_m.acc_after,
-        "acc_best": acc_best,
-        "best_epoch": int(best_index),
-        "delta_last": final_m.delta,
-        "delta_best": delta_best,
-        "gain": final_m.gain,
-        "loss": final_m.loss,
-        "n_gain": n_gain,
-        "n_loss": n_loss,
-        "p_mcnemar": stats.mcnemar_exact_p(n_gain, n_loss),
-        "delta_ci_low": delta_ci[0],
-        "delta_ci_high": delta_ci[1],
-        "rho_pos_before": final_m.rho_pos_before,
-        "rho_pos_after": final_m.rho_pos_after,
-        "rho_neg_before": final_m.rho_neg_before,
-        "rho_neg_after": final_m.rho_neg_after,
-        **shares,
-        "runtime_s": time.perf_counter() - t0,
-        "device": rt.describe(),
-        "versions_json": json.dumps(versions(), sort_keys=True),
-    }
-    pred_rows = {
-        "job_id": [job_id] * n_eval,
-        "sample_id": eval_split.sample_ids.tolist(),
-        "label": labels.tolist(),
-        "pred_before": before_pred.tolist(),
-        "pred_after": final_pred.tolist(),
-    }
-    return TransferResult(
-        summary=table_from_rows([summary_row], TRANSFER_SUMMARY_SCHEMA),
-        epochs=table_from_rows(epoch_rows, TRANSFER_EPOCH_SCHEMA),
-        predictions=pa.table(pred_rows, schema=TRANSFER_PREDICTION_SCHEMA),
-        model=final,
-        best_state=best_state,
-        info=info,
-    )
+        def absorb(res, offset: int) -> None:
+            nonlocal best_index, best_correct, best_state
+            evals.extend(res.evals)  # every phase starts with its epoch-0 row
+            if res.best_correct > best_correct:
+                best_index, best_correct, best_state = offset + res.best_epoch, res.best_correct, res.best_state
+            if routes is not None and res.routes is not None:
+                routes.merge(res.routes)
+            info["phases"].append({"teacher": res.evals[0].phase_teacher, "steps": res.steps,
+                                   "epoch_logs": [ev.logs for ev in res.evals[1:]], **res.extra})
+            info["lr"], info["batch"] = res.lr, res.batch
+
+        if config.mode in ("single", "parallel"):
+            if packed_res is not None:  # this transfer's phase ran in a pack with its pair's others
+                if isinstance(packed_res, BaseException):
+                    raise packed_res
+                res = packed_res
+            else:
+                res = run_phase(start=student, anchor=anchor, teachers=ordered, phase=0, seed_phase=0,
+                                start_pred=before_pred, phase_teacher=joined, **common)
+            absorb(res, 0)
+            final, final_pred = res.model, res.evals[-1].pred
+        elif config.mode == "sequential":
+            current, current_pred, frozen = student, before_pred, anchor
+            for k, t in enumerate(ordered):
+                res = run_phase(start=current, anchor=frozen, teachers=[t], phase=k, seed_phase=k,
+                                start_pred=current_pred, phase_teacher=t.model_id, **common)
+                absorb(res, k * E)
+                # run_phase trained a copy, so the phase's result can serve as the next frozen anchor as is
+                current = frozen = res.model
+                current_pred = res.evals[-1].pred
+            final, final_pred = current, current_pred
+        elif config.mode == "soup":
+            members = []
+            for k, t in enumerate(ordered):
+                res = run_phase(start=student, anchor=anchor, teachers=[t], phase=k, seed_phase=0,
+                                start_pred=before_pred, phase_teacher=t.model_id, **common)
+                absorb(res, k * E)
+                members.append(_state_cpu(res.model))
+                del res
+            soup_state = soup_state_dicts(members)
+            final = copy.deepcopy(student)
+            final.load_state_dict(soup_state)
+            final = rt.prepare(final).eval()
+            final_pred = predict_split(final, eval_split, student_pre, batch_size=eb, rt=rt)
+            evals.append(EpochEval(len(ordered), joined, E, final_pred))
+            # the soup is the job's one result: last == best
+            best_index, best_correct = E, int(np.count_nonzero(final_pred == labels))
+            best_state = soup_state if config.keep_best else None
+        else:  # pragma: no cover - TransferConfig validates the mode
+            raise ValueError(f"unknown mode {config.mode!r}")
+
+        # ---------------------------------------------------------------------------------------- tables
+        n_eval = len(labels)
+        epoch_rows = []
+        for ev in evals:
+            m = metrics.transfer_metrics(before_correct, ev.pred == labels)
+            epoch_rows.append({
+                "job_id": job_id, "stage": ev.phase, "stage_teacher": ev.phase_teacher, "epoch": ev.epoch,
+                "acc": m.acc_after, "delta": m.delta, "gain": m.gain, "loss": m.loss,
+                "train_loss": ev.train_loss, "teacher_share": ev.teacher_share,
+            })
+        teacher_correct = teacher_pred(order[0]) == labels
+        final_m = metrics.transfer_metrics(before_correct, final_pred == labels, teacher_correct)
+        acc_best = best_correct / n_eval
+        if config.mode == "soup":
+            delta_best = final_m.delta
+        else:  # the first trained epoch with the highest accuracy, as best_index tracked it
+            delta_best = max((r for r in epoch_rows if r["epoch"] > 0), key=lambda r: r["acc"])["delta"]
+        shares = routes.shares() if routes is not None else {"teacher_share": None, "teacher_share_pos": None,
+                                                              "teacher_share_neg": None}
+        if routes is not None:
+            info["route_counts"] = dict(zip(RouteStats.FIELDS, routes.counts.tolist()))
+        # paired counts of the last model vs the student before transfer: the uncertainty of delta_last
+        after_correct = final_pred == labels
+        n_gain = int(np.count_nonzero(~before_correct & after_correct))
+        n_loss = int(np.count_nonzero(before_correct & ~after_correct))
+        if abs(final_m.gain * n_eval - n_gain) > 1e-6 or abs(final_m.loss * n_eval - n_loss) > 1e-6:
+            raise AssertionError(f"gain/loss counts disagree: {final_m.gain} * {n_eval} vs {n_gain}, "
+                                 f"{final_m.loss} * {n_eval} vs {n_loss}")
+        delta_ci = stats.paired_delta_ci(n_gain, n_loss, n_eval)
+        summary_row = {
+            "job_id": job_id,
+            "study_part": config.resolved_study_part,
+            "method": config.method,
+            "mode": config.mode,
+            "student": student_record.model_id,
+            "teacher": joined,
+            "teachers": names,
+            "hparams_json": config.hparams_json,
+            "lr": float(info["lr"]),
+            "temperature": config.resolved_temperature,
+            "epochs": E,
+            "batch_size": int(info["batch"]),
+            "seed": config.seed,
+            "n_train": len(train),
+            "n_eval": n_eval,
+            "acc_before": final_m.acc_before,
+            "acc_last": final_m.acc_after,
+            "acc_best": acc_best,
+            "best_epoch": int(best_index),
+            "delta_last": final_m.delta,
+            "delta_best": delta_best,
+            "gain": final_m.gain,
+            "loss": final_m.loss,
+            "n_gain": n_gain,
+            "n_loss": n_loss,
+            "p_mcnemar": stats.mcnemar_exact_p(n_gain, n_loss),
+            "delta_ci_low": delta_ci[0],
+            "delta_ci_high": delta_ci[1],
+            "rho_pos_before": final_m.rho_pos_before,
+            "rho_pos_after": final_m.rho_pos_after,
+            "rho_neg_before": final_m.rho_neg_before,
+            "rho_neg_after": final_m.rho_neg_after,
+            **shares,
+            "runtime_s": runtime_s(),
+            "device": rt.describe(),
+            "versions_json": json.dumps(versions(), sort_keys=True),
+        }
+        pred_rows = {
+            "job_id": [job_id] * n_eval,
+            "sample_id": eval_split.sample_ids.tolist(),
+            "label": labels.tolist(),
+            "pred_before": before_pred.tolist(),
+            "pred_after": final_pred.tolist(),
+        }
+        return TransferResult(
+            summary=table_from_rows([summary_row], TRANSFER_SUMMARY_SCHEMA),
+            epochs=table_from_rows(epoch_rows, TRANSFER_EPOCH_SCHEMA),
+            predictions=pa.table(pred_rows, schema=TRANSFER_PREDICTION_SCHEMA),
+            model=final,
+            best_state=best_state,
+            info=info,
+        )
+
+    out: list[TransferResult | BaseException] = []
+    for i, (c, jid) in enumerate(zip(configs, job_ids)):
+        try:
+            out.append(build(c, jid, packed[i] if packed is not None else None))
+        except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
+            if strict:
+                raise
+            out.append(exc)
+    return out

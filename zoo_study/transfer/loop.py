@@ -19,25 +19,19 @@ with all teachers and a soup once per teacher. What it guarantees:
 
 from __future__ import annotations
 
-import copy
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zoo_study.data.augment import TransferAugment
-from zoo_study.data.cache import augment_batch
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
-from zoo_study.transfer.config import TransferConfig
-from zoo_study.methods.registry import ObjectiveInputs, SetupContext
 
 __all__ = ["TransferDiverged", "Runtime", "TeacherModel", "PhaseResult", "RouteStats", "predict_split",
-           "run_phase", "phase_seeds"]
+           "phase_seeds"]
 
 Progress = Callable[[str], None]
 
@@ -223,168 +217,3 @@ class PhaseResult:
     batch: int
     steps: int
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------- phase
-def run_phase(
-    *,
-    start: nn.Module,
-    anchor: nn.Module,
-    teachers: Sequence[TeacherModel],
-    student_pre: ModelPreprocess,
-    train: ImageSplit,
-    eval_split: ImageSplit,
-    config: TransferConfig,
-    rt: Runtime,
-    phase: int,
-    seed_phase: int,
-    start_pred: np.ndarray,
-    phase_teacher: str | None = None,
-    progress: Progress | None = None,
-) -> PhaseResult:
-    """Train a copy of ``start`` for ``config.epochs`` epochs on ``train``; evaluate on ``eval_split``.
-
-    ``anchor`` is the frozen student of the data-partitioning objectives (only run when the objective
-    needs it); ``start_pred`` are ``start``'s eval predictions (the epoch-0 row, computed by the caller
-    once). ``seed_phase`` selects the phase's random streams (see :func:`phase_seeds`).
-    """
-    obj = config.method_spec
-    params = config.resolved_hparams
-    temperature = config.resolved_temperature
-    if not teachers:
-        raise ValueError("a transfer phase needs at least one teacher")
-    if len(teachers) > 1 and not obj.multi_teacher:
-        raise ValueError(f"method {obj.name!r} takes one teacher per phase, got {len(teachers)}")
-    n = len(train)
-    if n == 0:
-        raise ValueError("the transfer set is empty; raise transfer_fraction")
-    batch = min(config.batch_size, n)
-    drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one)
-    lr = config.lr_for_batch(batch)
-    seeds = phase_seeds(config.seed, seed_phase)
-    torch.manual_seed(seeds["torch"])
-
-    model = rt.prepare(copy.deepcopy(start))
-    for p in model.parameters():
-        p.requires_grad_(True)
-    anchor.eval()
-    for t in teachers:
-        t.module.eval()
-
-    # per-sample positions in the transfer set (CRD memory bank rows)
-    order = np.argsort(train.sample_ids, kind="stable")
-    sorted_ids = train.sample_ids[order]
-
-    def positions(sample_ids: Tensor) -> Tensor:
-        return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
-
-    def feature_dims() -> tuple[int, int]:
-        # feature sizes from a probe of two copies of one image, in eval mode (no state changes)
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
-        with torch.no_grad(), rt.autocast():
-            model.eval()
-            fs = _forward(model, rt.inputs(student_pre, raw0), True)[1]
-            ft = _forward(teachers[0].module, rt.inputs(teachers[0].pre, raw0), True)[1]
-        return fs.flatten(1).shape[1], ft.flatten(1).shape[1]
-
-    state = obj.make_state(SetupContext(model=model, params=params, n_data=n, device=rt.device,
-                                        feature_dims=feature_dims, labels=train.labels))
-
-    trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
-    opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
-    augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[config.augment]
-    aug_gen = torch.Generator().manual_seed(seeds["augment"])
-    obj_gen = torch.Generator().manual_seed(seeds["objective"])
-    routes = RouteStats() if obj.routes else None
-
-    labels_eval = eval_split.labels
-    evals = [EpochEval(phase, phase_teacher, 0, start_pred)]
-    best_epoch, best_correct, best_state = 0, -1, None
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        set_student_mode(model, config.student_mode)
-        if state is not None:
-            state.train()
-        loss_sum = 0.0
-        batches = 0
-        log_sums: dict[str, Tensor] = {}
-        epoch_routes = RouteStats() if routes is not None else None
-        for raw, labels, sample_ids in loader:
-            step += 1
-            raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
-            labels = labels.to(rt.device)
-            cache: dict[ModelPreprocess, Tensor] = {}
-
-            def x_for(pre: ModelPreprocess) -> Tensor:
-                if pre not in cache:
-                    cache[pre] = rt.inputs(pre, raw)
-                return cache[pre]
-
-            with torch.no_grad(), rt.autocast():
-                t_logits, t_feat = [], None
-                for i, t in enumerate(teachers):
-                    logits, feat = _forward(t.module, x_for(t.pre), obj.needs_features and i == 0)
-                    t_logits.append(logits.float())
-                    if feat is not None:
-                        t_feat = feat.float()
-                teacher_logits = torch.stack(t_logits)
-                frozen = anchor(x_for(student_pre)).float() if obj.needs_frozen else None
-            with rt.autocast():
-                s_logits, s_feat = _forward(model, x_for(student_pre), obj.needs_features)
-            inputs = ObjectiveInputs(
-                student=s_logits.float(),
-                teachers=teacher_logits,
-                frozen=frozen,
-                labels=labels,
-                temperature=temperature,
-                student_features=s_feat.float() if s_feat is not None else None,
-                teacher_features=t_feat,
-                index=positions(sample_ids).to(rt.device) if obj.needs_index else None,
-                state=state,
-                generator=obj_gen,
-            )
-            out = obj.fn(inputs, params)
-            loss_value = float(out.loss.detach())
-            if not math.isfinite(loss_value):
-                raise TransferDiverged(loss_value, phase=phase, epoch=epoch, step=step, method=obj.name,
-                                       teacher=phase_teacher)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            if state is not None:
-                state.after_step(model)
-            loss_sum += loss_value
-            batches += 1
-            for key, value in out.logs.items():  # device tensors: summed without a sync per step
-                log_sums[key] = log_sums[key] + value if key in log_sums else value
-            if epoch_routes is not None and out.route is not None:
-                epoch_routes.add(out.route, frozen, teacher_logits, labels)
-
-        share = None
-        if epoch_routes is not None:
-            epoch_routes.flush()
-            share = epoch_routes.shares()["teacher_share"]
-            routes.merge(epoch_routes)
-        if epoch != config.epochs and epoch % config.eval_every:
-            continue  # evaluated every eval_every epochs and always after the last
-        kept = state.kept_model(model) if state is not None else model
-        pred = predict_split(kept, eval_split, student_pre, batch_size=config.eval_batch_size, rt=rt)
-        train_loss = loss_sum / batches if batches else None
-        logs = {k: float(v) / batches for k, v in log_sums.items()}
-        evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, share, logs))
-        correct = int(np.count_nonzero(pred == labels_eval))
-        if correct > best_correct:
-            best_epoch, best_correct = epoch, correct
-            best_state = _state_cpu(kept) if config.keep_best else None
-        if progress is not None:
-            progress(
-                f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} epoch {epoch}/{config.epochs}: "
-                f"loss {train_loss if train_loss is not None else float('nan'):.4f} "
-                f"acc {correct / len(labels_eval):.4f}"
-            )
-
-    kept = state.kept_model(model) if state is not None else model
-    kept.eval()
-    extra = state.extra() if state is not None else {}
-    return PhaseResult(kept, evals, best_epoch, best_correct, best_state, routes, lr, batch, step, extra)

@@ -1,0 +1,67 @@
+"""Packs: several pending jobs that share their inputs run as one task, and stay separate jobs.
+
+Why: the transfers of one (teacher, student) pair (every method, every grid point) read the same models
+and the same batches; run in one task (:func:`zoo_study.transfer.job.run_transfer_pack`) they decode,
+augment and preprocess each batch once, run the teacher and the frozen student once per batch, and
+evaluate all students in one pass. Each member keeps its own id, its own result folder, its own job
+record and failure record: done detection, resume and ``--dry-run`` are per job, exactly as without
+packs. The runner forms packs at submission time from the jobs still to run (a finished member is never
+redone), up to ``max_size`` members with equal :attr:`~pipelines.jobs.Job.pack` keys and equal inputs.
+
+A pack is submitted as a *carrier* job of stage ``<stage>_pack`` whose spec lists the members' specs and
+ids; its executor returns each member's outputs under ``"<job_id>:<output name>"`` and a failed member's
+error under ``"<job_id>:__error__"`` (text: the one-line error, a newline, the traceback).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Mapping
+
+from pipelines.jobs import Job
+
+__all__ = ["ERROR_KEY", "carrier_for", "member_outcomes", "take_pack"]
+
+ERROR_KEY = "__error__"
+
+
+def take_pack(first: Job, todo: collections.deque, max_size: int) -> list[Job]:
+    """``first`` and up to ``max_size - 1`` other first-attempt jobs of ``todo`` that pack with it
+    (removed from ``todo``). ``todo`` holds ``(job, attempt)``; retried jobs run alone."""
+    group = [first]
+    if not first.pack or max_size <= 1:
+        return group
+    keep: list[tuple[Job, int]] = []
+    while todo:
+        job, attempt = todo.popleft()
+        if len(group) < max_size and attempt == 1 and job.pack == first.pack and job.inputs == first.inputs \
+                and job.stage == first.stage:
+            group.append(job)
+        else:
+            keep.append((job, attempt))
+    todo.extend(keep)
+    return group
+
+
+def carrier_for(group: list[Job]) -> Job:
+    """The one job submitted for a pack: members' specs and ids, the union of their outputs."""
+    first = group[0]
+    outputs = {f"{j.job_id}:{name}": path for j in group for name, path in j.outputs.items()}
+    spec = {"members": [dict(j.spec) for j in group], "job_ids": [j.job_id for j in group]}
+    return Job(f"{first.stage}_pack", spec, outputs, inputs=first.inputs, num_cpus=first.num_cpus,
+               num_gpus=first.num_gpus, name=f"{len(group)} x {first.name}", runtime=first.runtime)
+
+
+def member_outcomes(group: list[Job], outputs: Mapping[str, Any]) -> list[tuple[Job, dict | None, str, str]]:
+    """Per member: (job, its outputs by name or None, error, traceback) from a carrier's result."""
+    out = []
+    for job in group:
+        err = outputs.get(f"{job.job_id}:{ERROR_KEY}")
+        if err is not None:
+            text = err.decode() if isinstance(err, (bytes, bytearray)) else str(err)
+            line, _, tb = text.partition("\n")
+            out.append((job, None, line, tb))
+            continue
+        mine = {name: outputs[f"{job.job_id}:{name}"] for name in job.outputs if f"{job.job_id}:{name}" in outputs}
+        out.append((job, mine, "", ""))
+    return out

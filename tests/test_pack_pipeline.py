@@ -1,0 +1,90 @@
+"""Packs through the pipeline: one task per pair, results per transfer, identical to unpacked runs,
+one member's failure recorded for that member only, a rerun does nothing."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from zoo_study.methods import ObjectiveOutput, register_method, unregister_method
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+MICRO = """
+[study]
+name = "packs"
+results_root = "{root}"
+
+[data.generated]
+num_superclasses = 2
+classes_per_superclass = 3
+image_size = 16
+n_train = 240
+n_eval = 120
+
+[zoo]
+embedded = ["resnet10t_w16", "mixer_p8"]
+epochs_scale = 0.2
+
+[transfer]
+methods = {methods}
+pairs = "explicit"
+explicit = [["resnet10t_w16", "mixer_p8"]]
+epochs = 2
+batch_size = 32
+transfer_fraction = 0.5
+
+[ray]
+address = "local"
+pack_size = {pack_size}
+"""
+
+
+@pytest.fixture()
+def exploding_method():
+    @register_method("explodes_in_pack", label="Explodes")
+    def explodes(inp, p):
+        """NaN loss from the first step."""
+        return ObjectiveOutput(inp.student.sum() * math.nan)
+
+    yield "explodes_in_pack"
+    unregister_method("explodes_in_pack")
+
+
+def _run(tmp: Path, name: str, methods: list[str], pack_size: int, capsys) -> tuple[int, Path, str]:
+    root = tmp / name
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(MICRO.format(root=root, methods=methods, pack_size=pack_size).replace("'", '"'))
+    code = main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,transfer"])
+    return code, root, capsys.readouterr().err
+
+
+def _summaries(root: Path) -> dict[str, dict]:
+    rows = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
+    return {r["method"]: {k: v for k, v in r.items() if k not in ("runtime_s",)} for r in rows}
+
+
+def test_packed_pipeline_equals_unpacked_and_isolates_a_failure(tmp_path, capsys, exploding_method, caplog):
+    caplog.set_level(logging.INFO)
+    methods = ["kl", exploding_method, "kl_dp", "xe_kl_mcl"]
+    code, packed_root, _ = _run(tmp_path, "packed", methods, 16, capsys)
+    assert code == 1  # one job failed
+    assert "transfer pack of 4" in caplog.text  # one task for the pair
+    failures = pq.read_table(packed_root / "failures").to_pylist()
+    assert [f["stage"] for f in failures] == ["transfer"] and "explodes_in_pack loss is nan" in failures[0]["error"]
+    packed = _summaries(packed_root)
+    assert set(packed) == {"kl", "kl_dp", "xe_kl_mcl"}
+    # the same study unpacked: the same job ids and the same numbers
+    code, alone_root, _ = _run(tmp_path, "alone", ["kl", "kl_dp", "xe_kl_mcl"], 1, capsys)
+    assert code == 0
+    alone = _summaries(alone_root)
+    assert packed == alone
+    # a rerun of the packed study redoes only the failed member (it fails again), nothing else
+    caplog.clear()
+    code, _, _ = _run(tmp_path, "packed", methods, 16, capsys)
+    assert code == 1 and "transfer pack" not in caplog.text and "3 done, 1 to run" in caplog.text

@@ -1,0 +1,323 @@
+"""One training phase of a transfer, for one student copy or for a *pack* of them sharing every input.
+
+A phase trains a copy of the student against a frozen anchor and K teachers for ``epochs`` epochs and
+evaluates it (see :mod:`zoo_study.transfer.loop` for the guarantees). A pack is several phases of the
+same (teachers, student) pair that differ only in method and hyper-parameters: the transfers of one
+pair in a study. They see the very same batches (same seed, transfer set, batch size, augmentation), so
+the work they share is done once per batch: drawing and augmenting the batch, each model's
+preprocessing, the teacher forward (with penultimate features when any member needs them) and the
+frozen-anchor forward; evaluation of all members runs in one pass over the eval split.
+
+Exactness: a packed member gives bit-identical results on CPU to the same phase run alone. Its random
+streams are its own: shuffling and augmentation come from seeded generators shared by construction
+(equal seeds), the objective's generator is per member, and the global torch RNG (module init, dropout)
+is saved and restored around each member's work, so interleaving members changes nothing. A member
+whose loss becomes NaN / inf is dropped from the pack with its :class:`TransferDiverged`; the others
+finish.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from zoo_study.data.augment import TransferAugment
+from zoo_study.data.base import ImageSplit, raw_loader
+from zoo_study.data.cache import augment_batch
+from zoo_study.data.preprocess import ModelPreprocess
+from zoo_study.methods.registry import ObjectiveInputs, SetupContext
+from zoo_study.transfer.config import PACK_SHARED as _SHARED, TransferConfig, pack_key
+from zoo_study.transfer.loop import (
+    EpochEval,
+    PhaseResult,
+    Progress,
+    RouteStats,
+    Runtime,
+    TeacherModel,
+    TransferDiverged,
+    _forward,
+    _state_cpu,
+    phase_seeds,
+    set_student_mode,
+)
+
+__all__ = ["run_phase", "run_phase_pack", "pack_key"]
+
+class _RngState:
+    """The global torch RNG of one member (CPU, and CUDA when the phase runs there)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.save()
+
+    def save(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.gpu = torch.cuda.get_rng_state() if self.cuda else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.gpu)
+
+
+@dataclass
+class _Member:
+    config: TransferConfig
+    model: nn.Module
+    state: Any
+    opt: torch.optim.Optimizer
+    obj_gen: torch.Generator
+    rng: _RngState
+    routes: RouteStats | None
+    lr: float
+    evals: list[EpochEval]
+    best_epoch: int = 0
+    best_correct: int = -1
+    best_state: dict | None = None
+    failed: BaseException | None = None
+    loss_sum: float = 0.0
+    batches: int = 0
+    log_sums: dict[str, Tensor] = field(default_factory=dict)
+    epoch_routes: RouteStats | None = None
+    share: float | None = None  # the epoch's teacher share (routing methods)
+
+    @property
+    def obj(self):
+        return self.config.method_spec
+
+    def kept(self) -> nn.Module:
+        return self.state.kept_model(self.model) if self.state is not None else self.model
+
+
+def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[TeacherModel], student_pre: ModelPreprocess,
+           train: ImageSplit, rt: Runtime, seeds: dict[str, int], batch: int, phase: int,
+           phase_teacher: str | None, start_pred: np.ndarray) -> _Member:
+    obj = config.method_spec
+    torch.manual_seed(seeds["torch"])
+    model = rt.prepare(copy.deepcopy(start))
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+    def feature_dims() -> tuple[int, int]:
+        # feature sizes from a probe of two copies of one image, in eval mode (no state changes)
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        with torch.no_grad(), rt.autocast():
+            model.eval()
+            fs = _forward(model, rt.inputs(student_pre, raw0), True)[1]
+            ft = _forward(teachers[0].module, rt.inputs(teachers[0].pre, raw0), True)[1]
+        return fs.flatten(1).shape[1], ft.flatten(1).shape[1]
+
+    params = config.resolved_hparams
+    state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
+                                        feature_dims=feature_dims, labels=train.labels))
+    trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
+    lr = config.lr_for_batch(batch)
+    opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return _Member(config=config, model=model, state=state, opt=opt,
+                   obj_gen=torch.Generator().manual_seed(seeds["objective"]), rng=_RngState(rt.device),
+                   routes=RouteStats() if obj.routes else None, lr=lr,
+                   evals=[EpochEval(phase, phase_teacher, 0, start_pred)])
+
+
+def run_phase_pack(
+    *,
+    start: nn.Module,
+    anchor: nn.Module,
+    teachers: Sequence[TeacherModel],
+    student_pre: ModelPreprocess,
+    train: ImageSplit,
+    eval_split: ImageSplit,
+    configs: Sequence[TransferConfig],
+    rt: Runtime,
+    phase: int,
+    seed_phase: int,
+    start_pred: np.ndarray,
+    phase_teacher: str | None = None,
+    progress: Progress | None = None,
+) -> list[PhaseResult | BaseException]:
+    """Train one copy of ``start`` per config, sharing every input (see the module docstring).
+
+    Returns, per config, its :class:`PhaseResult` or the exception that ended it (a diverged loss).
+    The configs must agree on :func:`pack_key`.
+    """
+    if not configs:
+        raise ValueError("a pack needs at least one transfer config")
+    keys = {pack_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    first = configs[0]
+    if not teachers:
+        raise ValueError("a transfer phase needs at least one teacher")
+    for c in configs:
+        if len(teachers) > 1 and not c.method_spec.multi_teacher:
+            raise ValueError(f"method {c.method!r} takes one teacher per phase, got {len(teachers)}")
+    n = len(train)
+    if n == 0:
+        raise ValueError("the transfer set is empty; raise transfer_fraction")
+    batch = min(first.batch_size, n)
+    drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one)
+    seeds = phase_seeds(first.seed, seed_phase)
+    anchor.eval()
+    for t in teachers:
+        t.module.eval()
+    members = [_setup(c, start=start, teachers=teachers, student_pre=student_pre, train=train, rt=rt, seeds=seeds,
+                      batch=batch, phase=phase, phase_teacher=phase_teacher, start_pred=start_pred) for c in configs]
+    need_features = any(m.obj.needs_features for m in members)
+    need_frozen = any(m.obj.needs_frozen for m in members)
+    need_index = any(m.obj.needs_index for m in members)
+
+    # per-sample positions in the transfer set (CRD memory bank rows)
+    order = np.argsort(train.sample_ids, kind="stable")
+    sorted_ids = train.sample_ids[order]
+
+    def positions(sample_ids: Tensor) -> Tensor:
+        return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
+
+    loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
+    augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[first.augment]
+    aug_gen = torch.Generator().manual_seed(seeds["augment"])
+    labels_eval = eval_split.labels
+    step = 0
+    for epoch in range(1, first.epochs + 1):
+        active = [m for m in members if m.failed is None]
+        if not active:
+            break
+        for m in active:
+            m.rng.restore()
+            set_student_mode(m.model, m.config.student_mode)
+            if m.state is not None:
+                m.state.train()
+            m.rng.save()
+            m.loss_sum, m.batches, m.log_sums = 0.0, 0, {}
+            m.epoch_routes = RouteStats() if m.routes is not None else None
+        for raw, labels, sample_ids in loader:
+            step += 1
+            active = [m for m in members if m.failed is None]
+            if not active:
+                break
+            raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
+            labels = labels.to(rt.device)
+            cache: dict[ModelPreprocess, Tensor] = {}
+
+            def x_for(pre: ModelPreprocess) -> Tensor:
+                if pre not in cache:
+                    cache[pre] = rt.inputs(pre, raw)
+                return cache[pre]
+
+            with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
+                t_logits, t_feat = [], None
+                for i, t in enumerate(teachers):
+                    logits, feat = _forward(t.module, x_for(t.pre), need_features and i == 0)
+                    t_logits.append(logits.float())
+                    if feat is not None:
+                        t_feat = feat.float()
+                teacher_logits = torch.stack(t_logits)
+                frozen = anchor(x_for(student_pre)).float() if need_frozen else None
+            index = positions(sample_ids).to(rt.device) if need_index else None
+            for m in active:
+                _member_step(m, rt, x_for(student_pre), teacher_logits, t_feat, frozen, labels, index,
+                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher)
+        evaluate = epoch == first.epochs or epoch % first.eval_every == 0
+        active = [m for m in members if m.failed is None]
+        for m in active:
+            m.share = None
+            if m.epoch_routes is not None:
+                m.epoch_routes.flush()
+                m.share = m.epoch_routes.shares()["teacher_share"]
+                m.routes.merge(m.epoch_routes)
+        if not evaluate or not active:
+            continue  # evaluated every eval_every epochs and always after the last
+        preds = _predict_many([m.kept() for m in active], eval_split, student_pre, first.eval_batch_size, rt)
+        for m, pred in zip(active, preds):
+            train_loss = m.loss_sum / m.batches if m.batches else None
+            logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
+            m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))
+            correct = int(np.count_nonzero(pred == labels_eval))
+            if correct > m.best_correct:
+                m.best_epoch, m.best_correct = epoch, correct
+                m.best_state = _state_cpu(m.kept()) if m.config.keep_best else None
+            if progress is not None:
+                progress(f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} {m.config.method} epoch "
+                         f"{epoch}/{first.epochs}: loss {train_loss if train_loss is not None else float('nan'):.4f} "
+                         f"acc {correct / len(labels_eval):.4f}")
+    out: list[PhaseResult | BaseException] = []
+    for m in members:
+        if m.failed is not None:
+            out.append(m.failed)
+            continue
+        kept = m.kept()
+        kept.eval()
+        extra = m.state.extra() if m.state is not None else {}
+        out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch, step,
+                               extra))
+    return out
+
+
+def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
+                 frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
+                 phase_teacher: str | None) -> None:
+    """One optimiser step of one member on the shared batch, under the member's own RNG."""
+    obj, config = m.obj, m.config
+    m.rng.restore()
+    with rt.autocast():
+        s_logits, s_feat = _forward(m.model, x, obj.needs_features)
+    inputs = ObjectiveInputs(
+        student=s_logits.float(),
+        teachers=teacher_logits,
+        frozen=frozen if obj.needs_frozen else None,
+        labels=labels,
+        temperature=config.resolved_temperature,
+        student_features=s_feat.float() if s_feat is not None else None,
+        teacher_features=t_feat if obj.needs_features else None,
+        index=index if obj.needs_index else None,
+        state=m.state,
+        generator=m.obj_gen,
+    )
+    out = obj.fn(inputs, config.resolved_hparams)
+    loss_value = float(out.loss.detach())
+    if not math.isfinite(loss_value):
+        m.failed = TransferDiverged(loss_value, phase=phase, epoch=epoch, step=step, method=obj.name,
+                                    teacher=phase_teacher)
+        m.rng.save()
+        return
+    m.opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    m.opt.step()
+    if m.state is not None:
+        m.state.after_step(m.model)
+    m.loss_sum += loss_value
+    m.batches += 1
+    for key, value in out.logs.items():  # device tensors: summed without a sync per step
+        m.log_sums[key] = m.log_sums[key] + value if key in m.log_sums else value
+    if m.epoch_routes is not None and out.route is not None:
+        m.epoch_routes.add(out.route, frozen, teacher_logits, labels)
+    m.rng.save()
+
+
+@torch.inference_mode()
+def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPreprocess, batch_size: int,
+                  rt: Runtime) -> list[np.ndarray]:
+    """Top-1 predictions of several students with one preprocessing, in one pass over the split."""
+    for model in models:
+        model.eval()
+    outs: list[list[Tensor]] = [[] for _ in models]
+    for raw, _, _ in raw_loader(split, batch_size):
+        with rt.autocast():
+            x = rt.inputs(pre, raw.to(rt.device))  # preprocessed once for every student
+            for model, out in zip(models, outs):
+                out.append(model(x).argmax(-1).cpu())
+    return [torch.cat(o).numpy().astype(np.int64) for o in outs]
+
+
+def run_phase(*, config: TransferConfig, **kwargs: Any) -> PhaseResult:
+    """One phase of one transfer (a pack of one); raises :class:`TransferDiverged` on a NaN / inf loss."""
+    result = run_phase_pack(configs=[config], **kwargs)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
