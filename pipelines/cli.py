@@ -147,15 +147,18 @@ def cmd_run(args) -> int:
         try:
             layout.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(wait=args.wait, log=LOG)
+            backends.reap_stale_session(layout.root, LOG)  # Ray processes of a killed earlier run
         except LockHeld as err:
             _die(str(err))
         except OSError as err:
             _die(f"results root {layout.root} is not writable: {err.strerror or err}")
         return _run_stages(args, cfg, stages, plans, layout, address)
     finally:
-        lock.release()
         if not ray_was_up:
             backends.shutdown_ray()  # the local instance this run started (or its connection to a cluster)
+            if lock.held:
+                backends.forget_local_session(layout.root)
+        lock.release()
 
 
 def _run_stages(args, cfg, stages, plans, layout, address) -> int:

@@ -134,6 +134,11 @@ class ResultsLock:
                 announced = True
             time.sleep(poll_s)
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is None:
             return

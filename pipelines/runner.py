@@ -33,7 +33,7 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line
+from pipelines.backends import LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line, record_local_session
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
 from pipelines.packs import carrier_for, member_outcomes, take_pack
@@ -217,6 +217,8 @@ def run_jobs(
                     log.info("%s", ensure_ray(address, num_cpus=num_cpus, object_store_memory=object_store_memory,
                                               runtime_env=runtime_env, log=log))
                     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+                    if not joined:  # a local instance: the next run stops it if this driver is killed
+                        record_local_session(root)
                     backend = RayBackend(check_feasible=not joined)
                 else:
                     log.info("serial backend: jobs run one by one in this process (pid %d)", os.getpid())

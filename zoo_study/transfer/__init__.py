@@ -50,6 +50,7 @@ _EXPORTS = {
     "pack_key": "zoo_study.transfer.phase",
     "phase_seeds": "zoo_study.transfer.loop",
     "TransferResult": "zoo_study.transfer.job",
+    "run_transfer_pack": "zoo_study.transfer.job",
     "order_teachers": "zoo_study.transfer.job",
     "run_transfer": "zoo_study.transfer.job",
     "transfer_set": "zoo_study.transfer.job",
