@@ -79,6 +79,7 @@ EXECUTORS: dict[str, str] = {
     "hparam": "pipelines.executors:hparam_job",
     "transfer_pack": "pipelines.executors:transfer_pack_job",
     "hparam_pack": "pipelines.executors:transfer_pack_job",
+    "multi_teacher_pack": "pipelines.executors:transfer_pack_job",
 }
 """The study's executors by stage. Other executors (the runner's tests: ``pipelines._testing.EXECUTORS``; a
 notebook's own function) are passed to ``run_jobs(..., executors=)``, which merges them over this map:
