@@ -149,15 +149,21 @@ def _cached_predictions(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[
     return cached
 
 
+def _transfer_inputs(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext):
+    """A transfer spec's dataset, device, student, teachers and cached eval predictions (shared by the
+    single-job and the pack executors)."""
+    source = _source(spec["data"], ctx)
+    device = _device(spec.get("device", "auto"))
+    student = build_model(spec["student"], inputs, source.num_classes, device)
+    teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
+    return source, device, student, teachers, _cached_predictions(spec, inputs)
+
+
 def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext):
     from zoo_study.transfer import TransferConfig, run_transfer
 
-    source = _source(spec["data"], ctx)
-    device = _device(spec.get("device", "auto"))
-    student, s_rec = build_model(spec["student"], inputs, source.num_classes, device)
-    teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
+    source, device, (student, s_rec), teachers, cached = _transfer_inputs(spec, inputs, ctx)
     config = TransferConfig.from_dict(spec["config"])
-    cached = _cached_predictions(spec, inputs)
     LOG.info("transfer %s: %s -> %s", config.method, "+".join(r.model_id for _, r in teachers), s_rec.model_id)
     return run_transfer(student, s_rec, teachers, source, config, device=device, job_id=ctx.job_id,
                         cached_predictions=cached)
@@ -188,13 +194,8 @@ def transfer_pack_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobCo
     from zoo_study.transfer.job import run_transfer_pack
 
     members, job_ids = spec["members"], spec["job_ids"]
-    first = members[0]
-    source = _source(first["data"], ctx)
-    device = _device(first.get("device", "auto"))
-    student, s_rec = build_model(first["student"], inputs, source.num_classes, device)
-    (teacher,) = [build_model(t, inputs, source.num_classes, device) for t in first["teachers"]]
+    source, device, (student, s_rec), (teacher,), cached = _transfer_inputs(members[0], inputs, ctx)
     configs = [TransferConfig.from_dict(m["config"]) for m in members]
-    cached = _cached_predictions(first, inputs)
     LOG.info("transfer pack of %d (%s): %s -> %s", len(members), ", ".join(c.method for c in configs),
              teacher[1].model_id, s_rec.model_id)
     results = run_transfer_pack(student, s_rec, teacher, source, configs, device=device, job_ids=job_ids,

@@ -9,7 +9,6 @@ and its executor returns ``{name: table}``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +88,6 @@ def study_models(cfg: StudyConfig) -> list[ModelPlan]:
     ids = [p.model_id for p in plans]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        from zoo_study.config import ConfigError
-
         raise ConfigError(f"model ids must be unique; repeated: {dupes}")
     return plans
 
@@ -219,8 +216,6 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
 
     unknown = [m for m in [*teachers, student] if m not in models]
     if unknown:
-        from zoo_study.config import ConfigError
-
         raise ConfigError(f"{stage}: unknown model id(s) {unknown}; valid: {sorted(models)}")
     spec = {
         "student": _model_payload(models[student]),
@@ -236,13 +231,11 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     outputs = {name: _rel(p, layout.root) for name, p in outputs_for(job_id).items()}
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
     pack = ""
-    if tconfig["mode"] == "single":  # one pair's single-teacher transfers may share one task
-        from pipelines.jobs import canonical_json
+    if tconfig["mode"] == "single":  # one pair's single-teacher transfers that see the same batches
         from zoo_study.transfer.config import pack_key
 
-        key = {"stage": stage, "student": spec["student"], "teachers": spec["teachers"], "data": spec["data"],
-               "device": spec["device"], "batches": list(pack_key(tconfig))}
-        pack = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:16]
+        shared = {k: spec[k] for k in ("student", "teachers", "data", "device")}
+        pack = job_id_for(f"{stage}_pack", {**shared, "batches": list(pack_key(tconfig))})
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
                num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack)
 
@@ -344,7 +337,5 @@ def parse_stages(text: str | None) -> list[str]:
     wanted = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in wanted if s not in STAGES]
     if bad:
-        from zoo_study.config import ConfigError
-
         raise ConfigError(f"unknown stage(s) {bad}; valid: {', '.join(STAGES)}")
     return [s for s in STAGES if s in wanted]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Mapping
 
 
 class LazyModule:
@@ -30,3 +30,19 @@ class LazyModule:
     def __repr__(self) -> str:
         state = "loaded" if self._module is not None else "not loaded yet"
         return f"<lazy module {self._name!r} ({state})>"
+
+
+def lazy_exports(package: str, exports: Mapping[str, str], before: Callable[[str], None] | None = None
+                 ) -> Callable[[str], Any]:
+    """A PEP 562 module ``__getattr__`` for ``package`` that imports ``exports[name]`` (a module path) on
+    first use; ``before(module)`` runs first (e.g. the torchvision compat step for torch modules)."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if before is not None:
+            before(module)
+        return getattr(importlib.import_module(module), name)
+
+    return __getattr__

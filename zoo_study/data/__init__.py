@@ -10,8 +10,7 @@ study config can use them in a process that never loads data.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zoo_study._lazy import lazy_exports
 
 _EXPORTS = {
     "ImageSplit": "zoo_study.data.base",
@@ -32,8 +31,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zoo_study.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports("zoo_study.data", _EXPORTS)

@@ -19,8 +19,7 @@ Names are imported lazily (PEP 562), so ``zoo_study.transfer.config`` can be use
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zoo_study._lazy import lazy_exports
 
 _EXPORTS = {
     "ObjectiveInputs": "zoo_study.methods.registry",
@@ -66,10 +65,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zoo_study.transfer' has no attribute {name!r}")
-    if module != "zoo_study.transfer.config" and module != "zoo_study.methods.registry":
+_TORCH_FREE = ("zoo_study.transfer.config", "zoo_study.methods.registry")
+
+
+def _compat_first(module: str) -> None:
+    if module not in _TORCH_FREE:
         import zoo_study  # noqa: F401  (torchvision compat before timm)
-    return getattr(importlib.import_module(module), name)
+
+
+__getattr__ = lazy_exports("zoo_study.transfer", _EXPORTS, before=_compat_first)
