@@ -25,14 +25,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow as pa
 
-from zoo_study.config import load_config
+from zoo_study.config import ConfigError, load_config
 from zoo_study.stats import mcnemar_exact_p, paired_delta_ci
 from zoo_study.store import PAIR_SCHEMA, TRANSFER_SUMMARY_SCHEMA, read_parquet_checked
 
-WEAKER_BY = 0.10  # teacher accuracy at least 10 points below the student's
+WEAKER_BY = 0.10
+EXIT_MISUSE = 2
+
+
+def _die(msg: str) -> NoReturn:
+    print(f"select_budget: error: {msg}", file=sys.stderr)
+    raise SystemExit(EXIT_MISUSE)  # teacher accuracy at least 10 points below the student's
 
 
 @dataclass(frozen=True)
@@ -64,11 +71,10 @@ def weak_teacher_pairs(root: Path, k: int) -> list[tuple[str, str, float]]:
 
     table = read_parquet_checked(root / "scores" / "pairs.parquet", PAIR_SCHEMA)
     if table is None:
-        raise SystemExit(f"select_budget: {root}/scores/pairs.parquet is missing; run the zoo, predict and "
-                         f"score stages of the study first")
+        _die(f"{root}/scores/pairs.parquet is missing; run the zoo, predict and score stages of the study first")
     rows = [r for r in table.to_pylist() if not r["teacher_is_random"] and r["delta_acc"] <= -WEAKER_BY]
     if not rows:
-        raise SystemExit("select_budget: no trained pair has a teacher 10 points weaker than its student")
+        _die("no trained pair has a teacher 10 points weaker than its student")
     weak = pa.Table.from_pylist(rows, schema=table.schema)
     picks = sample_pairs_by_delta(weak, k, seed=0)
     dacc = {(r["teacher"], r["student"]): r["delta_acc"] for r in rows}
@@ -135,7 +141,10 @@ def main_cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="append the record as a Markdown table to this file")
     ap.add_argument("--all", action="store_true", help="run every candidate, not only up to the first adequate")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        _die(str(err))
     study_root = cfg.results_root().resolve()
     pairs = weak_teacher_pairs(study_root, args.pairs)
     print("weak-teacher pairs (teacher -> student, delta_acc):")

@@ -1,0 +1,36 @@
+"""The budget selection's criterion on hand-made counts, and its misuse errors (one line, exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.select_budget import main_cli, verdict
+
+
+def _row(g: int, l: int, n: int = 1000) -> dict:
+    from zoo_study.stats import mcnemar_exact_p
+
+    return {"n_gain": g, "n_loss": l, "n_eval": n, "p_mcnemar": mcnemar_exact_p(g, l)}
+
+
+def test_adequate_needs_a_significant_pooled_loss_and_most_pairs_forgetting():
+    # pooled 60 vs 140 (p << 0.05), 3 of 4 pairs significantly losing -> adequate
+    assert verdict([_row(10, 40), _row(10, 40), _row(10, 40), _row(30, 20)])["adequate"]
+    # pooled loss significant but only 2 of 4 pairs on their own -> not adequate
+    v = verdict([_row(10, 60), _row(10, 60), _row(30, 28), _row(30, 28)])
+    assert v["gain"] == 80 and v["loss"] == 176 and v["forgets"] == 2 and not v["adequate"]
+    # more gain than loss is never adequate
+    assert not verdict([_row(40, 10)] * 4)["adequate"]
+
+
+def test_misuse_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main_cli([str(tmp_path / "missing.toml")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "missing.toml" in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[study]\nresults_root = "{tmp_path / "root"}"\n')
+    with pytest.raises(SystemExit) as info:
+        main_cli([str(cfg)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "scores/pairs.parquet is missing" in err and len(err.splitlines()) == 1
