@@ -302,6 +302,25 @@ TABLES: tuple[TableSpec, ...] = (
         ("transfers",), "no multi-teacher runs yet: run the multi-teacher stage", present_tab9,
     ),
     TableSpec(
+        "tab_mixup", "Mixup KD — objectives, batch mixing and student initialisation", "tab_mixup_kd",
+        "Per objective (Std-KD: standardised logits, temperature-free; KL at its T), batch mixing (none, PMU "
+        "with the share of each batch mixed, FMU) and student initialisation: accuracy after transfer with "
+        "its 95% interval over runs and the delta. A scratch student starts from the untrained architecture, "
+        "so its delta measures learning, not transfer without forgetting; compare accuracies within one "
+        "initialisation.",
+        ("transfers",), "no mixup, scratch-student or Std-KD transfers: set transfer.mixup / student_init or "
+        "add std_kd to transfer.methods", present_by_method,
+    ),
+    TableSpec(
+        "tab_robustness", "Robustness — FGSM and I-FGSM accuracy, feature V-measure", "tab_robustness",
+        "Per student: the zoo model before transfer, then each transfer setting's last student. Accuracy on "
+        "clean inputs and under FGSM and I-FGSM attacks of budget eps (in 1/255 pixel steps; the attack acts "
+        "on the model's input after resizing), and the V-measure of k-means clusters of penultimate "
+        "features vs labels (1 = clusters are the classes).",
+        ("robustness",), "no robustness rows: enable the robustness stage ([robustness] enabled = true)",
+        generic,
+    ),
+    TableSpec(
         "tab_hparams", "Hyper-parameter grid", "tab_hparam_grid",
         "Each row is one setting of a method's grid search, aggregated over the pairs it was tried on; rank 1 "
         "is the setting with the best mean delta within its method.",

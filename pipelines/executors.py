@@ -169,10 +169,29 @@ def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobC
                         cached_predictions=cached)
 
 
-def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
-    """One (teacher(s), student, method, hparams, seed) -> transfers/<job_id>/{summary,epochs,predictions}."""
+def _student_bytes(model) -> bytes:
+    """The kept student's weights as safetensors bytes (the robustness stage reads them)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()})
+
+
+def _transfer_tables(result, names) -> dict[str, Any]:
+    """The outputs a transfer job declared (``names``), from its result."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "student_weights":
+            out[name] = _student_bytes(result.model)
+        else:
+            out[name] = {"summary": result.summary, "epochs": result.epochs, "predictions": result.predictions}[name]
+    return out
+
+
+def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, Any]:
+    """One (teacher(s), student, method, hparams, seed) -> transfers/<job_id>/{summary,epochs,predictions}
+    (and student.safetensors when the robustness stage is on)."""
     result = _run_transfer_spec(spec, inputs, ctx)
-    return {"summary": result.summary, "epochs": result.epochs, "predictions": result.predictions}
+    return _transfer_tables(result, list(ctx.outputs))
 
 
 multi_teacher_job = transfer_job
@@ -207,7 +226,47 @@ def transfer_pack_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobCo
             out[f"{jid}:{ERROR_KEY}"] = f"{one_line(res)}\n{tb}"
             continue
         names = [k.split(":", 1)[1] for k in ctx.outputs if k.startswith(f"{jid}:")]
-        tables = {"summary": res.summary, "epochs": res.epochs, "predictions": res.predictions}
-        for name in names:
-            out[f"{jid}:{name}"] = tables[name]
+        for name, content in _transfer_tables(res, names).items():
+            out[f"{jid}:{name}"] = content
     return out
+
+
+def robustness_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
+    """One student (the zoo model, or a transfer's kept student) -> robustness/<job_id>.parquet: clean,
+    FGSM and I-FGSM accuracy per eps and the feature V-measure (zoo_study/robustness.py)."""
+    import time
+
+    import torch
+    from safetensors.torch import load as load_bytes
+
+    from zoo_study.data import cached_split
+    from zoo_study.data.preprocess import ModelPreprocess
+    from zoo_study.robustness import evaluate_robustness, feature_v_measure, stratified_subset
+    from zoo_study.store import ROBUSTNESS_SCHEMA, table_from_rows
+
+    t0 = time.perf_counter()
+    source = _source(spec["data"], ctx)
+    device = _device(spec.get("device", "auto"))
+    model, record = build_model(spec["model"], inputs, source.num_classes, device)
+    transfer_id = spec.get("transfer_id")
+    if transfer_id:
+        key = str(ResultsLayout("").student_weights(transfer_id))
+        model.load_state_dict(load_bytes(inputs[key]))
+    st = spec["settings"]
+    split = cached_split(source.eval, [record.data_config])
+    idx = stratified_subset(split.labels, st.get("per_class"), st.get("subset_seed", 0))
+    if len(idx) != len(split):
+        split = split.subset(idx)
+    pre = ModelPreprocess.from_data_config(record.data_config)
+    LOG.info("robustness of %s%s on %d samples, eps %s", record.model_id,
+             f" after transfer {transfer_id}" if transfer_id else "", len(split), st["eps"])
+    res = evaluate_robustness(model, split, pre, record.data_config, eps=st["eps"], steps=int(st["steps"]),
+                              batch_size=int(st["batch_size"]), device=device)
+    v = feature_v_measure(model, split, pre, num_classes=source.num_classes, seed=int(st.get("subset_seed", 0)),
+                          batch_size=int(st["batch_size"]), device=device) if st.get("v_measure", True) else None
+    dev = str(torch.device(device))
+    rows = [{"job_id": ctx.job_id, "model_id": record.model_id, "transfer_id": transfer_id, "eps": float(e),
+             "ifgsm_steps": int(st["steps"]), "n": res.n, "clean_acc": res.clean_acc, "fgsm_acc": res.fgsm_acc[e],
+             "ifgsm_acc": res.ifgsm_acc[e], "v_measure": v, "runtime_s": time.perf_counter() - t0, "device": dev}
+            for e in st["eps"]]
+    return {"robustness": table_from_rows(rows, ROBUSTNESS_SCHEMA)}

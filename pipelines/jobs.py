@@ -77,6 +77,7 @@ EXECUTORS: dict[str, str] = {
     "transfer": "pipelines.executors:transfer_job",
     "multi_teacher": "pipelines.executors:multi_teacher_job",
     "hparam": "pipelines.executors:hparam_job",
+    "robustness": "pipelines.executors:robustness_job",
     "transfer_pack": "pipelines.executors:transfer_pack_job",
     "hparam_pack": "pipelines.executors:transfer_pack_job",
     "multi_teacher_pack": "pipelines.executors:transfer_pack_job",

@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipelines.jobs import Job
+from pipelines.jobs import Job, job_id_for
 from pydantic import ValidationError
 
 from zoo_study.config import ConfigError, StudyConfig
 from zoo_study.store import ResultsLayout
 
-STAGES = ("zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "report")
+STAGES = ("zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "robustness", "report")
 JOB_STAGES = STAGES[:-1]  # report runs on the driver, always
 
 
@@ -240,9 +240,16 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
                num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack)
 
 
-def _transfer_outputs(layout: ResultsLayout) -> Callable[[str], dict[str, Path]]:
-    return lambda jid: {"summary": layout.transfer_summary(jid), "epochs": layout.transfer_epochs(jid),
-                        "predictions": layout.transfer_predictions(jid)}
+def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False) -> Callable[[str], dict[str, Path]]:
+    """A transfer job's outputs; with ``keep_student`` (the robustness stage is on) its last student's weights."""
+    def outputs(jid: str) -> dict[str, Path]:
+        out = {"summary": layout.transfer_summary(jid), "epochs": layout.transfer_epochs(jid),
+               "predictions": layout.transfer_predictions(jid)}
+        if keep_student:
+            out["student_weights"] = layout.student_weights(jid)
+        return out
+
+    return outputs
 
 
 def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
@@ -262,7 +269,8 @@ def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
                 seeds += [s for s in rep.seeds if s not in seeds]
             for seed in seeds:
                 jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
-                                          _transfer_config(cfg, method, seed), _transfer_outputs(layout)))
+                                          _transfer_config(cfg, method, seed),
+                                          _transfer_outputs(layout, cfg.robustness.enabled)))
     return jobs
 
 
@@ -278,14 +286,14 @@ def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
             tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], mode=mode, study_part="multi_teacher",
                                      epochs=mt.epochs, order=mt.order)
             jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
-                                      _transfer_outputs(layout)))
+                                      _transfer_outputs(layout, cfg.robustness.enabled)))
         if mt.single_baselines:  # each teacher alone, same method and epochs: what the modes must beat
             for teacher in teachers:
                 # study_part multi_teacher: Tab 4's baselines, kept apart from the study's own transfers
                 tconf = _transfer_config(cfg, mt.method, cfg.transfer.seeds[0], epochs=mt.epochs,
                                          study_part="multi_teacher")
                 jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", [teacher], student, tconf,
-                                          _transfer_outputs(layout)))
+                                          _transfer_outputs(layout, cfg.robustness.enabled)))
     return jobs
 
 
@@ -313,6 +321,41 @@ def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     return jobs
 
 
+def plan_robustness(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
+    """One job per student of the study's transfers (the zoo model, before any transfer) and one per
+    transfer job of the selected methods (its kept last student); None while the transfers are unplanned."""
+    rb = cfg.robustness
+    if not rb.enabled:
+        return []
+    transfers = plan_transfer(cfg, layout)
+    if transfers is None:
+        return None
+    models = {m.model_id: m for m in study_models(cfg)}
+    settings = rb.model_dump(mode="json", exclude={"enabled", "methods"})
+    data = data_spec_dict(cfg)
+    jobs: list[Job] = []
+
+    def add(student: str, transfer: Job | None) -> None:
+        spec = {"model": _model_payload(models[student]), "transfer_id": transfer.job_id if transfer else None,
+                "data": data, "settings": settings, "device": cfg.study.device}
+        inputs = list(_model_inputs(models[student], layout))
+        if transfer is not None:
+            inputs.append(transfer.outputs["student_weights"])
+        job_id = job_id_for("robustness", spec)
+        name = f"{student} after {transfer.name}" if transfer is not None else f"{student} (before transfer)"
+        jobs.append(Job("robustness", spec, {"robustness": _rel(layout.robustness_row(job_id), layout.root)},
+                        inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job,
+                        name=name, runtime=cfg.data.runtime_dict()))
+
+    chosen = [j for j in transfers + plan_multi_teacher(cfg, layout)
+              if not rb.methods or j.spec["config"]["method"] in rb.methods]
+    for student in dict.fromkeys(j.spec["student"]["model_id"] for j in chosen):
+        add(student, None)
+    for j in chosen:
+        add(j.spec["student"]["model_id"], j)
+    return jobs
+
+
 PLANNERS: dict[str, Callable[[StudyConfig, ResultsLayout], list[Job] | None]] = {
     "zoo": plan_zoo,
     "predict": plan_predict,
@@ -320,6 +363,7 @@ PLANNERS: dict[str, Callable[[StudyConfig, ResultsLayout], list[Job] | None]] = 
     "transfer": plan_transfer,
     "multi_teacher": plan_multi_teacher,
     "hparam": plan_hparam,
+    "robustness": plan_robustness,
 }
 
 

@@ -218,6 +218,27 @@ class HparamSection(_Strict):
         return self
 
 
+class RobustnessSection(_Strict):
+    """Adversarial robustness and feature clustering of the students before and after transfer (METHOD.md
+    section 5, zoo_study/robustness.py); its own stage, after the transfers. Enabling it makes transfer
+    jobs keep their last student's weights (transfers/<id>/student.safetensors)."""
+
+    enabled: bool = False
+    # FGSM / I-FGSM budgets in pixel units of [0, 1] images (8/255 ~ 0.031 is the usual one)
+    eps: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field([2 / 255, 8 / 255], min_length=1)
+    steps: int = Field(10, ge=1)  # I-FGSM: steps of eps / steps
+    per_class: int | None = Field(None, ge=1)  # a stratified subset of the eval split (None: all of it)
+    subset_seed: int = Field(0, ge=0)
+    v_measure: bool = True  # k-means of penultimate features vs labels (scikit-learn)
+    batch_size: int = Field(256, ge=1)
+    methods: list[str] = []  # the transfers measured: these methods' ([] = every transfer job)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        return _check_methods("robustness.methods", v) if v else v
+
+
 class RaySection(_Strict):
     address: str = ""  # "" local Ray (honours RAY_ADDRESS), "auto" join a cluster, "local" no Ray
     num_cpus: int | None = Field(None, ge=1)
@@ -239,6 +260,7 @@ class StudyConfig(_Strict):
     transfer: TransferSection = TransferSection()
     multi_teacher: MultiTeacherSection = MultiTeacherSection()
     hparam_search: HparamSection = HparamSection()
+    robustness: RobustnessSection = RobustnessSection()
     ray: RaySection = RaySection()
 
     def results_root(self) -> Path:

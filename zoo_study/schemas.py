@@ -15,7 +15,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "TOP_X_PERCENTS", "MODEL_SCHEMA", "PREDICTION_SCHEMA", "PAIR_SCHEMA", "PAIR_CLASS_SCHEMA",
-           "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA"]
+           "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA",
+           "ROBUSTNESS_SCHEMA"]
 
 SCHEMA_VERSION = 1
 TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
@@ -129,6 +130,13 @@ TRANSFER_SUMMARY_SCHEMA = pa.schema(
         pa.field("runtime_s", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
         pa.field("versions_json", pa.string(), nullable=False),
+        # added later, so null in files written before they existed (read as pretrained / none):
+        # student_init = pretrained | scratch (scratch: gain and loss count against the untrained
+        # architecture, acc_before is its chance-level accuracy); mixup = none | pmu | fmu with
+        # mixup_share the share of every batch mixed (0 for none, 1 for fmu)
+        pa.field("student_init", pa.string()),
+        pa.field("mixup", pa.string()),
+        pa.field("mixup_share", pa.float64()),
     ]
 )
 
@@ -154,6 +162,27 @@ TRANSFER_PREDICTION_SCHEMA = pa.schema(
         pa.field("label", pa.int32(), nullable=False),
         pa.field("pred_before", pa.int32(), nullable=False),
         pa.field("pred_after", pa.int32(), nullable=False),  # the kept model (last, or MCL slow)
+    ]
+)
+
+# Adversarial robustness of one model: a zoo student before transfer (transfer_id null) or the last
+# student of one transfer job. One row per eps; eps in pixel units of [0, 1] images (zoo_study/robustness.py:
+# the attack's budget in the model's normalised space is eps / std per channel). clean_acc and v_measure
+# repeat on every row of a job. n = evaluated samples (the eval split or its stratified subset).
+ROBUSTNESS_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),  # the student architecture's zoo id
+        pa.field("transfer_id", pa.string()),  # null: the zoo model itself (before any transfer)
+        pa.field("eps", pa.float64(), nullable=False),
+        pa.field("ifgsm_steps", pa.int32(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("clean_acc", pa.float64(), nullable=False),
+        pa.field("fgsm_acc", pa.float64(), nullable=False),
+        pa.field("ifgsm_acc", pa.float64(), nullable=False),
+        pa.field("v_measure", pa.float64()),  # k-means (k = classes) of penultimate features vs labels
+        pa.field("runtime_s", pa.float64(), nullable=False),
+        pa.field("device", pa.string(), nullable=False),
     ]
 )
 

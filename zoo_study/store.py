@@ -30,6 +30,7 @@ from zoo_study.schemas import (  # noqa: F401  (re-exported: the usual import pa
     PAIR_CLASS_SCHEMA,
     PAIR_SCHEMA,
     PREDICTION_SCHEMA,
+    ROBUSTNESS_SCHEMA,
     SCHEMA_VERSION,
     TOP_X_PERCENTS,
     TRANSFER_EPOCH_SCHEMA,
@@ -120,6 +121,8 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               "transfer", "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
     TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hparam", "hyper-parameter grid results",
               "grid-search rows, kept apart from the study's transfers (same columns as a transfer summary)"),
+    TableSpec("robustness", "robustness/{job_id}.parquet", ROBUSTNESS_SCHEMA, "robustness", "robustness results",
+              "clean, FGSM and I-FGSM accuracy per eps (and feature V-measure) of students before and after transfer"),
     TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "any", "failed jobs",
               "one row per failed or skipped job: error, traceback, attempts"),
 )}  # fmt: skip
@@ -128,6 +131,8 @@ FILES: dict[str, FileSpec] = {f.name: f for f in (  # the files that are not tab
     FileSpec("config", "config.toml", "run", "the resolved study config"),
     FileSpec("environment", "environment.json", "run", "versions and hardware of the run"),
     FileSpec("weights", "zoo/weights/{model}.safetensors", "zoo", "weights of a model the pipeline trained itself"),
+    FileSpec("student_weights", "transfers/{job_id}/student.safetensors", "transfer",
+             "the last student of a transfer (written when the robustness stage is enabled)"),
     FileSpec("job_record", "_jobs/{job_id}.json", "any", "record of a finished job (its spec); part of 'done'"),
     FileSpec("report", "report/index.html", "report", "the report; its figures and tables beside it"),
 )}  # fmt: skip
@@ -194,6 +199,8 @@ class ResultsLayout:
     transfer_epochs = _keyed("epochs")
     transfer_predictions = _keyed("transfer_predictions")
     hparam_row = _keyed("hparams")
+    robustness_row = _keyed("robustness")
+    student_weights = _keyed("student_weights")
     job_record = _keyed("job_record")  # which spec produced a job's outputs: part of "done"
     failure = _keyed("failures")
 
@@ -216,7 +223,12 @@ def table_from_rows(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> 
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast ``table``'s columns to ``schema`` (same names required)."""
+    """Select and cast ``table``'s columns to ``schema`` (same names required). A missing *nullable*
+    column (one added to the schema after the file was written) reads as nulls, so a schema that grows
+    never makes finished results look unfinished."""
+    for field in schema:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table is missing columns {missing}; expected {schema.names}")

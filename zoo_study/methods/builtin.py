@@ -43,7 +43,7 @@ def kl(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 def xe_kl(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     lam = p["lambda"]
     kl_ = L.kl_term(inp.teacher, inp.student, inp.temperature)
-    ce = L.cross_entropy(inp.student, inp.labels, p.get("label_smoothing", 0.0))
+    ce = L.cross_entropy(inp.student, inp.targets, p.get("label_smoothing", 0.0))
     return ObjectiveOutput(lam * kl_ + (1.0 - lam) * ce, logs={"kl": kl_.detach(), "ce": ce.detach()})
 
 
@@ -51,6 +51,20 @@ def xe_kl(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 def kl_topk(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     """KL restricted to the teacher's top-k classes, both distributions renormalised over them."""
     return ObjectiveOutput(L.topk_kl(inp.teacher, inp.student, p["k"], inp.temperature))
+
+
+@register_method("std_kd", label="Std-KD", needs_labels=True, paper_success_rate=None,
+                 params={"gamma": Param(0.1, float, 0.0, None, doc="weight of the CE term"),
+                         "alpha": Param(0.9, float, 0.0, None, doc="weight of the KL term")},
+                 doc="Mixup-KD's temperature-free objective (Choi et al., METHOD.md section 5): logits "
+                     "standardised per sample over classes, gamma * CE + alpha * KL; combine with "
+                     "transfer.mixup = pmu | fmu.")
+def std_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    zs = L.standardise_logits(inp.student)
+    zt = L.standardise_logits(inp.teacher)
+    ce = L.cross_entropy(zs, inp.targets)
+    kl_ = L.kl_term(zt, zs, 1.0)
+    return ObjectiveOutput(p["gamma"] * ce + p["alpha"] * kl_, logs={"kl": kl_.detach(), "ce": ce.detach()})
 
 
 @register_method("cd", label="CD", needs_labels=True, needs_features=True,
@@ -61,7 +75,7 @@ def cd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     if inp.student_features is None or inp.teacher_features is None:
         raise ValueError("cd needs penultimate features of the student and the teacher")
     cd_ = L.similarity_kl(inp.student_features, inp.teacher_features, inp.temperature)
-    ce = L.cross_entropy(inp.student, inp.labels)
+    ce = L.cross_entropy(inp.student, inp.targets)
     return ObjectiveOutput(ce + p["beta"] * cd_, logs={"cd": cd_.detach(), "ce": ce.detach()})
 
 
@@ -80,7 +94,7 @@ def crd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     if inp.student_features is None or inp.teacher_features is None:
         raise ValueError("crd needs penultimate features of the student and the teacher")
     crd_ = inp.state.loss(inp.student_features.flatten(1), inp.teacher_features.flatten(1), inp.index, inp.generator)
-    ce = L.cross_entropy(inp.student, inp.labels)
+    ce = L.cross_entropy(inp.student, inp.targets)
     return ObjectiveOutput(ce + p["beta"] * crd_, logs={"crd": crd_.detach(), "ce": ce.detach()})
 
 
@@ -106,7 +120,7 @@ def _data_partitioned(inp: ObjectiveInputs, p: Mapping[str, Any], supervised: bo
     logs = {"teacher_share": (route > 0).float().mean()}
     lam = p.get("lambda", 1.0)
     if lam < 1.0:  # the paper's lambda ablation: lambda * KL_DP + (1 - lambda) * CE
-        ce = L.cross_entropy(inp.student, inp.labels)
+        ce = L.cross_entropy(inp.student, inp.targets)
         loss = lam * loss + (1.0 - lam) * ce
         logs["ce"] = ce.detach()
     return ObjectiveOutput(loss, route=route, logs=logs)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["kl_rows", "kl_term", "cross_entropy", "route_sources", "routed_targets", "topk_kl",
-           "similarity_kl"]
+           "similarity_kl", "standardise_logits"]
 
 
 def kl_rows(target_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -36,13 +36,20 @@ def kl_term(target_logits: Tensor, student_logits: Tensor, temperature: float = 
     return temperature**2 * kl_rows(target_logits, student_logits, temperature).mean()
 
 
+def standardise_logits(logits: Tensor, eps: float = 1e-6) -> Tensor:
+    """Temperature-free rescaling (Choi et al.): each sample's logits divided by their standard deviation
+    over classes (population std; softmax is shift-invariant, so centring would change nothing)."""
+    return logits / logits.std(dim=-1, keepdim=True, unbiased=False).clamp_min(eps)
+
+
 def cross_entropy(student_logits: Tensor, labels: Tensor | None, label_smoothing: float = 0.0) -> Tensor:
-    """Plain CE on logits; with smoothing the targets are (1 - eps) one_hot + eps / C."""
+    """Plain CE on logits; with smoothing the targets are (1 - eps) one_hot + eps / C. ``labels`` are
+    class indices [B] or a distribution [B, C] (mixed labels under batch mixup)."""
     if labels is None:
         raise ValueError("this objective needs labels (cross-entropy term), but none were given")
     log_q = F.log_softmax(student_logits, dim=-1)
     c = student_logits.shape[-1]
-    target = F.one_hot(labels, c).to(log_q.dtype)
+    target = labels.to(log_q.dtype) if labels.is_floating_point() else F.one_hot(labels, c).to(log_q.dtype)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / c
     return -(target * log_q).sum(-1).mean()

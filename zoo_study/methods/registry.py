@@ -99,13 +99,19 @@ class ObjectiveInputs:
     student: "Tensor"  # logits of the student being trained (with gradients)
     teachers: "Tensor | None" = None  # [K, B, C] logits of the K teachers (no gradients)
     frozen: "Tensor | None" = None  # [B, C] logits of the frozen initial student (no gradients)
-    labels: "Tensor | None" = None  # [B] int64
+    labels: "Tensor | None" = None  # [B] int64 (under mixup: the label of each sample's larger component)
+    soft_targets: "Tensor | None" = None  # [B, C] mixed one-hot labels under batch mixup, else None
     temperature: float = 1.0
     student_features: "Tensor | None" = None  # [B, D_s] penultimate features (pre-logits)
     teacher_features: "Tensor | None" = None  # [B, D_t] of the first teacher
     index: "Tensor | None" = None  # [B] positions of the samples in the transfer set (needs_index)
     state: "MethodState | None" = None  # the method's per-stage state (setup hook)
     generator: "Generator | None" = None  # for objectives that sample (CRD negatives)
+
+    @property
+    def targets(self) -> "Tensor | None":
+        """What a CE term compares with: the mixed one-hot labels under mixup, else the labels."""
+        return self.soft_targets if self.soft_targets is not None else self.labels
 
     @property
     def teacher(self) -> "Tensor":

@@ -86,8 +86,18 @@ class TransferSettings(BaseModel):
     augment: Literal["paper", "flip", "none"] = "paper"  # flip: when colour is part of the label
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU (exactly reproducible)
     keep_best: bool = True
+    # pretrained: the study's setting (a trained student); scratch: the student architecture freshly
+    # initialised with the job's seed (the setting of the mixup-KD / AMTML / Talking-Models papers); gain
+    # and loss are then counted against that untrained student
+    student_init: Literal["pretrained", "scratch"] = "pretrained"
+    # batch mixing for any objective (METHOD.md section 5, Choi et al.): none | pmu (exactly
+    # round(mixup_share * batch) samples of each batch mixed) | fmu (all mixed); lambda ~ Beta(a, a) per
+    # batch; teacher and student see the same mixed images, CE terms the mixed labels
+    mixup: Literal["none", "pmu", "fmu"] = "none"
+    mixup_share: float = Field(0.1, gt=0, le=1)
+    mixup_alpha: float = Field(1.0, gt=0)
 
-    @field_validator("transfer_fraction", "momentum", "weight_decay", "lr_scale")
+    @field_validator("transfer_fraction", "momentum", "weight_decay", "lr_scale", "mixup_share", "mixup_alpha")
     @classmethod
     def _finite_fields(cls, v: float, info) -> float:
         return _finite(v, info.field_name)
@@ -190,7 +200,16 @@ class TransferConfig(TransferSettings):
 
     # ------------------------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The resolved dump; settings added after results existed are left out at their defaults, so
+        adding an option never changes the id (and the resume) of a job that does not use it."""
+        d = self.model_dump(mode="json")
+        for k, default in OMITTED_AT_DEFAULT.items():
+            if d.get(k) == default:
+                del d[k]
+        if d.get("mixup", "none") == "none":  # share and alpha mean nothing without mixing
+            d.pop("mixup_share", None)
+            d.pop("mixup_alpha", None)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -222,13 +241,18 @@ class TransferConfig(TransferSettings):
 
 # settings that must be equal for transfers to share their batches (zoo_study.transfer.phase)
 PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", "augment", "transfer_fraction",
-               "transfer_per_class", "subset_seed", "amp")
+               "transfer_per_class", "subset_seed", "amp", "student_init", "mixup", "mixup_share", "mixup_alpha")
+# settings added after the first results: absent from a job's dump (and id) while at these defaults
+# (mixup_share and mixup_alpha are left out whenever mixup is none: they mean nothing then)
+OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none"}
+_MIX_DEFAULTS = {"mixup_share": 0.1, "mixup_alpha": 1.0}
 
 
 def pack_key(config: TransferConfig | Mapping[str, Any]) -> tuple:
     """Configs (or their dumps) with equal keys see the same batches and may run in one pack."""
-    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k))
-    return (get("mode"),) + tuple(get(k) for k in PACK_SHARED)
+    d = config if isinstance(config, Mapping) else config.to_dict()
+    return (d.get("mode", "single"),) + tuple(d.get(k, {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}.get(k))
+                                              for k in PACK_SHARED)
 
 
 def first_error(err: ValidationError) -> str:

@@ -148,6 +148,11 @@ def _run_transfers(student, student_record, teachers, source, configs, *, device
     for c, jid in zip(configs, job_ids):
         _check_inputs(student_record, teachers, source, c, jid)
     config = configs[0]  # the settings every member shares (data, runtime, evaluation)
+    scratch = config.student_init == "scratch"
+    if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
+        from zoo_study.zoo.loading import scratch_like
+
+        student = scratch_like(student, student_record, config.seed)
     rt = Runtime.create(device, config.amp)
     student_pre = ModelPreprocess.from_data_config(student_record.data_config)
     anchor = rt.prepare(student).eval()
@@ -162,7 +167,7 @@ def _run_transfers(student, student_record, teachers, source, configs, *, device
     eb = config.eval_batch_size
 
     cached = dict(cached_predictions or {})
-    if student_record.model_id in cached:
+    if student_record.model_id in cached and not scratch:
         before_pred = _aligned_pred(cached[student_record.model_id], eval_split, student_record.model_id)
     else:
         before_pred = predict_split(anchor, eval_split, student_pre, batch_size=eb, rt=rt)
@@ -321,6 +326,9 @@ def _run_transfers(student, student_record, teachers, source, configs, *, device
             "runtime_s": runtime_s(),
             "device": rt.describe(),
             "versions_json": json.dumps(versions(), sort_keys=True),
+            "student_init": config.student_init,
+            "mixup": config.mixup,
+            "mixup_share": {"none": 0.0, "fmu": 1.0}.get(config.mixup, config.mixup_share),
         }
         pred_rows = {
             "job_id": [job_id] * n_eval,

@@ -134,7 +134,7 @@ def set_student_mode(model: nn.Module, mode: str) -> None:
 def phase_seeds(seed: int, phase: int) -> dict[str, int]:
     """Independent seeds for one phase. Phase 0 of any mode uses the same seeds as a single-teacher
     job, so a one-teacher sequential job reproduces the single transfer exactly."""
-    names = ("torch", "shuffle", "augment", "objective")
+    names = ("torch", "shuffle", "augment", "objective", "mixup")  # a prefix-stable stream: new names append
     state = np.random.SeedSequence([int(seed), int(phase)]).generate_state(len(names), dtype=np.uint32)
     return {n: int(s) for n, s in zip(names, state)}
 

@@ -33,6 +33,7 @@ from zoo_study.data.cache import augment_batch
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.methods.registry import ObjectiveInputs, SetupContext
 from zoo_study.transfer.config import PACK_SHARED as _SHARED, TransferConfig, pack_key
+from zoo_study.transfer.mixup import draw_mix_plan
 from zoo_study.transfer.loop import (
     EpochEval,
     PhaseResult,
@@ -182,6 +183,7 @@ def run_phase_pack(
     loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
     augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[first.augment]
     aug_gen = torch.Generator().manual_seed(seeds["augment"])
+    mix_rng = np.random.default_rng(seeds["mixup"])  # its own stream: the other draws are unchanged by mixing
     labels_eval = eval_split.labels
     step = 0
     for epoch in range(1, first.epochs + 1):
@@ -203,11 +205,13 @@ def run_phase_pack(
                 break
             raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
             labels = labels.to(rt.device)
+            plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), mix_rng)
             cache: dict[ModelPreprocess, Tensor] = {}
 
             def x_for(pre: ModelPreprocess) -> Tensor:
-                if pre not in cache:
-                    cache[pre] = rt.inputs(pre, raw)
+                if pre not in cache:  # mixing the preprocessed input = preprocessing the mixed picture
+                    x = rt.inputs(pre, raw)
+                    cache[pre] = plan.images(x) if plan is not None else x
                 return cache[pre]
 
             with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
@@ -220,9 +224,13 @@ def run_phase_pack(
                 teacher_logits = torch.stack(t_logits)
                 frozen = anchor(x_for(student_pre)).float() if need_frozen else None
             index = positions(sample_ids).to(rt.device) if need_index else None
+            soft = None
+            if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
+                soft = plan.soft_targets(labels, teacher_logits.shape[-1])
+                labels = plan.hard_labels(labels)
             for m in active:
                 _member_step(m, rt, x_for(student_pre), teacher_logits, t_feat, frozen, labels, index,
-                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher)
+                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft)
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
         active = [m for m in members if m.failed is None]
         for m in active:
@@ -261,7 +269,7 @@ def run_phase_pack(
 
 def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
                  frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
-                 phase_teacher: str | None) -> None:
+                 phase_teacher: str | None, soft_targets: Tensor | None = None) -> None:
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
     obj, config = m.obj, m.config
     m.rng.restore()
@@ -272,6 +280,7 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         teachers=teacher_logits,
         frozen=frozen if obj.needs_frozen else None,
         labels=labels,
+        soft_targets=soft_targets,
         temperature=config.resolved_temperature,
         student_features=s_feat.float() if s_feat is not None else None,
         teacher_features=t_feat if obj.needs_features else None,

@@ -304,6 +304,30 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
     return model, record
 
 
+def scratch_like(model: nn.Module, record: CatalogRecord, seed: int) -> nn.Module:
+    """The architecture of ``model`` freshly initialised by timm with ``seed`` (``transfer.student_init =
+    "scratch"``), in eval mode on ``model``'s device.
+
+    Built from the record (arch, and the embedded zoo's model kwargs from its recipe), so the init is
+    timm's own, exactly as a from-scratch training run would start; its parameter names and shapes must
+    match ``model``'s, else the record cannot rebuild the model and this raises."""
+    kwargs: dict[str, Any] = {}
+    if record.recipe_json:
+        kwargs = dict(json.loads(record.recipe_json).get("model_kwargs") or {})
+    kwargs["num_classes"] = record.num_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        fresh = timm.create_model(record.arch, pretrained=False, **kwargs)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise ModelLoadError(f"model {record.model_id!r}: cannot rebuild arch {record.arch!r} from its record for a "
+                             f"scratch student (parameters differ: {diff})")
+    device = next(iter(model.parameters())).device
+    return fresh.to(device).eval()
+
+
 def prefetch(names: list[str]) -> list[str]:
     """Download timm pretrained weights into the local Hugging Face cache (needs network).
 

@@ -1,0 +1,48 @@
+-- Mixup KD (METHOD.md section 5): student accuracy after transfer per objective, temperature, batch
+-- mixing (none / PMU with the share of each batch mixed / FMU) and student initialisation (pretrained /
+-- scratch; scratch starts from the untrained architecture, so its acc_before is chance level and its
+-- delta large by construction). Shown only when the study ran any mixup, scratch or Std-KD transfer.
+-- Per setting: runs (pairs x seeds); mean accuracy after transfer in percent with its 95% t interval over
+-- runs; mean delta_last in pp with its t interval (one run: its paired score interval, zoo_study/stats.py).
+-- NULL student_init / mixup come from files written before those settings existed: pretrained / none.
+-- Reads: transfers.
+WITH runs AS (
+    SELECT
+        method,
+        temperature,
+        coalesce(mixup, 'none')              AS mixup,
+        coalesce(mixup_share, 0.0)           AS mixup_share,
+        coalesce(student_init, 'pretrained') AS student_init,
+        acc_last, delta_last, delta_ci_low, delta_ci_high
+    FROM transfers
+    WHERE mode = 'single' AND study_part = 'transfer'
+),
+agg AS (
+    SELECT
+        method, temperature, mixup, mixup_share, student_init,
+        count(*)                  AS n_runs,
+        avg(acc_last)             AS acc,
+        stddev_samp(acc_last)     AS acc_sd,
+        avg(delta_last)           AS delta,
+        stddev_samp(delta_last)   AS delta_sd,
+        min(delta_ci_low)         AS run_lo,
+        min(delta_ci_high)        AS run_hi
+    FROM runs
+    GROUP BY method, temperature, mixup, mixup_share, student_init
+)
+SELECT
+    method,
+    temperature,
+    mixup,
+    round(100 * mixup_share)::INTEGER                           AS mixed_pct,
+    student_init,
+    n_runs,
+    round(100 * acc, 2)                                         AS acc_after_pct,
+    round(100 * mean_ci_low(acc, acc_sd, n_runs), 2)            AS acc_ci_low_pct,
+    round(100 * mean_ci_high(acc, acc_sd, n_runs), 2)           AS acc_ci_high_pct,
+    round(100 * delta, 2)                                       AS delta_pp,
+    round(100 * CASE WHEN n_runs = 1 THEN run_lo ELSE mean_ci_low(delta, delta_sd, n_runs) END, 2)  AS delta_ci_low_pp,
+    round(100 * CASE WHEN n_runs = 1 THEN run_hi ELSE mean_ci_high(delta, delta_sd, n_runs) END, 2) AS delta_ci_high_pp
+FROM agg
+WHERE EXISTS (SELECT 1 FROM runs WHERE mixup <> 'none' OR student_init <> 'pretrained' OR method = 'std_kd')
+ORDER BY student_init, method, temperature, mixup, mixup_share
