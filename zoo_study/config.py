@@ -171,11 +171,24 @@ class MultiTeacherSection(_Strict):
     order: Literal["ascending", "descending", "given"] = "ascending"
     epochs: int | None = Field(None, ge=1)  # per teacher; defaults to transfer.epochs
     single_baselines: bool = True  # also each teacher alone (same method, epochs): the paper's Tab 4 baseline
+    # further multi-teacher objectives run from all teachers at once (parallel mode) beside the modes,
+    # e.g. ["amtml_kd"] (adaptive per-instance teacher weights)
+    parallel_methods: list[str] = []
 
     @field_validator("method")
     @classmethod
     def _method(cls, v):
         _check_methods("multi_teacher.method", [v])
+        return v
+
+    @field_validator("parallel_methods")
+    @classmethod
+    def _parallel_methods(cls, v):
+        _check_methods("multi_teacher.parallel_methods", v)
+        bad = [m for m in v if not get_method(m).multi_teacher]
+        if bad:
+            raise ValueError(f"multi_teacher.parallel_methods {bad} take one teacher at a time; multi-teacher "
+                             f"methods: {', '.join(multi_teacher_methods())}")
         return v
 
     @model_validator(mode="after")

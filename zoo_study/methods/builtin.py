@@ -141,3 +141,32 @@ def kl_dp(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 def kl_dp_unsup(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     """Unsupervised KL+DP: route by max-probability instead of the label's probability (no labels, no CE)."""
     return _data_partitioned(inp, p, supervised=False)
+
+
+@register_method("amtml_kd", label="AMTML-KD", temperature=5.0, needs_labels=True, needs_maps=True, multi_teacher=True,
+                 params={"alpha": Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - alpha weighs CE"),
+                         "angle": Param(1.0, float, 0.0, None, doc="weight of the RKD angle loss (ours)"),
+                         "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)")},
+                 setup="zoo_study.transfer.amtml:setup_amtml",
+                 doc="AMTML-KD (METHOD.md section 7): per-instance teacher weights from learned latent factors, "
+                     "integrated soft target, KL + CE + RKD angle + hint losses; T = 5. Runs with one or more "
+                     "teachers (multi_teacher.parallel_methods); its modules are not part of the kept student.")
+def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    from zoo_study.transfer import amtml as A
+
+    if inp.state is None or inp.student_map is None or inp.teacher_maps is None or inp.teachers is None:
+        raise ValueError("amtml_kd needs its state, the student's and the teachers' feature maps and logits")
+    t = inp.temperature
+    module = inp.state.module
+    w = module.weights(inp.student_map)
+    target = A.integrated_target(w, inp.teachers, t)
+    log_q = L.log_softmax(inp.student / t)
+    kl = t * t * (target * (target.clamp_min(1e-12).log() - log_q)).sum(-1).mean()
+    ce = L.cross_entropy(inp.student, inp.targets)
+    angle = A.rkd_angle_loss(log_q.exp(), target)
+    hint = A.hint_loss(module.regress(inp.student_map), inp.teacher_maps)
+    if inp.labels is not None:
+        inp.state.record(w, inp.labels)
+    loss = p["alpha"] * kl + (1.0 - p["alpha"]) * ce + p["angle"] * angle + p["beta"] * hint
+    return ObjectiveOutput(loss, logs={"kl": kl.detach(), "ce": ce.detach(), "angle": angle.detach(),
+                                       "hint": hint.detach()})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["kl_rows", "kl_term", "cross_entropy", "route_sources", "routed_targets", "topk_kl",
-           "similarity_kl", "standardise_logits"]
+           "similarity_kl", "standardise_logits", "log_softmax"]
 
 
 def kl_rows(target_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -34,6 +34,11 @@ def kl_rows(target_logits: Tensor, student_logits: Tensor, temperature: float = 
 def kl_term(target_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """``T^2 * mean_i KL_i``: the KL term every objective uses."""
     return temperature**2 * kl_rows(target_logits, student_logits, temperature).mean()
+
+
+def log_softmax(logits: Tensor) -> Tensor:
+    """Row-wise log-softmax over classes."""
+    return F.log_softmax(logits, dim=-1)
 
 
 def standardise_logits(logits: Tensor, eps: float = 1e-6) -> Tensor:

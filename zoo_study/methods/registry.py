@@ -104,6 +104,8 @@ class ObjectiveInputs:
     temperature: float = 1.0
     student_features: "Tensor | None" = None  # [B, D_s] penultimate features (pre-logits)
     teacher_features: "Tensor | None" = None  # [B, D_t] of the first teacher
+    student_map: "Tensor | None" = None  # [B, C, H, W] last feature map of the student (needs_maps)
+    teacher_maps: "list[Tensor] | None" = None  # per teacher [B, C_k, H_k, W_k] (needs_maps)
     index: "Tensor | None" = None  # [B] positions of the samples in the transfer set (needs_index)
     state: "MethodState | None" = None  # the method's per-stage state (setup hook)
     generator: "Generator | None" = None  # for objectives that sample (CRD negatives)
@@ -136,6 +138,8 @@ class SetupContext:
     n_data: int  # samples in the transfer set
     device: Any
     feature_dims: Callable[[], tuple[int, int]]  # (student, first teacher) penultimate sizes, probed on demand
+    # (student, [per teacher]) last-feature-map shapes (C, H, W) as the loop hands them (needs_maps)
+    map_shapes: "Callable[[], tuple[tuple[int, int, int], list[tuple[int, int, int]]]] | None" = None
     labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
 
 
@@ -179,6 +183,7 @@ class Method:
     needs_labels: bool = False
     needs_frozen: bool = False
     needs_features: bool = False  # penultimate features of student and first teacher
+    needs_maps: bool = False  # last feature maps of the student and of every teacher (as grids)
     needs_index: bool = False  # positions of the batch's samples in the transfer set
     routes: bool = False  # returns ObjectiveOutput.route (logs the teacher share)
     multi_teacher: bool = False  # accepts K > 1 teachers at once (parallel mode)
@@ -221,6 +226,7 @@ def register_method(
     needs_labels: bool = False,
     needs_frozen: bool = False,
     needs_features: bool = False,
+    needs_maps: bool = False,
     needs_index: bool = False,
     routes: bool = False,
     multi_teacher: bool = False,
@@ -245,7 +251,7 @@ def register_method(
             check_grid_keys(name, grid, params_)
         _REGISTRY[name] = Method(
             name=name, fn=fn, label=label, params=params_, lr=lr, temperature=temperature,
-            needs_labels=needs_labels, needs_frozen=needs_frozen, needs_features=needs_features,
+            needs_labels=needs_labels, needs_frozen=needs_frozen, needs_features=needs_features, needs_maps=needs_maps,
             needs_index=needs_index, routes=routes, multi_teacher=multi_teacher,
             grid={k: tuple(v) for k, v in grid.items()} if grid is not None else None, setup=setup,
             paper_success_rate=paper_success_rate, doc=doc or (fn.__doc__ or "").strip(), order=len(_REGISTRY),

@@ -19,6 +19,8 @@ with all teachers and a soup once per teacher. What it guarantees:
 
 from __future__ import annotations
 
+import math
+
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
@@ -116,6 +118,30 @@ def _forward(model: nn.Module, x: Tensor, features: bool) -> tuple[Tensor, Tenso
         return model(x), None
     f = model.forward_features(x)
     return model.forward_head(f), model.forward_head(f, pre_logits=True)
+
+
+def as_grid(f: Tensor) -> Tensor:
+    """A last feature map as [B, C, H, W]: CNN maps as they are; token sequences [B, N, D] (ViT, Mixer,
+    XCiT) without their prefix tokens (class / distillation: 0-2 leading tokens, whichever leaves a square
+    grid) reshaped to the patch grid; other shapes pooled to [B, C, 1, 1]."""
+    if f.dim() == 4:
+        return f
+    if f.dim() == 3:
+        b, n, d = f.shape
+        for prefix in (0, 1, 2):
+            side = math.isqrt(max(n - prefix, 0))
+            if n - prefix > 0 and side * side == n - prefix:
+                return f[:, prefix:].transpose(1, 2).reshape(b, d, side, side)
+        return f.mean(1).view(b, d, 1, 1)
+    if f.dim() == 2:
+        return f.view(*f.shape, 1, 1)
+    raise ValueError(f"cannot read a feature map of shape {tuple(f.shape)} as a grid")
+
+
+def forward_with_map(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and the last feature map (timm's forward_features, as a grid: :func:`as_grid`)."""
+    f = model.forward_features(x)
+    return model.forward_head(f), as_grid(f)
 
 
 def set_student_mode(model: nn.Module, mode: str) -> None:

@@ -44,6 +44,8 @@ from zoo_study.transfer.loop import (
     TransferDiverged,
     _forward,
     _state_cpu,
+    as_grid,
+    forward_with_map,
     phase_seeds,
     set_student_mode,
 )
@@ -114,9 +116,17 @@ def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[Teach
             ft = _forward(teachers[0].module, rt.inputs(teachers[0].pre, raw0), True)[1]
         return fs.flatten(1).shape[1], ft.flatten(1).shape[1]
 
+    def map_shapes():
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        with torch.no_grad(), rt.autocast():
+            model.eval()
+            s = tuple(forward_with_map(model, rt.inputs(student_pre, raw0))[1].shape[1:])
+            ts = [tuple(forward_with_map(t.module, rt.inputs(t.pre, raw0))[1].shape[1:]) for t in teachers]
+        return s, ts
+
     params = config.resolved_hparams
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
-                                        feature_dims=feature_dims, labels=train.labels))
+                                        feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes))
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -170,6 +180,7 @@ def run_phase_pack(
     members = [_setup(c, start=start, teachers=teachers, student_pre=student_pre, train=train, rt=rt, seeds=seeds,
                       batch=batch, phase=phase, phase_teacher=phase_teacher, start_pred=start_pred) for c in configs]
     need_features = any(m.obj.needs_features for m in members)
+    need_maps = any(m.obj.needs_maps for m in members)
     need_frozen = any(m.obj.needs_frozen for m in members)
     need_index = any(m.obj.needs_index for m in members)
 
@@ -215,9 +226,15 @@ def run_phase_pack(
                 return cache[pre]
 
             with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
-                t_logits, t_feat = [], None
+                t_logits, t_feat, t_maps = [], None, None
                 for i, t in enumerate(teachers):
-                    logits, feat = _forward(t.module, x_for(t.pre), need_features and i == 0)
+                    if need_maps:  # forward_features once; logits, map (and pre-logits) from it
+                        f = t.module.forward_features(x_for(t.pre))
+                        logits = t.module.forward_head(f)
+                        feat = t.module.forward_head(f, pre_logits=True) if need_features and i == 0 else None
+                        t_maps = (t_maps or []) + [as_grid(f).float()]
+                    else:
+                        logits, feat = _forward(t.module, x_for(t.pre), need_features and i == 0)
                     t_logits.append(logits.float())
                     if feat is not None:
                         t_feat = feat.float()
@@ -230,7 +247,8 @@ def run_phase_pack(
                 labels = plan.hard_labels(labels)
             for m in active:
                 _member_step(m, rt, x_for(student_pre), teacher_logits, t_feat, frozen, labels, index,
-                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft)
+                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
+                             teacher_maps=t_maps)
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
         active = [m for m in members if m.failed is None]
         for m in active:
@@ -269,12 +287,19 @@ def run_phase_pack(
 
 def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
                  frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
-                 phase_teacher: str | None, soft_targets: Tensor | None = None) -> None:
+                 phase_teacher: str | None, soft_targets: Tensor | None = None,
+                 teacher_maps: list[Tensor] | None = None) -> None:
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
     obj, config = m.obj, m.config
     m.rng.restore()
+    s_map = None
     with rt.autocast():
-        s_logits, s_feat = _forward(m.model, x, obj.needs_features)
+        if obj.needs_maps:
+            f = m.model.forward_features(x)
+            s_logits, s_map = m.model.forward_head(f), as_grid(f)
+            s_feat = m.model.forward_head(f, pre_logits=True) if obj.needs_features else None
+        else:
+            s_logits, s_feat = _forward(m.model, x, obj.needs_features)
     inputs = ObjectiveInputs(
         student=s_logits.float(),
         teachers=teacher_logits,
@@ -285,6 +310,8 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         student_features=s_feat.float() if s_feat is not None else None,
         teacher_features=t_feat if obj.needs_features else None,
         index=index if obj.needs_index else None,
+        student_map=s_map.float() if s_map is not None else None,
+        teacher_maps=teacher_maps if obj.needs_maps else None,
         state=m.state,
         generator=m.obj_gen,
     )

@@ -1,0 +1,104 @@
+"""AMTML-KD (METHOD.md section 7) on hand-computed tensors, its hint shapes for a CNN and a ViT, and a
+parallel multi-teacher transfer through the loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoo_study  # noqa: F401  (torchvision compat before timm)
+import timm
+
+from test_transfer_fixtures import tiny_source, trained
+from zoo_study.transfer import TransferConfig, run_transfer
+from zoo_study.transfer.amtml import AMTMLModule, hint_loss, instance_weights, integrated_target, rkd_angle_loss
+from zoo_study.transfer.loop import as_grid, forward_with_map
+
+torch.set_num_threads(1)
+
+
+def test_instance_weights_by_hand():
+    b = torch.tensor([[1.0, 2.0]])
+    theta = torch.eye(2)
+    v = torch.tensor([1.0, 1.0])
+    w = instance_weights(b, theta, v)  # gamma = (1, 2)
+    e1, e2 = math.exp(1), math.exp(2)
+    assert torch.allclose(w, torch.tensor([[e1 / (e1 + e2), e2 / (e1 + e2)]]))
+
+
+def test_integrated_target_by_hand():
+    w = torch.tensor([[0.25, 0.75]])
+    z = torch.tensor([[[0.0, 0.0]], [[math.log(3.0), 0.0]]])  # [K=2, B=1, C=2]: (0.5, 0.5) and (0.75, 0.25)
+    assert torch.allclose(integrated_target(w, z, 1.0), torch.tensor([[0.6875, 0.3125]]))
+    # T = 2 softens: teacher 2 becomes (sqrt3, 1) / (sqrt3 + 1)
+    p2 = math.sqrt(3) / (math.sqrt(3) + 1)
+    assert torch.allclose(integrated_target(w, z, 2.0), torch.tensor([[0.125 + 0.75 * p2, 0.125 + 0.75 * (1 - p2)]]))
+
+
+def test_rkd_angle_loss_on_an_equilateral_triangle():
+    from zoo_study.transfer.amtml import _angles
+
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    a = _angles(x)
+    for i, j, k in ((0, 1, 2), (1, 0, 2), (2, 1, 0)):
+        assert float(a[j, i, k]) == pytest.approx(0.5, abs=1e-6)  # 60 degrees at every vertex
+    assert float(rkd_angle_loss(3.0 * x + 1.0, x)) == pytest.approx(0.0, abs=1e-7)  # angles ignore scale, shift
+    flat = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    assert float(rkd_angle_loss(flat, x)) > 0.0
+
+
+def test_hint_shapes_for_a_cnn_and_a_vit():
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2,
+                            num_classes=6).eval()
+    x = torch.randn(3, 3, 16, 16)
+    _, m_cnn = forward_with_map(cnn, x)
+    _, m_vit = forward_with_map(vit, x)
+    assert m_cnn.dim() == 4 and m_cnn.shape[:2] == (3, 64)
+    assert m_vit.shape == (3, 24, 4, 4)  # class token dropped, 16 patch tokens on a 4 x 4 grid
+    # the student (the CNN) regresses onto each teacher's grid
+    module = AMTMLModule(m_cnn.shape[1], [tuple(m_vit.shape[1:]), tuple(m_cnn.shape[1:])])
+    reg = module.regress(m_cnn)
+    assert [tuple(r.shape) for r in reg] == [(3, 24, 4, 4), tuple(m_cnn.shape)]
+    assert hint_loss(reg, [m_vit, m_cnn]).dim() == 0
+    assert module.weights(m_cnn).shape == (3, 2)
+    assert as_grid(torch.randn(2, 7, 5)).shape == (2, 5, 1, 1)  # no square grid: pooled
+
+
+def test_amtml_parallel_transfer_keeps_the_plain_student_and_logs_class_weights():
+    src = tiny_source()
+    student, srec = trained(0)
+    t1, r1 = trained(1)
+    t2, r2 = trained(2, size=12)
+    cfg = TransferConfig(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
+                         base_lr=0.05)
+    res = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="a")
+    row = res.row
+    assert row["method"] == "amtml_kd" and row["mode"] == "parallel" and row["temperature"] == 5.0
+    assert set(res.model.state_dict()) == set(student.state_dict())  # its modules are not kept
+    weights = res.info["phases"][0]["amtml_class_weights"]
+    assert len(weights) == 6 and all(abs(sum(w) - 1.0) < 1e-5 and len(w) == 2 for w in weights.values())
+    again = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="b")
+    assert again.summary.drop_columns(["runtime_s", "job_id"]).to_pylist() == \
+        res.summary.drop_columns(["runtime_s", "job_id"]).to_pylist()  # seeded
+
+
+def test_amtml_joins_the_multi_teacher_stage_and_bad_choices_fail_at_load(tmp_path):
+    from pipelines.stages import plan_multi_teacher
+    from zoo_study.config import ConfigError, validate_config
+    from zoo_study.store import ResultsLayout
+
+    raw = {"study": {"results_root": str(tmp_path)},
+           "zoo": {"embedded": ["resnet10t_w16", "mixer_p8", "convnext_atto_p2"]},
+           "multi_teacher": {"enabled": True, "students": ["mixer_p8"], "teachers": ["resnet10t_w16", "convnext_atto_p2"],
+                             "modes": ["sequential"], "single_baselines": False, "parallel_methods": ["amtml_kd"]}}
+    cfg = validate_config(raw)
+    jobs = plan_multi_teacher(cfg, ResultsLayout(tmp_path))
+    assert sorted((j.spec["config"]["method"], j.spec["config"]["mode"]) for j in jobs) == \
+        [("amtml_kd", "parallel"), ("kl_dp", "sequential")]
+    raw["multi_teacher"]["parallel_methods"] = ["kl"]
+    with pytest.raises(ConfigError, match="take one teacher at a time.*amtml_kd"):
+        validate_config(raw)

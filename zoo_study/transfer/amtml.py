@@ -1,0 +1,121 @@
+"""AMTML-KD (Liu et al., adaptive multi-teacher multi-level distillation; METHOD.md section 7) as a per-job module.
+
+What is learned with the student (and not kept with it): a latent factor theta_t in R^d per teacher and
+a global vector v in R^d, which weigh the teachers per instance, and one 1x1-conv regressor per teacher
+for the hint loss. The kept model is the plain student.
+
+- Instance representation b_i: channel-wise max pool of the student's last feature map (d = its
+  channels). For token models the map is the patch grid (:func:`zoo_study.transfer.loop.as_grid`), so the
+  max runs over tokens.
+- gamma_{t,i} = v . (theta_t * b_i); w_{t,i} = softmax_t gamma_{t,i}; integrated target
+  p_i = sum_t w_{t,i} softmax(z_{t,i} / T).
+- L = alpha T^2 KL(p_i || softmax(z_s / T)) + (1 - alpha) CE + angle * RKD-angle(p, softmax(z_s / T))
+  + beta * hint, with the hint loss the mean over teachers of MSE(regressor_t(student map resized to
+  teacher t's grid), teacher t's map). Defaults alpha = 0.7, T = 5 (the paper).
+
+Multi-level simplification, stated: the paper guides several groups of student layers, one per
+teacher; here every teacher's last map guides the student's last map through its own regressor (one
+level, K hints). Spatial sizes that differ are matched by adaptive average pooling of the student map
+to the teacher's grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo_study.methods.registry import MethodState, SetupContext
+
+__all__ = ["AMTMLModule", "setup_amtml", "instance_weights", "integrated_target", "rkd_angle_loss", "hint_loss"]
+
+
+def instance_weights(b: Tensor, theta: Tensor, v: Tensor) -> Tensor:
+    """[B, K] softmax over teachers of v . (theta_t * b_i); b [B, d], theta [K, d], v [d]."""
+    gamma = torch.einsum("bd,kd,d->bk", b, theta, v)
+    return torch.softmax(gamma, dim=-1)
+
+
+def integrated_target(weights: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """[B, C] sum_t w_{t,i} softmax(z_{t,i} / T); weights [B, K], teacher_logits [K, B, C]."""
+    probs = torch.softmax(teacher_logits / temperature, dim=-1)
+    return torch.einsum("bk,kbc->bc", weights, probs)
+
+
+def _angles(x: Tensor) -> Tensor:
+    """[B, B, B] cosines of the angle at j between (i - j) and (k - j) (RKD, Park et al.)."""
+    d = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=-1)  # d[j, i] = normalise(x_i - x_j)
+    return torch.bmm(d, d.transpose(1, 2))  # [j, i, k]
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Huber (smooth L1) distance between the triplet-angle structures of two embeddings [B, D]."""
+    with torch.no_grad():
+        t = _angles(teacher)
+    return F.smooth_l1_loss(_angles(student), t)
+
+
+def hint_loss(regressed: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
+    """Mean over teachers of the MSE between a regressed student map and the teacher's map."""
+    return torch.stack([F.mse_loss(r, t.detach()) for r, t in zip(regressed, teacher_maps)]).mean()
+
+
+class AMTMLModule(nn.Module):
+    def __init__(self, student_channels: int, teacher_shapes: list[tuple[int, int, int]]) -> None:
+        super().__init__()
+        k = len(teacher_shapes)
+        if k < 1:
+            raise ValueError("AMTML-KD needs at least one teacher")
+        d = int(student_channels)
+        self.theta = nn.Parameter(torch.randn(k, d) * d ** -0.5)
+        self.v = nn.Parameter(torch.randn(d) * d ** -0.5)
+        self.regressors = nn.ModuleList(nn.Conv2d(d, c, kernel_size=1) for c, _, _ in teacher_shapes)
+        self.grids = [(h, w) for _, h, w in teacher_shapes]
+
+    def weights(self, student_map: Tensor) -> Tensor:
+        b = student_map.amax(dim=(2, 3))  # channel-wise max pool -> [B, d]
+        return instance_weights(b, self.theta, self.v)
+
+    def regress(self, student_map: Tensor) -> list[Tensor]:
+        out = []
+        for reg, (h, w) in zip(self.regressors, self.grids):
+            m = student_map if student_map.shape[-2:] == (h, w) else F.adaptive_avg_pool2d(student_map, (h, w))
+            out.append(reg(m))
+        return out
+
+
+class _AMTMLState(MethodState):
+    """The loop's hooks: the module trains with the student; per-class mean teacher weights are logged."""
+
+    def __init__(self, module: AMTMLModule, num_teachers: int) -> None:
+        self.module = module
+        self.k = num_teachers
+        self.class_weight_sum: dict[int, Tensor] = {}
+        self.class_count: dict[int, int] = {}
+
+    def parameters(self) -> list:
+        return list(self.module.parameters())
+
+    def train(self) -> None:
+        self.module.train()
+
+    def record(self, weights: Tensor, labels: Tensor) -> None:
+        w = weights.detach().float().cpu()
+        for c in labels.cpu().unique().tolist():
+            sel = labels.cpu() == c
+            self.class_weight_sum[c] = self.class_weight_sum.get(c, torch.zeros(self.k)) + w[sel].sum(0)
+            self.class_count[c] = self.class_count.get(c, 0) + int(sel.sum())
+
+    def extra(self) -> dict:
+        """Mean teacher weights per class over all training batches: which teacher each class listens to."""
+        return {"amtml_class_weights": {str(c): (self.class_weight_sum[c] / self.class_count[c]).tolist()
+                                        for c in sorted(self.class_count)}}
+
+
+def setup_amtml(ctx: SetupContext) -> MethodState:
+    """The ``setup`` hook of ``amtml_kd``: latent factors and regressors sized by a probe of the maps."""
+    if ctx.map_shapes is None:
+        raise ValueError("amtml_kd needs the loop's feature-map probe (SetupContext.map_shapes)")
+    (c_s, _, _), teacher_shapes = ctx.map_shapes()
+    module = AMTMLModule(c_s, teacher_shapes).to(ctx.device)  # init from the member's seeded torch RNG
+    return _AMTMLState(module, len(teacher_shapes))
