@@ -312,6 +312,14 @@ TABLES: tuple[TableSpec, ...] = (
         "add std_kd to transfer.methods", present_by_method,
     ),
     TableSpec(
+        "tab_amtml", "AMTML-KD — which teacher each class listens to", "tab_amtml_teacher_weights",
+        "Per AMTML-KD run and teacher: the learned per-instance teacher weight averaged per class of the "
+        "transfer set, then over classes (mean, range), and how many classes give that teacher the largest "
+        "weight. An even split means the adaptive weighting learned no preference.",
+        ("teacher_weights", "transfers"), "no AMTML-KD runs: add amtml_kd to multi_teacher.parallel_methods",
+        generic,
+    ),
+    TableSpec(
         "tab_robustness", "Robustness — FGSM and I-FGSM accuracy, feature V-measure", "tab_robustness",
         "Per student: the zoo model before transfer, then each transfer setting's last student. Accuracy on "
         "clean inputs and under FGSM and I-FGSM attacks of budget eps (in 1/255 pixel steps; the attack acts "

@@ -161,6 +161,22 @@ def cmd_run(args) -> int:
         lock.release()
 
 
+# stages that read only the zoo, predictions and scores, never each other's outputs: they run as one wave,
+# so a core freed by one stage's last job takes the next stage's work instead of idling until it ends
+INDEPENDENT_STAGES = ("transfer", "multi_teacher", "hparam")
+
+
+def _stage_groups(stages: list[str]) -> list[list[str]]:
+    """Consecutive independent stages merged into one group (one wave); every other stage alone."""
+    groups: list[list[str]] = []
+    for stage in stages:
+        if groups and stage in INDEPENDENT_STAGES and groups[-1][-1] in INDEPENDENT_STAGES:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
 def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     from pipelines.backends import RayUnavailable
     from pipelines.lock import remove_temp_files
@@ -176,22 +192,26 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     failed = finished = 0
     score_ran = False
     t0 = time.perf_counter()
-    for stage in stages:
-        if stage == "report":
+    for group in _stage_groups(stages):
+        if group == ["report"]:
             from analysis.report import build_report
 
             print(f"report: {build_report(layout.root)}")
             continue
-        jobs = plans[stage]
-        if jobs is None or score_ran:  # planned now from the pairs the score stage just wrote
-            jobs = plan_stage(cfg, stage)
-        if jobs is None:
-            print(f"{stage}: needs scores/pairs.parquet; run the score stage first", file=sys.stderr)
-            failed += 1
-            continue
+        jobs = []
+        for stage in group:
+            planned = plans[stage]
+            if planned is None or score_ran:  # planned now from the pairs the score stage just wrote
+                planned = plan_stage(cfg, stage)
+            if planned is None:
+                print(f"{stage}: needs scores/pairs.parquet; run the score stage first", file=sys.stderr)
+                failed += 1
+                continue
+            if planned:
+                LOG.info("stage %s: %d job(s)", stage, len(planned))
+            jobs += planned
         if not jobs:
             continue
-        LOG.info("stage %s: %d job(s)", stage, len(jobs))
         try:
             report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus, pack_size=cfg.ray.pack_size,
                               max_retries=cfg.ray.max_retries, progress=not args.no_progress)
@@ -204,7 +224,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
         print(report.summary())
         finished += report.ran
         failed += report.failed + report.skipped
-        score_ran = score_ran or (stage == "score" and report.ran > 0)
+        score_ran = score_ran or ("score" in group and report.ran > 0)
     print(f"done in {time.perf_counter() - t0:.1f} s; results in {layout.root}")
     return 1 if failed else 0
 

@@ -139,6 +139,13 @@ class _Inputs:
                 self.handles.pop(rel, None)
 
 
+def largest_packs_first(jobs: Sequence[Job]) -> list[Job]:
+    """Jobs ordered so that the biggest packs are submitted first (stable otherwise): the long tasks start
+    early and the short ones fill the cores at the end of a wave, instead of one long pack running alone."""
+    sizes = collections.Counter(j.pack for j in jobs if j.pack)
+    return sorted(jobs, key=lambda j: -sizes[j.pack] if j.pack else -1)
+
+
 def run_jobs(
     jobs: Sequence[Job] | Sequence[Sequence[Job]],
     root: str | os.PathLike[str],
@@ -313,7 +320,7 @@ class _Wave:
     def run(self, window: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        todo: collections.deque[tuple[Job, int]] = collections.deque((j, 1) for j in self.jobs)
+        todo: collections.deque[tuple[Job, int]] = collections.deque((j, 1) for j in largest_packs_first(self.jobs))
         inflight: dict[Any, tuple[Job, int, list[Job] | None]] = {}
         cancelled = 0
         redirect = _logging_redirect() if progress else contextlib.nullcontext()

@@ -240,13 +240,21 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
                num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack)
 
 
-def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False) -> Callable[[str], dict[str, Path]]:
-    """A transfer job's outputs; with ``keep_student`` (the robustness stage is on) its last student's weights."""
+def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False,
+                      method: str | None = None) -> Callable[[str], dict[str, Path]]:
+    """A transfer job's outputs; with ``keep_student`` (the robustness stage is on) its last student's
+    weights; for methods that learn teacher weights (AMTML-KD) their per-class table."""
+    from zoo_study.methods import get_method
+
+    weights = method is not None and get_method(method).teacher_weights
+
     def outputs(jid: str) -> dict[str, Path]:
         out = {"summary": layout.transfer_summary(jid), "epochs": layout.transfer_epochs(jid),
                "predictions": layout.transfer_predictions(jid)}
         if keep_student:
             out["student_weights"] = layout.student_weights(jid)
+        if weights:
+            out["teacher_weights"] = layout.teacher_weights(jid)
         return out
 
     return outputs
@@ -270,7 +278,7 @@ def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
             for seed in seeds:
                 jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
                                           _transfer_config(cfg, method, seed),
-                                          _transfer_outputs(layout, cfg.robustness.enabled)))
+                                          _transfer_outputs(layout, cfg.robustness.enabled, method)))
     return jobs
 
 
@@ -291,7 +299,7 @@ def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
             tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], mode="parallel", study_part="multi_teacher",
                                      epochs=mt.epochs, order=mt.order)
             jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
-                                      _transfer_outputs(layout, cfg.robustness.enabled)))
+                                      _transfer_outputs(layout, cfg.robustness.enabled, method)))
         if mt.single_baselines:  # each teacher alone, same method and epochs: what the modes must beat
             for teacher in teachers:
                 # study_part multi_teacher: Tab 4's baselines, kept apart from the study's own transfers

@@ -102,3 +102,22 @@ def test_amtml_joins_the_multi_teacher_stage_and_bad_choices_fail_at_load(tmp_pa
     raw["multi_teacher"]["parallel_methods"] = ["kl"]
     with pytest.raises(ConfigError, match="take one teacher at a time.*amtml_kd"):
         validate_config(raw)
+
+
+def test_teacher_weight_table_from_a_run(tmp_path):
+    from pipelines.executors import _teacher_weight_table
+
+    src = tiny_source()
+    student, srec = trained(0)
+    t1, r1 = trained(1)
+    t2, r2 = trained(2, size=12)
+    cfg = TransferConfig(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
+                         base_lr=0.05)
+    res = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="j1")
+    table = _teacher_weight_table(res)
+    rows = table.to_pylist()
+    assert len(rows) == 6 * 2 and {r["teacher"] for r in rows} == {r1.model_id, r2.model_id}
+    by_class: dict[int, float] = {}
+    for r in rows:
+        by_class[r["class_id"]] = by_class.get(r["class_id"], 0.0) + r["weight"]
+    assert all(abs(v - 1.0) < 1e-5 for v in by_class.values())

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "TOP_X_PERCENTS", "MODEL_SCHEMA", "PREDICTION_SCHEMA", "PAIR_SCHEMA", "PAIR_CLASS_SCHEMA",
            "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA",
-           "ROBUSTNESS_SCHEMA"]
+           "ROBUSTNESS_SCHEMA", "TEACHER_WEIGHT_SCHEMA"]
 
 SCHEMA_VERSION = 1
 TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
@@ -183,6 +183,18 @@ ROBUSTNESS_SCHEMA = pa.schema(
         pa.field("v_measure", pa.float64()),  # k-means (k = classes) of penultimate features vs labels
         pa.field("runtime_s", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
+    ]
+)
+
+# AMTML-KD's mean per-instance teacher weight per class of the transfer set (over all training batches
+# of a stage): which teacher each class listens to. Written only by methods that learn such weights.
+TEACHER_WEIGHT_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("stage", pa.int32(), nullable=False),
+        pa.field("class_id", pa.int64(), nullable=False),
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
     ]
 )
 

@@ -32,6 +32,7 @@ from zoo_study.schemas import (  # noqa: F401  (re-exported: the usual import pa
     PREDICTION_SCHEMA,
     ROBUSTNESS_SCHEMA,
     SCHEMA_VERSION,
+    TEACHER_WEIGHT_SCHEMA,
     TOP_X_PERCENTS,
     TRANSFER_EPOCH_SCHEMA,
     TRANSFER_PREDICTION_SCHEMA,
@@ -121,6 +122,8 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               "transfer", "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
     TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hparam", "hyper-parameter grid results",
               "grid-search rows, kept apart from the study's transfers (same columns as a transfer summary)"),
+    TableSpec("teacher_weights", "transfers/{job_id}/teacher_weights.parquet", TEACHER_WEIGHT_SCHEMA, "transfer",
+              "per-class teacher weights", "AMTML-KD: mean learned weight of each teacher per class"),
     TableSpec("robustness", "robustness/{job_id}.parquet", ROBUSTNESS_SCHEMA, "robustness", "robustness results",
               "clean, FGSM and I-FGSM accuracy per eps (and feature V-measure) of students before and after transfer"),
     TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "any", "failed jobs",
@@ -200,6 +203,7 @@ class ResultsLayout:
     transfer_predictions = _keyed("transfer_predictions")
     hparam_row = _keyed("hparams")
     robustness_row = _keyed("robustness")
+    teacher_weights = _keyed("teacher_weights")
     student_weights = _keyed("student_weights")
     job_record = _keyed("job_record")  # which spec produced a job's outputs: part of "done"
     failure = _keyed("failures")

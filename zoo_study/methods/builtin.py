@@ -144,6 +144,7 @@ def kl_dp_unsup(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 
 
 @register_method("amtml_kd", label="AMTML-KD", temperature=5.0, needs_labels=True, needs_maps=True, multi_teacher=True,
+                 teacher_weights=True,
                  params={"alpha": Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - alpha weighs CE"),
                          "angle": Param(1.0, float, 0.0, None, doc="weight of the RKD angle loss (ours)"),
                          "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)")},
@@ -170,3 +171,26 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     loss = p["alpha"] * kl + (1.0 - p["alpha"]) * ce + p["angle"] * angle + p["beta"] * hint
     return ObjectiveOutput(loss, logs={"kl": kl.detach(), "ce": ce.detach(), "angle": angle.detach(),
                                        "hint": hint.detach()})
+
+
+@register_method("talking_models", label="Talking Models", needs_labels=True, needs_maps=True,
+                 params={"rounds": Param(1, int, 1, 3, doc="interaction rounds N"),
+                         "msg_dim": Param(64, int, 1, None, doc="size of the shared message space"),
+                         "w_interact": Param(1.0, float, 0.0, None, doc="weight of L_interact"),
+                         "w_mc": Param(1.0, float, 0.0, None, doc="weight of L_MC (message consistency)"),
+                         "w_sc": Param(1.0, float, 0.0, None, doc="weight of L_SC (state consistency)"),
+                         "noise": Param(0.0, float, 0.0, None, doc="std of Gaussian noise on the state the teacher hears")},
+                 setup="zoo_study.transfer.talking:setup_talking",
+                 doc="Talking Models (METHOD.md section 6): student and teacher exchange messages through learned "
+                     "encoders / decoders at the last feature map; CE + the interaction, message- and "
+                     "state-consistency losses. The kept model is the plain student.")
+def talking_models(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    if inp.state is None or inp.student_map is None or not inp.teacher_maps or inp.teachers is None:
+        raise ValueError("talking_models needs its state and the student's and teacher's feature maps")
+    model = inp.state.student
+    inter, mc, sc = inp.state.losses(model, inp.student_map, inp.teacher_maps[0], inp.teacher, rounds=p["rounds"],
+                                     temperature=inp.temperature, noise=p["noise"], generator=inp.generator)
+    ce = L.cross_entropy(inp.student, inp.targets)
+    loss = ce + p["w_interact"] * inter + p["w_mc"] * mc + p["w_sc"] * sc
+    return ObjectiveOutput(loss, logs={"ce": ce.detach(), "interact": inter.detach(), "mc": mc.detach(),
+                                       "sc": sc.detach()})

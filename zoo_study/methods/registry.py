@@ -140,6 +140,9 @@ class SetupContext:
     feature_dims: Callable[[], tuple[int, int]]  # (student, first teacher) penultimate sizes, probed on demand
     # (student, [per teacher]) last-feature-map shapes (C, H, W) as the loop hands them (needs_maps)
     map_shapes: "Callable[[], tuple[tuple[int, int, int], list[tuple[int, int, int]]]] | None" = None
+    # (student, [per teacher]) shapes of forward_features itself (no batch): (C, H, W) or (N, D)
+    native_shapes: "Callable[[], tuple[tuple[int, ...], list[tuple[int, ...]]]] | None" = None
+    teachers: "list[nn.Module] | None" = None  # the stage's teacher modules (frozen; eval mode)
     labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
 
 
@@ -184,6 +187,7 @@ class Method:
     needs_frozen: bool = False
     needs_features: bool = False  # penultimate features of student and first teacher
     needs_maps: bool = False  # last feature maps of the student and of every teacher (as grids)
+    teacher_weights: bool = False  # its state logs per-class teacher weights (the teacher_weights table)
     needs_index: bool = False  # positions of the batch's samples in the transfer set
     routes: bool = False  # returns ObjectiveOutput.route (logs the teacher share)
     multi_teacher: bool = False  # accepts K > 1 teachers at once (parallel mode)
@@ -227,6 +231,7 @@ def register_method(
     needs_frozen: bool = False,
     needs_features: bool = False,
     needs_maps: bool = False,
+    teacher_weights: bool = False,
     needs_index: bool = False,
     routes: bool = False,
     multi_teacher: bool = False,
@@ -252,6 +257,7 @@ def register_method(
         _REGISTRY[name] = Method(
             name=name, fn=fn, label=label, params=params_, lr=lr, temperature=temperature,
             needs_labels=needs_labels, needs_frozen=needs_frozen, needs_features=needs_features, needs_maps=needs_maps,
+            teacher_weights=teacher_weights,
             needs_index=needs_index, routes=routes, multi_teacher=multi_teacher,
             grid={k: tuple(v) for k, v in grid.items()} if grid is not None else None, setup=setup,
             paper_success_rate=paper_success_rate, doc=doc or (fn.__doc__ or "").strip(), order=len(_REGISTRY),

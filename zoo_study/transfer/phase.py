@@ -124,9 +124,18 @@ def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[Teach
             ts = [tuple(forward_with_map(t.module, rt.inputs(t.pre, raw0))[1].shape[1:]) for t in teachers]
         return s, ts
 
+    def native_shapes():
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        with torch.no_grad(), rt.autocast():
+            model.eval()
+            s = tuple(model.forward_features(rt.inputs(student_pre, raw0)).shape[1:])
+            ts = [tuple(t.module.forward_features(rt.inputs(t.pre, raw0)).shape[1:]) for t in teachers]
+        return s, ts
+
     params = config.resolved_hparams
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
-                                        feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes))
+                                        feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes,
+                                        native_shapes=native_shapes, teachers=[t.module for t in teachers]))
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)

@@ -1,0 +1,73 @@
+"""Talking Models (METHOD.md section 6): one round's losses on hand-computed tensors, and a transfer that
+trains the encoders with the student, leaves the teacher untouched and keeps the plain student."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from test_transfer_fixtures import tiny_source, trained
+from zoo_study.transfer import TransferConfig, run_transfer
+from zoo_study.transfer.talking import talking_round
+
+torch.set_num_threads(1)
+
+
+def test_one_round_by_hand_with_identity_codes():
+    ident = lambda v: v  # noqa: E731  encoders / decoders / heads all identity, C = K = 2
+    h_s = torch.tensor([[1.0, 0.0]])
+    h_t = torch.tensor([[0.0, 1.0]])
+    z_t = torch.tensor([[0.0, math.log(3.0)]])  # teacher softmax (0.25, 0.75)
+    r = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident, head_t=ident)
+    # the student's message comes back unchanged: z_s' = h_s = (1, 0), softmax (e/(e+1), 1/(e+1))
+    q = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    p = torch.tensor([0.25, 0.75])
+    assert float(r.interact) == pytest.approx(float((p * (p.log() - q.log())).sum()), rel=1e-6)
+    assert float(r.mc) == pytest.approx(1.0)  # MSE((1, 0), (0, 1)) = (1 + 1) / 2
+    assert float(r.sc) == pytest.approx(1.0 + 0.0)  # the teacher heard (1, 0) vs its (0, 1); the student's is exact
+    assert torch.equal(r.h_s_next, h_s)
+    # noise on the heard state is seeded
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident,
+                      head_t=ident, noise=0.1, generator=g1)
+    b = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident,
+                      head_t=ident, noise=0.1, generator=g2)
+    assert float(a.sc) == float(b.sc) != float(r.sc)
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_talking_transfer_keeps_the_plain_student_and_freezes_the_teacher(rounds):
+    src = tiny_source()
+    student, srec = trained(0)
+    teacher, trec = trained(2, size=12)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = TransferConfig(method="talking_models", hparams={"rounds": rounds, "msg_dim": 8}, epochs=1, batch_size=30,
+                         transfer_fraction=0.4, seed=2, base_lr=0.05)
+    res = run_transfer(student, srec, [(teacher, trec)], src, cfg, job_id="t")
+    assert set(res.model.state_dict()) == set(student.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    sd, kept = student.state_dict(), res.model.state_dict()
+    assert any(not torch.equal(sd[k], kept[k]) for k in sd)  # the student learned
+    logs = res.info["phases"][0]["epoch_logs"][0]
+    assert {"ce", "interact", "mc", "sc"} <= set(logs) and all(math.isfinite(v) for v in logs.values())
+    with pytest.raises(ValueError, match="rounds"):
+        TransferConfig(method="talking_models", hparams={"rounds": 4})
+
+
+def test_a_state_vector_reaches_cnn_and_token_heads_exactly():
+    import zoo_study  # noqa: F401
+    import timm
+
+    from zoo_study.transfer.talking import head_on_vector
+
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2,
+                            num_classes=6).eval()
+    with torch.no_grad():
+        v = torch.randn(3, 64)
+        assert torch.allclose(head_on_vector(cnn, v, (64, 1, 1)), cnn.fc(v), atol=1e-6)
+        w = torch.randn(3, 24)
+        assert torch.allclose(head_on_vector(vit, w, (17, 24)), vit.head(vit.fc_norm(w)), atol=1e-6)
