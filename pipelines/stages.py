@@ -188,7 +188,8 @@ def scored_pairs(layout: ResultsLayout):
 
 
 def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "single", study_part: str = "transfer",
-                     epochs: int | None = None, hparams: dict[str, Any] | None = None, order: str = "given") -> dict[str, Any]:
+                     epochs: int | None = None, hparams: dict[str, Any] | None = None, order: str = "given",
+                     variant: dict[str, Any] | None = None) -> dict[str, Any]:
     """The resolved, validated TransferConfig of one job, as the dict its spec (and id) holds.
 
     A bad value (a grid point outside a parameter's range, a method that cannot run a mode) is a
@@ -199,6 +200,7 @@ def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "s
     hp = dict(t.hparams.get(method, {}))
     hp.update(hparams or {})
     settings = {**t.settings(), "epochs": epochs or t.epochs}
+    settings.update(variant or {})
     try:
         tc = TransferConfig(**settings, method=method, mode=mode, hparams=hp, seed=seed, study_part=study_part,
                             teacher_order=order)
@@ -276,9 +278,10 @@ def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
             if i < rep.n_pairs and (not rep.methods or method in rep.methods):  # extra seeds on the first pairs
                 seeds += [s for s in rep.seeds if s not in seeds]
             for seed in seeds:
-                jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
-                                          _transfer_config(cfg, method, seed),
-                                          _transfer_outputs(layout, cfg.robustness.enabled, method)))
+                for variant in [None, *t.variants]:  # the study's settings, then each variant of them
+                    jobs.append(_transfer_job(cfg, layout, models, "transfer", [teacher], student,
+                                              _transfer_config(cfg, method, seed, variant=variant),
+                                              _transfer_outputs(layout, cfg.robustness.enabled, method)))
     return jobs
 
 

@@ -185,3 +185,28 @@ def test_summary_files_written_before_the_new_columns_still_read_as_done(tmp_pat
     assert back is not None and back.column("mixup").to_pylist() == [None]
     pq.write_table(old.drop_columns(["n_gain"]), tmp_path / "broken.parquet")  # a required column missing
     assert read_parquet_checked(tmp_path / "broken.parquet", TRANSFER_SUMMARY_SCHEMA) is None
+
+
+def test_transfer_variants_copy_every_transfer_with_changed_settings(tmp_path):
+    from pipelines.stages import plan_transfer
+    from zoo_study.config import ConfigError, validate_config
+    from zoo_study.store import ResultsLayout
+
+    raw = {"study": {"results_root": str(tmp_path)}, "zoo": {"embedded": ["resnet10t_w16", "mixer_p8"]},
+           "transfer": {"methods": ["kl", "std_kd"], "pairs": "explicit", "explicit": [["resnet10t_w16", "mixer_p8"]]}}
+    base = plan_transfer(validate_config(raw), ResultsLayout(tmp_path))
+    raw["transfer"]["variants"] = [{"mixup": "pmu", "mixup_share": 0.5}, {"student_init": "scratch"}]
+    jobs = plan_transfer(validate_config(raw), ResultsLayout(tmp_path))
+    assert len(base) == 2 and len(jobs) == 6
+    assert {j.job_id for j in base} <= {j.job_id for j in jobs}  # the study's own transfers keep their ids
+    settings = sorted((j.spec["config"]["method"], j.spec["config"].get("mixup", "none"),
+                       j.spec["config"].get("student_init", "pretrained")) for j in jobs)
+    assert settings == [("kl", "none", "pretrained"), ("kl", "none", "scratch"), ("kl", "pmu", "pretrained"),
+                        ("std_kd", "none", "pretrained"), ("std_kd", "none", "scratch"), ("std_kd", "pmu", "pretrained")]
+    assert len({j.pack for j in jobs}) == 3  # variants see other batches: their own packs
+    raw["transfer"]["variants"] = [{"mixup": "pmu", "methods": ["kl"]}]
+    with pytest.raises(ConfigError, match=r"variants\[0\].*methods.*valid keys"):
+        validate_config(raw)
+    raw["transfer"]["variants"] = [{"mixup_share": 2.0}]
+    with pytest.raises(ConfigError, match="mixup_share"):
+        validate_config(raw)

@@ -134,11 +134,32 @@ class TransferSection(TransferSettings):
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
     hparams: dict[str, dict[str, Any]] = {}  # per-method overrides, e.g. {kl_dp = {lr = 1e-4}}
     replicate: ReplicateSection = ReplicateSection()
+    # further copies of every single-teacher transfer with some settings changed, e.g. the mixup-KD grid
+    # [{mixup = "pmu", mixup_share = 0.1}, {mixup = "fmu"}, {student_init = "scratch"}]; each key must be
+    # a transfer setting (TransferSettings), each variant is validated like [transfer] itself
+    variants: list[dict[str, Any]] = []
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
         return _check_methods("transfer.methods", v)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v):
+        valid = set(TransferSettings.model_fields)
+        for i, variant in enumerate(v):
+            bad = sorted(set(variant) - valid)
+            if bad or not variant:
+                raise ValueError(f"transfer.variants[{i}] {bad or '(empty)'}: each variant changes transfer "
+                                 f"settings; valid keys: {', '.join(sorted(valid))}")
+            try:
+                TransferSettings(**variant)
+            except ValidationError as err:
+                from zoo_study.transfer.config import first_error
+
+                raise ValueError(f"transfer.variants[{i}]: {first_error(err)}") from None
+        return v
 
     @field_validator("hparams")
     @classmethod
