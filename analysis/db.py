@@ -39,6 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.macros import METHOD_MACROS, stats_macros
+
+PAPER_TRANSFERS_VIEW = (
+    "CREATE OR REPLACE VIEW paper_transfers AS SELECT * FROM transfers "
+    "WHERE coalesce(student_init, 'pretrained') = 'pretrained' AND coalesce(mixup, 'none') = 'none'"
+)
 from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these from analysis.db)
     ALLOWED,
     Params,
@@ -131,6 +136,9 @@ class ResultsDB:
             self.con.unregister(tmp)
         self._sandbox()
         self.refresh(force=True)
+        # The paper's analyses read pretrained students without batch mixing; mixup and scratch variants
+        # (transfer.variants) are their own experiment (the Mixup-KD table), never pooled as extra seeds.
+        self.con.execute(PAPER_TRANSFERS_VIEW)
 
     def _sandbox(self) -> None:
         """Let DuckDB read files under the root and nothing else, then lock every setting.

@@ -319,3 +319,31 @@ def draw_fig11(t: pa.Table, max_jobs: int = 6) -> Figure:
     more = f" (first {max_jobs} of {len(jobs)} runs)" if len(jobs) > max_jobs else ""
     fig.suptitle("Sequential multi-teacher transfer: gain, loss and delta per epoch" + more)
     return fig
+
+
+def draw_robustness(t: pa.Table) -> Figure:
+    """Clean, FGSM and I-FGSM accuracy per setting at the largest eps, one panel per student."""
+    rs = rows(t)
+    eps = max(r["eps_255"] for r in rs)
+    rs = [r for r in rs if r["eps_255"] == eps]
+    students = list(dict.fromkeys(r["student"] for r in rs))
+    fig = new_figure(max(6.0, 4.5 * len(students)), 4.4)
+    kinds = (("clean_pct", "clean", 1.0), ("fgsm_pct", "FGSM", 0.65), ("ifgsm_pct", "I-FGSM", 0.35))
+    for i, student in enumerate(students):
+        ax = fig.add_subplot(1, len(students), i + 1)
+        mine = [r for r in rs if r["student"] == student]
+        labels = [r["setting"] if r["setting"] == "before transfer" else
+                  " ".join(str(x) for x in (method_label(r["setting"]), r["mixup"] if r["mixup"] != "none" else "",
+                                            f"{r['mixed_pct']}%" if r["mixup"] == "pmu" else "",
+                                            "scratch" if r["student_init"] == "scratch" else "") if x)
+                  for r in mine]
+        pos = np.arange(len(mine))
+        for k, (col, name, alpha) in enumerate(kinds):
+            ax.bar(pos + (k - 1) * 0.27, [r[col] for r in mine], width=0.27, alpha=alpha, color="C0", label=name)
+        ax.set_xticks(pos, labels, rotation=35, ha="right", fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{student} (eps = {eps:g}/255)", fontsize=9)
+        if i == 0:
+            ax.set_ylabel("accuracy [%]")
+            ax.legend(fontsize=7)
+    return fig

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from analysis.db import VIEWS, ResultsDB
 from analysis.figure_draw import (
+    draw_robustness,
     draw_fig1a,
     draw_fig1b,
     draw_fig2a,
@@ -142,6 +143,14 @@ FIGURES: tuple[FigureSpec, ...] = (
         ("transfers", "epochs"),
         "no sequential multi-teacher runs (mode 'sequential') with epoch rows yet: run the multi-teacher stage",
         draw_fig11,
+    ),
+    FigureSpec(
+        "fig_robustness", "Robustness — clean vs FGSM vs I-FGSM accuracy per setting", "tab_robustness",
+        "Per student, the zoo model before transfer and each transfer setting's last student (method, batch "
+        "mixing, scratch): accuracy on clean inputs and under FGSM and I-FGSM at the largest eps of the study "
+        "(pixel units, /255). Choi et al. report that mixup in distillation trades clean accuracy for robustness.",
+        ("robustness",), "no robustness rows: enable the robustness stage ([robustness] enabled = true)",
+        draw_robustness,
     ),
 )  # fmt: skip
 FIGURES_BY_KEY = {f.key: f for f in FIGURES}

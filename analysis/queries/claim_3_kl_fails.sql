@@ -3,10 +3,10 @@
 --     with its 95% Wilson interval over pairs; the claim is that it is below 50%.
 -- 3b: Pearson r of KL's delta_last with the pair's delta_acc (trained, scored pairs), 95% Fisher-z
 --     interval; the claim is r > 0 (weaker teachers hurt more). Pairs share models: optimistic interval.
--- Columns as in claim_1. Reads: transfers, pairs.
+-- Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
 WITH kl AS (
     SELECT student, teacher, avg(delta_last) AS delta_last
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single' AND method_key(method, hparams_json) = 'kl'
     GROUP BY student, teacher
 ),

@@ -3,10 +3,10 @@
 -- (student, teacher) both methods ran on of the paired difference delta_last(a) - delta_last(b) (runs of a
 -- pair averaged first), with its 95% t interval over those pairs (mean_ci_low/high); the claim is > 0.
 -- The paired difference in delta has more power than comparing two success rates. In percentage points.
--- Columns as in claim_1. Reads: transfers.
+-- Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup).
 WITH per_pair AS (
     SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

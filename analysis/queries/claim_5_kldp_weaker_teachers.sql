@@ -1,10 +1,10 @@
 -- Claim 5 (Fig 4b, §5.1): KL+DP gains even from weaker teachers.
 -- Mean delta_last of supervised KL+DP ('kl_dp') over the pairs whose teacher is weaker than the student
 -- (scored pair with delta_acc < 0, trained teacher; runs of a pair averaged first), with its 95% t interval
--- over those pairs; the claim is > 0. In percentage points. Columns as in claim_1. Reads: transfers, pairs.
+-- over those pairs; the claim is > 0. In percentage points. Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
 WITH per_pair AS (
     SELECT student, teacher, avg(delta_last) AS delta_last
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single' AND method_key(method, hparams_json) = 'kl_dp'
     GROUP BY student, teacher
 ),

@@ -4,11 +4,11 @@
 -- 6b_pos / 6b_neg: mean over supervised KL+DP pairs of teacher_share_pos (share of positive-flip training
 --     samples routed to the teacher; paper ~72%) and teacher_share_neg (negative flips; paper ~9%), 95% t
 --     interval over pairs, against 50%: most positive flips go to the teacher (> 50%), few negative flips
---     do (< 50%). In percentage points / percent. Columns as in claim_1. Reads: transfers.
+--     do (< 50%). In percentage points / percent. Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup).
 WITH per_pair AS (
     SELECT method_key(method, hparams_json) AS method, student, teacher,
            avg(loss) AS loss, avg(teacher_share_pos) AS share_pos, avg(teacher_share_neg) AS share_neg
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

@@ -10,11 +10,11 @@
 -- difference in accuracy between the two models on the same eval samples, from their per-sample
 -- predictions (each side a single run); without them the interval is NULL ('not enough power to tell').
 -- 7a holds when the interval is > 0, 7b when it is < 0. Columns as in claim_1.
--- Reads: transfers, transfer_predictions.
+-- Reads: transfers (paper_transfers: pretrained students, no mixup), transfer_predictions.
 WITH RECURSIVE multi AS (
     SELECT method_key(method, hparams_json) AS method, student, list_sort(teachers) AS teacher_set, mode,
            avg(delta_last) AS d, count(*) AS n_runs, min(job_id) AS job_id
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'multi_teacher' AND mode IN ('sequential', 'parallel', 'soup')
     GROUP BY method_key(method, hparams_json), student, list_sort(teachers), mode
 ),
@@ -25,7 +25,7 @@ single_all AS (
     SELECT s.method, s.student, s.teacher_set, t.study_part AS source, t.teacher,
            avg(t.delta_last) AS d, count(*) AS n_runs, min(t.job_id) AS job_id
     FROM sets s
-    JOIN transfers t
+    JOIN paper_transfers t
       ON t.study_part IN ('multi_teacher', 'transfer') AND t.mode = 'single'
      AND t.student = s.student
      AND method_key(t.method, t.hparams_json) = s.method

@@ -4,12 +4,12 @@
 -- the epoch-0 row of a later stage repeats the end of the previous stage and is dropped. gain, loss and
 -- delta are measured against the student before any transfer. final_delta_pp / final_ci_low_pp /
 -- final_ci_high_pp: the job's final delta_last with its 95% paired score interval (zoo_study/stats.py),
--- the same on every row of the job (per-epoch rows carry no counts). Reads: transfers, epochs.
+-- the same on every row of the job (per-epoch rows carry no counts). Reads: transfers (paper_transfers: pretrained students, no mixup), epochs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH seq AS (
     SELECT job_id, method_key(method, hparams_json) AS method, student, teacher AS teacher_chain,
            delta_last, delta_ci_low, delta_ci_high
-    FROM transfers
+    FROM paper_transfers
     WHERE mode = 'sequential'
 )
 SELECT

@@ -9,7 +9,7 @@
 -- one teacher). Repeated runs of one (method, student, teacher) - several seeds - are averaged first, so
 -- each teacher counts once; such a teacher is significant only when every one of its runs is
 -- (max_seeds = most runs of one teacher). Single-teacher transfers only. method is method_key(): '_unsup'
--- appended for unsupervised runs. Reads: transfers.
+-- appended for unsupervised runs. Reads: transfers (paper_transfers: pretrained students, no mixup).
 WITH per_teacher AS (
     SELECT
         method_key(method, hparams_json) AS method,
@@ -19,7 +19,7 @@ WITH per_teacher AS (
         coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
         coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg,
         count(*)        AS n_runs
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 )

@@ -10,7 +10,7 @@
 -- spread the chosen pairs are; n_sig_positive counts the bin's pairs whose delta is significantly > 0
 -- (McNemar p < 0.05, every run).
 -- Transfers whose pair was not scored have no delta_acc and are left out.
--- Reads: transfers, pairs.
+-- Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH params AS (
     SELECT 6 AS n_bins   -- number of equal-width delta_acc bins; change it here
@@ -22,7 +22,7 @@ runs AS (
                 ELSE mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_low,
            CASE WHEN count(*) = 1 THEN min(delta_ci_high)
                 ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_high
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

@@ -5,11 +5,11 @@
 -- cumulative share of flips reaches X% - a class belongs to it when the flips before it are still < X%.
 -- transfer_rate_pct = of the initial positive flips whose label is in those classes, the % the student
 -- gets right after transfer (pred_after). X in 2, 5, 20, 50, 100; X = 100 is the overall transfer rate.
--- Reads: transfers, transfer_predictions, predictions (of the teacher), pair_classes.
+-- Reads: transfers (paper_transfers: pretrained students, no mixup), transfer_predictions, predictions (of the teacher), pair_classes.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH jobs AS (
     SELECT job_id, method_key(method, hparams_json) AS method, student, teacher
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
 ),
 ranked_classes AS (

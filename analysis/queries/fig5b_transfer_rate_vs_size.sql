@@ -3,11 +3,11 @@
 -- wrong before transfer), the % the student gets right after. Per (method, student): the mean over its
 -- teachers' jobs (mean_rate_pct) and the pooled rate over all their flips (pooled_rate_pct), with the
 -- student's params (millions) and family from the model catalog ('unknown' when not in the catalog).
--- Reads: transfers, transfer_predictions, predictions (of the teacher), models.
+-- Reads: transfers (paper_transfers: pretrained students, no mixup), transfer_predictions, predictions (of the teacher), models.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH jobs AS (
     SELECT job_id, method_key(method, hparams_json) AS method, student, teacher
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
 ),
 per_job AS (

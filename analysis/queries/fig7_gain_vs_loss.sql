@@ -3,7 +3,7 @@
 -- loss = % it got right and now gets wrong; delta_last = gain - loss. Points above the diagonal
 -- (gain > loss) are positive transfers. Each job's uncertainty: n_gain / n_loss (the counts), n_eval,
 -- p_mcnemar (exact two-sided McNemar), delta_ci_low/high_pp (95% paired score interval of delta_last,
--- zoo_study/stats.py); significant = p_mcnemar < 0.05. Reads: transfers.
+-- zoo_study/stats.py); significant = p_mcnemar < 0.05. Reads: transfers (paper_transfers: pretrained students, no mixup).
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 SELECT
     job_id,
@@ -21,6 +21,6 @@ SELECT
     n_eval,
     p_mcnemar,
     coalesce(p_mcnemar < 0.05, false) AS significant
-FROM transfers
+FROM paper_transfers
 WHERE study_part = 'transfer' AND mode = 'single'
 ORDER BY method, student, teacher, job_id;

@@ -2,7 +2,7 @@
 -- Per (method, student): mean, min and max delta_last over its single-teacher transfers (runs of one
 -- teacher averaged first), with the student's accuracy before transfer and its catalog params/family
 -- ('unknown' when the student is not in the catalog); ci_low/high_pp = 95% t interval of the mean over the
--- student's teachers (NULL with one teacher). Reads: transfers, models.
+-- student's teachers (NULL with one teacher). Reads: transfers (paper_transfers: pretrained students, no mixup), models.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH per_teacher AS (
     SELECT
@@ -11,7 +11,7 @@ WITH per_teacher AS (
         teacher,
         avg(delta_last) AS delta_last,
         avg(acc_before) AS acc_before
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 )

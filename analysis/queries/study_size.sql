@@ -6,7 +6,7 @@
 -- seeds_min/max: runs per (method, student, teacher, hparams) group; n_multi_teacher: multi-teacher runs.
 -- Reads: pairs, transfers.
 WITH single AS (
-    SELECT * FROM transfers WHERE study_part = 'transfer' AND mode = 'single'
+    SELECT * FROM paper_transfers WHERE study_part = 'transfer' AND mode = 'single'
 ),
 seeds AS (
     SELECT count(*) AS k
@@ -14,8 +14,8 @@ seeds AS (
     GROUP BY method_key(method, hparams_json), student, teacher, hparams_json
 )
 SELECT
-    (SELECT min(n_eval) FROM transfers)                                             AS n_eval_min,
-    (SELECT max(n_eval) FROM transfers)                                             AS n_eval_max,
+    (SELECT min(n_eval) FROM paper_transfers)                                             AS n_eval_min,
+    (SELECT max(n_eval) FROM paper_transfers)                                             AS n_eval_max,
     (SELECT min(n_samples) FROM pairs)                                              AS n_samples_min,
     (SELECT max(n_samples) FROM pairs)                                              AS n_samples_max,
     (SELECT count(*) FROM pairs WHERE NOT teacher_is_random AND teacher <> student) AS n_trained_pairs,
@@ -25,4 +25,4 @@ SELECT
     (SELECT count(DISTINCT method_key(method, hparams_json)) FROM single)           AS n_methods,
     (SELECT min(k) FROM seeds)                                                      AS seeds_min,
     (SELECT max(k) FROM seeds)                                                      AS seeds_max,
-    (SELECT count(*) FROM transfers WHERE study_part = 'multi_teacher' AND mode <> 'single') AS n_multi_teacher;
+    (SELECT count(*) FROM paper_transfers WHERE study_part = 'multi_teacher' AND mode <> 'single') AS n_multi_teacher;

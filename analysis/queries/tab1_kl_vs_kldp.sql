@@ -4,12 +4,12 @@
 -- over teachers (NULL with one teacher); *_ci_low/high_pp = the 95% t interval of the mean over teachers,
 -- or with one teacher its run's paired score interval (zoo_study/stats.py); *_n_sig = teachers whose delta
 -- is significantly > 0 (McNemar p < 0.05, every run); *_seeds = most runs (seeds) of one teacher.
--- Deltas in percentage points. Reads: transfers, models.
+-- Deltas in percentage points. Reads: transfers (paper_transfers: pretrained students, no mixup), models.
 WITH per_teacher AS (
     SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
            min(delta_ci_low) AS run_ci_low, min(delta_ci_high) AS run_ci_high, count(*) AS n_runs,
            coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

@@ -9,7 +9,7 @@
 -- Seeds: runs of one (method, student, teacher) - several seeds - are averaged first (a pair is
 -- significant only when every run is); max_seeds = most runs of one pair, n_pairs_multi_seed = pairs with
 -- more than one run, mean_seed_sd_pp = mean over those pairs of the sample sd of delta_last across runs.
--- Deltas in percentage points, gain/loss and teacher routing share in percent. Reads: transfers.
+-- Deltas in percentage points, gain/loss and teacher routing share in percent. Reads: transfers (paper_transfers: pretrained students, no mixup).
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH per_teacher AS (
     SELECT
@@ -25,7 +25,7 @@ WITH per_teacher AS (
         coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg,
         stddev_samp(delta_last) AS seed_sd,
         count(*)           AS n_runs
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

@@ -6,7 +6,7 @@
 -- partitioning sent to the teacher (teacher_share), and of the positive-flip / negative-flip samples
 -- (teacher_share_pos / teacher_share_neg; paper: 72% / 9%), in percent. A run counts as unsupervised when
 -- method_key() says so: method name containing 'unsup', or hparams_json with "unsupervised": true /
--- "supervised": false. Reads: transfers, models.
+-- "supervised": false. Reads: transfers (paper_transfers: pretrained students, no mixup), models.
 WITH per_teacher AS (
     SELECT
         method_key(method, hparams_json) AS method,
@@ -20,7 +20,7 @@ WITH per_teacher AS (
         avg(teacher_share)     AS teacher_share,
         avg(teacher_share_pos) AS teacher_share_pos,
         avg(teacher_share_neg) AS teacher_share_neg
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),

@@ -8,7 +8,7 @@
 -- a single run's paired score interval (zoo_study/stats.py), the t interval over runs when there are
 -- several; single_mean over the teachers (t), single_max = the best teacher's. beats_best_single:
 -- sequential > single_max (a point comparison; see the Claims section for its interval).
--- Deltas in percentage points. Reads: transfers.
+-- Deltas in percentage points. Reads: transfers (paper_transfers: pretrained students, no mixup).
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH multi AS (
     SELECT
@@ -22,7 +22,7 @@ WITH multi AS (
         CASE WHEN count(*) = 1 THEN min(delta_ci_high)
              ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS ci_high,
         count(*)                         AS n_runs
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'multi_teacher' AND mode IN ('sequential', 'parallel', 'soup')
     GROUP BY method_key(method, hparams_json), student, list_sort(teachers), mode
 ),
@@ -37,7 +37,7 @@ single_all AS (
            CASE WHEN count(*) = 1 THEN min(t.delta_ci_high)
                 ELSE mean_ci_high(avg(t.delta_last), stddev_samp(t.delta_last), count(*)) END AS ci_high
     FROM sets s
-    JOIN transfers t
+    JOIN paper_transfers t
       ON t.study_part IN ('multi_teacher', 'transfer') AND t.mode = 'single'
      AND t.student = s.student
      AND method_key(t.method, t.hparams_json) = s.method

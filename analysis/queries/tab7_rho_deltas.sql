@@ -2,7 +2,7 @@
 -- rho_pos(teacher, student before) (should be < 0: the student absorbed the teacher's extra knowledge),
 -- and delta_rho_neg likewise (should stay near 0: the student kept what it knew better).
 -- Per (method, student): mean over its single-teacher transfers with recorded rho values (runs of one
--- teacher averaged first), in percentage points. Reads: transfers.
+-- teacher averaged first), in percentage points. Reads: transfers (paper_transfers: pretrained students, no mixup).
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH per_teacher AS (
     SELECT
@@ -13,7 +13,7 @@ WITH per_teacher AS (
         avg(rho_neg_after - rho_neg_before)   AS d_rho_neg,
         avg(rho_pos_before)                   AS rho_pos_before,
         avg(rho_neg_before)                   AS rho_neg_before
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'transfer' AND mode = 'single'
       AND rho_pos_before IS NOT NULL AND rho_pos_after IS NOT NULL
       AND rho_neg_before IS NOT NULL AND rho_neg_after IS NOT NULL

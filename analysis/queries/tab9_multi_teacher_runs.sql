@@ -4,11 +4,11 @@
 -- of delta_last, zoo_study/stats.py), p_mcnemar (exact McNemar), n_gain / n_loss / n_eval. delta_best is
 -- optimistic: its epoch is chosen on the evaluation split itself. Deltas in percentage points, teacher
 -- routing share in percent.
--- Reads: transfers, epochs.
+-- Reads: transfers (paper_transfers: pretrained students, no mixup), epochs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH multi AS (
     SELECT *
-    FROM transfers
+    FROM paper_transfers
     WHERE study_part = 'multi_teacher' OR mode <> 'single'
 ),
 stage_end AS (

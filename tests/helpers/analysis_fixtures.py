@@ -230,6 +230,9 @@ class RootBuilder:
         teacher_share: float | None = 0.4,
         teacher_share_pos: float | None = None,
         teacher_share_neg: float | None = None,
+        student_init: str = "pretrained",
+        mixup: str = "none",
+        mixup_share: float = 0.0,
         lr: float = 1e-4,
         job_id: str | None = None,
         n_eval: int = 1000,
@@ -295,6 +298,9 @@ class RootBuilder:
             "runtime_s": 1.5,
             "device": "cpu",
             "versions_json": "{}",
+            "student_init": student_init,
+            "mixup": mixup,
+            "mixup_share": mixup_share,
         }
 
     def transfer(self, student: str, teacher: str | Sequence[str], method: str, delta_last: float, **kw: Any) -> str:
@@ -500,3 +506,27 @@ def build_partial_root(root: str | Path, n: int = 40, num_classes: int = 5, seed
             b.score_pair(t, s)
     b.write_scores()
     return b
+
+
+def add_related_methods(b: RootBuilder, n: int = 80) -> None:
+    """Mixup-KD transfers (Std-KD with none / PMU 10% / FMU, a scratch KL), an AMTML-KD run with its
+    per-class teacher weights, and robustness rows for the student before and after: the report's
+    related-methods tables and figure get data."""
+    from zoo_study.store import ROBUSTNESS_SCHEMA, TEACHER_WEIGHT_SCHEMA
+
+    jobs = []
+    for mixup, share, g, l in (("none", 0.0, 6, 2), ("pmu", 0.1, 7, 2), ("fmu", 1.0, 4, 3)):
+        jobs.append(b.transfer("vit_s", "t_strong", "std_kd", (g - l) / n, mixup=mixup, mixup_share=share, n_eval=n,
+                               n_gain=g, n_loss=l))
+    b.transfer("vit_s", "t_strong", "kl", 32 / n, student_init="scratch", acc_before=0.2, n_eval=n, n_gain=34, n_loss=2)
+    amtml = b.transfer("vit_s", ["t_weak", "t_strong"], "amtml_kd", 2 / n, mode="parallel", study_part="multi_teacher",
+                       n_eval=n, n_gain=3, n_loss=1)
+    rows = [{"job_id": amtml, "stage": 0, "class_id": c, "teacher": t, "weight": w}
+            for c in range(b.num_classes) for t, w in (("t_weak", 0.2 + 0.1 * (c % 2)), ("t_strong", 0.8 - 0.1 * (c % 2)))]
+    write_parquet_atomic(table_from_rows(rows, TEACHER_WEIGHT_SCHEMA), b.layout.teacher_weights(amtml))
+    for i, tid in enumerate([None, *jobs]):
+        rid = f"rob{i}"
+        rr = [{"job_id": rid, "model_id": "vit_s", "transfer_id": tid, "eps": e, "ifgsm_steps": 10, "n": n,
+               "clean_acc": 0.7 + 0.01 * i, "fgsm_acc": 0.5 - e, "ifgsm_acc": 0.4 - e, "v_measure": 0.6,
+               "runtime_s": 1.0, "device": "cpu"} for e in (2 / 255, 8 / 255)]
+        write_parquet_atomic(table_from_rows(rr, ROBUSTNESS_SCHEMA), b.layout.robustness_row(rid))
