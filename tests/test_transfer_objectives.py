@@ -43,7 +43,8 @@ def run(name, **kw):
 
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_names_are_exactly_the_methods():
-    assert set(method_names()) == {"kl", "xe_kl", "xe_kl_ls", "kl_topk", "kl_dp", "kl_dp_unsup", "xe_kl_mcl", "cd", "crd"}
+    assert set(method_names()) == {"kl", "xe_kl", "xe_kl_ls", "kl_topk", "kl_dp", "kl_dp_unsup", "xe_kl_mcl", "cd", "crd",
+                                   "std_kd", "amtml_kd", "talking_models"}
 
 
 def test_unknown_method_error_lists_valid_names():
@@ -210,7 +211,7 @@ def test_config_roundtrip_and_resolution():
         (dict(method="xe_kl", hparams={"lamda": 0.5}), r"no hyper-parameter\(s\) \['lamda'\]; valid: lambda"),
         (dict(method="kl", epochs=0), r"epochs\n.*greater than or equal to 1.*input_value=0"),
         (dict(method="kl", mode="ensemble"), r"mode\n.*'single', 'sequential', 'parallel' or 'soup'.*input_value='ensemble'"),
-        (dict(method="kl", mode="parallel"), r"method='kl' cannot run in parallel mode; routing methods: kl_dp, kl_dp_unsup"),
+        (dict(method="kl", mode="parallel"), r"method='kl' cannot run in parallel mode; routing methods: amtml_kd, kl_dp, kl_dp_unsup"),
         (dict(method="kl", transfer_fraction=1.5), r"transfer_fraction\n.*less than or equal to 1.*input_value=1.5"),
         (dict(method="kl", teacher_order="random"), r"teacher_order\n.*'given', 'ascending' or 'descending'.*input_value='random'"),
         (dict(method="kl_topk", hparams={"k": 2.5}), r"k=2.5 is invalid; must be a int"),

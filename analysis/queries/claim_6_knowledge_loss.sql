@@ -3,7 +3,7 @@
 --     samples right before and wrong after; runs of a pair averaged), 95% t interval over pairs; claim > 0.
 -- 6b_pos / 6b_neg: mean over supervised KL+DP pairs of teacher_share_pos (share of positive-flip training
 --     samples routed to the teacher; paper ~72%) and teacher_share_neg (negative flips; paper ~9%), 95% t
---     interval over pairs, against 50%: most positive flips go to the teacher (> 50%), few negative flips
+--     interval over pairs clipped to [0, 100] (a share cannot leave it), against 50%: most positive flips go to the teacher (> 50%), few negative flips
 --     do (< 50%). In percentage points / percent. Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup).
 WITH per_pair AS (
     SELECT method_key(method, hparams_json) AS method, student, teacher,
@@ -30,12 +30,12 @@ routing AS (
 ),
 b AS (
     SELECT 100 * avg(share_pos) AS pos_value,
-           100 * mean_ci_low(avg(share_pos), stddev_samp(share_pos), count(share_pos))  AS pos_lo,
-           100 * mean_ci_high(avg(share_pos), stddev_samp(share_pos), count(share_pos)) AS pos_hi,
+           greatest(0, 100 * mean_ci_low(avg(share_pos), stddev_samp(share_pos), count(share_pos)))  AS pos_lo,
+           least(100, 100 * mean_ci_high(avg(share_pos), stddev_samp(share_pos), count(share_pos))) AS pos_hi,
            count(share_pos) AS pos_n,
            100 * avg(share_neg) AS neg_value,
-           100 * mean_ci_low(avg(share_neg), stddev_samp(share_neg), count(share_neg))  AS neg_lo,
-           100 * mean_ci_high(avg(share_neg), stddev_samp(share_neg), count(share_neg)) AS neg_hi,
+           greatest(0, 100 * mean_ci_low(avg(share_neg), stddev_samp(share_neg), count(share_neg)))  AS neg_lo,
+           least(100, 100 * mean_ci_high(avg(share_neg), stddev_samp(share_neg), count(share_neg))) AS neg_hi,
            count(share_neg) AS neg_n
     FROM routing
 ),
