@@ -2,12 +2,14 @@
 -- mixing (none / PMU with the share of each batch mixed / FMU) and student initialisation (pretrained /
 -- scratch; scratch starts from the untrained architecture, so its acc_before is chance level and its
 -- delta large by construction). Shown only when the study ran any mixup, scratch or Std-KD transfer.
--- Per setting: runs (pairs x seeds); mean accuracy after transfer in percent with its 95% t interval over
--- runs; mean delta_last in pp with its t interval (one run: its paired score interval, zoo_study/stats.py).
+-- Per student and setting: runs (teachers x seeds); mean accuracy after transfer in percent with its 95% t
+-- interval over runs (none with one run); mean delta_last in pp with its t interval over runs (one run: its
+-- paired score interval, zoo_study/stats.py). Students are kept apart: their accuracies differ by design.
 -- NULL student_init / mixup come from files written before those settings existed: pretrained / none.
 -- Reads: transfers.
 WITH runs AS (
     SELECT
+        student,
         method,
         temperature,
         coalesce(mixup, 'none')              AS mixup,
@@ -19,7 +21,7 @@ WITH runs AS (
 ),
 agg AS (
     SELECT
-        method, temperature, mixup, mixup_share, student_init,
+        student, method, temperature, mixup, mixup_share, student_init,
         count(*)                  AS n_runs,
         avg(acc_last)             AS acc,
         stddev_samp(acc_last)     AS acc_sd,
@@ -28,9 +30,10 @@ agg AS (
         min(delta_ci_low)         AS run_lo,
         min(delta_ci_high)        AS run_hi
     FROM runs
-    GROUP BY method, temperature, mixup, mixup_share, student_init
+    GROUP BY student, method, temperature, mixup, mixup_share, student_init
 )
 SELECT
+    student,
     method,
     temperature,
     mixup,
@@ -45,4 +48,4 @@ SELECT
     round(100 * CASE WHEN n_runs = 1 THEN run_hi ELSE mean_ci_high(delta, delta_sd, n_runs) END, 2) AS delta_ci_high_pp
 FROM agg
 WHERE EXISTS (SELECT 1 FROM runs WHERE mixup <> 'none' OR student_init <> 'pretrained' OR method = 'std_kd')
-ORDER BY student_init, method, temperature, mixup, mixup_share
+ORDER BY student, student_init, method, temperature, mixup, mixup_share
