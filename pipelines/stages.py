@@ -299,10 +299,11 @@ def plan_multi_teacher(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
             jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
                                       _transfer_outputs(layout, cfg.robustness.enabled)))
         for method in mt.parallel_methods:  # other multi-teacher objectives, from all teachers at once
-            tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], mode="parallel", study_part="multi_teacher",
-                                     epochs=mt.epochs, order=mt.order)
-            jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
-                                      _transfer_outputs(layout, cfg.robustness.enabled, method)))
+            for variant in [None, *cfg.transfer.variants]:  # with the study's transfer variants, like singles
+                tconf = _transfer_config(cfg, method, cfg.transfer.seeds[0], mode="parallel",
+                                         study_part="multi_teacher", epochs=mt.epochs, order=mt.order, variant=variant)
+                jobs.append(_transfer_job(cfg, layout, models, "multi_teacher", teachers, student, tconf,
+                                          _transfer_outputs(layout, cfg.robustness.enabled, method)))
         if mt.single_baselines:  # each teacher alone, same method and epochs: what the modes must beat
             for teacher in teachers:
                 # study_part multi_teacher: Tab 4's baselines, kept apart from the study's own transfers

@@ -210,3 +210,27 @@ def test_transfer_variants_copy_every_transfer_with_changed_settings(tmp_path):
     raw["transfer"]["variants"] = [{"mixup_share": 2.0}]
     with pytest.raises(ConfigError, match="mixup_share"):
         validate_config(raw)
+
+
+def test_a_temperature_variant_and_variants_of_parallel_methods(tmp_path):
+    from pipelines.stages import plan_multi_teacher, plan_transfer
+    from zoo_study.config import ConfigError, validate_config
+    from zoo_study.store import ResultsLayout
+
+    raw = {"study": {"results_root": str(tmp_path)},
+           "zoo": {"embedded": ["resnet10t_w16", "mixer_p8", "convnext_atto_p2"]},
+           "transfer": {"methods": ["kl"], "pairs": "explicit", "explicit": [["resnet10t_w16", "mixer_p8"]],
+                        "variants": [{"temperature": 4.0}, {"student_init": "scratch"}]},
+           "multi_teacher": {"enabled": True, "students": ["mixer_p8"], "teachers": ["resnet10t_w16", "convnext_atto_p2"],
+                             "modes": ["sequential"], "single_baselines": False, "parallel_methods": ["amtml_kd"]}}
+    cfg = validate_config(raw)
+    temps = sorted(j.spec["config"]["temperature"] for j in plan_transfer(cfg, ResultsLayout(tmp_path)))
+    assert temps == [1.0, 1.0, 4.0]
+    mt = plan_multi_teacher(cfg, ResultsLayout(tmp_path))
+    amtml = [j.spec["config"] for j in mt if j.spec["config"]["method"] == "amtml_kd"]
+    assert sorted((c["temperature"], c.get("student_init", "pretrained")) for c in amtml) == \
+        [(4.0, "pretrained"), (5.0, "pretrained"), (5.0, "scratch")]
+    assert [j.spec["config"]["method"] for j in mt].count("kl_dp") == 1  # the modes are not varied
+    raw["transfer"]["variants"] = [{"temperature": -1}]
+    with pytest.raises(ConfigError, match="temperature=-1 must be a number > 0"):
+        validate_config(raw)

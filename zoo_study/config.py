@@ -135,8 +135,9 @@ class TransferSection(TransferSettings):
     hparams: dict[str, dict[str, Any]] = {}  # per-method overrides, e.g. {kl_dp = {lr = 1e-4}}
     replicate: ReplicateSection = ReplicateSection()
     # further copies of every single-teacher transfer with some settings changed, e.g. the mixup-KD grid
-    # [{mixup = "pmu", mixup_share = 0.1}, {mixup = "fmu"}, {student_init = "scratch"}]; each key must be
-    # a transfer setting (TransferSettings), each variant is validated like [transfer] itself
+    # [{mixup = "pmu", mixup_share = 0.1}, {mixup = "fmu"}, {student_init = "scratch"}, {temperature = 4.0}];
+    # each key must be a transfer setting (TransferSettings) or temperature, each variant is validated like
+    # [transfer] itself. They also apply to multi_teacher.parallel_methods (AMTML-KD).
     variants: list[dict[str, Any]] = []
 
     @field_validator("methods")
@@ -147,14 +148,18 @@ class TransferSection(TransferSettings):
     @field_validator("variants")
     @classmethod
     def _variants(cls, v):
-        valid = set(TransferSettings.model_fields)
+        valid = set(TransferSettings.model_fields) | {"temperature"}
         for i, variant in enumerate(v):
             bad = sorted(set(variant) - valid)
             if bad or not variant:
                 raise ValueError(f"transfer.variants[{i}] {bad or '(empty)'}: each variant changes transfer "
                                  f"settings; valid keys: {', '.join(sorted(valid))}")
+            temperature = variant.get("temperature")
+            if temperature is not None and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                                            or not temperature > 0 or temperature == float("inf")):
+                raise ValueError(f"transfer.variants[{i}]: temperature={temperature!r} must be a number > 0")
             try:
-                TransferSettings(**variant)
+                TransferSettings(**{k: x for k, x in variant.items() if k != "temperature"})
             except ValidationError as err:
                 from zoo_study.transfer.config import first_error
 

@@ -1,7 +1,8 @@
 -- AMTML-KD: which teacher each class listens to. Per transfer run (student, teachers) and teacher: the
 -- mean over classes of the learned per-class teacher weight (each class's weights sum to 1 over its
 -- teachers), its range, and the number of classes for which that teacher has the largest weight, with
--- the delta of the run (pp) and its 95% paired score interval. Reads: teacher_weights, transfers.
+-- the delta of the run (pp) and its 95% paired score interval; student_init / mixup name the run's
+-- variant (transfer.variants). Reads: teacher_weights, transfers.
 WITH ranked AS (
     SELECT w.*, row_number() OVER (PARTITION BY job_id, stage, class_id ORDER BY weight DESC, teacher) AS rk
     FROM teacher_weights w
@@ -9,6 +10,8 @@ WITH ranked AS (
 SELECT
     t.student,
     t.teacher                                     AS teachers,
+    coalesce(any_value(t.student_init), 'pretrained') AS student_init,
+    coalesce(any_value(t.mixup), 'none')          AS mixup,
     r.teacher,
     round(avg(r.weight), 3)                       AS mean_weight,
     round(min(r.weight), 3)                       AS min_weight,
