@@ -32,6 +32,15 @@ EXECUTORS = {EMIT: "pipelines._testing:emit", SUM: "pipelines._testing:total"}
 
 
 def _faults(spec: dict) -> None:
+    started = spec.get("started_dir")
+    if started:  # "<value>.<node id>": which job runs where, for tests that remove a node mid-job
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - not under Ray
+            node = "local"
+        Path(started, f"{spec.get('value')}.{node}").write_text("")
     if spec.get("sleep"):
         time.sleep(float(spec["sleep"]))
     marker = spec.get("crash_once_marker")

@@ -50,12 +50,23 @@ def cluster():
 def test_worker_node_removed_mid_stage_loses_nothing(cluster, tmp_path: Path):
     c, workers = cluster
     n = 12
-    jobs = [Job(T.EMIT, {"value": i, "sleep": 2.0}, {"row": f"a/v{i:02d}.parquet"}, name=f"v{i}") for i in range(n)]
+    started = tmp_path / "started"
+    started.mkdir()
+    jobs = [Job(T.EMIT, {"value": i, "sleep": 2.0, "started_dir": str(started)}, {"row": f"a/v{i:02d}.parquet"},
+                name=f"v{i}") for i in range(n)]
     removed: dict[str, float] = {}
+    victim = workers[1].node_id
+
+    def running_on_victim() -> bool:  # a job started on the node and not finished (each sleeps 2 s)
+        for m in started.glob(f"*.{victim}"):
+            value = int(m.name.split(".", 1)[0])
+            if not (tmp_path / "a" / f"v{value:02d}.parquet").exists():
+                return True
+        return False
 
     def remove_when_jobs_finish() -> None:  # a node lost while it runs jobs, as a preempted VM would be
-        # after the first full wave (4 slots on 2 nodes) the next jobs occupy both nodes, even on a busy host
-        while len(list((tmp_path / "a").glob("*.parquet"))) < 4:
+        # after the first full wave, as soon as a job is known to run on the node (robust on a busy host)
+        while len(list((tmp_path / "a").glob("*.parquet"))) < 4 or not running_on_victim():
             time.sleep(0.05)
         t = time.perf_counter()
         c.remove_node(workers[1], allow_graceful=False)
