@@ -193,15 +193,10 @@ def _teacher_weight_table(result) -> pa.Table:
 
 def _transfer_tables(result, names) -> dict[str, Any]:
     """The outputs a transfer job declared (``names``), from its result."""
-    out: dict[str, Any] = {}
-    for name in names:
-        if name == "student_weights":
-            out[name] = _student_bytes(result.model)
-        elif name == "teacher_weights":
-            out[name] = _teacher_weight_table(result)
-        else:
-            out[name] = {"summary": result.summary, "epochs": result.epochs, "predictions": result.predictions}[name]
-    return out
+    made = {"summary": lambda: result.summary, "epochs": lambda: result.epochs,
+            "predictions": lambda: result.predictions, "student_weights": lambda: _student_bytes(result.model),
+            "teacher_weights": lambda: _teacher_weight_table(result)}
+    return {name: made[name]() for name in names}
 
 
 def transfer_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, Any]:

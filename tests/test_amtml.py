@@ -68,20 +68,27 @@ def test_hint_shapes_for_a_cnn_and_a_vit():
     assert as_grid(torch.randn(2, 7, 5)).shape == (2, 5, 1, 1)  # no square grid: pooled
 
 
-def test_amtml_parallel_transfer_keeps_the_plain_student_and_logs_class_weights():
-    src = tiny_source()
+AMTML_CFG = dict(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
+                 base_lr=0.05)
+
+
+def _amtml_run(job_id: str):
+    """An AMTML-KD transfer from two teachers (one at another input size) on the tiny fixtures."""
     student, srec = trained(0)
     t1, r1 = trained(1)
     t2, r2 = trained(2, size=12)
-    cfg = TransferConfig(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
-                         base_lr=0.05)
-    res = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="a")
+    res = run_transfer(student, srec, [(t1, r1), (t2, r2)], tiny_source(), TransferConfig(**AMTML_CFG), job_id=job_id)
+    return res, student, (r1, r2)
+
+
+def test_amtml_parallel_transfer_keeps_the_plain_student_and_logs_class_weights():
+    res, student, _ = _amtml_run("a")
     row = res.row
     assert row["method"] == "amtml_kd" and row["mode"] == "parallel" and row["temperature"] == 5.0
     assert set(res.model.state_dict()) == set(student.state_dict())  # its modules are not kept
     weights = res.info["phases"][0]["amtml_class_weights"]
     assert len(weights) == 6 and all(abs(sum(w) - 1.0) < 1e-5 and len(w) == 2 for w in weights.values())
-    again = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="b")
+    again, _, _ = _amtml_run("b")
     assert again.summary.drop_columns(["runtime_s", "job_id"]).to_pylist() == \
         res.summary.drop_columns(["runtime_s", "job_id"]).to_pylist()  # seeded
 
@@ -107,13 +114,7 @@ def test_amtml_joins_the_multi_teacher_stage_and_bad_choices_fail_at_load(tmp_pa
 def test_teacher_weight_table_from_a_run(tmp_path):
     from pipelines.executors import _teacher_weight_table
 
-    src = tiny_source()
-    student, srec = trained(0)
-    t1, r1 = trained(1)
-    t2, r2 = trained(2, size=12)
-    cfg = TransferConfig(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
-                         base_lr=0.05)
-    res = run_transfer(student, srec, [(t1, r1), (t2, r2)], src, cfg, job_id="j1")
+    res, _, (r1, r2) = _amtml_run("j1")
     table = _teacher_weight_table(res)
     rows = table.to_pylist()
     assert len(rows) == 6 * 2 and {r["teacher"] for r in rows} == {r1.model_id, r2.model_id}

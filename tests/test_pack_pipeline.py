@@ -10,27 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.micro import micro_study
 from pipelines.cli import main
 from zoo_study.methods import ObjectiveOutput, register_method, unregister_method
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
-MICRO = """
-[study]
-name = "packs"
-results_root = "{root}"
-
-[data.generated]
-num_superclasses = 2
-classes_per_superclass = 3
-image_size = 16
-n_train = 240
-n_eval = 120
-
-[zoo]
-embedded = ["resnet10t_w16", "mixer_p8"]
-epochs_scale = 0.2
-
+MICRO = micro_study("packs") + """
 [transfer]
 methods = {methods}
 pairs = "explicit"

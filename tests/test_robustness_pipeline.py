@@ -9,26 +9,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.micro import micro_study
 from pipelines.cli import main
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
-MICRO = """
-[study]
-name = "robust"
-results_root = "{root}"
-
-[data.generated]
-num_superclasses = 2
-classes_per_superclass = 3
-image_size = 16
-n_train = 240
-n_eval = 120
-
-[zoo]
-embedded = ["resnet10t_w16", "mixer_p8"]
-epochs_scale = 0.2
-
+MICRO = micro_study("robust") + """
 [transfer]
 methods = ["kl", "std_kd"]
 pairs = "explicit"

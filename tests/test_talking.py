@@ -16,11 +16,11 @@ torch.set_num_threads(1)
 
 
 def test_one_round_by_hand_with_identity_codes():
-    ident = lambda v: v  # noqa: E731  encoders / decoders / heads all identity, C = K = 2
+    ident = lambda v: v  # noqa: E731  encoders / decoders / head all identity, C = K = 2
     h_s = torch.tensor([[1.0, 0.0]])
     h_t = torch.tensor([[0.0, 1.0]])
     z_t = torch.tensor([[0.0, math.log(3.0)]])  # teacher softmax (0.25, 0.75)
-    r = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident, head_t=ident)
+    r = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident)
     # the student's message comes back unchanged: z_s' = h_s = (1, 0), softmax (e/(e+1), 1/(e+1))
     q = torch.softmax(torch.tensor([1.0, 0.0]), 0)
     p = torch.tensor([0.25, 0.75])
@@ -31,9 +31,9 @@ def test_one_round_by_hand_with_identity_codes():
     # noise on the heard state is seeded
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     a = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident,
-                      head_t=ident, noise=0.1, generator=g1)
+                      noise=0.1, generator=g1)
     b = talking_round(h_s, h_t, z_t, enc_s=ident, dec_s=ident, enc_t=ident, dec_t=ident, head_s=ident,
-                      head_t=ident, noise=0.1, generator=g2)
+                      noise=0.1, generator=g2)
     assert float(a.sc) == float(b.sc) != float(r.sc)
 
 

@@ -13,6 +13,7 @@ from zoo_study._lazy import LazyModule
 from zoo_study.methods.registry import ObjectiveInputs, ObjectiveOutput, Param, register_method
 
 L = LazyModule("zoo_study.methods.losses")
+A = LazyModule("zoo_study.transfer.amtml")  # AMTML-KD's pieces (torch: loaded on first use)
 
 # XE-KL's lambda: the paper's XE-KL grid is {0.05, 0.1, 0.25, 0.5}; the default is its largest value
 # (equal weights, the usual Hinton setting), not MCL's tuned 0.7, so XE-KL is not run with another
@@ -153,8 +154,6 @@ def kl_dp_unsup(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
                      "integrated soft target, KL + CE + RKD angle + hint losses; T = 5. Runs with one or more "
                      "teachers (multi_teacher.parallel_methods); its modules are not part of the kept student.")
 def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
-    from zoo_study.transfer import amtml as A
-
     if inp.state is None or inp.student_map is None or inp.teacher_maps is None or inp.teachers is None:
         raise ValueError("amtml_kd needs its state, the student's and the teachers' feature maps and logits")
     t = inp.temperature

@@ -246,13 +246,13 @@ PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", 
 # (mixup_share and mixup_alpha are left out whenever mixup is none: they mean nothing then)
 OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none"}
 _MIX_DEFAULTS = {"mixup_share": 0.1, "mixup_alpha": 1.0}
+_PACK_DEFAULTS = {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}  # what a dump without these keys means
 
 
 def pack_key(config: TransferConfig | Mapping[str, Any]) -> tuple:
     """Configs (or their dumps) with equal keys see the same batches and may run in one pack."""
     d = config if isinstance(config, Mapping) else config.to_dict()
-    return (d.get("mode", "single"),) + tuple(d.get(k, {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}.get(k))
-                                              for k in PACK_SHARED)
+    return (d.get("mode", "single"),) + tuple(d.get(k, _PACK_DEFAULTS.get(k)) for k in PACK_SHARED)
 
 
 def first_error(err: ValidationError) -> str:

@@ -112,12 +112,21 @@ def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, 
     return torch.cat(out).numpy().astype(np.int64)
 
 
+def forward_parts(model: nn.Module, x: Tensor, *, features: bool = False,
+                  grid: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Logits, and from the same ``forward_features`` pass the pre-logits (penultimate) features when
+    ``features`` and the last feature map as a grid (:func:`as_grid`) when ``grid``."""
+    if not (features or grid):
+        return model(x), None, None
+    f = model.forward_features(x)
+    return (model.forward_head(f), model.forward_head(f, pre_logits=True) if features else None,
+            as_grid(f) if grid else None)
+
+
 def _forward(model: nn.Module, x: Tensor, features: bool) -> tuple[Tensor, Tensor | None]:
     """Logits, and with ``features`` the pre-logits (penultimate) features via timm's forward_head."""
-    if not features:
-        return model(x), None
-    f = model.forward_features(x)
-    return model.forward_head(f), model.forward_head(f, pre_logits=True)
+    logits, feat, _ = forward_parts(model, x, features=features)
+    return logits, feat
 
 
 def as_grid(f: Tensor) -> Tensor:
@@ -140,8 +149,8 @@ def as_grid(f: Tensor) -> Tensor:
 
 def forward_with_map(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Logits and the last feature map (timm's forward_features, as a grid: :func:`as_grid`)."""
-    f = model.forward_features(x)
-    return model.forward_head(f), as_grid(f)
+    logits, _, g = forward_parts(model, x, grid=True)
+    return logits, g
 
 
 def set_student_mode(model: nn.Module, mode: str) -> None:

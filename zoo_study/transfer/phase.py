@@ -19,6 +19,7 @@ finish.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -42,10 +43,9 @@ from zoo_study.transfer.loop import (
     Runtime,
     TeacherModel,
     TransferDiverged,
-    _forward,
     _state_cpu,
     as_grid,
-    forward_with_map,
+    forward_parts,
     phase_seeds,
     set_student_mode,
 )
@@ -107,30 +107,29 @@ def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[Teach
     for p in model.parameters():
         p.requires_grad_(True)
 
-    def feature_dims() -> tuple[int, int]:
-        # feature sizes from a probe of two copies of one image, in eval mode (no state changes)
+    @functools.cache
+    def probe() -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+        # per model (student, then each teacher): shapes of forward_features, of its grid, and the
+        # pre-logits size, from one pass over two copies of one image in eval mode (no state changes);
+        # run only when a method's setup asks
         raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        out = []
         with torch.no_grad(), rt.autocast():
             model.eval()
-            fs = _forward(model, rt.inputs(student_pre, raw0), True)[1]
-            ft = _forward(teachers[0].module, rt.inputs(teachers[0].pre, raw0), True)[1]
-        return fs.flatten(1).shape[1], ft.flatten(1).shape[1]
+            for module, pre in [(model, student_pre)] + [(t.module, t.pre) for t in teachers]:
+                f = module.forward_features(rt.inputs(pre, raw0))
+                pre_logits = module.forward_head(f, pre_logits=True)
+                out.append((tuple(f.shape[1:]), tuple(as_grid(f).shape[1:]), pre_logits.flatten(1).shape[1]))
+        return out
+
+    def feature_dims() -> tuple[int, int]:
+        return probe()[0][2], probe()[1][2]
 
     def map_shapes():
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
-        with torch.no_grad(), rt.autocast():
-            model.eval()
-            s = tuple(forward_with_map(model, rt.inputs(student_pre, raw0))[1].shape[1:])
-            ts = [tuple(forward_with_map(t.module, rt.inputs(t.pre, raw0))[1].shape[1:]) for t in teachers]
-        return s, ts
+        return probe()[0][1], [p[1] for p in probe()[1:]]
 
     def native_shapes():
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
-        with torch.no_grad(), rt.autocast():
-            model.eval()
-            s = tuple(model.forward_features(rt.inputs(student_pre, raw0)).shape[1:])
-            ts = [tuple(t.module.forward_features(rt.inputs(t.pre, raw0)).shape[1:]) for t in teachers]
-        return s, ts
+        return probe()[0][0], [p[0] for p in probe()[1:]]
 
     params = config.resolved_hparams
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
@@ -237,13 +236,10 @@ def run_phase_pack(
             with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
                 t_logits, t_feat, t_maps = [], None, None
                 for i, t in enumerate(teachers):
-                    if need_maps:  # forward_features once; logits, map (and pre-logits) from it
-                        f = t.module.forward_features(x_for(t.pre))
-                        logits = t.module.forward_head(f)
-                        feat = t.module.forward_head(f, pre_logits=True) if need_features and i == 0 else None
-                        t_maps = (t_maps or []) + [as_grid(f).float()]
-                    else:
-                        logits, feat = _forward(t.module, x_for(t.pre), need_features and i == 0)
+                    logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=need_features and i == 0,
+                                                       grid=need_maps)
+                    if grid is not None:
+                        t_maps = (t_maps or []) + [grid.float()]
                     t_logits.append(logits.float())
                     if feat is not None:
                         t_feat = feat.float()
@@ -301,14 +297,8 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
     obj, config = m.obj, m.config
     m.rng.restore()
-    s_map = None
     with rt.autocast():
-        if obj.needs_maps:
-            f = m.model.forward_features(x)
-            s_logits, s_map = m.model.forward_head(f), as_grid(f)
-            s_feat = m.model.forward_head(f, pre_logits=True) if obj.needs_features else None
-        else:
-            s_logits, s_feat = _forward(m.model, x, obj.needs_features)
+        s_logits, s_feat, s_map = forward_parts(m.model, x, features=obj.needs_features, grid=obj.needs_maps)
     inputs = ObjectiveInputs(
         student=s_logits.float(),
         teachers=teacher_logits,

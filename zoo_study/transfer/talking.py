@@ -1,9 +1,9 @@
 """Talking Models (interactive-communication KD; METHOD.md section 6) as a per-job module.
 
 What is trained: the student, and per model an encoder (hidden state -> message in a shared space of
-``msg_dim``) and a decoder (message -> that model's hidden state). The teacher's weights stay frozen,
-but gradients flow through its upper layers into the student's encoder. What is kept: the plain
-student (its own forward, no teacher and no encoder/decoder at test time).
+``msg_dim``) and a decoder (message -> that model's hidden state). The teacher's weights are never
+trained. What is kept: the plain student (its own forward, no teacher and no encoder/decoder at test
+time).
 
 Split point: the last feature map (timm's ``forward_features``): the "lower layers" are the feature
 extractor, the "upper layers" the classifier head (``forward_head``), for CNNs and token models alike.
@@ -13,8 +13,9 @@ as exactly that vector. Deeper split points (timm intermediates) are not built y
 
 One round r (N rounds, 1-3):
     m_s = enc_s(h_s)                    the student speaks
-    h_t' = dec_t(m_s) (+ noise)         the teacher hears it as its own state, runs its head: z_t'
-    m_t = enc_t(h_t')                   the teacher answers
+    h_t' = dec_t(m_s) (+ noise)         the teacher hears it as its own state
+    m_t = enc_t(h_t')                   the teacher answers (at this split its upper layers, the head,
+                                        would only turn h_t' into logits no loss uses: not computed)
     h_s' = dec_s(m_t)                   the student hears the answer, runs its head: z_s'
     L_interact = T^2 KL(softmax(z_t / T) || softmax(z_s' / T))      (z_t: the teacher's real logits)
     L_MC = MSE(m_s, enc_t(h_t))         both models' messages about the same input agree
@@ -46,15 +47,13 @@ class RoundLosses:
 
 
 def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec_s: Callable, enc_t: Callable,
-                  dec_t: Callable, head_s: Callable, head_t: Callable, temperature: float = 1.0,
+                  dec_t: Callable, head_s: Callable, temperature: float = 1.0,
                   noise: float = 0.0, generator: torch.Generator | None = None) -> RoundLosses:
     """One exchange (see the module docstring); ``h_*`` are state vectors [B, C_*], ``z_t`` [B, K]."""
     m_s = enc_s(h_s)
     h_t_heard = dec_t(m_s)
     if noise > 0:
         h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator).to(h_t_heard.device)
-    z_t_heard = head_t(h_t_heard)  # the teacher thinks with what it heard (kept in the graph)
-    del z_t_heard  # its answer is the message below; its own logits are not a loss term
     m_t = enc_t(h_t_heard)
     h_s_heard = dec_s(m_t)
     z_s = head_s(h_s_heard)
@@ -64,15 +63,6 @@ def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec
     mc = F.mse_loss(m_s, enc_t(h_t))
     sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(h_s_heard, h_s)
     return RoundLosses(interact, mc, sc, h_s_heard)
-
-
-def _as_vector(f: Tensor) -> Tensor:
-    """A model's native last features as one vector per sample: mean over space (4-D) or tokens (3-D)."""
-    if f.dim() == 4:
-        return f.mean((2, 3))
-    if f.dim() == 3:
-        return f.mean(1)
-    return f
 
 
 def head_on_vector(model: nn.Module, v: Tensor, native_shape: tuple[int, ...]) -> Tensor:
@@ -95,11 +85,8 @@ class TalkingModule(nn.Module):
 
 
 class _TalkingState(MethodState):
-    def __init__(self, module: TalkingModule, student: nn.Module, teacher: nn.Module,
-                 native: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
-        self.module, self.student, self.teacher, self.native = module, student, teacher, native
-        for p in teacher.parameters():
-            p.requires_grad_(False)  # frozen; gradients still flow through it to the encoders
+    def __init__(self, module: TalkingModule, student: nn.Module, native: tuple[int, ...]) -> None:
+        self.module, self.student, self.native = module, student, native  # native: the student's feature shape
 
     def parameters(self) -> list:
         return list(self.module.parameters())
@@ -111,12 +98,11 @@ class _TalkingState(MethodState):
                temperature: float, noise: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """Summed round losses from the loop's feature grids (:func:`zoo_study.transfer.loop.as_grid`)."""
         m = self.module
-        h_s, h_t = _as_vector(s_map), _as_vector(t_map).detach()
+        h_s, h_t = s_map.mean((2, 3)), t_map.mean((2, 3)).detach()  # spatial / token means of the grids
         total = [h_s.new_zeros(()) for _ in range(3)]
         for _ in range(rounds):
             r = talking_round(h_s, h_t, z_t, enc_s=m.enc_s, dec_s=m.dec_s, enc_t=m.enc_t, dec_t=m.dec_t,
-                              head_s=lambda v: head_on_vector(student, v, self.native[0]),
-                              head_t=lambda v: head_on_vector(self.teacher, v, self.native[1]),
+                              head_s=lambda v: head_on_vector(student, v, self.native),
                               temperature=temperature, noise=noise, generator=generator)
             total = [total[0] + r.interact, total[1] + r.mc, total[2] + r.sc]
             h_s = r.h_s_next
@@ -130,6 +116,6 @@ def setup_talking(ctx: SetupContext) -> MethodState:
     if len(ctx.teachers) != 1:
         raise ValueError(f"talking_models talks with one teacher at a time, got {len(ctx.teachers)}")
     (c_s, _, _), ((c_t, _, _),) = ctx.map_shapes()
-    s_shape, (t_shape,) = ctx.native_shapes()
+    s_shape, _ = ctx.native_shapes()
     module = TalkingModule(c_s, c_t, int(ctx.params["msg_dim"])).to(ctx.device)
-    return _TalkingState(module, ctx.model, ctx.teachers[0], (s_shape, t_shape))
+    return _TalkingState(module, ctx.model, s_shape)
