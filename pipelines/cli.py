@@ -318,11 +318,12 @@ def cmd_zoo(args) -> int:
         for r in rows:
             print(f"{r['role']:<8} {r['timm_name']:<45} {r['family']:<12} {r['reported_top1']:>6} {r['params_m']:>8}")
         return 0
-    from zoo_study.zoo.recipes import EMBEDDED_RECIPES
+    from zoo_study.zoo.recipes import ALL_RECIPES, EMBEDDED_RECIPES
 
-    for r in EMBEDDED_RECIPES:
+    for r in ALL_RECIPES:
+        tag = "" if r in EMBEDDED_RECIPES else "  (optional: name it in zoo.embedded)"
         print(f"{r.model_id:<24} {r.arch:<22} {r.input_size:>3}px epochs {r.epochs:<4} ls {r.label_smoothing:<4} "
-              f"mixup {r.mixup_alpha:<4} aug {r.augment:<9} seed {r.seed}")
+              f"mixup {r.mixup_alpha:<4} aug {r.augment:<9} seed {r.seed}{tag}")
     return 0
 
 

@@ -50,16 +50,10 @@ def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
 
 def study_models(cfg: StudyConfig) -> list[ModelPlan]:
     """Every model of the study (trained, pretrained and noise-floor), in a stable order."""
-    from zoo_study.zoo.recipes import EMBEDDED_RECIPES
+    from zoo_study.zoo.recipes import ALL_RECIPES, select_recipes
 
     plans: list[ModelPlan] = []
-    if cfg.zoo.embedded == "all":
-        recipes = list(EMBEDDED_RECIPES)
-    elif cfg.zoo.embedded == "none":
-        recipes = []
-    else:
-        recipes = [r for r in EMBEDDED_RECIPES if r.model_id in cfg.zoo.embedded]
-    for r in recipes:
+    for r in select_recipes(cfg.zoo.embedded):
         spec = json.loads(r.to_json())
         spec["epochs_scale"] = cfg.zoo.epochs_scale
         plans.append(ModelPlan(r.model_id, "embedded", spec))
@@ -76,7 +70,7 @@ def study_models(cfg: StudyConfig) -> list[ModelPlan]:
             plans.append(ModelPlan(row["timm_name"], "ref", entry))
     for m in cfg.zoo.models:
         plans.append(ModelPlan(m.model_id, "ref", m.entry_dict()))
-    by_recipe = {r.model_id: r for r in EMBEDDED_RECIPES}
+    by_recipe = {r.model_id: r for r in ALL_RECIPES}
     for name in cfg.zoo.random_teachers:
         if name in by_recipe:
             r = by_recipe[name]

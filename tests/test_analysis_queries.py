@@ -478,3 +478,27 @@ def test_fig4b_and_fig8_carry_intervals(tmp_path: Path) -> None:
     assert (bins[0]["mean_ci_low_pp"], bins[0]["mean_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
     m, lo, hi = mean_ci([0.010, 0.028, 0.035, 0.001])
     assert (s["ci_low_pp"], s["ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
+
+
+def test_mixup_kd_table_keeps_teachers_with_and_without_mixup_apart(tmp_path: Path) -> None:
+    from zoo_study.stats import mean_ci
+
+    b = RootBuilder(tmp_path)
+    b.model("S", "cnn", 10.0)
+    b.model("t_plain", "cnn", 10.0, source="embedded", recipe={"model_id": "t_plain", "mixup_alpha": 0.0})
+    b.model("t_mix", "cnn", 10.0, source="embedded", recipe={"model_id": "t_mix", "mixup_alpha": 0.4})
+    b.model("t_timm", "cnn", 10.0)  # no recipe: unknown
+    # Std-KD under PMU 10% from each teacher; t_mix twice (seeds): +2 and +4 pp -> mean 3 pp, its t interval
+    b.transfer("S", "t_plain", "std_kd", 0.01, mixup="pmu", mixup_share=0.1)
+    b.transfer("S", "t_mix", "std_kd", 0.02, mixup="pmu", mixup_share=0.1, seed=0)
+    b.transfer("S", "t_mix", "std_kd", 0.04, mixup="pmu", mixup_share=0.1, seed=1)
+    b.transfer("S", "t_timm", "std_kd", 0.03, mixup="pmu", mixup_share=0.1)
+    with connect(tmp_path) as db:
+        rows = rows_by(db.named("tab_mixup_kd"), "teacher_mixup")
+    assert set(rows) == {"none", "mixup", None}
+    assert rows["none"]["n_runs"] == 1 and rows["none"]["delta_pp"] == pytest.approx(1.0)
+    assert rows["mixup"]["n_runs"] == 2 and rows["mixup"]["delta_pp"] == pytest.approx(3.0)
+    _, lo, hi = mean_ci([0.02, 0.04])
+    assert (rows["mixup"]["delta_ci_low_pp"], rows["mixup"]["delta_ci_high_pp"]) == pytest.approx(
+        (round(100 * lo, 2), round(100 * hi, 2)))
+    assert rows[None]["n_runs"] == 1 and rows["mixup"]["mixed_pct"] == 10

@@ -55,3 +55,25 @@ def test_transfer_config_validates_augment():
     with pytest.raises(ValueError, match="augment"):
         TransferConfig(method="kl", augment="colour")
     assert TransferConfig(method="kl", augment="flip").augment == "flip"
+
+
+def test_optional_mixup_recipes_are_named_beside_all_and_differ_only_in_mixup():
+    from dataclasses import asdict
+
+    from pipelines.stages import study_models
+    from zoo_study.zoo.recipes import EMBEDDED_RECIPES, OPTIONAL_RECIPES, recipe_by_id, select_recipes
+
+    assert [r.model_id for r in select_recipes("all")] == [r.model_id for r in EMBEDDED_RECIPES]
+    assert select_recipes("none") == []
+    chosen = [r.model_id for r in select_recipes(["mixer_p8_mixup", "all", "mixer_p8_mixup"])]
+    assert chosen[0] == "mixer_p8_mixup" and chosen[1:] == [r.model_id for r in EMBEDDED_RECIPES]
+    for opt in OPTIONAL_RECIPES:  # a controlled pair: the base recipe with mixup, nothing else changed
+        base = recipe_by_id(opt.model_id.removesuffix("_mixup"))
+        diff = {k for k, v in asdict(opt).items() if asdict(base)[k] != v}
+        assert diff == {"model_id", "mixup_alpha"} and opt.mixup_alpha > 0 == base.mixup_alpha
+    cfg = load_config(None, ["zoo.embedded=['all', 'resnet10t_w24_ls_mixup']"])
+    ids = [p.model_id for p in study_models(cfg)]
+    assert "resnet10t_w24_ls_mixup" in ids and len([i for i in ids if not i.startswith("random__")]) == 13
+    assert "resnet10t_w24_ls_mixup" not in [p.model_id for p in study_models(load_config(None))]
+    with pytest.raises(ConfigError, match="resnet10t_mixup"):
+        load_config(None, ["zoo.embedded=['resnet10t_mixup']"])

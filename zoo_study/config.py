@@ -69,9 +69,9 @@ class ZooSection(_Strict):
     @classmethod
     def _known_recipes(cls, v):
         if isinstance(v, list):
-            from zoo_study.zoo.recipes import EMBEDDED_RECIPES
+            from zoo_study.zoo.recipes import ALL_RECIPES
 
-            known = [r.model_id for r in EMBEDDED_RECIPES]
+            known = ["all"] + [r.model_id for r in ALL_RECIPES]
             bad = [x for x in v if x not in known]
             if bad:
                 raise ValueError(f"unknown embedded recipe(s) {bad}; valid: {known}")

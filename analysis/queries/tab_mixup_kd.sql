@@ -2,26 +2,34 @@
 -- mixing (none / PMU with the share of each batch mixed / FMU) and student initialisation (pretrained /
 -- scratch; scratch starts from the untrained architecture, so its acc_before is chance level and its
 -- delta large by construction). Shown only when the study ran any mixup, scratch or Std-KD transfer.
+-- Teachers trained with and without mixup are kept apart (teacher_mixup: 'mixup' when the teacher's
+-- embedded recipe used mixup, 'none' when it did not, NULL for a model without a recipe, e.g. timm).
 -- Per student and setting: runs (teachers x seeds); mean accuracy after transfer in percent with its 95% t
 -- interval over runs (none with one run); mean delta_last in pp with its t interval over runs (one run: its
 -- paired score interval, zoo_study/stats.py). Students are kept apart: their accuracies differ by design.
 -- NULL student_init / mixup come from files written before those settings existed: pretrained / none.
--- Reads: transfers.
+-- Reads: transfers, models.
 WITH runs AS (
     SELECT
-        student,
-        method,
+        t.student,
+        CASE
+            WHEN m.recipe_json IS NULL THEN NULL
+            WHEN coalesce(json_extract(m.recipe_json, '$.mixup_alpha')::DOUBLE, 0) > 0 THEN 'mixup'
+            ELSE 'none'
+        END                                  AS teacher_mixup,
+        t.method,
         temperature,
         coalesce(mixup, 'none')              AS mixup,
         coalesce(mixup_share, 0.0)           AS mixup_share,
         coalesce(student_init, 'pretrained') AS student_init,
         acc_last, delta_last, delta_ci_low, delta_ci_high
-    FROM transfers
-    WHERE mode = 'single' AND study_part = 'transfer'
+    FROM transfers AS t
+    LEFT JOIN models AS m ON m.model_id = t.teacher
+    WHERE t.mode = 'single' AND t.study_part = 'transfer'
 ),
 agg AS (
     SELECT
-        student, method, temperature, mixup, mixup_share, student_init,
+        student, teacher_mixup, method, temperature, mixup, mixup_share, student_init,
         count(*)                  AS n_runs,
         avg(acc_last)             AS acc,
         stddev_samp(acc_last)     AS acc_sd,
@@ -30,10 +38,11 @@ agg AS (
         min(delta_ci_low)         AS run_lo,
         min(delta_ci_high)        AS run_hi
     FROM runs
-    GROUP BY student, method, temperature, mixup, mixup_share, student_init
+    GROUP BY student, teacher_mixup, method, temperature, mixup, mixup_share, student_init
 )
 SELECT
     student,
+    teacher_mixup,
     method,
     temperature,
     mixup,
@@ -48,4 +57,4 @@ SELECT
     round(100 * CASE WHEN n_runs = 1 THEN run_hi ELSE mean_ci_high(delta, delta_sd, n_runs) END, 2) AS delta_ci_high_pp
 FROM agg
 WHERE EXISTS (SELECT 1 FROM runs WHERE mixup <> 'none' OR student_init <> 'pretrained' OR method = 'std_kd')
-ORDER BY student, student_init, method, temperature, mixup, mixup_share
+ORDER BY student, student_init, teacher_mixup NULLS LAST, method, temperature, mixup, mixup_share

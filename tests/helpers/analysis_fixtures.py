@@ -79,6 +79,7 @@ class RootBuilder:
         *,
         source: str = "timm",
         reported_top1: float | None = None,
+        recipe: dict | None = None,
     ) -> None:
         row = {
             "model_id": model_id,
@@ -95,7 +96,7 @@ class RootBuilder:
             "reported_top1": reported_top1,
             "checkpoint": None,
             "weights_id": None,
-            "recipe_json": None,
+            "recipe_json": json.dumps(recipe) if recipe is not None else None,
             "train_seconds": None,
         }
         write_parquet_atomic(table_from_rows([row], MODEL_SCHEMA), self.layout.model_row(model_id))

@@ -9,7 +9,7 @@ structured ways, like real pretrained zoos do.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,8 +106,38 @@ EMBEDDED_RECIPES: tuple[Recipe, ...] = (
 )
 
 
+# Optional recipes: trained only when a study names them (``zoo.embedded = ["all", "<id>", ...]``), so the
+# demo's zoo (``"all"``) is unchanged. Each is a default recipe with mixup added and nothing else changed
+# (same architecture, data config, epochs, lr and seed), so "the same teacher with and without mixup" is a
+# controlled pair for the Mixup-KD comparison (METHOD.md section 5). ConvNeXt already has both variants
+# in the default zoo, but ``convnext_atto_p2_mixup`` differs from ``convnext_atto_p2`` in more than mixup
+# (one more epoch, ImageNet normalisation, another seed).
+MIXUP_ALPHA = 0.4
+OPTIONAL_RECIPES: tuple[Recipe, ...] = tuple(
+    replace(recipe, model_id=f"{recipe.model_id}_mixup", mixup_alpha=MIXUP_ALPHA)
+    for recipe in EMBEDDED_RECIPES if recipe.model_id in ("resnet10t_w24_ls", "mixer_p8")
+)
+ALL_RECIPES: tuple[Recipe, ...] = EMBEDDED_RECIPES + OPTIONAL_RECIPES
+
+
 def recipe_by_id(model_id: str) -> Recipe:
-    for r in EMBEDDED_RECIPES:
+    for r in ALL_RECIPES:
         if r.model_id == model_id:
             return r
-    raise KeyError(f"no embedded recipe {model_id!r}; known: {', '.join(r.model_id for r in EMBEDDED_RECIPES)}")
+    raise KeyError(f"no embedded recipe {model_id!r}; known: {', '.join(r.model_id for r in ALL_RECIPES)}")
+
+
+def select_recipes(embedded: str | list[str]) -> list[Recipe]:
+    """The recipes a ``zoo.embedded`` value names: ``"all"`` (the default zoo), ``"none"``, or a list of
+    recipe ids in which ``"all"`` stands for every default recipe (so ``["all", "mixer_p8_mixup"]`` is the
+    default zoo plus one optional recipe). Order: the listed order, "all" expanded in place, no repeats."""
+    if embedded == "all":
+        return list(EMBEDDED_RECIPES)
+    if embedded == "none":
+        return []
+    out: list[Recipe] = []
+    for name in embedded:
+        for r in (EMBEDDED_RECIPES if name == "all" else (recipe_by_id(name),)):
+            if r not in out:
+                out.append(r)
+    return out
