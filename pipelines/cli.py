@@ -214,6 +214,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
             continue
         try:
             report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus, pack_size=cfg.ray.pack_size,
+                              pack_students=cfg.ray.pack_students, pack_memory_bytes=cfg.ray.pack_gpu_memory_gb * 1e9,
                               max_retries=cfg.ray.max_retries, progress=not args.no_progress)
         except RunInterrupted as stop:
             print(f"interrupted: {finished + stop.report.ran} job(s) finished, {stop.cancelled} cancelled; "

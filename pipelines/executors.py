@@ -215,22 +215,29 @@ def hparam_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) 
 
 
 def transfer_pack_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, Any]:
-    """Several single-teacher transfers of one pair in one pass (pipelines/packs.py): every member's
+    """Several single-teacher transfers of one teacher (into one student, or several with
+    ``ray.pack_students`` > 1) in one pass (pipelines/packs.py): every member's
     outputs under ``"<job_id>:<name>"``, a failed member's error under ``"<job_id>:__error__"``."""
     import traceback
 
     from pipelines.backends import one_line
     from pipelines.packs import ERROR_KEY
     from zoo_study.transfer import TransferConfig
-    from zoo_study.transfer.job import run_transfer_pack
+    from zoo_study.transfer.job import run_transfer_pack_students
 
     members, job_ids = spec["members"], spec["job_ids"]
-    source, device, (student, s_rec), (teacher,), cached = _transfer_inputs(members[0], inputs, ctx)
+    source, device, first_student, (teacher,), cached = _transfer_inputs(members[0], inputs, ctx)
+    students = {first_student[1].model_id: first_student}  # each distinct student built once
+    for m in members[1:]:
+        sid = m["student"]["model_id"]
+        if sid not in students:
+            students[sid] = build_model(m["student"], inputs, source.num_classes, device)
+            cached.update(_cached_predictions(m, inputs))
     configs = [TransferConfig.from_dict(m["config"]) for m in members]
     LOG.info("transfer pack of %d (%s): %s -> %s", len(members), ", ".join(c.method for c in configs),
-             teacher[1].model_id, s_rec.model_id)
-    results = run_transfer_pack(student, s_rec, teacher, source, configs, device=device, job_ids=job_ids,
-                                cached_predictions=cached)
+             teacher[1].model_id, ", ".join(students))
+    results = run_transfer_pack_students([students[m["student"]["model_id"]] for m in members], teacher, source,
+                                         configs, device=device, job_ids=job_ids, cached_predictions=cached)
     out: dict[str, Any] = {}
     for jid, res in zip(job_ids, results):
         if isinstance(res, BaseException):

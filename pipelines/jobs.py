@@ -152,6 +152,10 @@ class Job:
     # jobs of one stage with equal non-empty pack keys and inputs may run in one task (pipelines/packs.py);
     # not part of the id: packing changes how a job runs, never its result
     pack: str = field(default="", compare=False)
+    # within a pack key: jobs of one group read the same inputs (a transfer's student); a pack spans up to
+    # ray.pack_students groups. pack_cost: the member's estimated accelerator memory in bytes (0: unknown)
+    pack_group: str = field(default="", compare=False)
+    pack_cost: float = field(default=0.0, compare=False)
     job_id: str = field(init=False, compare=False)
     spec_json: str = field(init=False, repr=False, compare=False)
 

@@ -6,7 +6,11 @@ augment and preprocess each batch once, run the teacher and the frozen student o
 evaluate all students in one pass. Each member keeps its own id, its own result folder, its own job
 record and failure record: done detection, resume and ``--dry-run`` are per job, exactly as without
 packs. The runner forms packs at submission time from the jobs still to run (a finished member is never
-redone), up to ``max_size`` members with equal :attr:`~pipelines.jobs.Job.pack` keys and equal inputs.
+redone), up to ``max_size`` members with equal :attr:`~pipelines.jobs.Job.pack` keys. Transfers key by
+teacher, data and batches; their :attr:`~pipelines.jobs.Job.pack_group` is the student, so a pack holds
+one pair's transfers, or (``ray.pack_students`` > 1) those of several students of one teacher, which then
+share the batches and the teacher forward. On a GPU, ``ray.pack_gpu_memory_gb`` bounds a pack by the
+members' estimated memory (:attr:`~pipelines.jobs.Job.pack_cost`, :mod:`pipelines.memory`).
 
 A pack is submitted as a *carrier* job of stage ``<stage>_pack`` whose spec lists the members' specs and
 ids; its executor returns each member's outputs under ``"<job_id>:<output name>"`` and a failed member's
@@ -16,7 +20,7 @@ error under ``"<job_id>:__error__"`` (text: the one-line error, a newline, the t
 from __future__ import annotations
 
 import collections
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pipelines.jobs import Job
 
@@ -25,18 +29,36 @@ __all__ = ["ERROR_KEY", "carrier_for", "member_outcomes", "take_pack"]
 ERROR_KEY = "__error__"
 
 
-def take_pack(first: Job, todo: collections.deque, max_size: int) -> list[Job]:
+def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups: int = 1,
+              memory_budget: float = 0.0, ready: Callable[[Job], bool] | None = None) -> list[Job]:
     """``first`` and up to ``max_size - 1`` other first-attempt jobs of ``todo`` that pack with it
-    (removed from ``todo``). ``todo`` holds ``(job, attempt)``; retried jobs run alone."""
+    (removed from ``todo``). ``todo`` holds ``(job, attempt)``; retried jobs run alone.
+
+    Jobs pack when their stage and :attr:`Job.pack` key are equal. Within a key, :attr:`Job.pack_group`
+    tells the jobs that read the same inputs (one student of a transfer's teacher) from those that read
+    others: a pack spans at most ``max_groups`` groups (1: every member has ``first``'s inputs).
+    ``memory_budget`` > 0 (bytes): the members' :attr:`Job.pack_cost` sum stays within it (the first
+    member always runs). ``ready(job)``: whether a job of another group may join now (its inputs exist);
+    one that may not stays in ``todo`` and is handled when its turn comes."""
     group = [first]
     if not first.pack or max_size <= 1:
         return group
+    groups = {first.pack_group}
+    cost = first.pack_cost
     keep: list[tuple[Job, int]] = []
     while todo:
         job, attempt = todo.popleft()
-        if len(group) < max_size and attempt == 1 and job.pack == first.pack and job.inputs == first.inputs \
-                and job.stage == first.stage:
+        fits = len(group) < max_size and attempt == 1 and job.pack == first.pack and job.stage == first.stage
+        if fits and job.pack_group not in groups:
+            fits = len(groups) < max_groups and (ready is None or ready(job))
+        elif fits:
+            fits = job.inputs == first.inputs or job.pack_group != first.pack_group
+        if fits and memory_budget > 0 and cost + job.pack_cost > memory_budget:
+            fits = False
+        if fits:
             group.append(job)
+            groups.add(job.pack_group)
+            cost += job.pack_cost
         else:
             keep.append((job, attempt))
     todo.extend(keep)
@@ -44,12 +66,15 @@ def take_pack(first: Job, todo: collections.deque, max_size: int) -> list[Job]:
 
 
 def carrier_for(group: list[Job]) -> Job:
-    """The one job submitted for a pack: members' specs and ids, the union of their outputs."""
+    """The one job submitted for a pack: members' specs and ids, the union of their outputs and inputs."""
     first = group[0]
     outputs = {f"{j.job_id}:{name}": path for j in group for name, path in j.outputs.items()}
+    inputs = tuple(dict.fromkeys(rel for j in group for rel in j.inputs))
     spec = {"members": [dict(j.spec) for j in group], "job_ids": [j.job_id for j in group]}
-    return Job(f"{first.stage}_pack", spec, outputs, inputs=first.inputs, num_cpus=first.num_cpus,
-               num_gpus=first.num_gpus, name=f"{len(group)} x {first.name}", runtime=first.runtime)
+    n_groups = len({j.pack_group for j in group})
+    name = f"{len(group)} x {first.name}" if n_groups == 1 else f"{len(group)} transfers into {n_groups} students"
+    return Job(f"{first.stage}_pack", spec, outputs, inputs=inputs, num_cpus=first.num_cpus,
+               num_gpus=first.num_gpus, name=name, runtime=first.runtime)
 
 
 def member_outcomes(group: list[Job], outputs: Mapping[str, Any]) -> list[tuple[Job, dict | None, str, str]]:

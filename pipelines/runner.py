@@ -142,8 +142,8 @@ class _Inputs:
 def largest_packs_first(jobs: Sequence[Job]) -> list[Job]:
     """Jobs ordered so that the biggest packs are submitted first (stable otherwise): the long tasks start
     early and the short ones fill the cores at the end of a wave, instead of one long pack running alone."""
-    sizes = collections.Counter(j.pack for j in jobs if j.pack)
-    return sorted(jobs, key=lambda j: -sizes[j.pack] if j.pack else -1)
+    sizes = collections.Counter((j.pack, j.pack_group) for j in jobs if j.pack)  # per pair (pack group)
+    return sorted(jobs, key=lambda j: -sizes[j.pack, j.pack_group] if j.pack else -1)
 
 
 def run_jobs(
@@ -159,6 +159,8 @@ def run_jobs(
     runtime_env: Mapping[str, Any] | None = None,
     executors: Mapping[str, str | Callable] | None = None,
     pack_size: int = 1,
+    pack_students: int = 1,
+    pack_memory_bytes: float = 0.0,
     progress: bool = True,
     log: logging.Logger | None = None,
 ) -> RunReport:
@@ -173,6 +175,8 @@ def run_jobs(
     ``executors``: ``{stage: "module:function" or function}`` merged over :data:`pipelines.jobs.EXECUTORS`
     (tests and notebooks bring their own stages this way). ``pack_size``: pending jobs with equal
     ``Job.pack`` keys run up to this many in one task (:mod:`pipelines.packs`); 1 = every job alone.
+    ``pack_students``: how many pack groups (students of one teacher) one pack may span.
+    ``pack_memory_bytes`` > 0: a pack's members' ``Job.pack_cost`` sum stays within it.
     Raises for bad arguments (before any work), :class:`~pipelines.backends.RayUnavailable` when Ray
     cannot be reached, and :class:`RunInterrupted` on Ctrl-C (after writing what finished).
     """
@@ -193,6 +197,10 @@ def run_jobs(
     waves, producer = _check_waves(_as_waves(jobs))
     if not isinstance(pack_size, int) or pack_size < 1:
         raise ValueError(f"pack_size must be an int >= 1, got {pack_size!r}")
+    if not isinstance(pack_students, int) or pack_students < 1:
+        raise ValueError(f"pack_students must be an int >= 1, got {pack_students!r}")
+    if not pack_memory_bytes >= 0:
+        raise ValueError(f"pack_memory_bytes must be >= 0, got {pack_memory_bytes!r}")
     stages_run = list(dict.fromkeys(j.stage for w in waves for j in w))
     fns = {stage: executor_for(stage, executors) for stage in stages_run}
     if pack_size > 1:  # the carriers of packed jobs (pipelines/packs.py)
@@ -230,7 +238,8 @@ def run_jobs(
                 else:
                     log.info("serial backend: jobs run one by one in this process (pid %d)", os.getpid())
                     backend = SerialBackend()
-            _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop, pack_size).run(
+            _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop, pack_size,
+                  pack_students, pack_memory_bytes).run(
                 max_in_flight or backend.default_window(), progress, "+".join(stages))
     report.failures = list(failed.values())  # in the order they happened
     log.info("finished in %.1f s: %d ran, %d failed, %d skipped%s", report.wall_s, report.ran, report.failed,
@@ -251,9 +260,10 @@ class _Wave:
 
     def __init__(self, jobs: list[Job], root: Path, backend: Any, fns: Mapping[str, Any],
                  producer: Mapping[str, tuple[int, Job]], failed: dict[str, FailureRecord], report: RunReport,
-                 max_retries: int, log: logging.Logger, stop: _StopOnSigint, pack_size: int = 1):
+                 max_retries: int, log: logging.Logger, stop: _StopOnSigint, pack_size: int = 1,
+                 pack_groups: int = 1, pack_memory: float = 0.0):
         self.jobs, self.root, self.backend, self.fns = jobs, root, backend, fns
-        self.pack_size = pack_size
+        self.pack_size, self.pack_groups, self.pack_memory = pack_size, pack_groups, pack_memory
         self.producer, self.failed, self.report = producer, failed, report
         self.max_retries, self.log, self.stop = max_retries, log, stop
         self.inputs = _Inputs(root, backend, jobs)
@@ -276,6 +286,17 @@ class _Wave:
         else:
             counts.failed += 1
             self.log.warning("FAILED %s after %d attempt(s): %s (record: %s)", job.label, attempts, error, path)
+
+    def ready(self, job: Job) -> bool:
+        """Whether a job may join another's pack now: its inputs exist and can be read."""
+        if self.backend.infeasible(job) or self.missing_reason(job):
+            return False
+        try:
+            for rel in job.inputs:
+                self.inputs.get(rel)
+        except OSError:
+            return False
+        return True
 
     def missing_reason(self, job: Job) -> str | None:
         parts = []
@@ -370,11 +391,13 @@ class _Wave:
                         self.inputs.release(job)
                         bar.update(1)
                         continue
-                    group = take_pack(job, todo, self.pack_size) if attempt == 1 else [job]
+                    group = take_pack(job, todo, self.pack_size, max_groups=self.pack_groups,
+                                      memory_budget=self.pack_memory, ready=self.ready) if attempt == 1 else [job]
                     if len(group) == 1:
                         inflight[self.backend.submit(job, self.fns[job.stage], handles, attempt)] = (job, attempt, None)
                     else:
                         carrier = carrier_for(group)
+                        handles = [self.inputs.get(rel) for rel in carrier.inputs]  # every member's students
                         inflight[self.backend.submit(carrier, self.fns[carrier.stage], handles, attempt)] = (
                             carrier, attempt, group)
                 if not inflight:

@@ -74,3 +74,39 @@ def test_packed_pipeline_equals_unpacked_and_isolates_a_failure(tmp_path, capsys
     caplog.clear()
     code, _, _ = _run(tmp_path, "packed", methods, 16, capsys)
     assert code == 1 and "transfer pack" not in caplog.text and "3 done, 1 to run" in caplog.text
+
+
+MICRO_TWO_STUDENTS = micro_study("packs2").replace(
+    'embedded = ["resnet10t_w16", "mixer_p8"]', 'embedded = ["resnet10t_w16", "mixer_p8", "resnet18_w16_short"]') + """
+[transfer]
+methods = ["kl", "kl_dp"]
+pairs = "explicit"
+explicit = [["resnet10t_w16", "mixer_p8"], ["resnet10t_w16", "resnet18_w16_short"]]
+epochs = 2
+batch_size = 32
+transfer_fraction = 0.5
+
+[ray]
+address = "local"
+pack_students = {pack_students}
+"""
+
+
+def test_students_of_one_teacher_share_a_pack_and_give_the_same_results(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    results = {}
+    for n in (2, 1):
+        root = tmp_path / f"s{n}"
+        cfg = tmp_path / f"s{n}.toml"
+        cfg.write_text(MICRO_TWO_STUDENTS.format(root=root, pack_students=n))
+        caplog.clear()
+        assert main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,transfer"]) == 0
+        packs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("transfer pack of")]
+        if n == 2:  # one task: both students, the teacher's batches and forward shared
+            assert packs == ["transfer pack of 4 (kl, kl_dp, kl, kl_dp): resnet10t_w16 -> mixer_p8, resnet18_w16_short"] \
+                or packs == ["transfer pack of 4 (kl, kl_dp, kl, kl_dp): resnet10t_w16 -> resnet18_w16_short, mixer_p8"]
+        else:  # one task per pair
+            assert len(packs) == 2 and all(p.startswith("transfer pack of 2") for p in packs)
+        rows = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
+        results[n] = {(r["student"], r["method"]): {k: v for k, v in r.items() if k != "runtime_s"} for r in rows}
+    assert len(results[2]) == 4 and results[2] == results[1]

@@ -288,6 +288,13 @@ class RaySection(_Strict):
     # many per task, sharing data, teacher and frozen-student forwards and the eval pass; 1 = each alone.
     # Results and job ids are the same either way (tests/test_transfer_pack.py).
     pack_size: int = Field(16, ge=1)
+    # a pack may also hold the transfers of up to this many students of one teacher (same batches and
+    # teacher forward; each student keeps its own anchor forward and eval pass); 1 = one pair per pack
+    pack_students: int = Field(1, ge=1)
+    # on a GPU (gpus_per_job > 0): the memory a pack may fill, in GB, against each member's estimate
+    # (pipelines/memory.py: its student's weights, gradients, momentum and activations at the batch);
+    # 0 = bounded by pack_size alone. Leave headroom for the teacher and the CUDA context (~80% of the card).
+    pack_gpu_memory_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class StudyConfig(_Strict):

@@ -63,9 +63,10 @@ from zoo_study.transfer.loop import (
 )
 from zoo_study.transfer.mcl import soup_state_dicts
 from zoo_study.transfer.inputs import _aligned_pred, _check_inputs, order_teachers, transfer_set, versions
-from zoo_study.transfer.phase import pack_key, run_phase, run_phase_pack
+from zoo_study.transfer.phase import StudentSide, pack_key, run_phase, run_phase_pack
 
-__all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "transfer_set", "order_teachers", "versions"]
+__all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "run_transfer_pack_students", "transfer_set",
+           "order_teachers", "versions"]
 
 
 @dataclass
@@ -107,7 +108,7 @@ def run_transfer(
     before equals the pair score exactly; they must come from the same weights and preprocessing).
     Raises :class:`~zoo_study.transfer.loop.TransferDiverged` on a NaN / inf loss.
     """
-    return _run_transfers(student, student_record, teachers, source, [config], device=device, job_ids=[job_id],
+    return _run_transfers([(student, student_record)], teachers, source, [config], device=device, job_ids=[job_id],
                           progress=progress, cached_predictions=cached_predictions, strict=True)[0]
 
 
@@ -131,47 +132,95 @@ def run_transfer_pack(
     its result or the exception that ended it (the others still finish). ``runtime_s`` of a member is its
     share of the pack's wall time.
     """
-    return _run_transfers(student, student_record, [teacher], source, configs, device=device, job_ids=job_ids,
+    return run_transfer_pack_students([(student, student_record)] * len(configs), teacher, source, configs,
+                                      device=device, job_ids=job_ids, progress=progress,
+                                      cached_predictions=cached_predictions)
+
+
+def run_transfer_pack_students(
+    students: Sequence[tuple[nn.Module, Any]],
+    teacher: tuple[nn.Module, Any],
+    source: DataSource,
+    configs: Sequence[TransferConfig | Mapping[str, Any]],
+    *,
+    device: str | torch.device = "cpu",
+    job_ids: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+    cached_predictions: Mapping[str, Any] | None = None,
+) -> list[TransferResult | BaseException]:
+    """Single-teacher transfers of one teacher into one or several students in one pass.
+
+    ``students`` holds one (module, record) per config; configs whose students have the same model id
+    transfer into the same student (its anchor forward and eval pass are shared between them). The
+    batches, their augmentation and the teacher forward are computed once for all; every result is
+    bit-identical on CPU to :func:`run_transfer` of that config and student alone. Returns, per config,
+    its result or the exception that ended it.
+    """
+    return _run_transfers(list(students), [teacher], source, configs, device=device, job_ids=job_ids,
                           progress=progress, cached_predictions=cached_predictions, strict=False)
 
 
-def _run_transfers(student, student_record, teachers, source, configs, *, device, job_ids, progress,
+@dataclass(eq=False)
+class _StudentContext:
+    """One student of a job or pack: its record, the model transfers start from (scratch: rebuilt),
+    its preprocessing, frozen anchor and before-transfer eval predictions."""
+
+    record: Any
+    start: nn.Module
+    pre: ModelPreprocess
+    anchor: nn.Module
+    before_pred: np.ndarray
+    side: StudentSide
+
+
+def _run_transfers(students, teachers, source, configs, *, device, job_ids, progress,
                    cached_predictions, strict: bool) -> list[TransferResult | BaseException]:
     t0 = time.perf_counter()
     configs = [c if isinstance(c, TransferConfig) else TransferConfig.from_dict(c) for c in configs]
     if len(configs) != len(job_ids) or not configs:
         raise ValueError(f"a pack needs one job id per config, got {len(configs)} configs and {len(job_ids)} ids")
+    if len(students) != len(configs):
+        raise ValueError(f"a pack needs one student per config, got {len(students)} for {len(configs)} configs")
     if len(configs) > 1:
         if len({pack_key(c) for c in configs}) > 1 or configs[0].mode != "single":
             raise ValueError("transfers packed together must be single-teacher and share seed, batch size, epochs, "
                              "evaluation and transfer set (zoo_study.transfer.phase.pack_key)")
-    for c, jid in zip(configs, job_ids):
-        _check_inputs(student_record, teachers, source, c, jid)
+    for (_, s_rec), c, jid in zip(students, configs, job_ids):
+        _check_inputs(s_rec, teachers, source, c, jid)
     config = configs[0]  # the settings every member shares (data, runtime, evaluation)
     scratch = config.student_init == "scratch"
-    if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
-        from zoo_study.zoo.loading import scratch_like
-
-        student = scratch_like(student, student_record, config.seed)
     rt = Runtime.create(device, config.amp)
-    student_pre = ModelPreprocess.from_data_config(student_record.data_config)
-    anchor = rt.prepare(student).eval()
     tms = [TeacherModel(rec.model_id, rt.prepare(mod).eval(), ModelPreprocess.from_data_config(rec.data_config))
            for mod, rec in teachers]
+    distinct: dict[str, tuple[nn.Module, Any]] = {}
+    for module, rec in students:
+        if rec.model_id in distinct and distinct[rec.model_id][0] is not module:
+            raise ValueError(f"two different modules for student {rec.model_id!r} in one pack")
+        distinct.setdefault(rec.model_id, (module, rec))
     # read through the decoded-image cache when the source has one (ImageFolder with data.cache_dir):
     # one array per distinct geometry of the job's models; unchanged otherwise
-    data_configs = [student_record.data_config] + [r.data_config for _, r in teachers]
+    data_configs = [rec.data_config for _, rec in distinct.values()] + [r.data_config for _, r in teachers]
     train = cached_split(transfer_set(source, config), data_configs)
     eval_split = cached_split(source.eval, data_configs)  # teachers too: their eval pass when not cached
     labels = eval_split.labels
     eb = config.eval_batch_size
-
     cached = dict(cached_predictions or {})
-    if student_record.model_id in cached and not scratch:
-        before_pred = _aligned_pred(cached[student_record.model_id], eval_split, student_record.model_id)
-    else:
-        before_pred = predict_split(anchor, eval_split, student_pre, batch_size=eb, rt=rt)
-    before_correct = before_pred == labels
+
+    def student_context(module: nn.Module, rec) -> _StudentContext:
+        if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
+            from zoo_study.zoo.loading import scratch_like
+
+            module = scratch_like(module, rec, config.seed)
+        pre = ModelPreprocess.from_data_config(rec.data_config)
+        anchor = rt.prepare(module).eval()
+        if rec.model_id in cached and not scratch:
+            before = _aligned_pred(cached[rec.model_id], eval_split, rec.model_id)
+        else:
+            before = predict_split(anchor, eval_split, pre, batch_size=eb, rt=rt)
+        return _StudentContext(rec, module, pre, anchor, before, StudentSide(module, anchor, pre, before))
+
+    contexts = {sid: student_context(module, rec) for sid, (module, rec) in distinct.items()}
+    member_ctx = [contexts[rec.model_id] for _, rec in students]
     teacher_preds: dict[int, np.ndarray] = {}
 
     def teacher_pred(i: int) -> np.ndarray:
@@ -194,14 +243,17 @@ def _run_transfers(student, student_record, teachers, source, configs, *, device
 
     packed = None
     if len(configs) > 1:
-        packed = run_phase_pack(start=student, anchor=anchor, teachers=ordered, student_pre=student_pre, train=train,
+        packed = run_phase_pack(sides=[c.side for c in member_ctx], teachers=ordered, train=train,
                                 eval_split=eval_split, configs=configs, rt=rt, phase=0, seed_phase=0,
-                                start_pred=before_pred, phase_teacher=joined, progress=progress)
+                                phase_teacher=joined, progress=progress)
 
     def runtime_s() -> float:  # a packed member's share of the pack's wall time
         return (time.perf_counter() - t0) / len(configs)
 
-    def build(config: TransferConfig, job_id: str, packed_res: Any = None) -> TransferResult:
+    def build(config: TransferConfig, job_id: str, ctx: _StudentContext, packed_res: Any = None) -> TransferResult:
+        student, student_record, student_pre, anchor = ctx.start, ctx.record, ctx.pre, ctx.anchor
+        before_pred = ctx.before_pred
+        before_correct = before_pred == labels
         common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
         routes = RouteStats() if config.method_spec.routes else None
         evals: list[EpochEval] = []
@@ -349,7 +401,7 @@ def _run_transfers(student, student_record, teachers, source, configs, *, device
     out: list[TransferResult | BaseException] = []
     for i, (c, jid) in enumerate(zip(configs, job_ids)):
         try:
-            out.append(build(c, jid, packed[i] if packed is not None else None))
+            out.append(build(c, jid, member_ctx[i], packed[i] if packed is not None else None))
         except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
             if strict:
                 raise

@@ -50,7 +50,7 @@ from zoo_study.transfer.loop import (
     set_student_mode,
 )
 
-__all__ = ["run_phase", "run_phase_pack", "pack_key"]
+__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key"]
 
 class _RngState:
     """The global torch RNG of one member (CPU, and CUDA when the phase runs there)."""
@@ -69,9 +69,22 @@ class _RngState:
             torch.cuda.set_rng_state(self.gpu)
 
 
+@dataclass(eq=False)
+class StudentSide:
+    """One student of a pack: the model its copies start from, its frozen anchor, its preprocessing and
+    its predictions at the start. Members with the same side share the anchor forward and one eval pass;
+    a pack may hold several sides (students of one teacher), each with its own."""
+
+    start: nn.Module
+    anchor: nn.Module
+    pre: ModelPreprocess
+    start_pred: np.ndarray
+
+
 @dataclass
 class _Member:
     config: TransferConfig
+    side: StudentSide
     model: nn.Module
     state: Any
     opt: torch.optim.Optimizer
@@ -98,9 +111,9 @@ class _Member:
         return self.state.kept_model(self.model) if self.state is not None else self.model
 
 
-def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[TeacherModel], student_pre: ModelPreprocess,
-           train: ImageSplit, rt: Runtime, seeds: dict[str, int], batch: int, phase: int,
-           phase_teacher: str | None, start_pred: np.ndarray) -> _Member:
+def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[TeacherModel], train: ImageSplit,
+           rt: Runtime, seeds: dict[str, int], batch: int, phase: int, phase_teacher: str | None) -> _Member:
+    start, student_pre = side.start, side.pre
     obj = config.method_spec
     torch.manual_seed(seeds["torch"])
     model = rt.prepare(copy.deepcopy(start))
@@ -138,35 +151,45 @@ def _setup(config: TransferConfig, *, start: nn.Module, teachers: Sequence[Teach
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return _Member(config=config, model=model, state=state, opt=opt,
+    return _Member(config=config, side=side, model=model, state=state, opt=opt,
                    obj_gen=torch.Generator().manual_seed(seeds["objective"]), rng=_RngState(rt.device),
                    routes=RouteStats() if obj.routes else None, lr=lr,
-                   evals=[EpochEval(phase, phase_teacher, 0, start_pred)])
+                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)])
 
 
 def run_phase_pack(
     *,
-    start: nn.Module,
-    anchor: nn.Module,
     teachers: Sequence[TeacherModel],
-    student_pre: ModelPreprocess,
     train: ImageSplit,
     eval_split: ImageSplit,
     configs: Sequence[TransferConfig],
     rt: Runtime,
     phase: int,
     seed_phase: int,
-    start_pred: np.ndarray,
+    start: nn.Module | None = None,
+    anchor: nn.Module | None = None,
+    student_pre: ModelPreprocess | None = None,
+    start_pred: np.ndarray | None = None,
+    sides: Sequence[StudentSide] | None = None,
     phase_teacher: str | None = None,
     progress: Progress | None = None,
 ) -> list[PhaseResult | BaseException]:
-    """Train one copy of ``start`` per config, sharing every input (see the module docstring).
+    """Train one copy of a student per config, sharing every input (see the module docstring).
 
-    Returns, per config, its :class:`PhaseResult` or the exception that ended it (a diverged loss).
-    The configs must agree on :func:`pack_key`.
+    One student for all configs (``start``, ``anchor``, ``student_pre``, ``start_pred``), or ``sides``:
+    one :class:`StudentSide` per config (several students of the same teachers; configs with the same
+    side object share its anchor forward and eval pass). Returns, per config, its :class:`PhaseResult`
+    or the exception that ended it (a diverged loss). The configs must agree on :func:`pack_key`.
     """
     if not configs:
         raise ValueError("a pack needs at least one transfer config")
+    if sides is None:
+        if start is None or anchor is None or student_pre is None or start_pred is None:
+            raise ValueError("a phase needs start, anchor, student_pre and start_pred, or one StudentSide per config")
+        one = StudentSide(start, anchor, student_pre, start_pred)
+        sides = [one] * len(configs)
+    if len(sides) != len(configs):
+        raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
     keys = {pack_key(c) for c in configs}
     if len(keys) > 1:
         raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
@@ -182,14 +205,16 @@ def run_phase_pack(
     batch = min(first.batch_size, n)
     drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one)
     seeds = phase_seeds(first.seed, seed_phase)
-    anchor.eval()
+    distinct_sides = list({id(sd): sd for sd in sides}.values())
+    for sd in distinct_sides:
+        sd.anchor.eval()
     for t in teachers:
         t.module.eval()
-    members = [_setup(c, start=start, teachers=teachers, student_pre=student_pre, train=train, rt=rt, seeds=seeds,
-                      batch=batch, phase=phase, phase_teacher=phase_teacher, start_pred=start_pred) for c in configs]
+    members = [_setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
+                      phase_teacher=phase_teacher) for c, sd in zip(configs, sides)]
     need_features = any(m.obj.needs_features for m in members)
     need_maps = any(m.obj.needs_maps for m in members)
-    need_frozen = any(m.obj.needs_frozen for m in members)
+    frozen_sides = list({id(m.side): m.side for m in members if m.obj.needs_frozen}.values())
     need_index = any(m.obj.needs_index for m in members)
 
     # per-sample positions in the transfer set (CRD memory bank rows)
@@ -244,14 +269,14 @@ def run_phase_pack(
                     if feat is not None:
                         t_feat = feat.float()
                 teacher_logits = torch.stack(t_logits)
-                frozen = anchor(x_for(student_pre)).float() if need_frozen else None
+                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float() for sd in frozen_sides}  # per student
             index = positions(sample_ids).to(rt.device) if need_index else None
             soft = None
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
                 soft = plan.soft_targets(labels, teacher_logits.shape[-1])
                 labels = plan.hard_labels(labels)
             for m in active:
-                _member_step(m, rt, x_for(student_pre), teacher_logits, t_feat, frozen, labels, index,
+                _member_step(m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)), labels, index,
                              phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
                              teacher_maps=t_maps)
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
@@ -264,8 +289,14 @@ def run_phase_pack(
                 m.routes.merge(m.epoch_routes)
         if not evaluate or not active:
             continue  # evaluated every eval_every epochs and always after the last
-        preds = _predict_many([m.kept() for m in active], eval_split, student_pre, first.eval_batch_size, rt)
-        for m, pred in zip(active, preds):
+        preds: dict[int, np.ndarray] = {}
+        for sd in {id(m.side): m.side for m in active}.values():  # one pass per student over the eval split
+            group = [m for m in active if m.side is sd]
+            for m, pred in zip(group, _predict_many([m.kept() for m in group], eval_split, sd.pre,
+                                                    first.eval_batch_size, rt)):
+                preds[id(m)] = pred
+        for m in active:
+            pred = preds[id(m)]
             train_loss = m.loss_sum / m.batches if m.batches else None
             logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
             m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))

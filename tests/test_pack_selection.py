@@ -1,0 +1,97 @@
+"""How the runner forms packs from pending jobs: one pair, several students of one teacher up to a limit,
+a memory budget on GPU, only jobs whose inputs exist; and the planner's per-model memory estimate."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from pipelines.jobs import Job
+from pipelines.packs import carrier_for, take_pack
+
+
+def _job(i: int, student: str, pack: str = "k", cost: float = 0.0, inputs: tuple[str, ...] | None = None) -> Job:
+    return Job("transfer", {"i": i, "student": student}, {"summary": f"transfers/{i}/summary.parquet"},
+               inputs=inputs if inputs is not None else (f"zoo/{student}.safetensors", "zoo/teacher.safetensors"),
+               pack=pack, pack_group=student, pack_cost=cost)
+
+
+def _todo(jobs):
+    return collections.deque((j, 1) for j in jobs)
+
+
+def test_one_pair_per_pack_by_default_and_several_students_up_to_the_limit():
+    jobs = [_job(0, "a"), _job(1, "b"), _job(2, "a"), _job(3, "c"), _job(4, "b"), _job(5, "a", pack="other")]
+    todo = _todo(jobs[1:])
+    assert [j.spec["i"] for j in take_pack(jobs[0], todo, 16)] == [0, 2]  # student a only
+    assert [j.spec["i"] for j, _ in todo] == [1, 3, 4, 5]  # the rest kept, in order
+    todo = _todo(jobs[1:])
+    group = take_pack(jobs[0], todo, 16, max_groups=2)
+    assert [j.spec["i"] for j in group] == [0, 1, 2, 4]  # students a and b; c would be a third
+    assert [j.spec["i"] for j, _ in todo] == [3, 5]
+    carrier = carrier_for(group)  # the union of the members' inputs, each once
+    assert carrier.inputs == ("zoo/a.safetensors", "zoo/teacher.safetensors", "zoo/b.safetensors")
+    assert carrier.name == "4 transfers into 2 students"
+
+
+def test_memory_budget_and_readiness_bound_a_pack():
+    jobs = [_job(0, "a", cost=4.0), _job(1, "a", cost=4.0), _job(2, "b", cost=1.0), _job(3, "a", cost=4.0)]
+    todo = _todo(jobs[1:])
+    # budget 9: 0 (4) + 1 (4) fit, 2 (1) fits at 9, 3 (4) would make 13
+    assert [j.spec["i"] for j in take_pack(jobs[0], todo, 16, max_groups=2, memory_budget=9.0)] == [0, 1, 2]
+    assert [j.spec["i"] for j, _ in todo] == [3]
+    # the first member always runs, even alone above the budget
+    assert [j.spec["i"] for j in take_pack(jobs[3], collections.deque(), 16, memory_budget=1.0)] == [3]
+    # a job of another student whose inputs are not there yet does not join; it waits its turn
+    todo = _todo(jobs[1:])
+    group = take_pack(jobs[0], todo, 16, max_groups=2, ready=lambda j: j.pack_group != "b")
+    assert [j.spec["i"] for j in group] == [0, 1, 3] and [j.spec["i"] for j, _ in todo] == [2]
+
+
+def test_retried_jobs_and_other_inputs_of_the_same_student_run_alone():
+    first = _job(0, "a")
+    retry = _job(1, "a")
+    odd = _job(2, "a", inputs=("zoo/a_other.safetensors",))
+    todo = collections.deque([(retry, 2), (odd, 1)])
+    assert take_pack(first, todo, 16, max_groups=4) == [first]
+    assert len(todo) == 2
+
+
+def test_memory_estimate_grows_with_batch_and_model_and_matches_hand_count():
+    torch = pytest.importorskip("torch")
+    from pipelines.memory import train_memory_bytes
+
+    import zoo_study  # noqa: F401
+    import timm
+
+    small = train_memory_bytes("resnet10t", {"channels": [16, 32, 64, 128]}, 10, [3, 32, 32], 8)
+    assert train_memory_bytes("resnet10t", {"channels": [16, 32, 64, 128]}, 10, [3, 32, 32], 64) > small
+    assert train_memory_bytes("resnet18", {"channels": [16, 32, 64, 128]}, 10, [3, 32, 32], 8) > small
+    # by hand on the CPU (real tensors, not meta): parameters x 12 bytes + every leaf output x 4 bytes
+    model = timm.create_model("resnet10t", num_classes=10, channels=(16, 32, 64, 128))
+    n_params = sum(p.numel() for p in model.parameters())
+    outs = [0]
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.__setitem__(0, outs[0] + o.numel() * 4))
+             for m in model.modules() if not list(m.children())]
+    model.train()(torch.zeros(8, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert small == pytest.approx(12 * n_params + outs[0])
+
+
+def test_planner_gives_transfer_jobs_a_student_group_and_on_gpu_a_memory_cost(tmp_path):
+    pytest.importorskip("torch")
+    from pipelines.stages import plan_stage
+    from zoo_study.config import load_config
+
+    base = [f"study.results_root='{tmp_path}'", "transfer.pairs='explicit'", "transfer.methods=['kl', 'kl_dp']",
+            "transfer.explicit=[['resnet10t_w16', 'mixer_p8'], ['resnet10t_w16', 'vit_p8_d96']]"]
+    cpu = plan_stage(load_config(None, base), "transfer")
+    assert {j.pack_group for j in cpu} == {"mixer_p8", "vit_p8_d96"}
+    assert len({j.pack for j in cpu}) == 1  # one teacher, the same batches: one key, two groups
+    assert all(j.pack_cost == 0.0 for j in cpu)  # no budget, no estimate (and no torch at planning)
+    gpu = plan_stage(load_config(None, base + ["ray.gpus_per_job=1", "ray.pack_gpu_memory_gb=40"]), "transfer")
+    costs = {j.pack_group: j.pack_cost for j in gpu}
+    assert all(c > 0 for c in costs.values()) and costs["mixer_p8"] != costs["vit_p8_d96"]
+    assert [j.job_id for j in gpu] == [j.job_id for j in cpu]  # packing settings never change a job id
