@@ -68,6 +68,36 @@ def test_hint_shapes_for_a_cnn_and_a_vit():
     assert as_grid(torch.randn(2, 7, 5)).shape == (2, 5, 1, 1)  # no square grid: pooled
 
 
+def test_multi_group_hints_one_student_group_per_teacher_shallow_to_deep():
+    from zoo_study.transfer.loop import forward_levels
+
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2,
+                            num_classes=6).eval()
+    x = torch.randn(3, 3, 16, 16)
+    logits, _, last, levels = forward_levels(cnn, x, 2)  # the last two stages: layer3 and layer4
+    assert torch.equal(logits, cnn(x)) and torch.equal(last, levels[-1])
+    assert [tuple(g.shape[1:3]) for g in levels] == [(32, 1), (64, 1)]  # 16 px: layer3 and layer4 at 1 x 1
+    _, _, v_last, v_levels = forward_levels(vit, x, 2)  # both blocks, as 4 x 4 patch grids
+    assert [tuple(g.shape[1:]) for g in v_levels] == [(24, 4, 4), (24, 4, 4)]
+    assert torch.allclose(forward_levels(vit, x, 2)[0], vit(x))
+    # more groups than the ViT has blocks: the last map stands in for the missing shallow group
+    _, _, _, three = forward_levels(vit, x, 3)
+    assert len(three) == 3 and torch.equal(three[0], v_last)
+    # teacher 0 (the weaker one in ascending order) guides the shallower group, teacher 1 the deeper one
+    t_shapes = [tuple(v_last.shape[1:]), (12, 2, 2)]
+    module = AMTMLModule(last.shape[1], t_shapes, [g.shape[1] for g in levels])
+    assert [r.in_channels for r in module.regressors] == [32, 64]
+    reg = module.regress(levels)
+    assert [tuple(r.shape) for r in reg] == [(3, 24, 4, 4), (3, 12, 2, 2)]  # each on its teacher's grid
+    expected = torch.nn.functional.conv2d(torch.nn.functional.adaptive_avg_pool2d(levels[1], (2, 2)),
+                                          module.regressors[1].weight, module.regressors[1].bias)
+    assert torch.allclose(reg[1], expected)
+    with pytest.raises(ValueError, match="one student group per teacher"):
+        AMTMLModule(64, t_shapes, [32])
+
+
 AMTML_CFG = dict(method="amtml_kd", mode="parallel", epochs=1, batch_size=30, transfer_fraction=0.4, seed=1,
                  base_lr=0.05)
 

@@ -145,7 +145,7 @@ def kl_dp_unsup(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 
 
 @register_method("amtml_kd", label="AMTML-KD", temperature=5.0, needs_labels=True, needs_maps=True, multi_teacher=True,
-                 teacher_weights=True,
+                 needs_levels=True, teacher_weights=True,
                  params={"alpha": Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - alpha weighs CE"),
                          "angle": Param(1.0, float, 0.0, None, doc="weight of the RKD angle loss (ours)"),
                          "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)")},
@@ -164,7 +164,8 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     kl = t * t * (target * (target.clamp_min(1e-12).log() - log_q)).sum(-1).mean()
     ce = L.cross_entropy(inp.student, inp.targets)
     angle = A.rkd_angle_loss(log_q.exp(), target)
-    hint = A.hint_loss(module.regress(inp.student_map), inp.teacher_maps)
+    groups = inp.student_levels if inp.student_levels is not None else inp.student_map  # one group per teacher
+    hint = A.hint_loss(module.regress(groups), inp.teacher_maps)
     if inp.labels is not None:
         inp.state.record(w, inp.labels)
     loss = p["alpha"] * kl + (1.0 - p["alpha"]) * ce + p["angle"] * angle + p["beta"] * hint

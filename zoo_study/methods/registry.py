@@ -106,6 +106,7 @@ class ObjectiveInputs:
     teacher_features: "Tensor | None" = None  # [B, D_t] of the first teacher
     student_map: "Tensor | None" = None  # [B, C, H, W] last feature map of the student (needs_maps)
     teacher_maps: "list[Tensor] | None" = None  # per teacher [B, C_k, H_k, W_k] (needs_maps)
+    student_levels: "list[Tensor] | None" = None  # K student maps, shallow to deep, as grids (needs_levels)
     index: "Tensor | None" = None  # [B] positions of the samples in the transfer set (needs_index)
     state: "MethodState | None" = None  # the method's per-stage state (setup hook)
     generator: "Generator | None" = None  # for objectives that sample (CRD negatives)
@@ -143,6 +144,8 @@ class SetupContext:
     # (student, [per teacher]) shapes of forward_features itself (no batch): (C, H, W) or (N, D)
     native_shapes: "Callable[[], tuple[tuple[int, ...], list[tuple[int, ...]]]] | None" = None
     teachers: "list[nn.Module] | None" = None  # the stage's teacher modules (frozen; eval mode)
+    # shapes (C, H, W) of the student's K maps at increasing depth, K = the stage's teachers (needs_levels)
+    level_shapes: "Callable[[], list[tuple[int, int, int]]] | None" = None
     labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
 
 
@@ -187,6 +190,8 @@ class Method:
     needs_frozen: bool = False
     needs_features: bool = False  # penultimate features of student and first teacher
     needs_maps: bool = False  # last feature maps of the student and of every teacher (as grids)
+    # the student's maps at K depths, K = the stage's teachers (timm forward_intermediates; AMTML's hint groups)
+    needs_levels: bool = False
     teacher_weights: bool = False  # its state logs per-class teacher weights (the teacher_weights table)
     needs_index: bool = False  # positions of the batch's samples in the transfer set
     routes: bool = False  # returns ObjectiveOutput.route (logs the teacher share)
@@ -231,6 +236,7 @@ def register_method(
     needs_frozen: bool = False,
     needs_features: bool = False,
     needs_maps: bool = False,
+    needs_levels: bool = False,
     teacher_weights: bool = False,
     needs_index: bool = False,
     routes: bool = False,
@@ -257,7 +263,7 @@ def register_method(
         _REGISTRY[name] = Method(
             name=name, fn=fn, label=label, params=params_, lr=lr, temperature=temperature,
             needs_labels=needs_labels, needs_frozen=needs_frozen, needs_features=needs_features, needs_maps=needs_maps,
-            teacher_weights=teacher_weights,
+            needs_levels=needs_levels, teacher_weights=teacher_weights,
             needs_index=needs_index, routes=routes, multi_teacher=multi_teacher,
             grid={k: tuple(v) for k, v in grid.items()} if grid is not None else None, setup=setup,
             paper_success_rate=paper_success_rate, doc=doc or (fn.__doc__ or "").strip(), order=len(_REGISTRY),

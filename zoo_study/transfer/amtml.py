@@ -13,10 +13,15 @@ for the hint loss. The kept model is the plain student.
   + beta * hint, with the hint loss the mean over teachers of MSE(regressor_t(student map resized to
   teacher t's grid), teacher t's map). Defaults alpha = 0.7, T = 5 (the paper).
 
-Multi-level simplification, stated: the paper guides several groups of student layers, one per
-teacher; here every teacher's last map guides the student's last map through its own regressor (one
-level, K hints). Spatial sizes that differ are matched by adaptive average pooling of the student map
-to the teacher's grid.
+Multi-group hints: the student's layers are split into K groups, one per teacher, read as the outputs
+of its last K stages (CNNs) or blocks (token models, as patch grids) from one pass of timm's
+``forward_intermediates`` (:func:`zoo_study.transfer.loop.forward_levels`), shallow to deep. Teacher k
+of the stage (in its phase order) guides group k with its last map through its own 1x1 regressor, so
+with the multi-teacher stage's default ascending order (weakest teacher first) stronger teachers guide
+deeper groups, as the paper's default. A student with fewer than K levels (or no
+``forward_intermediates``) repeats its last map for the missing shallow groups. Spatial sizes that
+differ are matched by adaptive average pooling of the student map to the teacher's grid (token models:
+their patch grid; a model with a class token only has a 1x1 grid).
 """
 
 from __future__ import annotations
@@ -61,25 +66,36 @@ def hint_loss(regressed: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
 
 
 class AMTMLModule(nn.Module):
-    def __init__(self, student_channels: int, teacher_shapes: list[tuple[int, int, int]]) -> None:
+    """Latent factors, the global vector and one hint regressor per teacher. ``level_channels``: the
+    channels of the student group each teacher guides (default: the last map for every teacher)."""
+
+    def __init__(self, student_channels: int, teacher_shapes: list[tuple[int, int, int]],
+                 level_channels: list[int] | None = None) -> None:
         super().__init__()
         k = len(teacher_shapes)
         if k < 1:
             raise ValueError("AMTML-KD needs at least one teacher")
         d = int(student_channels)
+        levels = [d] * k if level_channels is None else [int(c) for c in level_channels]
+        if len(levels) != k:
+            raise ValueError(f"AMTML-KD needs one student group per teacher, got {len(levels)} for {k} teachers")
         self.theta = nn.Parameter(torch.randn(k, d) * d ** -0.5)
         self.v = nn.Parameter(torch.randn(d) * d ** -0.5)
-        self.regressors = nn.ModuleList(nn.Conv2d(d, c, kernel_size=1) for c, _, _ in teacher_shapes)
+        self.regressors = nn.ModuleList(nn.Conv2d(c_in, c, kernel_size=1)
+                                        for c_in, (c, _, _) in zip(levels, teacher_shapes))
         self.grids = [(h, w) for _, h, w in teacher_shapes]
 
     def weights(self, student_map: Tensor) -> Tensor:
         b = student_map.amax(dim=(2, 3))  # channel-wise max pool -> [B, d]
         return instance_weights(b, self.theta, self.v)
 
-    def regress(self, student_map: Tensor) -> list[Tensor]:
+    def regress(self, student_maps: Tensor | list[Tensor]) -> list[Tensor]:
+        """Per teacher k: regressor k on student group k (one map: the same map for every teacher),
+        pooled to teacher k's grid first when the sizes differ."""
+        maps = student_maps if isinstance(student_maps, (list, tuple)) else [student_maps] * len(self.regressors)
         out = []
-        for reg, (h, w) in zip(self.regressors, self.grids):
-            m = student_map if student_map.shape[-2:] == (h, w) else F.adaptive_avg_pool2d(student_map, (h, w))
+        for reg, (h, w), m in zip(self.regressors, self.grids, maps):
+            m = m if m.shape[-2:] == (h, w) else F.adaptive_avg_pool2d(m, (h, w))
             out.append(reg(m))
         return out
 
@@ -117,5 +133,6 @@ def setup_amtml(ctx: SetupContext) -> MethodState:
     if ctx.map_shapes is None:
         raise ValueError("amtml_kd needs the loop's feature-map probe (SetupContext.map_shapes)")
     (c_s, _, _), teacher_shapes = ctx.map_shapes()
-    module = AMTMLModule(c_s, teacher_shapes).to(ctx.device)  # init from the member's seeded torch RNG
+    levels = [c for c, _, _ in ctx.level_shapes()] if ctx.level_shapes is not None else None
+    module = AMTMLModule(c_s, teacher_shapes, levels).to(ctx.device)  # init from the member's seeded torch RNG
     return _AMTMLState(module, len(teacher_shapes))

@@ -123,6 +123,26 @@ def forward_parts(model: nn.Module, x: Tensor, *, features: bool = False,
             as_grid(f) if grid else None)
 
 
+def forward_levels(model: nn.Module, x: Tensor, k: int, *, features: bool = False
+                   ) -> tuple[Tensor, Tensor | None, Tensor, list[Tensor]]:
+    """Logits, pre-logits (``features``), the last map as a grid and the maps of the last ``k`` stages /
+    blocks, shallow to deep, as grids, from one pass of timm's ``forward_intermediates``. A model without
+    intermediates (or fewer than ``k`` levels) repeats its last map, so every group still gets a hint."""
+    final, inter = None, []
+    if k > 0 and hasattr(model, "forward_intermediates"):
+        try:
+            final, inter = model.forward_intermediates(x, indices=k)
+        except (NotImplementedError, TypeError, AssertionError, ValueError, IndexError):
+            final, inter = None, []
+    if final is None:
+        final = model.forward_features(x)
+    last = as_grid(final)
+    levels = [as_grid(t) for t in inter][-k:] if k > 0 else []
+    levels = [last] * (k - len(levels)) + levels if len(levels) < k else levels
+    logits = model.forward_head(final)
+    return logits, (model.forward_head(final, pre_logits=True) if features else None), last, levels
+
+
 def _forward(model: nn.Module, x: Tensor, features: bool) -> tuple[Tensor, Tensor | None]:
     """Logits, and with ``features`` the pre-logits (penultimate) features via timm's forward_head."""
     logits, feat, _ = forward_parts(model, x, features=features)

@@ -45,6 +45,7 @@ from zoo_study.transfer.loop import (
     TransferDiverged,
     _state_cpu,
     as_grid,
+    forward_levels,
     forward_parts,
     phase_seeds,
     set_student_mode,
@@ -144,10 +145,18 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     def native_shapes():
         return probe()[0][0], [p[0] for p in probe()[1:]]
 
+    def level_shapes() -> list[tuple[int, int, int]]:
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        with torch.no_grad(), rt.autocast():
+            model.eval()
+            _, _, _, levels = forward_levels(model, rt.inputs(student_pre, raw0), len(teachers))
+        return [tuple(g.shape[1:]) for g in levels]
+
     params = config.resolved_hparams
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
                                         feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes,
-                                        native_shapes=native_shapes, teachers=[t.module for t in teachers]))
+                                        native_shapes=native_shapes, teachers=[t.module for t in teachers],
+                                        level_shapes=level_shapes))
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -328,8 +337,14 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
     obj, config = m.obj, m.config
     m.rng.restore()
+    s_levels = None
     with rt.autocast():
-        s_logits, s_feat, s_map = forward_parts(m.model, x, features=obj.needs_features, grid=obj.needs_maps)
+        if obj.needs_levels:  # one forward_intermediates pass: logits, last map and the K hint levels
+            s_logits, s_feat, s_map, s_levels = forward_levels(m.model, x, teacher_logits.shape[0],
+                                                               features=obj.needs_features)
+            s_levels = [g.float() for g in s_levels]
+        else:
+            s_logits, s_feat, s_map = forward_parts(m.model, x, features=obj.needs_features, grid=obj.needs_maps)
     inputs = ObjectiveInputs(
         student=s_logits.float(),
         teachers=teacher_logits,
@@ -342,6 +357,7 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         index=index if obj.needs_index else None,
         student_map=s_map.float() if s_map is not None else None,
         teacher_maps=teacher_maps if obj.needs_maps else None,
+        student_levels=s_levels,
         state=m.state,
         generator=m.obj_gen,
     )
