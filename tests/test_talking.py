@@ -37,17 +37,22 @@ def test_one_round_by_hand_with_identity_codes():
     assert float(a.sc) == float(b.sc) != float(r.sc)
 
 
-@pytest.mark.parametrize("rounds", [1, 2])
-def test_talking_transfer_keeps_the_plain_student_and_freezes_the_teacher(rounds):
+@pytest.mark.parametrize("rounds,split", [(1, 0), (2, 0), (1, 1), (2, 2)])
+def test_talking_transfer_keeps_the_plain_student_and_freezes_the_teacher(rounds, split):
     src = tiny_source()
     student, srec = trained(0)
     teacher, trec = trained(2, size=12)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    cfg = TransferConfig(method="talking_models", hparams={"rounds": rounds, "msg_dim": 8}, epochs=1, batch_size=30,
-                         transfer_fraction=0.4, seed=2, base_lr=0.05)
+    flags = [p.requires_grad for p in teacher.parameters()]
+    cfg = TransferConfig(method="talking_models", hparams={"rounds": rounds, "msg_dim": 8, "split": split}, epochs=1,
+                         batch_size=30, transfer_fraction=0.4, seed=2, base_lr=0.05)
     res = run_transfer(student, srec, [(teacher, trec)], src, cfg, job_id="t")
     assert set(res.model.state_dict()) == set(student.state_dict())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    # no hook stays on the kept student or the (shared) teacher; the teacher's flags are as they were
+    assert not any(m._forward_hooks for m in list(res.model.modules()) + list(teacher.modules()))
+    assert [p.requires_grad for p in teacher.parameters()] == flags
+    assert all(p.grad is None for p in teacher.parameters())
     sd, kept = student.state_dict(), res.model.state_dict()
     assert any(not torch.equal(sd[k], kept[k]) for k in sd)  # the student learned
     logs = res.info["phases"][0]["epoch_logs"][0]
@@ -71,3 +76,40 @@ def test_a_state_vector_reaches_cnn_and_token_heads_exactly():
         assert torch.allclose(head_on_vector(cnn, v, (64, 1, 1)), cnn.fc(v), atol=1e-6)
         w = torch.randn(3, 24)
         assert torch.allclose(head_on_vector(vit, w, (17, 24)), vit.head(vit.fc_norm(w)), atol=1e-6)
+
+
+def test_a_deep_split_runs_the_teachers_upper_layers_on_the_state_it_heard():
+    import zoo_study  # noqa: F401
+    import timm
+
+    from zoo_study.transfer.loop import as_grid
+    from zoo_study.transfer.talking import _run_with_state, grid_to_native, split_module
+
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2,
+                            num_classes=6).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert split_module(cnn, 1) is cnn.layer3 and split_module(cnn, 0) is cnn.layer4
+    assert split_module(vit, 2) is vit.blocks[0]
+    with pytest.raises(ValueError, match="valid: 0 to 4"):
+        split_module(cnn, 5)
+    # CNN: the state after layer3 replaced by H -> the features are layer4(H)
+    h = torch.randn(2, 32, 1, 1, requires_grad=True)
+    feats, real = _run_with_state(cnn, cnn.layer3, x, h)
+    assert torch.allclose(feats, cnn.layer4(h)) and real.shape == (2, 32, 1, 1)
+    feats.sum().backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0  # the gradient reaches what the teacher heard
+    # ViT: the patch grid becomes the patch tokens, the class token the grid mean
+    _, tokens = _run_with_state(vit, vit.blocks[1], x, None)
+    grid = as_grid(tokens)
+    assert grid.shape == (2, 24, 4, 4)
+    back = grid_to_native(grid, tokens)
+    assert torch.equal(back[:, 1:], tokens[:, 1:]) and torch.allclose(back[:, 0], tokens[:, 1:].mean(1))
+    g2 = torch.randn(2, 24, 4, 4)
+    feats, _ = _run_with_state(vit, vit.blocks[1], x, g2)
+    assert torch.allclose(feats, vit.norm(vit.blocks[2](grid_to_native(g2, tokens))))
+    # a tuple state (PiT stages) keeps its other parts
+    pair = (torch.zeros(2, 24, 4, 4), torch.ones(2, 1, 24))
+    out = grid_to_native(g2, pair)
+    assert torch.equal(out[0], g2) and torch.equal(out[1], pair[1])

@@ -148,7 +148,9 @@ def kl_dp_unsup(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
                  needs_levels=True, teacher_weights=True,
                  params={"alpha": Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - alpha weighs CE"),
                          "angle": Param(1.0, float, 0.0, None, doc="weight of the RKD angle loss (ours)"),
-                         "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)")},
+                         "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)"),
+                         "groups": Param(1, int, 0, 1, doc="1: teacher k guides the student's k-th group of layers "
+                                         "(multi-group hints); 0: every teacher guides the last map")},
                  setup="zoo_study.transfer.amtml:setup_amtml",
                  doc="AMTML-KD (METHOD.md section 7): per-instance teacher weights from learned latent factors, "
                      "integrated soft target, KL + CE + RKD angle + hint losses; T = 5. Runs with one or more "
@@ -164,7 +166,8 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     kl = t * t * (target * (target.clamp_min(1e-12).log() - log_q)).sum(-1).mean()
     ce = L.cross_entropy(inp.student, inp.targets)
     angle = A.rkd_angle_loss(log_q.exp(), target)
-    groups = inp.student_levels if inp.student_levels is not None else inp.student_map  # one group per teacher
+    multi = p["groups"] == 1 and inp.student_levels is not None
+    groups = inp.student_levels if multi else inp.student_map  # one group per teacher, or the last map for all
     hint = A.hint_loss(module.regress(groups), inp.teacher_maps)
     if inp.labels is not None:
         inp.state.record(w, inp.labels)
@@ -175,6 +178,8 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 
 @register_method("talking_models", label="Talking Models", needs_labels=True, needs_maps=True,
                  params={"rounds": Param(1, int, 1, 3, doc="interaction rounds N"),
+                         "split": Param(1, int, 0, 8, doc="split point: 0 = the last feature map (upper layers = "
+                                        "the head); k = before the last k feature levels (timm feature_info)"),
                          "msg_dim": Param(64, int, 1, None, doc="size of the shared message space"),
                          "w_interact": Param(1.0, float, 0.0, None, doc="weight of L_interact"),
                          "w_mc": Param(1.0, float, 0.0, None, doc="weight of L_MC (message consistency)"),
@@ -182,14 +187,16 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
                          "noise": Param(0.0, float, 0.0, None, doc="std of Gaussian noise on the state the teacher hears")},
                  setup="zoo_study.transfer.talking:setup_talking",
                  doc="Talking Models (METHOD.md section 6): student and teacher exchange messages through learned "
-                     "encoders / decoders at the last feature map; CE + the interaction, message- and "
+                     "encoders / decoders at a split point (default: before each model's last feature level; the "
+                     "teacher runs its upper layers on what it heard); CE + the interaction, message- and "
                      "state-consistency losses. The kept model is the plain student.")
 def talking_models(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
     if inp.state is None or inp.student_map is None or not inp.teacher_maps or inp.teachers is None:
         raise ValueError("talking_models needs its state and the student's and teacher's feature maps")
     model = inp.state.student
     inter, mc, sc = inp.state.losses(model, inp.student_map, inp.teacher_maps[0], inp.teacher, rounds=p["rounds"],
-                                     temperature=inp.temperature, noise=p["noise"], generator=inp.generator)
+                                     temperature=inp.temperature, noise=p["noise"], generator=inp.generator,
+                                     teacher_input=inp.teacher_inputs[0] if inp.teacher_inputs else None)
     ce = L.cross_entropy(inp.student, inp.targets)
     loss = ce + p["w_interact"] * inter + p["w_mc"] * mc + p["w_sc"] * sc
     return ObjectiveOutput(loss, logs={"ce": ce.detach(), "interact": inter.detach(), "mc": mc.detach(),

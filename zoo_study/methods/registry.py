@@ -107,6 +107,7 @@ class ObjectiveInputs:
     student_map: "Tensor | None" = None  # [B, C, H, W] last feature map of the student (needs_maps)
     teacher_maps: "list[Tensor] | None" = None  # per teacher [B, C_k, H_k, W_k] (needs_maps)
     student_levels: "list[Tensor] | None" = None  # K student maps, shallow to deep, as grids (needs_levels)
+    teacher_inputs: "list[Tensor] | None" = None  # per teacher its preprocessed batch (methods that re-run it)
     index: "Tensor | None" = None  # [B] positions of the samples in the transfer set (needs_index)
     state: "MethodState | None" = None  # the method's per-stage state (setup hook)
     generator: "Generator | None" = None  # for objectives that sample (CRD negatives)
@@ -146,6 +147,8 @@ class SetupContext:
     teachers: "list[nn.Module] | None" = None  # the stage's teacher modules (frozen; eval mode)
     # shapes (C, H, W) of the student's K maps at increasing depth, K = the stage's teachers (needs_levels)
     level_shapes: "Callable[[], list[tuple[int, int, int]]] | None" = None
+    # (student input, [per teacher input]): one training image twice, preprocessed for each model (probes)
+    sample_inputs: "Callable[[], tuple[Tensor, list[Tensor]]] | None" = None
     labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
 
 
@@ -169,6 +172,9 @@ class MethodState:
     def extra(self) -> dict[str, Any]:
         """Values recorded with the stage result (MCL: number of interpolations)."""
         return {}
+
+    def close(self) -> None:
+        """Called once when the stage ends, failed or not (remove hooks the state put on models)."""
 
 
 ObjectiveFn = Callable[[ObjectiveInputs, Mapping[str, Any]], ObjectiveOutput]

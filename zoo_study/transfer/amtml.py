@@ -133,6 +133,7 @@ def setup_amtml(ctx: SetupContext) -> MethodState:
     if ctx.map_shapes is None:
         raise ValueError("amtml_kd needs the loop's feature-map probe (SetupContext.map_shapes)")
     (c_s, _, _), teacher_shapes = ctx.map_shapes()
-    levels = [c for c, _, _ in ctx.level_shapes()] if ctx.level_shapes is not None else None
+    multi = int(ctx.params.get("groups", 1)) == 1 and ctx.level_shapes is not None
+    levels = [c for c, _, _ in ctx.level_shapes()] if multi else None
     module = AMTMLModule(c_s, teacher_shapes, levels).to(ctx.device)  # init from the member's seeded torch RNG
     return _AMTMLState(module, len(teacher_shapes))

@@ -145,6 +145,10 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     def native_shapes():
         return probe()[0][0], [p[0] for p in probe()[1:]]
 
+    def sample_inputs() -> tuple[Tensor, list[Tensor]]:
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        return rt.inputs(student_pre, raw0), [rt.inputs(t.pre, raw0) for t in teachers]
+
     def level_shapes() -> list[tuple[int, int, int]]:
         raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
         with torch.no_grad(), rt.autocast():
@@ -156,7 +160,7 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
                                         feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes,
                                         native_shapes=native_shapes, teachers=[t.module for t in teachers],
-                                        level_shapes=level_shapes))
+                                        level_shapes=level_shapes, sample_inputs=sample_inputs))
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -284,10 +288,11 @@ def run_phase_pack(
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
                 soft = plan.soft_targets(labels, teacher_logits.shape[-1])
                 labels = plan.hard_labels(labels)
+            t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
             for m in active:
                 _member_step(m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)), labels, index,
                              phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
-                             teacher_maps=t_maps)
+                             teacher_maps=t_maps, teacher_inputs=t_inputs)
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
         active = [m for m in members if m.failed is None]
         for m in active:
@@ -319,6 +324,8 @@ def run_phase_pack(
                          f"acc {correct / len(labels_eval):.4f}")
     out: list[PhaseResult | BaseException] = []
     for m in members:
+        if m.state is not None:
+            m.state.close()  # hooks off the models before they are kept or dropped
         if m.failed is not None:
             out.append(m.failed)
             continue
@@ -333,7 +340,7 @@ def run_phase_pack(
 def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
                  frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
                  phase_teacher: str | None, soft_targets: Tensor | None = None,
-                 teacher_maps: list[Tensor] | None = None) -> None:
+                 teacher_maps: list[Tensor] | None = None, teacher_inputs: list[Tensor] | None = None) -> None:
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
     obj, config = m.obj, m.config
     m.rng.restore()
@@ -358,6 +365,7 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         student_map=s_map.float() if s_map is not None else None,
         teacher_maps=teacher_maps if obj.needs_maps else None,
         student_levels=s_levels,
+        teacher_inputs=teacher_inputs,
         state=m.state,
         generator=m.obj_gen,
     )

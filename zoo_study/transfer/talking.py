@@ -1,41 +1,56 @@
 """Talking Models (interactive-communication KD; METHOD.md section 6) as a per-job module.
 
-What is trained: the student, and per model an encoder (hidden state -> message in a shared space of
-``msg_dim``) and a decoder (message -> that model's hidden state). The teacher's weights are never
+What is trained: the student, and per model encoders (hidden state -> message in a shared space of
+``msg_dim``) and decoders (message -> that model's hidden state). The teacher's weights are never
 trained. What is kept: the plain student (its own forward, no teacher and no encoder/decoder at test
 time).
 
-Split point: the last feature map (timm's ``forward_features``): the "lower layers" are the feature
-extractor, the "upper layers" the classifier head (``forward_head``), for CNNs and token models alike.
-Hidden states are exchanged as their spatial / token means (vectors of C channels); a decoded state is
-handed to a head as a 1x1 map (CNN) or a single token (token models), which the head's pooling reads
-as exactly that vector. Deeper split points (timm intermediates) are not built yet.
+Split point (hyper-parameter ``split``, the same depth counted from the top in both models):
 
-One round r (N rounds, 1-3):
-    m_s = enc_s(h_s)                    the student speaks
-    h_t' = dec_t(m_s) (+ noise)         the teacher hears it as its own state
-    m_t = enc_t(h_t')                   the teacher answers (at this split its upper layers, the head,
-                                        would only turn h_t' into logits no loss uses: not computed)
-    h_s' = dec_s(m_t)                   the student hears the answer, runs its head: z_s'
+- ``split = 0``: the last feature map (timm's ``forward_features``). The "lower layers" are the feature
+  extractor, the "upper layers" the head. States are exchanged as their spatial / token means (vectors
+  of C channels); a decoded state is handed to a head as a 1x1 map (CNN) or as every token (token
+  models), which the head's pooling reads as exactly that vector. The teacher's upper layers would only
+  turn what it heard into logits no loss uses, so they are not run.
+- ``split = k >= 1``: before the last k feature levels of each model (timm's ``feature_info``: ResNet
+  ``layer1-4``, ConvNeXt ``stages``, ViT / Mixer / XCiT ``blocks``, PiT ``transformers``). The split
+  state is the output of that module as a grid (tokens: the patch grid, prefix tokens dropped). Messages
+  are per position (1x1 convolutions) on the student's grid, resized to the teacher's grid where they
+  differ. The teacher really runs its upper layers on the state it heard: a forward hook replaces its
+  split module's output (token models: patch tokens from the grid, prefix tokens set to the grid mean,
+  so nothing of the teacher's own view of the input leaks in) and its frozen weights carry the
+  gradient back to the messages.
+
+One round r (N rounds, 1-3), ``split = k >= 1``:
+    M_s = enc_s(H_s)                    the student speaks from its split state (grid)
+    H_t' = dec_t(M_s) (+ noise)         the teacher hears it as its own split state
+    u_t' = upper_t(H_t')                it runs its upper layers (pooled last features)
+    m_t = enc_up_t(u_t')                and answers
+    u_s' = dec_up_s(m_t) -> z_s'        the student hears the answer as its upper state and predicts
+    H_s <- dec_s(m_t)                   (broadcast over its grid) the state it speaks from next round
     L_interact = T^2 KL(softmax(z_t / T) || softmax(z_s' / T))      (z_t: the teacher's real logits)
-    L_MC = MSE(m_s, enc_t(h_t))         both models' messages about the same input agree
-    L_SC = MSE(h_t', h_t) + MSE(h_s', h_s)   decoded states match the real ones
-and h_s <- h_s' for the next round. Total: CE(student) + w_interact * sum_r L_interact + w_mc * sum_r
-L_MC + w_sc * sum_r L_SC.
+    L_MC = MSE(M_s, enc_t(H_t))         both models' messages about the same input agree
+    L_SC = MSE(H_t', H_t) + MSE(u_s', u_s)   decoded states match the real ones
+With ``split = 0`` the two levels coincide: H = u, the teacher's upper layers are the identity,
+enc_up = enc and dec_up = dec, which is the vector protocol above. Total: CE(student) + w_interact *
+sum_r L_interact + w_mc * sum_r L_MC + w_sc * sum_r L_SC.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.transfer.loop import as_grid
 
-__all__ = ["RoundLosses", "talking_round", "TalkingModule", "setup_talking", "head_on_vector"]
+__all__ = ["RoundLosses", "talking_round", "TalkingModule", "setup_talking", "head_on_vector", "split_module",
+           "grid_to_native"]
 
 
 @dataclass
@@ -46,10 +61,16 @@ class RoundLosses:
     h_s_next: Tensor
 
 
+def _kl(z_t: Tensor, z_s: Tensor, t: float) -> Tensor:
+    p_t = torch.softmax(z_t / t, dim=-1)
+    return t * t * (p_t * (torch.log(p_t.clamp_min(1e-12)) - torch.log_softmax(z_s / t, dim=-1))).sum(-1).mean()
+
+
 def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec_s: Callable, enc_t: Callable,
                   dec_t: Callable, head_s: Callable, temperature: float = 1.0,
                   noise: float = 0.0, generator: torch.Generator | None = None) -> RoundLosses:
-    """One exchange (see the module docstring); ``h_*`` are state vectors [B, C_*], ``z_t`` [B, K]."""
+    """One exchange at ``split = 0`` (see the module docstring); ``h_*`` are state vectors [B, C_*],
+    ``z_t`` [B, K]."""
     m_s = enc_s(h_s)
     h_t_heard = dec_t(m_s)
     if noise > 0:
@@ -57,9 +78,7 @@ def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec
     m_t = enc_t(h_t_heard)
     h_s_heard = dec_s(m_t)
     z_s = head_s(h_s_heard)
-    t = temperature
-    p_t = torch.softmax(z_t / t, dim=-1)
-    interact = t * t * (p_t * (torch.log(p_t.clamp_min(1e-12)) - torch.log_softmax(z_s / t, dim=-1))).sum(-1).mean()
+    interact = _kl(z_t, z_s, temperature)
     mc = F.mse_loss(m_s, enc_t(h_t))
     sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(h_s_heard, h_s)
     return RoundLosses(interact, mc, sc, h_s_heard)
@@ -77,16 +96,105 @@ def head_on_vector(model: nn.Module, v: Tensor, native_shape: tuple[int, ...]) -
     return model.forward_head(x)
 
 
+def split_module(model: nn.Module, split: int, who: str = "model") -> nn.Module:
+    """The module whose output is the state ``split`` feature levels below the top (timm feature_info)."""
+    info = getattr(model, "feature_info", None)
+    names = [f["module"] for f in info] if info else []
+    if len(names) < split + 1:
+        raise ValueError(f"talking_models split = {split}: the {who} ({type(model).__name__}) has "
+                         f"{len(names)} feature level(s) in timm's feature_info; valid: 0 to {max(len(names) - 1, 0)}")
+    return model.get_submodule(names[-(split + 1)])
+
+
+def _state_tensor(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def grid_to_native(grid: Tensor, like: Any) -> Any:
+    """A [B, C, H, W] grid back in the form of a module output ``like``: a map as it is; a token sequence
+    [B, N, D] with the grid as its patch tokens and the grid mean in each prefix token (all tokens the
+    mean when the grid was pooled from a non-square sequence); a tuple with its first element replaced."""
+    if isinstance(like, (tuple, list)):
+        return type(like)([grid_to_native(grid, like[0]), *like[1:]])
+    if like.dim() == 4:
+        return grid
+    if like.dim() == 3:
+        b, n, d = like.shape
+        hw = grid.shape[2] * grid.shape[3]
+        tokens = grid.flatten(2).transpose(1, 2)
+        mean = tokens.mean(1, keepdim=True)
+        if hw > n or (hw == 1 and n > 1):
+            return mean.expand(b, n, d)
+        return torch.cat([mean.expand(b, n - hw, d), tokens], dim=1)
+    raise ValueError(f"cannot put a grid back into a state of shape {tuple(like.shape)}")
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Run a frozen model with gradients to its inputs only: its parameters' flags off, then restored."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _run_with_state(model: nn.Module, where: nn.Module, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
+    """``model.forward_features(x)``; the output of ``where`` is captured and, given ``state`` (a grid),
+    replaced by it. Returns (the last features, what ``where`` produced before any replacement)."""
+    seen: list[Any] = []
+
+    def hook(_m, _inp, out):
+        seen.append(out)
+        return grid_to_native(state, out) if state is not None else None
+
+    handle = where.register_forward_hook(hook)
+    try:
+        feats = model.forward_features(x)
+    finally:
+        handle.remove()
+    return feats, seen[0]
+
+
 class TalkingModule(nn.Module):
-    def __init__(self, c_student: int, c_teacher: int, msg_dim: int) -> None:
+    """Encoders and decoders. At ``split = 0`` linear maps on state vectors; deeper, 1x1 convolutions on the
+    split grids (``enc_s``, ``dec_s``, ``enc_t``, ``dec_t``) and linear maps on the pooled last features for
+    the teacher's answer (``enc_up_t``) and the student's reading of it (``dec_up_s``)."""
+
+    def __init__(self, c_student: int, c_teacher: int, msg_dim: int, *, up_student: int | None = None,
+                 up_teacher: int | None = None) -> None:
         super().__init__()
-        self.enc_s, self.dec_s = nn.Linear(c_student, msg_dim), nn.Linear(msg_dim, c_student)
-        self.enc_t, self.dec_t = nn.Linear(c_teacher, msg_dim), nn.Linear(msg_dim, c_teacher)
+        deep = up_student is not None
+        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if deep else nn.Linear
+        self.enc_s, self.dec_s = make(c_student, msg_dim), make(msg_dim, c_student)
+        self.enc_t, self.dec_t = make(c_teacher, msg_dim), make(msg_dim, c_teacher)
+        if deep:
+            self.enc_up_t, self.dec_up_s = nn.Linear(up_teacher, msg_dim), nn.Linear(msg_dim, up_student)
 
 
 class _TalkingState(MethodState):
-    def __init__(self, module: TalkingModule, student: nn.Module, native: tuple[int, ...]) -> None:
+    def __init__(self, module: TalkingModule, student: nn.Module, native: tuple[int, ...], split: int = 0,
+                 teacher: nn.Module | None = None) -> None:
         self.module, self.student, self.native = module, student, native  # native: the student's feature shape
+        self.split, self.teacher = split, teacher
+        self.captured: Any = None
+        self._hook = None
+        if split > 0:  # the student's split state, from the loop's own forward (with its gradients)
+            self.s_where = split_module(student, split, "student")
+            self.t_where = split_module(teacher, split, "teacher")
+            self._hook = self.s_where.register_forward_hook(self._capture)
+
+    def _capture(self, _m, _inp, out) -> None:
+        self.captured = out
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.captured = None
 
     def parameters(self) -> list:
         return list(self.module.parameters())
@@ -95,8 +203,14 @@ class _TalkingState(MethodState):
         self.module.train()
 
     def losses(self, student: nn.Module, s_map: Tensor, t_map: Tensor, z_t: Tensor, *, rounds: int,
-               temperature: float, noise: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+               temperature: float, noise: float, generator: torch.Generator | None,
+               teacher_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Summed round losses from the loop's feature grids (:func:`zoo_study.transfer.loop.as_grid`)."""
+        if self.split > 0:
+            if teacher_input is None or self.captured is None:
+                raise ValueError("talking_models with split > 0 needs the teacher's input and the student's split state")
+            return self._deep_losses(s_map, z_t, teacher_input, rounds=rounds, temperature=temperature,
+                                     noise=noise, generator=generator)
         m = self.module
         h_s, h_t = s_map.mean((2, 3)), t_map.mean((2, 3)).detach()  # spatial / token means of the grids
         total = [h_s.new_zeros(()) for _ in range(3)]
@@ -108,14 +222,65 @@ class _TalkingState(MethodState):
             h_s = r.h_s_next
         return total[0], total[1], total[2]
 
+    def _deep_losses(self, s_map: Tensor, z_t: Tensor, x_t: Tensor, *, rounds: int, temperature: float,
+                     noise: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        m, teacher = self.module, self.teacher
+        h_s = as_grid(_state_tensor(self.captured)).float()
+        u_s = s_map.mean((2, 3))  # the student's real upper state (pooled last features)
+        with torch.no_grad():  # the teacher's real split state
+            _, real = _run_with_state(teacher, self.t_where, x_t, None)
+        h_t = as_grid(_state_tensor(real)).float()
+        t_grid = h_t.shape[-2:]
+
+        def to(grid: Tensor, size) -> Tensor:
+            return grid if grid.shape[-2:] == size else F.interpolate(grid, size=size, mode="bilinear",
+                                                                       align_corners=False)
+
+        total = [u_s.new_zeros(()) for _ in range(3)]
+        for _ in range(rounds):
+            msg = m.enc_s(h_s)
+            h_t_heard = m.dec_t(to(msg, t_grid))
+            if noise > 0:
+                h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator).to(h_t_heard.device)
+            with _frozen(teacher):
+                feats, _ = _run_with_state(teacher, self.t_where, x_t, h_t_heard.to(x_t.dtype))
+            u_t_heard = as_grid(feats).float().mean((2, 3))
+            m_t = m.enc_up_t(u_t_heard)
+            u_s_heard = m.dec_up_s(m_t)
+            z_s = head_on_vector(self.student, u_s_heard, self.native)
+            interact = _kl(z_t, z_s, temperature)
+            mc = F.mse_loss(msg, to(m.enc_t(h_t), h_s.shape[-2:]))
+            sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(u_s_heard, u_s)
+            total = [total[0] + interact, total[1] + mc, total[2] + sc]
+            h_s = m.dec_s(m_t.view(*m_t.shape, 1, 1)).expand(-1, -1, *h_s.shape[-2:])
+        return total[0], total[1], total[2]
+
 
 def setup_talking(ctx: SetupContext) -> MethodState:
-    """The ``setup`` hook of ``talking_models``: encoders / decoders sized by a probe of the last features."""
+    """The ``setup`` hook of ``talking_models``: encoders / decoders sized by a probe of the models' states."""
     if ctx.map_shapes is None or ctx.teachers is None or ctx.native_shapes is None:
         raise ValueError("talking_models needs the loop's feature probe and its teacher (SetupContext)")
     if len(ctx.teachers) != 1:
         raise ValueError(f"talking_models talks with one teacher at a time, got {len(ctx.teachers)}")
     (c_s, _, _), ((c_t, _, _),) = ctx.map_shapes()
     s_shape, _ = ctx.native_shapes()
-    module = TalkingModule(c_s, c_t, int(ctx.params["msg_dim"])).to(ctx.device)
-    return _TalkingState(module, ctx.model, s_shape)
+    split = int(ctx.params.get("split", 0))
+    msg_dim = int(ctx.params["msg_dim"])
+    if split == 0:
+        module = TalkingModule(c_s, c_t, msg_dim).to(ctx.device)
+        return _TalkingState(module, ctx.model, s_shape)
+    teacher = ctx.teachers[0]
+    s_where, t_where = split_module(ctx.model, split, "student"), split_module(teacher, split, "teacher")
+    if ctx.sample_inputs is None:
+        raise ValueError("talking_models with split > 0 needs the loop's sample inputs (SetupContext.sample_inputs)")
+    x_s, (x_t,) = ctx.sample_inputs()
+    channels = []
+    for model, where, x in ((ctx.model, s_where, x_s), (teacher, t_where, x_t)):  # the split states' channels
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            _, out = _run_with_state(model, where, x, None)
+        model.train(was)
+        channels.append(as_grid(_state_tensor(out)).shape[1])
+    module = TalkingModule(channels[0], channels[1], msg_dim, up_student=c_s, up_teacher=c_t).to(ctx.device)
+    return _TalkingState(module, ctx.model, s_shape, split, teacher)
