@@ -90,6 +90,45 @@ def draw_fig2a(t: pa.Table) -> Figure:
     return fig
 
 
+def draw_fig2b(t: pa.Table) -> Figure:
+    """Similarity of the top-X% classes vs same-size random sets (left) and the super-class share vs chance
+    (right, when the dataset has super-classes), per X, with their intervals."""
+    rs = sorted(rows(t), key=lambda r: r["x_pct"])
+    has_super = any(r["same_super_pct"] is not None for r in rs)
+    fig = new_figure(10.0 if has_super else 5.5, 4.0)
+    axes = fig.subplots(1, 2 if has_super else 1, squeeze=False)[0]
+    xs = np.arange(len(rs))
+    labels = [f"top {r['x_pct']}%\n({r['mean_classes']:g} cl.)" for r in rs]
+    ax = axes[0]
+    top = np.array([r["sim_top"] for r in rs], dtype=float)
+    lo = np.array([r["sim_top_ci_low"] if r["sim_top_ci_low"] is not None else np.nan for r in rs], dtype=float)
+    hi = np.array([r["sim_top_ci_high"] if r["sim_top_ci_high"] is not None else np.nan for r in rs], dtype=float)
+    ax.errorbar(xs, top, yerr=[np.nan_to_num(top - lo), np.nan_to_num(hi - top)], fmt="o-", color=PALETTE[0],
+                capsize=3, label="top-X% classes (mean over pairs, 95% CI)")
+    rnd = np.array([r["sim_random"] for r in rs], dtype=float)
+    ax.fill_between(xs, [r["sim_random_low"] for r in rs], [r["sim_random_high"] for r in rs], color="0.85",
+                    label="random class sets of the same size (2.5-97.5%)")
+    ax.plot(xs, rnd, "--", color="0.4", label="random sets, mean")
+    ax.axhline(rs[0]["sim_all"], color="0.6", lw=0.8, ls=":", label="all class pairs")
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel(f"mean pairwise similarity ({rs[0]['encoder']})")
+    ax.set_title("Similarity of a teacher's expertise classes")
+    ax.legend(fontsize=7)
+    if has_super:
+        ax = axes[1]
+        sh = np.array([r["same_super_pct"] for r in rs], dtype=float)
+        slo = np.array([r["same_super_ci_low_pct"] if r["same_super_ci_low_pct"] is not None else np.nan for r in rs])
+        shi = np.array([r["same_super_ci_high_pct"] if r["same_super_ci_high_pct"] is not None else np.nan for r in rs])
+        ax.errorbar(xs, sh, yerr=[np.nan_to_num(sh - slo), np.nan_to_num(shi - sh)], fmt="o-", color=PALETTE[1],
+                    capsize=3, label="top-X% classes (95% CI)")
+        ax.plot(xs, [r["same_super_chance_pct"] for r in rs], "--", color="0.4", label="chance")
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_ylabel("class pairs in one super-class [%]")
+        ax.set_title("Exact measure: shared super-class")
+        ax.legend(fontsize=7)
+    return fig
+
+
 def draw_fig4a(t: pa.Table) -> Figure:
     """Two success rates per method side by side: Δ > 0 (the paper's) and Δ significantly > 0."""
     methods = methods_in(t)

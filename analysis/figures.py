@@ -25,6 +25,7 @@ from analysis.figure_draw import (
     draw_fig1a,
     draw_fig1b,
     draw_fig2a,
+    draw_fig2b,
     draw_fig4a,
     draw_fig4b,
     draw_fig5a,
@@ -84,6 +85,16 @@ FIGURES: tuple[FigureSpec, ...] = (
         "drop means complementary knowledge concentrated in few classes.",
         ("pairs", "pair_classes"), "no trained (non-random) teacher has per-class flips for any student",
         draw_fig2a,
+    ),
+    FigureSpec(
+        "fig2b", "Fig 2b — semantic similarity of a teacher's top-X% classes", "fig2b_semantic_similarity",
+        "Left: how alike the classes holding X% of a pair's positive flips are (mean pairwise similarity of "
+        "their names' text embeddings, averaged over trained pairs), against random class sets of the same "
+        "size; above the grey band, a teacher's expertise clusters in related classes. Right, when the data "
+        "has super-classes: the share of those classes' pairs in one super-class against chance (exact, no "
+        "encoder). The default encoder is lexical (shared words and word pieces), not CLIP: see the docs.",
+        ("pair_semantics",), "no pair has two or more top-X% classes: run the semantics stage after scoring",
+        draw_fig2b,
     ),
     FigureSpec(
         "fig4a", "Fig 4a — transfer success rate per method", "fig4a_success_rate",

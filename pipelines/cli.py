@@ -163,7 +163,7 @@ def cmd_run(args) -> int:
 
 # stages that read only the zoo, predictions and scores, never each other's outputs: they run as one wave,
 # so a core freed by one stage's last job takes the next stage's work instead of idling until it ends
-INDEPENDENT_STAGES = ("transfer", "multi_teacher", "hparam")
+INDEPENDENT_STAGES = ("semantics", "transfer", "multi_teacher", "hparam")
 
 
 def _stage_groups(stages: list[str]) -> list[list[str]]:

@@ -138,6 +138,39 @@ def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -
     return {"pairs": pairs_table, "pair_classes": classes_table}
 
 
+def semantics_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
+    """Fig 2b: class text embeddings and, per scored pair and X, the similarity of its top-X% classes vs
+    random class sets and the super-class share vs chance -> classes/embeddings.parquet,
+    scores/pair_semantics.parquet."""
+    from zoo_study.scoring.semantics import semantic_tables, text_encoder
+    from zoo_study.store import PAIR_CLASS_SCHEMA, PAIR_SCHEMA
+
+    layout = ResultsLayout("")
+    pairs = read_input_table(inputs[str(layout.pairs)], PAIR_SCHEMA)
+    pair_classes = read_input_table(inputs[str(layout.pair_classes)], PAIR_CLASS_SCHEMA)
+    names, superclass_of, superclass_names = _class_info(spec["data"], ctx)
+    st = spec["settings"]
+    encoder = text_encoder(st["encoder"])
+    LOG.info("semantics of %d pair(s) over %d classes with the %s encoder", pairs.num_rows, len(names), encoder.name)
+    emb, sem = semantic_tables(pairs, pair_classes, names, superclass_of, superclass_names, encoder,
+                               random_sets=int(st["random_sets"]), seed=int(st["seed"]))
+    return {"embeddings": emb, "pair_semantics": sem}
+
+
+def _class_info(data: dict[str, Any], ctx: JobContext) -> tuple[list[str], list[int] | None, list[str] | None]:
+    """Class names (and super-classes when known) of a data spec; generated data without rendering it."""
+    from zoo_study.data.spec import DataSpec
+
+    spec = DataSpec.model_validate(data)
+    if spec.kind == "generated":
+        from zoo_study.data.generated import SHAPES, class_table
+
+        table = class_table(spec.generated)
+        return [r[0] for r in table], [r[1] for r in table], list(SHAPES[: spec.generated.num_superclasses])
+    source = _source(data, ctx)
+    return list(source.class_names), source.superclass_of, source.superclass_names
+
+
 def _cached_predictions(spec: dict[str, Any], inputs: dict[str, bytes]) -> dict[str, Any]:
     """The predict stage's eval predictions of the job's models (they spare the job its own passes)."""
     layout = ResultsLayout("")

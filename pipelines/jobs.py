@@ -74,6 +74,7 @@ EXECUTORS: dict[str, str] = {
     "zoo": "pipelines.executors:zoo_job",
     "predict": "pipelines.executors:predict_job",
     "score": "pipelines.executors:score_job",
+    "semantics": "pipelines.executors:semantics_job",
     "transfer": "pipelines.executors:transfer_job",
     "multi_teacher": "pipelines.executors:multi_teacher_job",
     "hparam": "pipelines.executors:hparam_job",

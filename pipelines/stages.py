@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from zoo_study.config import ConfigError, StudyConfig
 from zoo_study.store import ResultsLayout
 
-STAGES = ("zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "robustness", "report")
+STAGES = ("zoo", "predict", "score", "semantics", "transfer", "multi_teacher", "hparam", "robustness", "report")
 JOB_STAGES = STAGES[:-1]  # report runs on the driver, always
 
 
@@ -135,6 +135,18 @@ def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     inputs = tuple(_rel(layout.predictions(m.model_id), layout.root) for m in models)
     outputs = {"pairs": _rel(layout.pairs, layout.root), "pair_classes": _rel(layout.pair_classes, layout.root)}
     return [Job("score", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job, name="all pairs")]
+
+
+def plan_semantics(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
+    """Fig 2b's tables from the score stage's: one job (class embeddings, per-pair similarities)."""
+    if not cfg.semantics.enabled or not plan_score(cfg, layout):
+        return []
+    spec = {"data": data_spec_dict(cfg), "settings": cfg.semantics.model_dump(mode="json")}
+    inputs = (_rel(layout.pairs, layout.root), _rel(layout.pair_classes, layout.root))
+    outputs = {"embeddings": _rel(layout.class_embeddings, layout.root),
+               "pair_semantics": _rel(layout.pair_semantics, layout.root)}
+    return [Job("semantics", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job,
+                name=f"class similarity ({cfg.semantics.encoder})")]
 
 
 def sample_pairs_by_delta(pairs_table, n: int, seed: int) -> list[tuple[str, str]]:
@@ -384,6 +396,7 @@ PLANNERS: dict[str, Callable[[StudyConfig, ResultsLayout], list[Job] | None]] = 
     "zoo": plan_zoo,
     "predict": plan_predict,
     "score": plan_score,
+    "semantics": plan_semantics,
     "transfer": plan_transfer,
     "multi_teacher": plan_multi_teacher,
     "hparam": plan_hparam,

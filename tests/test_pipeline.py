@@ -103,6 +103,16 @@ def test_micro_study_end_to_end_and_resume(tmp_path, ray_local, capsys):
     assert len(list((root / "predictions").glob("*.parquet"))) == 4
     pairs = pq.read_table(root / "scores" / "pairs.parquet")
     assert pairs.num_rows == 3 * 2 + 3  # all ordered trained pairs + noise-floor rows
+    # the semantics stage (Fig 2b): one embedding per class, one row per pair and X
+    emb = pq.read_table(root / "classes" / "embeddings.parquet")
+    sem = pq.read_table(root / "scores" / "pair_semantics.parquet")
+    assert emb.num_rows == 6 and set(emb.column("superclass_name").to_pylist()) == {"circle", "square"}
+    assert sem.num_rows == pairs.num_rows * 5 and set(sem.column("encoder").to_pylist()) == {"lexical"}
+    from analysis.db import connect
+
+    with connect(root) as db:
+        fig2b = db.named("fig2b_semantic_similarity").to_pylist()
+    assert fig2b and all(r["same_super_chance_pct"] == pytest.approx(100 * 2 * (3 * 2) / (6 * 5)) for r in fig2b)
     summaries = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
     single = [s for s in summaries if s["mode"] == "single"]
     # 1 sampled pair x 2 methods, plus each multi-teacher teacher alone (the Tab 4 baseline, kl_dp)

@@ -257,6 +257,25 @@ class HparamSection(_Strict):
         return self
 
 
+class SemanticsSection(_Strict):
+    """Fig 2b: how alike the classes of a teacher's expertise are (zoo_study/scoring/semantics.py); its own
+    stage after scoring. ``encoder``: "lexical" (TF-IDF of words and character n-grams, offline) or
+    "clip:<local model folder>" (the paper's CLIP text encoder, through transformers, offline)."""
+
+    enabled: bool = True
+    encoder: str = "lexical"
+    random_sets: int = Field(200, ge=1)  # random class sets per pair and X: the baseline's spread
+    seed: int = Field(0, ge=0)
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v):
+        from zoo_study.scoring.semantics import text_encoder
+
+        text_encoder(v)  # raises with the valid forms
+        return v
+
+
 class RobustnessSection(_Strict):
     """Adversarial robustness and feature clustering of the students before and after transfer (METHOD.md
     section 5, zoo_study/robustness.py); its own stage, after the transfers. Enabling it makes transfer
@@ -303,6 +322,7 @@ class StudyConfig(_Strict):
     zoo: ZooSection = ZooSection()
     predict: PredictSection = PredictSection()
     score: PairSelection = PairSelection()
+    semantics: SemanticsSection = SemanticsSection()
     transfer: TransferSection = TransferSection()
     multi_teacher: MultiTeacherSection = MultiTeacherSection()
     hparam_search: HparamSection = HparamSection()

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "TOP_X_PERCENTS", "MODEL_SCHEMA", "PREDICTION_SCHEMA", "PAIR_SCHEMA", "PAIR_CLASS_SCHEMA",
            "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA",
-           "ROBUSTNESS_SCHEMA", "TEACHER_WEIGHT_SCHEMA"]
+           "ROBUSTNESS_SCHEMA", "TEACHER_WEIGHT_SCHEMA", "CLASS_EMBEDDING_SCHEMA", "PAIR_SEMANTICS_SCHEMA"]
 
 SCHEMA_VERSION = 1
 TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
@@ -207,5 +207,38 @@ FAILURE_SCHEMA = pa.schema(
         pa.field("traceback", pa.string(), nullable=False),
         pa.field("attempts", pa.int32(), nullable=False),
         pa.field("failed_at", pa.timestamp("s", tz="UTC"), nullable=False),
+    ]
+)
+
+# Fig 2b: one text embedding per class of the dataset (zoo_study/scoring/semantics.py), with its super-class
+CLASS_EMBEDDING_SCHEMA = pa.schema(
+    [
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("superclass_id", pa.int32()),  # nullable: datasets without super-classes
+        pa.field("superclass_name", pa.string()),
+        pa.field("encoder", pa.string(), nullable=False),  # lexical | clip:<folder>
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),  # L2-normalised
+    ]
+)
+
+# Fig 2b per scored pair and X: similarity of its top-X% positive-flip classes vs random class sets, and
+# the exact super-class measure (zoo_study/scoring/semantics.py says how each value is computed)
+PAIR_SEMANTICS_SCHEMA = pa.schema(
+    [
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("student", pa.string(), nullable=False),
+        pa.field("teacher_is_random", pa.bool_(), nullable=False),
+        pa.field("x_pct", pa.int32(), nullable=False),
+        pa.field("n_classes", pa.int32(), nullable=False),  # size of the top-X% set
+        pa.field("sim_top", pa.float64()),  # NULL below two classes
+        pa.field("sim_all", pa.float64(), nullable=False),  # mean over all class pairs
+        pa.field("sim_random_mean", pa.float64()),
+        pa.field("sim_random_low", pa.float64()),  # 2.5th percentile over random sets
+        pa.field("sim_random_high", pa.float64()),  # 97.5th
+        pa.field("n_random", pa.int32(), nullable=False),
+        pa.field("same_super_share", pa.float64()),  # NULL without super-classes or below two classes
+        pa.field("same_super_chance", pa.float64()),
+        pa.field("encoder", pa.string(), nullable=False),
     ]
 )

@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 
 from zoo_study.schemas import (  # noqa: F401  (re-exported: the usual import path of the schemas)
     FAILURE_SCHEMA,
+    CLASS_EMBEDDING_SCHEMA,
     MODEL_SCHEMA,
     PAIR_CLASS_SCHEMA,
+    PAIR_SEMANTICS_SCHEMA,
     PAIR_SCHEMA,
     PREDICTION_SCHEMA,
     ROBUSTNESS_SCHEMA,
@@ -114,6 +116,11 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               "one row per scored (teacher, student) pair: accuracies, flips, entropy, top-X% classes"),
     TableSpec("pair_classes", "scores/pair_classes.parquet", PAIR_CLASS_SCHEMA, "score", "per-class pair flips",
               "positive and negative flips per class of every scored pair"),
+    TableSpec("class_embeddings", "classes/embeddings.parquet", CLASS_EMBEDDING_SCHEMA, "semantics",
+              "class text embeddings", "one text embedding per class of the dataset (Fig 2b), with its super-class"),
+    TableSpec("pair_semantics", "scores/pair_semantics.parquet", PAIR_SEMANTICS_SCHEMA, "semantics",
+              "semantic similarity of top classes", "per pair and X: similarity of its top-X% positive-flip "
+              "classes vs random class sets, and the share in one super-class vs chance"),
     TableSpec("transfers", "transfers/{job_id}/summary.parquet", TRANSFER_SUMMARY_SCHEMA, "transfer",
               "transfer results", "one row per transfer job (single or multi-teacher): accuracies, gain, loss"),
     TableSpec("epochs", "transfers/{job_id}/epochs.parquet", TRANSFER_EPOCH_SCHEMA, "transfer",
@@ -189,6 +196,8 @@ class ResultsLayout:
     scores_dir = property(lambda self: self.folder("pairs"))
     pairs = property(lambda self: self.path("pairs"))
     pair_classes = property(lambda self: self.path("pair_classes"))
+    class_embeddings = property(lambda self: self.path("class_embeddings"))
+    pair_semantics = property(lambda self: self.path("pair_semantics"))
     transfers_dir = property(lambda self: self.folder("transfers"))
     hparams_dir = property(lambda self: self.folder("hparams"))
     job_records_dir = property(lambda self: self.folder("job_record"))

@@ -203,6 +203,20 @@ class RootBuilder:
         write_parquet_atomic(table_from_rows(self._pairs, PAIR_SCHEMA), self.layout.pairs)
         write_parquet_atomic(table_from_rows(self._pair_classes, PAIR_CLASS_SCHEMA), self.layout.pair_classes)
 
+    def write_semantics(self) -> None:
+        """The semantics stage's tables for the pairs written so far: classes named "<pattern> <shape>"
+        with the shape as super-class, the lexical encoder, 20 random sets."""
+        from zoo_study.scoring.semantics import LexicalEncoder, semantic_tables
+
+        shapes, patterns = ("circle", "square"), ("striped", "dotted", "solid")
+        names = [f"{patterns[k % 3]} {shapes[k % 2]}" for k in range(self.num_classes)]
+        emb, sem = semantic_tables(table_from_rows(self._pairs, PAIR_SCHEMA),
+                                   table_from_rows(self._pair_classes, PAIR_CLASS_SCHEMA), names,
+                                   [k % 2 for k in range(self.num_classes)], list(shapes), LexicalEncoder(),
+                                   random_sets=20, seed=0)
+        write_parquet_atomic(emb, self.layout.class_embeddings)
+        write_parquet_atomic(sem, self.layout.pair_semantics)
+
     # ------------------------------------------------------------------------------------ transfers
     def _job_id(self, *parts: object) -> str:
         self._n_jobs += 1
@@ -405,6 +419,7 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
             if s2 != s:
                 b.score_pair(s2, s)
     b.write_scores()
+    b.write_semantics()
 
     single_delta: dict[tuple[str, str, str], float] = {}
     single_counts: dict[tuple[str, str, str], tuple[int, int]] = {}
