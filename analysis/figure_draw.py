@@ -129,6 +129,40 @@ def draw_fig2b(t: pa.Table) -> Figure:
     return fig
 
 
+def _delta_vs_dacc_panels(t: pa.Table, group: str, title: str) -> Figure:
+    """One panel per value of ``group``: each transfer's delta (pp, with its 95% interval) against the
+    pair's delta_acc, KL-Dist and KL+DP in their method colours."""
+    groups = list(dict.fromkeys(r[group] for r in rows(t)))
+    fig = new_figure(max(5.0, 4.6 * len(groups)), 4.2)
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    for ax, g in zip(axes, groups):
+        for m in methods_in(t):
+            rs = [r for r in rows(t) if r[group] == g and r["method"] == m]
+            if not rs:
+                continue
+            x = np.array([r["delta_acc_pp"] for r in rs], dtype=float)
+            y = np.array([r["delta_pp"] for r in rs], dtype=float)
+            lo = np.array([np.nan if r["delta_ci_low_pp"] is None else r["delta_ci_low_pp"] for r in rs], dtype=float)
+            hi = np.array([np.nan if r["delta_ci_high_pp"] is None else r["delta_ci_high_pp"] for r in rs], dtype=float)
+            yerr = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+            ax.errorbar(x, y, yerr=yerr, fmt="o", ms=4, capsize=2, color=method_color(m), label=method_label(m))
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.set_title(str(g), fontsize=9)
+        ax.set_xlabel("Δacc (teacher − student) [pp]")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("Δtransf [pp], 95% paired score interval")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def draw_fig9(t: pa.Table) -> Figure:
+    return _delta_vs_dacc_panels(t, "dataset", "Transfer on the data the zoo was adapted to")
+
+
+def draw_fig10(t: pa.Table) -> Figure:
+    return _delta_vs_dacc_panels(t, "teacher_domain", "Teachers from another domain vs the students' own")
+
+
 def draw_fig4a(t: pa.Table) -> Figure:
     """Two success rates per method side by side: Δ > 0 (the paper's) and Δ significantly > 0."""
     methods = methods_in(t)

@@ -32,6 +32,8 @@ from analysis.figure_draw import (
     draw_fig5b,
     draw_fig7,
     draw_fig8,
+    draw_fig9,
+    draw_fig10,
     draw_fig11,
 )
 from analysis.figure_style import (  # noqa: F401  (re-exported: callers import these from analysis.figures)
@@ -145,6 +147,22 @@ FIGURES: tuple[FigureSpec, ...] = (
         "with one teacher), against its accuracy before transfer, its size and its family.",
         ("transfers",), "no single-teacher transfers yet: run the transfer stage",
         draw_fig8,
+    ),
+    FigureSpec(
+        "fig9", "Fig 9 — transfer on other datasets", "fig9_other_datasets",
+        "One panel per dataset the zoo was adapted to (zoo.adapt: each model's head replaced and the model "
+        "fine-tuned on that data after training on another). Each point is a KL-Dist or KL+DP transfer, its Δ "
+        "with the 95% interval against the pair's Δacc; the paper finds KL+DP's advantage carries over.",
+        ("transfers", "pairs"), "no KL-Dist or KL+DP single-teacher transfers: run the transfer stage with them",
+        draw_fig9,
+    ),
+    FigureSpec(
+        "fig10", "Fig 10 — teachers from another domain", "fig10_cross_domain",
+        "Teachers fine-tuned on another domain of the same classes (zoo.cross_domain) beside teachers of the "
+        "students' own domain: each point a KL-Dist or KL+DP transfer, Δ with its 95% interval against Δacc "
+        "on the students' data.",
+        ("transfers", "pairs"), "no cross-domain teacher: add zoo.cross_domain models and transfers from them",
+        draw_fig10,
     ),
     FigureSpec(
         "fig11", "Fig 11 — sequential multi-teacher transfer per epoch", "fig11_sequential",

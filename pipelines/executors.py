@@ -57,7 +57,7 @@ def _ref(payload: dict[str, Any], num_classes: int, checkpoint: str | None = Non
     from zoo_study.zoo.ref import ModelRef
 
     kind, spec, mid = payload["kind"], payload["spec"], payload["model_id"]
-    if kind == "embedded":
+    if kind in ("embedded", "adapted"):
         return ModelRef(mid, source="embedded", checkpoint=checkpoint, num_classes=num_classes)
     if kind == "random":
         return ModelRef(mid, source="random", arch=spec["arch"], model_kwargs=dict(spec.get("model_kwargs") or {}),
@@ -69,7 +69,7 @@ def build_model(payload: dict[str, Any], inputs: dict[str, bytes], num_classes: 
     """(model, CatalogRecord) for a model payload of a job spec, from the job's input bytes."""
     from zoo_study.zoo.loading import load_model
 
-    if payload["kind"] == "embedded":
+    if payload["kind"] in ("embedded", "adapted"):
         key = str(ResultsLayout("").weights(payload["model_id"]))
         with _weights_file(inputs[key]) as path:
             model, record = load_model(_ref(payload, num_classes, path), device=device)
@@ -87,7 +87,14 @@ def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> 
     source = _source(spec["data"], ctx)
     device = _device("auto")
     out: dict[str, pa.Table | bytes] = {}
-    if payload["kind"] == "embedded":
+    if payload["kind"] == "adapted":
+        blob, seconds = _adapted_weights(payload, spec["data"], ctx, device)
+        with _weights_file(blob) as path:
+            _, record = load_model(_ref(payload, source.num_classes, path))
+        record.checkpoint = ctx.outputs["weights"]
+        record.train_seconds = seconds
+        out["weights"] = blob
+    elif payload["kind"] == "embedded":
         from zoo_study.zoo.recipes import Recipe
         from zoo_study.zoo.train import train_recipe
 
@@ -105,6 +112,44 @@ def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> 
         _, record = load_model(_ref(payload, source.num_classes))
     out["model"] = record.to_table()
     return out
+
+
+def _adapted_weights(payload: dict[str, Any], study_data: dict[str, Any], ctx: JobContext, device) -> tuple[bytes, float]:
+    """The base model trained (embedded recipe, on its pretrain data) or loaded (timm / local), then adapted
+    to its train data (zoo_study/zoo/adapt.py): safetensors bytes and the seconds it took."""
+    from zoo_study.zoo.adapt import adapt_model
+    from zoo_study.zoo.loading import load_model, read_checkpoint_metadata
+
+    spec = payload["spec"]
+    base = spec["base"]
+    pre_data = spec.get("pretrain_data") or study_data
+    target = _source(spec.get("train_data") or study_data, ctx)
+    seconds = 0.0
+    if base["kind"] == "embedded":
+        from zoo_study.zoo.recipes import Recipe
+        from zoo_study.zoo.train import train_recipe
+
+        rspec = dict(base["spec"])
+        scale = float(rspec.pop("epochs_scale", 1.0))
+        recipe = Recipe.from_dict(rspec)
+        pre_source = _source(pre_data, ctx)
+        LOG.info("training %s on its pretraining data before adapting it", recipe.model_id)
+        blob, info = train_recipe(recipe, pre_source, device=device, epochs_scale=scale)
+        seconds += float(info["train_seconds"])
+        with _weights_file(blob) as path:
+            model, _ = load_model(_ref(base, pre_source.num_classes, path), device=device)
+            meta = read_checkpoint_metadata(path)
+    else:
+        model, rec = load_model(_ref(base, None), device=device)
+        meta = {"arch": rec.arch, "model_kwargs": {}, "data_config": rec.data_config, "num_classes": rec.num_classes}
+    new_head = bool(spec["new_head"]) or target.num_classes != meta.get("num_classes")
+    meta = {**meta, "adapted_info": {"from": base["model_id"], "dataset": spec.get("dataset"),
+                                     "pretrain_data": pre_data if base["kind"] == "embedded" else None}}
+    LOG.info("adapting %s to %s (%s, %s new head)", base["model_id"], spec.get("dataset"), spec["settings"]["mode"],
+             "a" if new_head else "no")
+    blob, info = adapt_model(model, meta["data_config"], target, spec["settings"], meta=meta, new_head=new_head,
+                             device=device)
+    return blob, seconds + float(info["adapt_seconds"])
 
 
 def predict_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
@@ -163,10 +208,10 @@ def _class_info(data: dict[str, Any], ctx: JobContext) -> tuple[list[str], list[
 
     spec = DataSpec.model_validate(data)
     if spec.kind == "generated":
-        from zoo_study.data.generated import SHAPES, class_table
+        from zoo_study.data.generated import class_table, superclasses
 
-        table = class_table(spec.generated)
-        return [r[0] for r in table], [r[1] for r in table], list(SHAPES[: spec.generated.num_superclasses])
+        sup, sup_names = superclasses(spec.generated)
+        return [r[0] for r in class_table(spec.generated)], sup, sup_names
     source = _source(data, ctx)
     return list(source.class_names), source.superclass_of, source.superclass_names
 

@@ -82,6 +82,8 @@ def train_memory_bytes(arch: str, model_kwargs: dict[str, Any] | None, num_class
 def model_memory_bytes(kind: str, spec: dict[str, Any], num_classes: int, batch: int) -> float:
     """:func:`train_memory_bytes` of a study model (a :class:`~pipelines.stages.ModelPlan`'s kind and spec:
     an embedded recipe, a model reference with its timm arch, or a noise-floor arch)."""
+    if kind == "adapted":  # the base model's size: adapting keeps the architecture
+        return model_memory_bytes(spec["base"]["kind"], spec["base"]["spec"], num_classes, batch)
     if kind == "embedded":
         return train_memory_bytes(spec["arch"], spec.get("model_kwargs"), num_classes,
                                   [3, spec["input_size"], spec["input_size"]], batch)

@@ -41,7 +41,7 @@ class ModelPlan:
 
     @property
     def has_weights_file(self) -> bool:
-        return self.kind == "embedded"
+        return self.kind in ("embedded", "adapted")
 
 
 def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
@@ -79,11 +79,74 @@ def study_models(cfg: StudyConfig) -> list[ModelPlan]:
         else:
             spec = {"arch": name, "model_kwargs": {}, "data_config": None, "seed": cfg.study.seed}
         plans.append(ModelPlan(f"random__{name}", "random", spec))
+    plans = _adapted_plans(cfg, plans)
     ids = [p.model_id for p in plans]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"model ids must be unique; repeated: {dupes}")
     return plans
+
+
+def _adapted_plans(cfg: StudyConfig, plans: list[ModelPlan]) -> list[ModelPlan]:
+    """Fig 9 (``zoo.adapt``): every trained model becomes one adapted to the study's data; Fig 10
+    (``zoo.cross_domain``): extra models, each a zoo model fine-tuned on another domain. An adapted plan
+    carries its base model's payload; its zoo job trains or loads the base, then adapts it (one job, so
+    nothing within the zoo stage waits for another job)."""
+    from zoo_study.data.spec import DataSpec
+
+    z = cfg.zoo
+    if z.adapt.enabled and z.cross_domain:
+        raise ConfigError("zoo.adapt and zoo.cross_domain cannot be combined in one study: adapt moves the whole "
+                          "zoo to the study's data, cross_domain adds models trained on other data to it")
+    settings = lambda a: a.model_dump(mode="json", include={"mode", "epochs", "lr", "batch_size", "seed"})  # noqa: E731
+    if z.adapt.enabled:
+        out = []
+        for p in plans:
+            if p.kind == "random":
+                out.append(p)
+                continue
+            spec = {"base": _model_payload(p), "settings": settings(z.adapt), "new_head": True,
+                    "pretrain_data": z.adapt.pretrain_data.job_dict() if p.kind == "embedded" else None,
+                    "train_data": None, "dataset": _dataset_tag(cfg.data.job_dict())}
+            out.append(ModelPlan(p.model_id, "adapted", spec))
+        return out
+    by_id = {p.model_id: p for p in plans}
+    extra = []
+    for d in z.cross_domain:
+        base = by_id.get(d.model)
+        if base is None or base.kind == "random":
+            raise ConfigError(f"zoo.cross_domain: model {d.model!r} is not a trained model of this zoo; valid: "
+                              f"{sorted(i for i, p in by_id.items() if p.kind != 'random')}")
+        merged = _deep_merge(cfg.data.model_dump(mode="json"), d.data)
+        try:
+            other = DataSpec.model_validate(merged)
+        except ValidationError as err:
+            from zoo_study.transfer.config import first_error
+
+            raise ConfigError(f"zoo.cross_domain {d.model_id!r}: data {d.data}: {first_error(err)}") from None
+        if other.job_dict() == cfg.data.job_dict():
+            raise ConfigError(f"zoo.cross_domain {d.model_id!r}: data {d.data} is the study's own data; name another "
+                              "domain (generated.domain) or dataset root")
+        spec = {"base": _model_payload(base), "settings": settings(d), "new_head": False,
+                "pretrain_data": None, "train_data": other.job_dict(), "dataset": _dataset_tag(other.job_dict())}
+        extra.append(ModelPlan(d.model_id, "adapted", spec))
+    return plans + extra
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _dataset_tag(data: dict) -> str:
+    """A short name of a data spec for tables: ``generated[class_set=b,domain=sketch]`` or the folder root."""
+    if data.get("kind", "generated") == "generated":
+        g = data.get("generated", {})
+        parts = [f"{k}={g[k]}" for k in ("class_set", "domain") if k in g]
+        return "generated" + (f"[{','.join(parts)}]" if parts else "")
+    return str(data.get("root") or "imagefolder")
 
 
 def _model_inputs(plan: ModelPlan, layout: ResultsLayout) -> list[str]:
@@ -107,7 +170,7 @@ def plan_zoo(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
         if p.has_weights_file:
             outputs["weights"] = _rel(layout.weights(p.model_id), layout.root)
         jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, outputs,
-                        num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.kind == "embedded" else 0,
+                        num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.has_weights_file else 0,
                         name=p.model_id, runtime=cfg.data.runtime_dict()))
     return jobs
 
@@ -181,16 +244,26 @@ def transfer_pairs(cfg: StudyConfig, layout: ResultsLayout) -> list[tuple[str, s
         students = [r["timm_name"] for r in rows if r["role"] == "student"]
         teachers = [r["timm_name"] for r in rows if r["role"] == "teacher"]
         return [(te, st) for st in students for te in teachers if te != st]
-    scores = scored_pairs(layout)
+    scores = scored_pairs(layout, cfg)
     return None if scores is None else sample_pairs_by_delta(scores, t.n_pairs, cfg.study.seed)
 
 
-def scored_pairs(layout: ResultsLayout):
+def scored_pairs(layout: ResultsLayout, cfg: StudyConfig | None = None):
     """scores/pairs.parquet, or None while it is missing, truncated or of another schema (the score stage
-    redoes such a file; planning from it would fail on a missing column)."""
+    redoes such a file; planning from it would fail on a missing column). With ``cfg``: only the pairs
+    of that study's models (a root shared with another study, e.g. related.toml beside the demo, may
+    hold the other study's models until this study's score job runs again)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from zoo_study.store import PAIR_SCHEMA, read_parquet_checked
 
-    return read_parquet_checked(layout.pairs, PAIR_SCHEMA)
+    table = read_parquet_checked(layout.pairs, PAIR_SCHEMA)
+    if table is None or cfg is None:
+        return table
+    ids = pa.array([m.model_id for m in study_models(cfg)], type=pa.string())
+    keep = pc.and_(pc.is_in(table.column("teacher"), value_set=ids), pc.is_in(table.column("student"), value_set=ids))
+    return table.filter(keep)
 
 
 def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "single", study_part: str = "transfer",
@@ -337,7 +410,7 @@ def plan_hparam(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     hs = cfg.hparam_search
     if not hs.enabled:
         return []
-    scores = scored_pairs(layout)
+    scores = scored_pairs(layout, cfg)
     if scores is None:
         return None
     from zoo_study.methods import default_grid

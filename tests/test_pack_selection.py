@@ -95,3 +95,23 @@ def test_planner_gives_transfer_jobs_a_student_group_and_on_gpu_a_memory_cost(tm
     costs = {j.pack_group: j.pack_cost for j in gpu}
     assert all(c > 0 for c in costs.values()) and costs["mixer_p8"] != costs["vit_p8_d96"]
     assert [j.job_id for j in gpu] == [j.job_id for j in cpu]  # packing settings never change a job id
+
+
+def test_planning_reads_only_the_pairs_of_the_studys_own_models(tmp_path):
+    """A root shared with another study (related.toml beside the demo) may hold pairs of models this study
+    does not have; sampling transfer pairs from them would name unknown models."""
+    from helpers.analysis_fixtures import RootBuilder
+    from pipelines.stages import scored_pairs
+    from zoo_study.config import load_config
+    from zoo_study.store import ResultsLayout
+
+    b = RootBuilder(tmp_path)
+    for t, s in (("resnet10t_w16", "mixer_p8"), ("mixer_p8_mixup", "mixer_p8"), ("mixer_p8", "not_in_zoo")):
+        b.pair_row(t, s, acc_t=0.6, acc_s=0.5, rho_pos=0.1)
+    b.write_scores()
+    cfg = load_config(None, [f"study.results_root='{tmp_path}'"])
+    layout = ResultsLayout(tmp_path)
+    assert scored_pairs(layout).num_rows == 3
+    kept = scored_pairs(layout, cfg)
+    assert list(zip(kept.column("teacher").to_pylist(), kept.column("student").to_pylist())) == [
+        ("resnet10t_w16", "mixer_p8")]

@@ -58,12 +58,53 @@ class StudySection(_Strict):
         return v
 
 
+class AdaptSettings(_Strict):
+    """How a model learns new data from its trained weights (zoo_study/zoo/adapt.py): ``finetune`` trains
+    every weight, ``linear_probe`` only the classifier. A head for other classes starts fresh (seeded)."""
+
+    mode: Literal["finetune", "linear_probe"] = "finetune"
+    epochs: float = Field(2.0, gt=0, allow_inf_nan=False)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class AdaptSection(AdaptSettings):
+    """Fig 9, another dataset: every model of the zoo is first trained on ``pretrain_data`` (embedded
+    recipes; timm and local models come trained), then its head is replaced for the study's classes and it
+    is fine-tuned (or linear-probed) on the study's data. Predict, score and transfer then run on the
+    study's data as usual."""
+
+    enabled: bool = False
+    pretrain_data: DataSpec = DataSpec()  # where embedded recipes learn first (default: the embedded data)
+
+
+class DomainModel(AdaptSettings):
+    """Fig 10, a teacher from another domain: model ``model`` of the zoo, fine-tuned on the study's data
+    with ``data`` changed (``{generated = {domain = "sketch"}}``, or ``{kind = "imagefolder", root =
+    "/data/infograph"}`` for a folder of the same classes), joins the zoo as ``id`` (default
+    ``<model>@<domain or "other">``) and is scored and used as a teacher on the study's own data."""
+
+    model: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    id: str = ""
+
+    @property
+    def model_id(self) -> str:
+        if self.id:
+            return self.id
+        tag = (self.data.get("generated") or {}).get("domain") or "other"
+        return f"{self.model}@{tag}"
+
+
 class ZooSection(_Strict):
     embedded: Literal["all", "none"] | list[str] = "all"  # recipes of the embedded zoo to train
     epochs_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # shrink embedded training (smoke tests)
     paper_study: Literal["", "imagenet_10pct", "imagenet_full", "multi_teacher"] = ""
     models: list[ModelRef] = []
     random_teachers: list[str] = []  # archs (or embedded ids) initialised at random: the noise floor
+    adapt: AdaptSection = AdaptSection()  # Fig 9: the zoo adapted from pretrain_data to the study's data
+    cross_domain: list[DomainModel] = []  # Fig 10: zoo models fine-tuned on another domain
 
     @field_validator("embedded")
     @classmethod

@@ -39,14 +39,27 @@ _SPLIT_CODE = {"train": 1, "eval": 2}
 
 
 def class_table(spec: GeneratedSpec) -> list[tuple[str, int, int, int]]:
-    """Per class: (name, shape index, colour index, pattern index). Classes are grouped by shape."""
+    """Per class: (name, shape index, colour index, pattern index). Classes are grouped by shape.
+
+    ``class_set = "b"`` is a second dataset with other classes: shapes from the other end of the shape
+    list (for up to 5 super-classes none of set "a"'s first 5), colours shifted by 3 and another pattern
+    order, so its label space shares no class with set "a" of the same size."""
     out = []
     for s in range(spec.num_superclasses):
         for j in range(spec.classes_per_superclass):
-            p = (j + s) % len(PATTERNS)
-            name = f"{PATTERNS[p]} {COLOURS[j][0]} {SHAPES[s]}"
-            out.append((name, s, j, p))
+            if spec.class_set == "b":
+                k, c, p = (s + 5) % len(SHAPES), (j + 3) % len(COLOURS), (2 * j + s + 1) % len(PATTERNS)
+            else:
+                k, c, p = s, j, (j + s) % len(PATTERNS)
+            out.append((f"{PATTERNS[p]} {COLOURS[c][0]} {SHAPES[k]}", k, c, p))
     return out
+
+
+def superclasses(spec: GeneratedSpec) -> tuple[list[int], list[str]]:
+    """(super-class index per class, super-class names): the shape of each class, indexed 0..S-1."""
+    table = class_table(spec)
+    per = spec.classes_per_superclass
+    return [i // per for i in range(len(table))], [table[s * per][0].split()[-1] for s in range(spec.num_superclasses)]
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -196,10 +209,32 @@ def _render(spec: GeneratedSpec, labels: np.ndarray, rng: np.random.Generator) -
     noise = rng.standard_normal(img.shape, dtype=np.float32)
     noise *= np.float32(0.05 * d)
     img += noise
+    if spec.domain != "photo":  # after every draw of the photo look, so "photo" bytes never change
+        img = _restyle(spec.domain, img, shape_px, visible, inside, rng)
     np.clip(img, 0, 1, out=img)
     img *= 255
     img += 0.5
     return img.astype(np.uint8)
+
+
+def _restyle(domain: str, img: np.ndarray, shape_px: np.ndarray, visible: np.ndarray, inside: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """Another rendering of the same classes (Fig 10's other domain): the shape, its colour and pattern are
+    kept, the look around them changes.
+
+    - ``sketch``: a flat near-white page without gradient, distractor or noise, the shape with a dark outline;
+    - ``noisy``: contrast halved towards mid-grey and strong pixel noise (a sensor at night)."""
+    if domain == "sketch":
+        out = np.full_like(img, 0.96)
+        out = np.where(visible[:, None], shape_px, out)
+        pad = np.pad(inside, ((0, 0), (1, 1), (1, 1)))
+        core = pad[:, 1:-1, 1:-1] & pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2] & pad[:, 1:-1, 2:]
+        edge = inside & ~core
+        return np.where(edge[:, None], np.float32(0.08), out).astype(np.float32)
+    if domain == "noisy":
+        out = np.float32(0.5) + (img - np.float32(0.5)) * np.float32(0.5)
+        return out + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.18)
+    raise ValueError(f"unknown domain {domain!r}; valid: photo, sketch, noisy")
 
 
 def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -244,8 +279,8 @@ def make_generated(spec: GeneratedSpec | None = None) -> DataSource:
         train=splits["train"],
         eval=splits["eval"],
         class_names=names,
-        superclass_of=[row[1] for row in table],
-        superclass_names=list(SHAPES[: spec.num_superclasses]),
+        superclass_of=superclasses(spec)[0],
+        superclass_names=superclasses(spec)[1],
         meta={"spec": spec.__dict__.copy()},
     )
 

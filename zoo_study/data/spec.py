@@ -33,6 +33,12 @@ class GeneratedSpec(BaseModel):
     n_train: int = Field(16000, ge=1)
     n_eval: int = Field(4000, ge=1)
     difficulty: float = Field(0.4, ge=0)
+    # the label space: "a" (the default classes) or "b", a second dataset of other classes (other shapes as
+    # super-classes, other colour / pattern combinations): the embedded stand-in for "another dataset" (Fig 9)
+    class_set: Literal["a", "b"] = "a"
+    # the rendering style, classes unchanged (Fig 10's other domain): "photo" (the default look), "sketch"
+    # (flat white background, no clutter, dark outline), "noisy" (low contrast, strong pixel noise)
+    domain: Literal["photo", "sketch", "noisy"] = "photo"
 
     @field_validator("difficulty")
     @classmethod
@@ -92,6 +98,10 @@ class DataSpec(BaseModel):
         d = self.model_dump(mode="json", exclude={*self.RUNTIME_FIELDS, "cache_geometry", "on_bad_image"})
         if self.kind == "generated":
             d.pop("root", None)
+        gen = d.get("generated", {})
+        for key, default in (("class_set", "a"), ("domain", "photo")):  # added later: ids kept at defaults
+            if gen.get(key) == default:
+                gen.pop(key)
         if self.kind == "imagefolder" and self.cache_dir is not None:
             d["cache_geometry"] = self.cache_geometry
         if self.kind == "imagefolder" and (self.cache_dir is not None or self.on_bad_image != "fail"):
