@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain student step: {plain * 1e3:.1f} ms; transfer step in the pack (per member, eval removed): "
           f"{per_step * 1e3:.1f} ms -> {per_step / plain:.2f}x   (target <= 1.3x)")
     print(f"eval pass of the student over {len(src.eval)} images: {eval_pass:.2f} s")
+    # per method: its own step inside the pack (forward, objective, backward, update; the shared teacher and
+    # anchor forwards and the batch are not in it) against the plain step
+    print("per method, own step in the pack / plain step (target <= 1.3x):")
+    for cfg, res in zip(configs, out):
+        if isinstance(res, BaseException):
+            continue
+        own = sum(p.get("step_seconds", 0.0) for p in res.info["phases"]) / steps
+        print(f"  {cfg.method:<12} {own * 1e3:7.1f} ms  {own / plain:5.2f}x")
     return 0
 
 

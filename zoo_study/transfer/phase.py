@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -99,6 +100,7 @@ class _Member:
     best_state: dict | None = None
     failed: BaseException | None = None
     loss_sum: float = 0.0
+    step_seconds: float = 0.0  # wall time of this member's own steps (forward, objective, backward, update)
     batches: int = 0
     log_sums: dict[str, Tensor] = field(default_factory=dict)
     epoch_routes: RouteStats | None = None
@@ -331,7 +333,7 @@ def run_phase_pack(
             continue
         kept = m.kept()
         kept.eval()
-        extra = m.state.extra() if m.state is not None else {}
+        extra = {**(m.state.extra() if m.state is not None else {}), "step_seconds": m.step_seconds}
         out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch, step,
                                extra))
     return out
@@ -342,6 +344,19 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
                  phase_teacher: str | None, soft_targets: Tensor | None = None,
                  teacher_maps: list[Tensor] | None = None, teacher_inputs: list[Tensor] | None = None) -> None:
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
+    t0 = time.perf_counter()
+    try:
+        _member_step_timed(m, rt, x, teacher_logits, t_feat, frozen, labels, index, phase=phase, epoch=epoch,
+                           step=step, phase_teacher=phase_teacher, soft_targets=soft_targets,
+                           teacher_maps=teacher_maps, teacher_inputs=teacher_inputs)
+    finally:
+        m.step_seconds += time.perf_counter() - t0
+
+
+def _member_step_timed(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
+                       frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int,
+                       step: int, phase_teacher: str | None, soft_targets: Tensor | None,
+                       teacher_maps: list[Tensor] | None, teacher_inputs: list[Tensor] | None) -> None:
     obj, config = m.obj, m.config
     m.rng.restore()
     s_levels = None
