@@ -42,7 +42,8 @@ from analysis.macros import METHOD_MACROS, stats_macros
 
 PAPER_TRANSFERS_VIEW = (
     "CREATE OR REPLACE VIEW paper_transfers AS SELECT * FROM transfers "
-    "WHERE coalesce(student_init, 'pretrained') = 'pretrained' AND coalesce(mixup, 'none') = 'none'"
+    "WHERE coalesce(student_init, 'pretrained') = 'pretrained' AND coalesce(mixup, 'none') = 'none' "
+    "AND variant IS NULL"
 )
 from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these from analysis.db)
     ALLOWED,

@@ -282,7 +282,8 @@ def _transfer_config(cfg: StudyConfig, method: str, seed: int, *, mode: str = "s
     settings.update(variant or {})
     try:
         tc = TransferConfig(**settings, method=method, mode=mode, hparams=hp, seed=seed, study_part=study_part,
-                            teacher_order=order)
+                            teacher_order=order,
+                            variant=json.dumps(variant, sort_keys=True, separators=(",", ":")) if variant else "")
     except ValidationError as err:
         raise ConfigError(f"{study_part} job of method {method!r}: {first_error(err)}") from None
     except ValueError as err:

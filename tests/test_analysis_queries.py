@@ -502,3 +502,16 @@ def test_mixup_kd_table_keeps_teachers_with_and_without_mixup_apart(tmp_path: Pa
     assert (rows["mixup"]["delta_ci_low_pp"], rows["mixup"]["delta_ci_high_pp"]) == pytest.approx(
         (round(100 * lo, 2), round(100 * hi, 2)))
     assert rows[None]["n_runs"] == 1 and rows["mixup"]["mixed_pct"] == 10
+
+
+def test_variant_transfers_stay_out_of_the_papers_analyses(tmp_path: Path) -> None:
+    """A temperature variant is a pretrained, unmixed transfer too: only its variant mark keeps it from
+    counting as a second run of the method."""
+    b = RootBuilder(tmp_path)
+    b.transfer("A", "t1", "kl", 0.02)
+    b.transfer("A", "t1", "kl", -0.2, variant='{"temperature":4.0}')
+    with connect(tmp_path) as db:
+        tab2 = rows_by(db.named("tab2_method_summary"), "method")
+        n_all = db.query("SELECT count(*) AS n FROM transfers").to_pylist()[0]["n"]
+    assert n_all == 2
+    assert tab2["kl"]["n_runs"] == 1 and tab2["kl"]["mean_delta_last_pp"] == pytest.approx(2.0)

@@ -204,6 +204,9 @@ def test_transfer_variants_copy_every_transfer_with_changed_settings(tmp_path):
     assert settings == [("kl", "none", "pretrained"), ("kl", "none", "scratch"), ("kl", "pmu", "pretrained"),
                         ("std_kd", "none", "pretrained"), ("std_kd", "none", "scratch"), ("std_kd", "pmu", "pretrained")]
     assert len({j.pack for j in jobs}) == 3  # variants see other batches: their own packs
+    marks = sorted(j.spec["config"].get("variant", "") for j in jobs)  # variants say which entry made them
+    assert marks == ["", "", '{"mixup":"pmu","mixup_share":0.5}', '{"mixup":"pmu","mixup_share":0.5}',
+                     '{"student_init":"scratch"}', '{"student_init":"scratch"}']
     raw["transfer"]["variants"] = [{"mixup": "pmu", "methods": ["kl"]}]
     with pytest.raises(ConfigError, match=r"variants\[0\].*methods.*valid keys"):
         validate_config(raw)

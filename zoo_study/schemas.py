@@ -137,6 +137,9 @@ TRANSFER_SUMMARY_SCHEMA = pa.schema(
         pa.field("student_init", pa.string()),
         pa.field("mixup", pa.string()),
         pa.field("mixup_share", pa.float64()),
+        # the transfer.variants entry the job copied the study's transfer under (JSON); null for the study's
+        # own transfers (and for files written before variants were marked)
+        pa.field("variant", pa.string()),
     ]
 )
 

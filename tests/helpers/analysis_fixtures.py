@@ -248,6 +248,7 @@ class RootBuilder:
         student_init: str = "pretrained",
         mixup: str = "none",
         mixup_share: float = 0.0,
+        variant: str | None = None,
         lr: float = 1e-4,
         job_id: str | None = None,
         n_eval: int = 1000,
@@ -316,6 +317,7 @@ class RootBuilder:
             "student_init": student_init,
             "mixup": mixup,
             "mixup_share": mixup_share,
+            "variant": variant,
         }
 
     def transfer(self, student: str, teacher: str | Sequence[str], method: str, delta_last: float, **kw: Any) -> str:

@@ -132,6 +132,9 @@ class TransferConfig(TransferSettings):
     seed: int = Field(0, ge=0)
     teacher_order: Literal["given", "ascending", "descending"] = "given"
     study_part: Literal["transfer", "multi_teacher", "hparam"] | None = None
+    # the transfer.variants entry this job copies the study's transfer under (canonical JSON); "" for the
+    # study's own transfers. The paper's analyses read only those (analysis: the paper_transfers view)
+    variant: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -244,7 +247,7 @@ PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", 
                "transfer_per_class", "subset_seed", "amp", "student_init", "mixup", "mixup_share", "mixup_alpha")
 # settings added after the first results: absent from a job's dump (and id) while at these defaults
 # (mixup_share and mixup_alpha are left out whenever mixup is none: they mean nothing then)
-OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none"}
+OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none", "variant": ""}
 _MIX_DEFAULTS = {"mixup_share": 0.1, "mixup_alpha": 1.0}
 _PACK_DEFAULTS = {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}  # what a dump without these keys means
 

@@ -381,6 +381,7 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
             "student_init": config.student_init,
             "mixup": config.mixup,
             "mixup_share": {"none": 0.0, "fmu": 1.0}.get(config.mixup, config.mixup_share),
+            "variant": config.variant or None,
         }
         pred_rows = {
             "job_id": [job_id] * n_eval,
