@@ -119,3 +119,54 @@ def test_bad_adaptation_settings_fail_before_anything_runs(tmp_path, capsys, ext
     assert exit_.value.code == 2
     assert needle in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_an_imagefolder_study_names_a_teacher_fine_tuned_on_another_folder(tmp_path):
+    from test_imagefolder import write_tree
+
+    photos = write_tree(tmp_path / "photos", {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)},
+                        n_train=12, n_val=6)
+    dark = write_tree(tmp_path / "dark", {"red": (110, 10, 10), "green": (10, 90, 20), "blue": (15, 20, 100)},
+                      n_train=12, n_val=6)
+    root = tmp_path / "runs"
+    cfg = tmp_path / "folders.toml"
+    cfg.write_text(f"""
+[study]
+name = "folders"
+results_root = "{root}"
+
+[data]
+kind = "imagefolder"
+root = "{photos}"
+raw_size = 32
+
+[zoo]
+embedded = ["resnet10t_w16", "mixer_p8"]
+epochs_scale = 0.2
+
+[[zoo.cross_domain]]
+model = "resnet10t_w16"
+id = "resnet10t_w16@dark"
+data = {{root = "{dark}"}}
+epochs = 1
+
+[transfer]
+methods = ["kl"]
+pairs = "explicit"
+explicit = [["resnet10t_w16@dark", "mixer_p8"]]
+epochs = 1
+batch_size = 8
+transfer_fraction = 1.0
+
+[semantics]
+enabled = false
+
+[ray]
+address = "local"
+""")
+    assert main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer"]) == 0
+    row = pq.read_table(root / "zoo" / "models" / "resnet10t_w16_dark.parquet").to_pylist()[0]
+    meta = json.loads(row["recipe_json"])
+    assert meta["adapted"]["dataset"] == str(dark) and meta["adapted"]["new_head"] is False
+    (summary,) = _rows(root, "transfers")
+    assert summary["teacher"] == "resnet10t_w16@dark" and summary["n_eval"] == 18
