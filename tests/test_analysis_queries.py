@@ -485,8 +485,9 @@ def test_mixup_kd_table_keeps_teachers_with_and_without_mixup_apart(tmp_path: Pa
 
     b = RootBuilder(tmp_path)
     b.model("S", "cnn", 10.0)
-    b.model("t_plain", "cnn", 10.0, source="embedded", recipe={"model_id": "t_plain", "mixup_alpha": 0.0})
-    b.model("t_mix", "cnn", 10.0, source="embedded", recipe={"model_id": "t_mix", "mixup_alpha": 0.4})
+    # recipe_json as the zoo writes it: the checkpoint metadata, with the recipe under "recipe"
+    b.model("t_plain", "cnn", 10.0, source="embedded", recipe={"arch": "x", "recipe": {"mixup_alpha": 0.0}})
+    b.model("t_mix", "cnn", 10.0, source="embedded", recipe={"arch": "x", "recipe": {"mixup_alpha": 0.4}})
     b.model("t_timm", "cnn", 10.0)  # no recipe: unknown
     # Std-KD under PMU 10% from each teacher; t_mix twice (seeds): +2 and +4 pp -> mean 3 pp, its t interval
     b.transfer("S", "t_plain", "std_kd", 0.01, mixup="pmu", mixup_share=0.1)
@@ -515,3 +516,23 @@ def test_variant_transfers_stay_out_of_the_papers_analyses(tmp_path: Path) -> No
         n_all = db.query("SELECT count(*) AS n FROM transfers").to_pylist()[0]["n"]
     assert n_all == 2
     assert tab2["kl"]["n_runs"] == 1 and tab2["kl"]["mean_delta_last_pp"] == pytest.approx(2.0)
+
+
+def test_the_mixup_table_reads_the_recipe_where_the_zoo_writes_it(tmp_path: Path) -> None:
+    """The catalog's recipe_json is a trained checkpoint's metadata: pin the path the Mixup-KD table reads."""
+    import json
+
+    from zoo_study.data import GeneratedSpec, make_generated
+    from zoo_study.zoo.loading import load_model
+    from zoo_study.zoo.recipes import recipe_by_id
+    from zoo_study.zoo.ref import ModelRef
+    from zoo_study.zoo.train import train_recipe
+
+    src = make_generated(GeneratedSpec(num_superclasses=2, classes_per_superclass=2, n_train=32, n_eval=8,
+                                       image_size=16))
+    blob, _ = train_recipe(recipe_by_id("mixer_p8_mixup"), src, epochs_scale=0.01)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(blob)
+    _, rec = load_model(ModelRef("mixer_p8_mixup", source="embedded", checkpoint=str(path), num_classes=4))
+    assert json.loads(rec.recipe_json)["recipe"]["mixup_alpha"] == 0.4
+    assert "$.recipe.mixup_alpha" in (Path(__file__).parents[1] / "analysis/queries/tab_mixup_kd.sql").read_text()

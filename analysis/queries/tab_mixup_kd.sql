@@ -3,7 +3,7 @@
 -- scratch; scratch starts from the untrained architecture, so its acc_before is chance level and its
 -- delta large by construction). Shown only when the study ran any mixup, scratch or Std-KD transfer.
 -- Teachers trained with and without mixup are kept apart (teacher_mixup: 'mixup' when the teacher's
--- embedded recipe used mixup, 'none' when it did not, NULL for a model without a recipe, e.g. timm).
+-- embedded recipe used mixup (recipe_json holds the checkpoint metadata, its recipe under "recipe"), 'none' when it did not, NULL for a model without a recipe, e.g. timm).
 -- Per student and setting: runs (teachers x seeds); mean accuracy after transfer in percent with its 95% t
 -- interval over runs (none with one run); mean delta_last in pp with its t interval over runs (one run: its
 -- paired score interval, zoo_study/stats.py). Students are kept apart: their accuracies differ by design.
@@ -14,7 +14,7 @@ WITH runs AS (
         t.student,
         CASE
             WHEN m.recipe_json IS NULL THEN NULL
-            WHEN coalesce(json_extract(m.recipe_json, '$.mixup_alpha')::DOUBLE, 0) > 0 THEN 'mixup'
+            WHEN coalesce(json_extract(m.recipe_json, '$.recipe.mixup_alpha')::DOUBLE, 0) > 0 THEN 'mixup'
             ELSE 'none'
         END                                  AS teacher_mixup,
         t.method,
