@@ -18,7 +18,7 @@ import pytest
 from analysis.figures import FIGURES
 from analysis.report import build_report
 from analysis.tables import TABLES
-from helpers.analysis_fixtures import RootBuilder, add_related_methods, build_full_root, build_partial_root
+from helpers.analysis_fixtures import RootBuilder, add_cross_domain, add_related_methods, build_full_root, build_partial_root
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +75,9 @@ TAB_KEYS = [t.key for t in TABLES]
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("full")
-    add_related_methods(build_full_root(root))
+    b = build_full_root(root)
+    add_related_methods(b)
+    add_cross_domain(b)
     return build_report(root)
 
 
@@ -141,10 +143,10 @@ def test_overview_counts_and_failures_in_the_page(full_report: Path) -> None:
     overview = text[start : text.index("</section>", start)]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", overview)
     counts = dict(zip(cells[0::3], cells[1::3]))
-    assert counts["models"] == "8"
-    assert counts["scored pairs"] == "21"  # 3 students x (4 teachers + random + 2 other students)
-    # 60 of the study + 6 multi-teacher baselines + 4 related-methods runs (add_related_methods)
-    assert counts["single-teacher transfers"] == "70"
+    assert counts["models"] == "9"  # with the cross-domain teacher (add_cross_domain)
+    assert counts["scored pairs"] == "22"  # 3 students x (4 teachers + random + 2 other students), + t_sketch
+    # 60 of the study + 6 multi-teacher baselines + 4 related-methods runs + 2 from the cross-domain teacher
+    assert counts["single-teacher transfers"] == "72"
     assert counts["multi-teacher transfers"] == "7"  # 6 + the AMTML-KD run
     assert counts["failed jobs"] == "1"
     assert "job_failed_1" in overview and "NaN loss at epoch 2" in overview

@@ -1,8 +1,9 @@
 -- AMTML-KD: which teacher each class listens to. Per transfer run (student, teachers) and teacher: the
 -- mean over classes of the learned per-class teacher weight (each class's weights sum to 1 over its
 -- teachers), its range, and the number of classes for which that teacher has the largest weight, with
--- the delta of the run (pp) and its 95% paired score interval; student_init / mixup name the run's
--- variant (transfer.variants). Reads: teacher_weights, transfers.
+-- the delta of the run (pp) and its 95% paired score interval; variant names the transfer.variants
+-- entry the run was copied under ('' for the study's own run), student_init / mixup its settings.
+-- Reads: teacher_weights, transfers.
 WITH ranked AS (
     SELECT w.*, row_number() OVER (PARTITION BY job_id, stage, class_id ORDER BY weight DESC, teacher) AS rk
     FROM teacher_weights w
@@ -10,6 +11,7 @@ WITH ranked AS (
 SELECT
     t.student,
     t.teacher                                     AS teachers,
+    coalesce(any_value(t.variant), '')            AS variant,
     coalesce(any_value(t.student_init), 'pretrained') AS student_init,
     coalesce(any_value(t.mixup), 'none')          AS mixup,
     r.teacher,
@@ -24,4 +26,4 @@ SELECT
 FROM ranked r
 JOIN transfers t ON t.job_id = r.job_id
 GROUP BY t.student, t.teacher, r.job_id, r.teacher
-ORDER BY t.student, t.teacher, mean_weight DESC
+ORDER BY t.student, t.teacher, variant, mean_weight DESC

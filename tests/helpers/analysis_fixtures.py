@@ -548,3 +548,19 @@ def add_related_methods(b: RootBuilder, n: int = 80) -> None:
                "clean_acc": 0.7 + 0.01 * i, "fgsm_acc": 0.5 - e, "ifgsm_acc": 0.4 - e, "v_measure": 0.6,
                "runtime_s": 1.0, "device": "cpu"} for e in (2 / 255, 8 / 255)]
         write_parquet_atomic(table_from_rows(rr, ROBUSTNESS_SCHEMA), b.layout.robustness_row(rid))
+
+
+def add_cross_domain(b: RootBuilder, n: int = 80) -> None:
+    """A teacher adapted on another domain (its catalog row says so, as zoo.cross_domain writes it), scored
+    against vit_s, with a KL-Dist and a KL+DP transfer: Fig 10 gets data (Fig 9 reads the same rows)."""
+    rng = np.random.default_rng(7)
+    labels = np.arange(n) % b.num_classes
+    b.model("t_sketch", "cnn", 5.0, source="embedded",
+            recipe={"arch": "resnet10t", "adapted": {"from": "t_weak", "dataset": "generated[domain=sketch]",
+                                                     "new_head": False}})
+    b.predictions("t_sketch", labels, _model_preds(rng, labels, 0.45, b.num_classes))
+    b.score_pair("t_sketch", "vit_s")
+    b.write_scores()
+    b.write_semantics()
+    b.transfer("vit_s", "t_sketch", "kl", -10 / n, n_eval=n, n_gain=2, n_loss=12)
+    b.transfer("vit_s", "t_sketch", "kl_dp", 0.0, n_eval=n, n_gain=3, n_loss=3)
