@@ -95,14 +95,7 @@ def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> 
         record.train_seconds = seconds
         out["weights"] = blob
     elif payload["kind"] == "embedded":
-        from zoo_study.zoo.recipes import Recipe
-        from zoo_study.zoo.train import train_recipe
-
-        rspec = dict(payload["spec"])
-        scale = float(rspec.pop("epochs_scale", 1.0))
-        recipe = Recipe.from_dict(rspec)
-        LOG.info("training embedded model %s (%s)", recipe.model_id, recipe.arch)
-        blob, info = train_recipe(recipe, source, device=device, epochs_scale=scale)
+        blob, info = _train_embedded(payload, source, device)
         with _weights_file(blob) as path:
             _, record = load_model(_ref(payload, source.num_classes, path))
         record.checkpoint = ctx.outputs["weights"]
@@ -112,6 +105,18 @@ def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> 
         _, record = load_model(_ref(payload, source.num_classes))
     out["model"] = record.to_table()
     return out
+
+
+def _train_embedded(payload: dict[str, Any], source, device) -> tuple[bytes, dict[str, Any]]:
+    """Train an embedded recipe payload on ``source``: (safetensors bytes, train_recipe's info)."""
+    from zoo_study.zoo.recipes import Recipe
+    from zoo_study.zoo.train import train_recipe
+
+    rspec = dict(payload["spec"])
+    scale = float(rspec.pop("epochs_scale", 1.0))
+    recipe = Recipe.from_dict(rspec)
+    LOG.info("training embedded model %s (%s) on %s", recipe.model_id, recipe.arch, source.name)
+    return train_recipe(recipe, source, device=device, epochs_scale=scale)
 
 
 def _adapted_weights(payload: dict[str, Any], study_data: dict[str, Any], ctx: JobContext, device) -> tuple[bytes, float]:
@@ -126,15 +131,8 @@ def _adapted_weights(payload: dict[str, Any], study_data: dict[str, Any], ctx: J
     target = _source(spec.get("train_data") or study_data, ctx)
     seconds = 0.0
     if base["kind"] == "embedded":
-        from zoo_study.zoo.recipes import Recipe
-        from zoo_study.zoo.train import train_recipe
-
-        rspec = dict(base["spec"])
-        scale = float(rspec.pop("epochs_scale", 1.0))
-        recipe = Recipe.from_dict(rspec)
         pre_source = _source(pre_data, ctx)
-        LOG.info("training %s on its pretraining data before adapting it", recipe.model_id)
-        blob, info = train_recipe(recipe, pre_source, device=device, epochs_scale=scale)
+        blob, info = _train_embedded(base, pre_source, device)  # its pretraining, before it is adapted
         seconds += float(info["train_seconds"])
         with _weights_file(blob) as path:
             model, _ = load_model(_ref(base, pre_source.num_classes, path), device=device)

@@ -98,14 +98,13 @@ def _adapted_plans(cfg: StudyConfig, plans: list[ModelPlan]) -> list[ModelPlan]:
     if z.adapt.enabled and z.cross_domain:
         raise ConfigError("zoo.adapt and zoo.cross_domain cannot be combined in one study: adapt moves the whole "
                           "zoo to the study's data, cross_domain adds models trained on other data to it")
-    settings = lambda a: a.model_dump(mode="json", include={"mode", "epochs", "lr", "batch_size", "seed"})  # noqa: E731
     if z.adapt.enabled:
         out = []
         for p in plans:
             if p.kind == "random":
                 out.append(p)
                 continue
-            spec = {"base": _model_payload(p), "settings": settings(z.adapt), "new_head": True,
+            spec = {"base": _model_payload(p), "settings": z.adapt.settings(), "new_head": True,
                     "pretrain_data": z.adapt.pretrain_data.job_dict() if p.kind == "embedded" else None,
                     "train_data": None, "dataset": _dataset_tag(cfg.data.job_dict())}
             out.append(ModelPlan(p.model_id, "adapted", spec))
@@ -127,7 +126,7 @@ def _adapted_plans(cfg: StudyConfig, plans: list[ModelPlan]) -> list[ModelPlan]:
         if other.job_dict() == cfg.data.job_dict():
             raise ConfigError(f"zoo.cross_domain {d.model_id!r}: data {d.data} is the study's own data; name another "
                               "domain (generated.domain) or dataset root")
-        spec = {"base": _model_payload(base), "settings": settings(d), "new_head": False,
+        spec = {"base": _model_payload(base), "settings": d.settings(), "new_head": False,
                 "pretrain_data": None, "train_data": other.job_dict(), "dataset": _dataset_tag(other.job_dict())}
         extra.append(ModelPlan(d.model_id, "adapted", spec))
     return plans + extra

@@ -33,6 +33,10 @@ def test_overrides_parse_literals_and_nested_keys():
         ({"ray": {"max_retries": -1}}, ["ray.max_retries", "-1"]),
         ({"zoo": {"models": [{"id": "m", "source": "local"}]}}, ["checkpoint"]),
         ({"transfr": {}}, ["transfr", "valid keys", "transfer"]),
+        ({"semantics": {"encoder": "glove"}}, ["glove", "lexical", "clip:"]),
+        ({"ray": {"pack_students": 0}}, ["ray.pack_students", "0"]),
+        ({"zoo": {"adapt": {"mode": "lora"}}}, ["zoo.adapt.mode", "lora", "linear_probe"]),
+        ({"data": {"generated": {"domain": "watercolour"}}}, ["domain", "watercolour", "sketch"]),
     ],
 )
 def test_bad_values_name_key_value_and_valid_choices(raw, needles):

@@ -311,3 +311,23 @@ def test_imagefolder_spec_without_root_says_how_to_set_it(monkeypatch):
     monkeypatch.delenv("ZOO_STUDY_IMAGENET", raising=False)
     with pytest.raises(FileNotFoundError, match="ZOO_STUDY_IMAGENET"):
         load_source(DataSpec(kind="imagefolder"))
+
+
+def test_class_set_b_is_another_label_space_and_domains_keep_labels_and_ids():
+    from zoo_study.data import DataSpec
+    from zoo_study.data.generated import class_table, render_split, superclasses
+
+    a = GeneratedSpec(num_superclasses=2, classes_per_superclass=3, n_train=24, n_eval=6, image_size=16)
+    b = a.model_copy(update={"class_set": "b"})
+    names_a, names_b = {r[0] for r in class_table(a)}, {r[0] for r in class_table(b)}
+    assert len(names_b) == 6 and not names_a & names_b  # no class shared
+    assert superclasses(b) == ([0, 0, 0, 1, 1, 1], ["ring", "star"])
+    photo, labels = render_split(a, "train")
+    for domain in ("sketch", "noisy"):
+        imgs, labs = render_split(a.model_copy(update={"domain": domain}), "train")
+        assert np.array_equal(labs, labels) and not np.array_equal(imgs, photo)  # same samples, another look
+    sketch, _ = render_split(a.model_copy(update={"domain": "sketch"}), "train")
+    assert np.median(sketch) > np.median(photo)  # a near-white page
+    # the new options at their defaults leave a job's data dict (and so every job id) as it was
+    assert "class_set" not in DataSpec().job_dict()["generated"] and "domain" not in DataSpec().job_dict()["generated"]
+    assert DataSpec(generated=b).job_dict()["generated"]["class_set"] == "b"

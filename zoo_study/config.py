@@ -68,6 +68,10 @@ class AdaptSettings(_Strict):
     batch_size: int = Field(128, ge=1)
     seed: int = Field(0, ge=0)
 
+    def settings(self) -> dict[str, Any]:
+        """Just these settings (not a subclass's other fields), as a job spec holds them."""
+        return self.model_dump(mode="json", include=set(AdaptSettings.model_fields))
+
 
 class AdaptSection(AdaptSettings):
     """Fig 9, another dataset: every model of the zoo is first trained on ``pretrain_data`` (embedded

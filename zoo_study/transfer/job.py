@@ -160,19 +160,6 @@ def run_transfer_pack_students(
                           progress=progress, cached_predictions=cached_predictions, strict=False)
 
 
-@dataclass(eq=False)
-class _StudentContext:
-    """One student of a job or pack: its record, the model transfers start from (scratch: rebuilt),
-    its preprocessing, frozen anchor and before-transfer eval predictions."""
-
-    record: Any
-    start: nn.Module
-    pre: ModelPreprocess
-    anchor: nn.Module
-    before_pred: np.ndarray
-    side: StudentSide
-
-
 def _run_transfers(students, teachers, source, configs, *, device, job_ids, progress,
                    cached_predictions, strict: bool) -> list[TransferResult | BaseException]:
     t0 = time.perf_counter()
@@ -206,7 +193,9 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
     eb = config.eval_batch_size
     cached = dict(cached_predictions or {})
 
-    def student_context(module: nn.Module, rec) -> _StudentContext:
+    def student_side(module: nn.Module, rec) -> StudentSide:
+        """The model transfers into ``rec`` start from (scratch: rebuilt), its preprocessing, frozen anchor
+        and before-transfer eval predictions."""
         if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
             from zoo_study.zoo.loading import scratch_like
 
@@ -217,10 +206,10 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
             before = _aligned_pred(cached[rec.model_id], eval_split, rec.model_id)
         else:
             before = predict_split(anchor, eval_split, pre, batch_size=eb, rt=rt)
-        return _StudentContext(rec, module, pre, anchor, before, StudentSide(module, anchor, pre, before))
+        return StudentSide(module, anchor, pre, before)
 
-    contexts = {sid: student_context(module, rec) for sid, (module, rec) in distinct.items()}
-    member_ctx = [contexts[rec.model_id] for _, rec in students]
+    sides = {sid: student_side(module, rec) for sid, (module, rec) in distinct.items()}
+    member_sides = [(rec, sides[rec.model_id]) for _, rec in students]
     teacher_preds: dict[int, np.ndarray] = {}
 
     def teacher_pred(i: int) -> np.ndarray:
@@ -243,16 +232,16 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
 
     packed = None
     if len(configs) > 1:
-        packed = run_phase_pack(sides=[c.side for c in member_ctx], teachers=ordered, train=train,
+        packed = run_phase_pack(sides=[side for _, side in member_sides], teachers=ordered, train=train,
                                 eval_split=eval_split, configs=configs, rt=rt, phase=0, seed_phase=0,
                                 phase_teacher=joined, progress=progress)
 
     def runtime_s() -> float:  # a packed member's share of the pack's wall time
         return (time.perf_counter() - t0) / len(configs)
 
-    def build(config: TransferConfig, job_id: str, ctx: _StudentContext, packed_res: Any = None) -> TransferResult:
-        student, student_record, student_pre, anchor = ctx.start, ctx.record, ctx.pre, ctx.anchor
-        before_pred = ctx.before_pred
+    def build(config: TransferConfig, job_id: str, student_record, side: StudentSide,
+              packed_res: Any = None) -> TransferResult:
+        student, student_pre, anchor, before_pred = side.start, side.pre, side.anchor, side.start_pred
         before_correct = before_pred == labels
         common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
         routes = RouteStats() if config.method_spec.routes else None
@@ -402,7 +391,7 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
     out: list[TransferResult | BaseException] = []
     for i, (c, jid) in enumerate(zip(configs, job_ids)):
         try:
-            out.append(build(c, jid, member_ctx[i], packed[i] if packed is not None else None))
+            out.append(build(c, jid, *member_sides[i], packed[i] if packed is not None else None))
         except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
             if strict:
                 raise

@@ -123,17 +123,22 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     for p in model.parameters():
         p.requires_grad_(True)
 
+    def sample_inputs() -> tuple[Tensor, list[Tensor]]:
+        # two copies of one training image, preprocessed for the student and for each teacher
+        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        return rt.inputs(student_pre, raw0), [rt.inputs(t.pre, raw0) for t in teachers]
+
     @functools.cache
     def probe() -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
         # per model (student, then each teacher): shapes of forward_features, of its grid, and the
-        # pre-logits size, from one pass over two copies of one image in eval mode (no state changes);
+        # pre-logits size, from one pass over the sample inputs in eval mode (no state changes);
         # run only when a method's setup asks
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
+        x_s, x_ts = sample_inputs()
         out = []
         with torch.no_grad(), rt.autocast():
             model.eval()
-            for module, pre in [(model, student_pre)] + [(t.module, t.pre) for t in teachers]:
-                f = module.forward_features(rt.inputs(pre, raw0))
+            for module, x in [(model, x_s)] + [(t.module, x_t) for t, x_t in zip(teachers, x_ts)]:
+                f = module.forward_features(x)
                 pre_logits = module.forward_head(f, pre_logits=True)
                 out.append((tuple(f.shape[1:]), tuple(as_grid(f).shape[1:]), pre_logits.flatten(1).shape[1]))
         return out
@@ -147,15 +152,10 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     def native_shapes():
         return probe()[0][0], [p[0] for p in probe()[1:]]
 
-    def sample_inputs() -> tuple[Tensor, list[Tensor]]:
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
-        return rt.inputs(student_pre, raw0), [rt.inputs(t.pre, raw0) for t in teachers]
-
     def level_shapes() -> list[tuple[int, int, int]]:
-        raw0 = train[0][0].unsqueeze(0).expand(2, -1, -1, -1).to(rt.device)
         with torch.no_grad(), rt.autocast():
             model.eval()
-            _, _, _, levels = forward_levels(model, rt.inputs(student_pre, raw0), len(teachers))
+            _, _, _, levels = forward_levels(model, sample_inputs()[0], len(teachers))
         return [tuple(g.shape[1:]) for g in levels]
 
     params = config.resolved_hparams
@@ -292,9 +292,11 @@ def run_phase_pack(
                 labels = plan.hard_labels(labels)
             t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
             for m in active:
+                t0 = time.perf_counter()
                 _member_step(m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)), labels, index,
                              phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
                              teacher_maps=t_maps, teacher_inputs=t_inputs)
+                m.step_seconds += time.perf_counter() - t0
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
         active = [m for m in members if m.failed is None]
         for m in active:
@@ -344,19 +346,6 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
                  phase_teacher: str | None, soft_targets: Tensor | None = None,
                  teacher_maps: list[Tensor] | None = None, teacher_inputs: list[Tensor] | None = None) -> None:
     """One optimiser step of one member on the shared batch, under the member's own RNG."""
-    t0 = time.perf_counter()
-    try:
-        _member_step_timed(m, rt, x, teacher_logits, t_feat, frozen, labels, index, phase=phase, epoch=epoch,
-                           step=step, phase_teacher=phase_teacher, soft_targets=soft_targets,
-                           teacher_maps=teacher_maps, teacher_inputs=teacher_inputs)
-    finally:
-        m.step_seconds += time.perf_counter() - t0
-
-
-def _member_step_timed(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
-                       frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int,
-                       step: int, phase_teacher: str | None, soft_targets: Tensor | None,
-                       teacher_maps: list[Tensor] | None, teacher_inputs: list[Tensor] | None) -> None:
     obj, config = m.obj, m.config
     m.rng.restore()
     s_levels = None
