@@ -192,6 +192,52 @@ def test_crd_state_memory_and_gradients():
     assert st.z_s.item() == z  # Z is estimated once
 
 
+def _crd_by_hand(st, fs, ft, idx, gen_state):
+    """CRD's first-batch loss with loops over samples and drawn rows, in float64 (Z from this batch)."""
+    gen = torch.Generator()
+    gen.set_state(gen_state)
+    neg = st._negatives(idx, len(idx), gen)
+    v_s = torch.nn.functional.normalize(st.embed_s(fs), dim=-1).double()
+    v_t = torch.nn.functional.normalize(st.embed_t(ft), dim=-1).double()
+    k, n, temp = st.nce_k, st.n_data, st.nce_t
+    total = 0.0
+    for v, memory in ((v_s, st.memory_t.double()), (v_t, st.memory_s.double())):
+        rows = [[int(idx[b])] + neg[b].tolist() for b in range(len(idx))]
+        scores = [[math.exp(float(memory[j] @ v[b]) / temp) for j in r] for b, r in enumerate(rows)]
+        z = sum(map(sum, scores)) / (len(idx) * (k + 1)) * n
+        for row in scores:
+            p = [x / z for x in row]
+            total -= math.log(p[0] / (p[0] + k / n + 1e-7))
+            total -= sum(math.log((k / n) / (q + k / n + 1e-7)) for q in p[1:])
+    return total / len(idx)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_crd_loss_by_hand_on_both_scoring_paths(monkeypatch, dense):
+    """The dense path (all memory rows scored by one product, then the drawn ones picked) and the gathered
+    path (Tian et al.'s bmm) give the hand-computed NCE loss, and the same gradients and memory."""
+    import zoo_study.transfer.crd as crd
+
+    def one(factor):
+        monkeypatch.setattr(crd, "_DENSE_FACTOR", factor)
+        torch.manual_seed(0)
+        st = crd.CRDState(8, 5, n_data=20, feat_dim=4, nce_k=16, labels=torch.arange(20) % 4)
+        fs, ft = torch.randn(3, 8, requires_grad=True), torch.randn(3, 5)
+        idx, gen = torch.tensor([0, 5, 7]), torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            hand = _crd_by_hand(st, fs, ft, idx, gen.get_state())
+        loss = st(fs, ft, idx, gen)
+        loss.backward()
+        return st, loss, hand, fs.grad
+
+    st, loss, hand, grad = one(8 if dense else 0)
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+    other_st, other_loss, _, other_grad = one(0 if dense else 8)
+    assert loss.item() == pytest.approx(other_loss.item(), rel=1e-6)
+    assert torch.allclose(grad, other_grad, atol=1e-7)
+    assert torch.allclose(st.memory_s, other_st.memory_s) and torch.allclose(st.memory_t, other_st.memory_t)
+
+
 # ---------------------------------------------------------------------------------------------- config
 def test_config_roundtrip_and_resolution():
     c = TransferConfig(method="kl_dp", epochs=3, batch_size=64)
