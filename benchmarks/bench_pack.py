@@ -17,7 +17,11 @@ It prints:
    the same batches, and the training time per step and transfer inside the pack (the pack's wall time
    minus its evaluation pass, per member and step), as a ratio (target <= 1.3x).
 
-Usage: ``python benchmarks/bench_pack.py [--epochs 3] [--fraction 0.1] [--methods kl,kl_dp,...]``
+3. the student's evaluation pass with NCHW weights vs the default layout (channels_last for the pass on
+   CPU, ``zoo_study/layout.py``), as a ratio.
+
+Usage: ``python benchmarks/bench_pack.py [--epochs 3] [--fraction 0.1] [--methods kl,kl_dp,...]
+[--eval-every N]``
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated (default: the paper's 9; registered: {', '.join(method_names())})")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a pipeline job gets one core)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="evaluate every N epochs and after the last (default 1, the paper's every epoch)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
@@ -66,15 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     student, srec = _model("resnet10t_w16", src.num_classes, 0)
     teacher, trec = _model("vit_p8_d96", src.num_classes, 1)
     rt = Runtime.create(args.device)
-    t0 = time.perf_counter()
-    cached = {srec.model_id: predict_split(student, src.eval, ModelPreprocess.from_data_config(srec.data_config),
-                                           batch_size=256, rt=rt),
-              trec.model_id: predict_split(teacher, src.eval, ModelPreprocess.from_data_config(trec.data_config),
+    s_pre = ModelPreprocess.from_data_config(srec.data_config)
+    cached = {trec.model_id: predict_split(teacher, src.eval, ModelPreprocess.from_data_config(trec.data_config),
                                            batch_size=256, rt=rt)}
-    eval_pass = (time.perf_counter() - t0) / 2
+    passes = {}
+    for name, r in (("nchw", rt.replace_eval(False)), ("default", rt)):  # the student's eval pass, both layouts
+        predict_split(student, src.eval, s_pre, batch_size=256, rt=r)  # warm-up
+        t0 = time.perf_counter()
+        cached[srec.model_id] = predict_split(student, src.eval, s_pre, batch_size=256, rt=r)
+        passes[name] = time.perf_counter() - t0
+    eval_pass = passes["default"]
     hp = {"crd": {"nce_k": 4096}}
     configs = [TransferConfig(method=m, hparams=hp.get(m, {}), epochs=args.epochs, batch_size=128,
-                              transfer_fraction=args.fraction, augment="flip") for m in methods]
+                              eval_every=args.eval_every or 1, transfer_fraction=args.fraction, augment="flip")
+               for m in methods]
     n_train = len(transfer_set(src, configs[0]))
     steps = (n_train // 128) * args.epochs
     print(f"device {args.device}, {args.threads} thread(s); {len(methods)} methods; {n_train} transfer images, "
@@ -124,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     per_step = (packed - len(configs) * n_evals * eval_pass) / (len(configs) * steps)
     print(f"plain student step: {plain * 1e3:.1f} ms; transfer step in the pack (per member, eval removed): "
           f"{per_step * 1e3:.1f} ms -> {per_step / plain:.2f}x   (target <= 1.3x)")
-    print(f"eval pass of the student over {len(src.eval)} images: {eval_pass:.2f} s")
+    print(f"eval pass of the student over {len(src.eval)} images: {eval_pass:.2f} s; with NCHW weights "
+          f"{passes['nchw']:.2f} s -> {passes['nchw'] / max(eval_pass, 1e-9):.2f}x faster in the default layout")
     # per method: its own step inside the pack (forward, objective, backward, update; the shared teacher and
     # anchor forwards and the batch are not in it) against the plain step
     print("per method, own step in the pack / plain step (target <= 1.3x):")

@@ -187,6 +187,39 @@ def test_every_method_runs_in_the_loop(method):
     assert (row["teacher_share"] is not None) == method.startswith("kl_dp")
 
 
+def test_eval_layout_is_channels_last_inside_and_leaves_the_weights_as_they_were():
+    model, _ = trained(0)
+    params = dict(model.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    with Runtime.create("cpu").eval_layout([model]) as cl:
+        assert cl and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(w.is_contiguous() for w in convs)
+    assert dict(model.named_parameters()) == params  # the same Parameter objects (optimiser state stays on)
+    assert all(torch.equal(params[k], before[k]) for k in params)
+    with Runtime.create("cpu").replace_eval(False).eval_layout([model]) as cl:
+        assert not cl and all(w.is_contiguous() for w in convs)
+
+
+@pytest.mark.parametrize("method", ["xe_kl_mcl", "kl_dp"])
+def test_channels_last_evaluation_changes_no_training_bit_and_no_prediction(monkeypatch, method):
+    """Evaluation passes run channels_last on CPU for speed; training runs NCHW in between. The transfer
+    must train bit for bit as with NCHW evaluation, and predict the same labels."""
+    import zoo_study.transfer.job as job_mod
+
+    src = tiny_source()
+    student, srec, teacher, trec = _pair()
+    cfg = TransferConfig(method=method, base_lr=0.5, seed=3, **FAST)
+    fast = run_transfer(student, srec, [(teacher, trec)], src, cfg, job_id="e")
+    create = Runtime.create
+    monkeypatch.setattr(job_mod.Runtime, "create", classmethod(lambda cls, *a, **k: create(*a, **k).replace_eval(False)))
+    plain = run_transfer(student, srec, [(teacher, trec)], src, cfg, job_id="e")
+    assert state_equal(fast.model, plain.model)
+    assert fast.predictions.equals(plain.predictions)
+    assert _strip(fast.epochs) == _strip(plain.epochs)
+
+
 def test_cached_teacher_predictions_are_used():
     src = tiny_source()
     student, srec, teacher, trec = _pair()

@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
+from zoo_study.layout import channels_last_pass, pass_input
 from zoo_study.store import PREDICTION_SCHEMA
 
 try:  # tqdm is a dependency; keep the library importable without it anyway
@@ -44,27 +45,28 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``model`` over ``split``: (sample_ids, labels, float32 probabilities [n, C]).
 
-    Batched, eval mode, no_grad; channels_last and bf16 autocast on a GPU.
+    Batched, eval mode, no_grad; channels_last (on CPU for the pass only) and bf16 autocast on a GPU.
     """
     device = torch.device(device)
     model.eval().to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     ids, labels, probs = [], [], []
     loader = raw_loader(split, batch_size)
     it = tqdm(loader, desc=desc, leave=False, disable=not progress) if tqdm else loader
-    for raw, y, sid in it:
-        x = preprocess(raw.to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
-            logits = model(x)
-        p = torch.softmax(logits.float(), dim=1)
-        if on_batch is not None:
-            on_batch(logits, y, sid)
-        ids.append(sid.numpy())
-        labels.append(y.numpy())
-        probs.append(p.cpu().numpy())
+    # channels_last on a GPU for the whole run; on CPU for this pass only (zoo_study.layout)
+    layout = contextlib.nullcontext(True) if device.type == "cuda" else channels_last_pass([model])
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    with layout as cl:
+        for raw, y, sid in it:
+            x = pass_input(preprocess(raw.to(device, non_blocking=True)), cl)
+            with _autocast(device):
+                logits = model(x)
+            p = torch.softmax(logits.float(), dim=1)
+            if on_batch is not None:
+                on_batch(logits, y, sid)
+            ids.append(sid.numpy())
+            labels.append(y.numpy())
+            probs.append(p.cpu().numpy())
     return np.concatenate(ids), np.concatenate(labels), np.concatenate(probs).astype(np.float32)
 
 

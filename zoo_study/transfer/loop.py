@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
+from zoo_study.layout import channels_last_pass, pass_input
 
 __all__ = ["TransferDiverged", "Runtime", "TeacherModel", "PhaseResult", "RouteStats", "predict_split",
            "phase_seeds"]
@@ -64,12 +65,17 @@ class Runtime:
     device: torch.device
     amp: bool = False
     channels_last: bool = False
+    eval_channels_last: bool = True  # CPU evaluation passes only (see eval_layout)
 
     @classmethod
     def create(cls, device: str | torch.device, amp: bool | None = None) -> "Runtime":
         dev = torch.device(device)
         cuda = dev.type == "cuda"
         return cls(dev, amp=cuda if amp is None else bool(amp), channels_last=cuda)
+
+    def replace_eval(self, channels_last: bool) -> "Runtime":
+        """This runtime with CPU evaluation passes in channels_last (the default) or NCHW."""
+        return replace(self, eval_channels_last=bool(channels_last))
 
     def autocast(self) -> ContextManager:
         if not self.amp:
@@ -85,6 +91,17 @@ class Runtime:
     def inputs(self, pre: ModelPreprocess, raw: Tensor) -> Tensor:
         x = pre(raw)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def eval_layout(self, models: Sequence[nn.Module]) -> ContextManager[bool]:
+        """The layout of an evaluation pass: channels_last as everywhere on CUDA; on CPU channels_last for
+        the pass only (:mod:`zoo_study.layout`: faster, training stays NCHW and bitwise reproducible)
+        unless ``eval_channels_last`` is off. Yields whether inputs go channels_last."""
+        if self.channels_last or self.device.type != "cpu":
+            return nullcontext(self.channels_last)
+        return channels_last_pass(models, self.eval_channels_last)
+
+    def eval_inputs(self, pre: ModelPreprocess, raw: Tensor, channels_last: bool) -> Tensor:
+        return pass_input(pre(raw), channels_last)
 
     def describe(self) -> str:
         if self.device.type == "cuda":
@@ -106,9 +123,10 @@ def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, 
     """Top-1 predictions (int64, split order) of ``model`` in eval mode with its own preprocessing."""
     model.eval()
     out = []
-    for raw, _, _ in raw_loader(split, batch_size):
-        with rt.autocast():
-            out.append(model(rt.inputs(pre, raw.to(rt.device))).argmax(-1).cpu())
+    with rt.eval_layout([model]) as cl:
+        for raw, _, _ in raw_loader(split, batch_size):
+            with rt.autocast():
+                out.append(model(rt.eval_inputs(pre, raw.to(rt.device), cl)).argmax(-1).cpu())
     return torch.cat(out).numpy().astype(np.int64)
 
 

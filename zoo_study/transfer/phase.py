@@ -401,11 +401,12 @@ def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPrep
     for model in models:
         model.eval()
     outs: list[list[Tensor]] = [[] for _ in models]
-    for raw, _, _ in raw_loader(split, batch_size):
-        with rt.autocast():
-            x = rt.inputs(pre, raw.to(rt.device))  # preprocessed once for every student
-            for model, out in zip(models, outs):
-                out.append(model(x).argmax(-1).cpu())
+    with rt.eval_layout(models) as cl:
+        for raw, _, _ in raw_loader(split, batch_size):
+            with rt.autocast():
+                x = rt.eval_inputs(pre, raw.to(rt.device), cl)  # preprocessed once for every student
+                for model, out in zip(models, outs):
+                    out.append(model(x).argmax(-1).cpu())
     return [torch.cat(o).numpy().astype(np.int64) for o in outs]
 
 
