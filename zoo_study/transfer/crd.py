@@ -12,7 +12,7 @@ Memory rows of the batch's samples move towards the new embeddings with momentum
 are renormalised. Everything here runs in float32, also under autocast, because exp(1/0.07) ~ 1.6e6.
 The drawn rows' dot products come from one [B, d] x [d, N] product when the memory is at most 8x the
 contrast set (``_scores``): the same numbers as gathering [B, K+1, d] rows, at a fraction of the memory
-traffic (the demo's CRD step went from 3.8x a plain student step to about 1x, ``bench_pack.py``).
+traffic (the demo's CRD step went from 3.83x a plain student step to 1.11x, ``bench_pack.py``).
 
 Why a module: the heads are trained with the student (the loop adds this module's parameters to the
 optimiser) and the memory bank persists across batches of one job.
