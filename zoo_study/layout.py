@@ -1,6 +1,6 @@
 """Memory layout of evaluation passes: channels_last for the pass, the weights' own layout afterwards.
 
-Why: on CPU, oneDNN's NHWC kernels evaluate the embedded CNNs 1.3-1.8x faster than NCHW (ResNets;
+Why: on CPU, oneDNN's NHWC kernels evaluate the embedded ResNets 1.6x faster than NCHW (ConvNeXt,
 transformers and MLPs about even; ``benchmarks/bench_pack.py`` prints the eval pass), and the logits agree
 with NCHW to ~1e-6 (equal top-1 on every embedded model). Training stays NCHW on CPU so its bitwise
 reproducibility is kept: the models go back to contiguous weights when the pass ends, with the same values
