@@ -7,6 +7,8 @@
     zoo-study hparams RESULTS            best grid setting per method, as TOML for a config
     zoo-study zoo [--paper STUDY]        list the embedded recipes or a paper model list
     zoo-study prefetch NAME [NAME ...]   download timm weights into the local cache (needs network)
+    zoo-study prune [CONFIG ...] [--set key=value ...] [--apply]
+                                         list (and move aside) results that no given config plans
 
 Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments, config, results root or Ray address,
 or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
@@ -246,6 +248,61 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    """List the result files under the configs' common root that none of them plans (pipelines/prune.py);
+    with ``--apply``, move them to ``<root>/_pruned/<UTC time>/`` while holding the root's lock.
+
+    Exit 2 (nothing moved) for a bad config, configs of different roots, a stage that cannot be planned
+    yet (transfers are planned from the scores), or a root in use by a run."""
+    from pipelines.lock import LockHeld, ResultsLock
+    from pipelines.prune import PRUNED_DIR, common_root, find_stale, move_stale
+    from pipelines.stages import JOB_STAGES
+    from zoo_study.config import ConfigError, load_config
+    from zoo_study.store import ResultsLayout
+
+    names = args.configs or [None]
+    jobs, roots = [], []
+    for name in names:
+        shown = name or "the embedded demo"
+        try:
+            cfg = load_config(name, args.set or [])
+            plans = _plans(cfg, JOB_STAGES)
+        except ConfigError as err:
+            _die(f"{shown}: {err}")
+        if unplanned := [s for s, p in plans.items() if p is None]:
+            _die(f"{shown}: stage(s) {', '.join(unplanned)} are planned from the scores, which "
+                 f"{cfg.results_root()} does not have yet, so which of its results are current is unknown; "
+                 f"run `zoo-study run {name or ''} --stage zoo,predict,score` first".replace("  ", " "))
+        roots.append((shown, cfg.results_root()))
+        jobs += [j for stage_jobs in plans.values() for j in stage_jobs]
+    try:
+        root = common_root(roots)
+    except ValueError as err:
+        _die(str(err))
+    if not ResultsLayout(root).is_results_root():
+        _die(f"{root} holds no study results (no config.toml and no result table files); nothing to prune")
+    lock = ResultsLock(root)
+    try:
+        lock.acquire()  # also for listing: a running study's half-planned files are not stale
+    except LockHeld as err:
+        _die(str(err))
+    try:
+        plan = find_stale(root, jobs)
+        print(plan.summary())
+        if not plan.stale:
+            return 0
+        if not args.apply:
+            print(f"nothing moved; rerun with --apply to move them to {root / PRUNED_DIR}/<time>/ "
+                  f"(give every config that writes to {root})")
+            return 0
+        dest = move_stale(plan)
+        LOG.info("moved %d file(s) to %s; move them back to restore them, delete the folder to free the space",
+                 len(plan.stale), dest)
+        return 0
+    finally:
+        lock.release()
+
+
 def cmd_sql(args) -> int:
     from analysis.sql_cli import QueryError, format_table, list_queries, parse_params, run_sql
 
@@ -387,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("prefetch", help="download timm pretrained weights into the local cache")
     pf.add_argument("names", nargs="+")
     pf.set_defaults(fn=cmd_prefetch)
+    pr = sub.add_parser("prune", help="list (with --apply: move aside) results that no given config plans")
+    pr.add_argument("configs", nargs="*", metavar="CONFIG",
+                    help="every study TOML that writes to the root (default: the embedded demo)")
+    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in each config")
+    pr.add_argument("--apply", action="store_true", help="move the listed files to <root>/_pruned/<time>/")
+    pr.set_defaults(fn=cmd_prune)
     return p
 
 

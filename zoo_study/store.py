@@ -157,6 +157,17 @@ for _table in TABLES.values():
 _ALL: dict[str, FileSpec | TableSpec] = {**TABLES, **FILES}
 
 
+def keyed_entries() -> list[tuple[str, FileSpec | TableSpec, list[str]]]:
+    """``(name, entry, keys)`` of every catalogue entry whose path has a key (``{job_id}``, ``{model}``):
+    the files that jobs write one per id or model (pipelines/prune.py walks them)."""
+    return [(name, e, keys) for name, e in _ALL.items() if (keys := _PLACEHOLDER.findall(e.template))]
+
+
+def shown(name: str) -> str:
+    """The path template of catalogue entry ``name`` as people read it (``transfers/<job_id>/...``)."""
+    return _ALL[name].shown
+
+
 def _keyed(name: str) -> Callable[[ResultsLayout, str], Path]:
     """A layout method for one file of catalogue entry ``name``, e.g. ``layout.transfer_summary(job_id)``."""
     (key,) = _PLACEHOLDER.findall(_ALL[name].template)
