@@ -37,6 +37,24 @@ def test_one_round_by_hand_with_identity_codes():
     assert float(a.sc) == float(b.sc) != float(r.sc)
 
 
+@pytest.mark.parametrize("sc_student", [False, True])
+def test_state_consistency_holds_the_real_state_as_a_target_unless_asked(sc_student):
+    """L_SC = MSE(decoded, real): its gradient reaches the real student state only with sc_student
+    (d/dh_s of MSE(h_s', h_s) over 2 entries = (h_s - h_s') = (1 - 0.5, 0) for h_s' = h_s / 2)."""
+    half = lambda v: 0.5 * v  # noqa: E731  the student's decoder halves what it hears
+    ident = lambda v: v  # noqa: E731
+    h_s = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    h_t, z_t = torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2)
+    r = talking_round(h_s, h_t, z_t, enc_s=lambda v: v.detach(), dec_s=half, enc_t=ident, dec_t=ident,
+                      head_s=ident, sc_student=sc_student)
+    assert float(r.sc) == pytest.approx(1.0 + 0.25 / 2)  # teacher side 1.0; student MSE((0.5, 0), (1, 0))
+    if sc_student:
+        (grad,) = torch.autograd.grad(r.sc, h_s)
+        assert grad[0].tolist() == pytest.approx([0.5, 0.0])
+    else:  # the only path to h_s is the target, which carries no gradient
+        assert not r.sc.requires_grad
+
+
 @pytest.mark.parametrize("rounds,split", [(1, 0), (2, 0), (1, 1), (2, 2)])
 def test_talking_transfer_keeps_the_plain_student_and_freezes_the_teacher(rounds, split):
     src = tiny_source()
@@ -113,3 +131,31 @@ def test_a_deep_split_runs_the_teachers_upper_layers_on_the_state_it_heard():
     pair = (torch.zeros(2, 24, 4, 4), torch.ones(2, 1, 24))
     out = grid_to_native(g2, pair)
     assert torch.equal(out[0], g2) and torch.equal(out[1], pair[1])
+
+
+@pytest.mark.parametrize("sc_student", [0, 1])
+def test_a_deep_split_holds_the_students_real_upper_state_as_the_sc_target(sc_student):
+    """At split 1 the student's real upper state (its pooled last features) enters L_SC as a target: no
+    gradient from L_SC reaches the last map unless sc_student = 1."""
+    import zoo_study  # noqa: F401
+    import timm
+
+    from zoo_study.transfer.loop import as_grid
+    from zoo_study.transfer.talking import TalkingModule, _TalkingState
+
+    torch.manual_seed(0)
+    student = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64))
+    teacher = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 48)).eval()
+    module = TalkingModule(32, 32, 8, up_student=64, up_teacher=48)
+    state = _TalkingState(module, student, (64, 1, 1), split=1, teacher=teacher)
+    try:
+        x = torch.randn(4, 3, 16, 16)
+        feats = student.forward_features(x)  # the loop's forward: the hook captures the split state
+        s_map = as_grid(feats)
+        _, _, sc = state.losses(student, s_map, s_map.detach(), torch.zeros(4, 6), rounds=1, temperature=1.0,
+                                noise=0.0, generator=None, teacher_input=x, sc_student=bool(sc_student))
+        (grad,) = torch.autograd.grad(sc, s_map, allow_unused=True)
+        reached = grad is not None and bool(grad.abs().sum() > 0)
+        assert reached == bool(sc_student)
+    finally:
+        state.close()

@@ -184,7 +184,10 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
                          "w_interact": Param(1.0, float, 0.0, None, doc="weight of L_interact"),
                          "w_mc": Param(1.0, float, 0.0, None, doc="weight of L_MC (message consistency)"),
                          "w_sc": Param(1.0, float, 0.0, None, doc="weight of L_SC (state consistency)"),
-                         "noise": Param(0.0, float, 0.0, None, doc="std of Gaussian noise on the state the teacher hears")},
+                         "noise": Param(0.0, float, 0.0, None, doc="std of Gaussian noise on the state the teacher hears"),
+                         "sc_student": Param(0, int, 0, 1, doc="1: L_SC also pulls the student's real state towards "
+                                             "the decoded one (the first implementation; it cost a pretrained ConvNeXt "
+                                             "student 17 points); 0: real states are only the decoders' targets")},
                  setup="zoo_study.transfer.talking:setup_talking",
                  doc="Talking Models (METHOD.md section 6): student and teacher exchange messages through learned "
                      "encoders / decoders at a split point (default: before each model's last feature level; the "
@@ -196,7 +199,8 @@ def talking_models(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutpu
     model = inp.state.student
     inter, mc, sc = inp.state.losses(model, inp.student_map, inp.teacher_maps[0], inp.teacher, rounds=p["rounds"],
                                      temperature=inp.temperature, noise=p["noise"], generator=inp.generator,
-                                     teacher_input=inp.teacher_inputs[0] if inp.teacher_inputs else None)
+                                     teacher_input=inp.teacher_inputs[0] if inp.teacher_inputs else None,
+                                     sc_student=bool(p["sc_student"]))
     ce = L.cross_entropy(inp.student, inp.targets)
     loss = ce + p["w_interact"] * inter + p["w_mc"] * mc + p["w_sc"] * sc
     return ObjectiveOutput(loss, logs={"ce": ce.detach(), "interact": inter.detach(), "mc": mc.detach(),
