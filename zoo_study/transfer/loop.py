@@ -13,8 +13,9 @@ with all teachers and a soup once per teacher. What it guarantees:
   best are kept. A NaN / inf loss raises :class:`TransferDiverged` naming phase, epoch and step.
 - Seeded: shuffling, augmentation and the objective's own sampling each use a generator derived from
   ``(seed, phase)``, and ``torch.manual_seed`` covers module initialisation (CRD heads) and dropout. On
-  CPU the same config gives bit-identical results; on CUDA the loop uses bf16 autocast and
-  channels_last, which are fast but not bitwise reproducible.
+  CPU the same config gives bit-identical results (its evaluation passes run channels_last and hand the
+  weights back in NCHW, zoo_study/layout.py); on CUDA the loop uses bf16 autocast and channels_last,
+  which are fast but not bitwise reproducible.
 """
 
 from __future__ import annotations
