@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated (default: the paper's 9; registered: {', '.join(method_names())})")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a pipeline job gets one core)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--eval-every", type=int, default=0,
+    ap.add_argument("--eval-every", type=int, default=1,
                     help="evaluate every N epochs and after the last (default 1, the paper's every epoch)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_pass = passes["default"]
     hp = {"crd": {"nce_k": 4096}}
     configs = [TransferConfig(method=m, hparams=hp.get(m, {}), epochs=args.epochs, batch_size=128,
-                              eval_every=args.eval_every or 1, transfer_fraction=args.fraction, augment="flip")
+                              eval_every=args.eval_every, transfer_fraction=args.fraction, augment="flip")
                for m in methods]
     n_train = len(transfer_set(src, configs[0]))
     steps = (n_train // 128) * args.epochs

@@ -270,9 +270,10 @@ def cmd_prune(args) -> int:
         except ConfigError as err:
             _die(f"{shown}: {err}")
         if unplanned := [s for s, p in plans.items() if p is None]:
+            command = " ".join(["zoo-study run", *([name] if name else []), "--stage zoo,predict,score"])
             _die(f"{shown}: stage(s) {', '.join(unplanned)} are planned from the scores, which "
                  f"{cfg.results_root()} does not have yet, so which of its results are current is unknown; "
-                 f"run `zoo-study run {name or ''} --stage zoo,predict,score` first".replace("  ", " "))
+                 f"run `{command}` first")
         roots.append((shown, cfg.results_root()))
         jobs += [j for stage_jobs in plans.values() for j in stage_jobs]
     try:

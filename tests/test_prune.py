@@ -135,3 +135,20 @@ def test_common_root_names_each_config():
     assert common_root([("a", Path("r")), ("b", Path("r"))]) == Path("r")
     with pytest.raises(ValueError, match="a -> r1, b -> r2"):
         common_root([("a", Path("r1")), ("b", Path("r2"))])
+
+
+def test_a_root_without_results_and_a_bad_config_exit_2_and_write_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = _config(tmp_path, "fresh", empty, ["kl"])
+    with pytest.raises(SystemExit) as err:
+        main(["prune", str(cfg)])
+    assert err.value.code == 2 and "holds no study results" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []  # not even a lock file
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MICRO.format(root=empty, methods=["no_such_method"]).replace("'", '"'))
+    with pytest.raises(SystemExit) as err:
+        main(["prune", str(bad)])
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and "no_such_method" in msg and len(msg.strip().splitlines()) == 1
+    assert list(empty.iterdir()) == []
