@@ -170,29 +170,75 @@ def test_claim_1_weakest_wilson_bound_vs_the_noise_floor(tmp_path: Path, trained
 
 
 # ---------------------------------------------------------------------------- claims 2, 3, 6 and 7
-def test_claims_2_and_3_correlations_with_fisher_intervals(tmp_path: Path) -> None:
+def test_claim_3b_correlation_with_fisher_interval_and_3a_wilson(tmp_path: Path) -> None:
     b = RootBuilder(tmp_path)
     d_acc = [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2]
-    entropy = [0.3, 0.5, 0.4, 0.9, 1.0, 1.2, 1.4]
     kl = [-0.05, -0.03, -0.04, 0.0, 0.01, 0.02, 0.03]
-    for i, (d, e) in enumerate(zip(d_acc, entropy)):
-        b.pair_row(f"T{i}", "S", acc_t=0.6 + d, acc_s=0.6, rho_pos=0.05, entropy=e)
+    for i, d in enumerate(d_acc):
+        b.pair_row(f"T{i}", "S", acc_t=0.6 + d, acc_s=0.6, rho_pos=0.05)
         b.transfer("S", f"T{i}", "kl", kl[i])
     b.write_scores()
     c = claims_of(tmp_path)
-    for cid, y in (("2", entropy), ("3b", kl)):
-        r = float(np.corrcoef(y, d_acc)[0, 1])
-        row = c[cid]
-        assert row["value"] == pytest.approx(r) and row["n"] == 7 and row["unit"] == "r"
-        half = Z95 / math.sqrt(7 - 3)
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx((math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)))
-        assert row["verdict"] == "holds"
-    assert "optimistic" in c["2"]["note"]
+    r = float(np.corrcoef(kl, d_acc)[0, 1])
+    row = c["3b"]
+    assert row["value"] == pytest.approx(r) and row["n"] == 7 and row["unit"] == "r"
+    half = Z95 / math.sqrt(7 - 3)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)))
+    assert row["verdict"] == "holds"
     # 3a: 3 of 7 KL pairs positive -> Wilson (3, 7) spans 50%
     a = c["3a"]
     assert a["value"] == pytest.approx(300 / 7)
     assert (a["ci_low"], a["ci_high"]) == pytest.approx(tuple(100 * v for v in wilson_interval(3, 7)))
     assert a["verdict"] == "not enough power to tell" and a["direction"] == "<"
+
+
+def _claim2_root(tmp_path: Path, excess_of, n_models: int = 8) -> tuple[dict, list[float], list[float], list[float]]:
+    """All ordered pairs of ``n_models`` models with accuracies 0.50, 0.53, ...; the pair's corrected
+    entropy is 2.0 + excess_of(delta_acc, i), its null 2.0 and its plug-in entropy a flat 1.0."""
+    b = RootBuilder(tmp_path)
+    acc = [0.5 + 0.03 * i for i in range(n_models)]
+    xs, ys, plug = [], [], []
+    for i in range(n_models):
+        for j in range(n_models):
+            if i == j:
+                continue
+            d = acc[i] - acc[j]
+            e = excess_of(d, i * n_models + j)
+            b.pair_row(f"M{i}", f"M{j}", acc_t=acc[i], acc_s=acc[j], rho_pos=0.05, entropy=1.0,
+                       entropy_corrected=2.0 + e, entropy_null=2.0)
+            xs.append(e), ys.append(d), plug.append(1.0)
+    b.write_scores()
+    return claims_of(tmp_path)["2"], xs, ys, plug
+
+
+def test_claim_2_uses_corrected_entropy_against_the_null_with_a_bootstrap_over_models(tmp_path: Path) -> None:
+    # corrected entropy in excess of the null rises with delta_acc (plus a small deterministic wobble)
+    row, xs, ys, _ = _claim2_root(tmp_path, lambda d, k: d + 0.01 * ((k * 7) % 5 - 2))
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    assert row["value"] == pytest.approx(r) and row["n"] == 8 * 7 and row["unit"] == "r"
+    assert row["ci_low"] <= r <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0
+    assert row["verdict"] == "holds"
+    assert "bootstrap over 8 models" in row["note"] and "plug-in r = n/a" in row["note"]  # flat plug-in: no r
+
+
+def test_claim_2_bootstrap_over_models_is_wider_than_fishers_over_pairs(tmp_path: Path) -> None:
+    # excess unrelated to delta_acc except through one model (the strongest, M7, as teacher): the 7 pairs
+    # it teaches carry the whole correlation, so whether M7 is drawn decides a replicate's r
+    row, xs, ys, _ = _claim2_root(tmp_path, lambda d, k: (0.5 if k // 8 == 7 else 0.0) + 0.02 * ((k * 13) % 7 - 3))
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    n = len(xs)
+    fisher_width = math.tanh(math.atanh(r) + Z95 / math.sqrt(n - 3)) - math.tanh(math.atanh(r) - Z95 / math.sqrt(n - 3))
+    assert row["value"] == pytest.approx(r)
+    assert row["ci_high"] - row["ci_low"] > fisher_width
+    assert row["verdict"] in ("not enough power to tell", "does not hold")
+
+
+def test_claim_2_without_a_null_has_no_data(tmp_path: Path) -> None:
+    b = RootBuilder(tmp_path)
+    for i in range(6):
+        b.pair_row(f"T{i}", "S", acc_t=0.5 + 0.05 * i, acc_s=0.6, rho_pos=0.05, entropy=0.5 + 0.1 * i)
+    b.write_scores()
+    assert claims_of(tmp_path)["2"]["verdict"] == "no data"
 
 
 def test_claim_3a_holds_when_kl_fails_clearly(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from helpers.analysis_fixtures import grassberger_entropy
 from zoo_study.scoring import counts as sc_counts
 from zoo_study.scoring import scoring as sc_scoring
 from zoo_study.scoring import (
@@ -265,7 +266,7 @@ def test_entropy_of_uniform_flips_is_ln_c(num_classes):
     counts = np.full((2, num_classes), 7, dtype=np.int64)
     assert entropy_from_counts(counts) == pytest.approx([math.log(num_classes)] * 2, abs=1e-12)
     # the histogram path used inside scoring agrees
-    _, ent, _ = sc_counts._flip_stats(counts)
+    _, ent, _, _ = sc_counts._flip_stats(counts)
     assert ent == pytest.approx([math.log(num_classes)] * 2, abs=1e-12)
 
 
@@ -497,3 +498,46 @@ def test_no_pairs_gives_empty_tables_with_the_schemas():
     pairs, classes = score_pairs({"only": _table([1, 2], [0, 1], [0, 0])})
     assert pairs.num_rows == 0 and pairs.schema.equals(PAIR_SCHEMA)
     assert classes.num_rows == 0 and classes.schema.equals(PAIR_CLASS_SCHEMA)
+
+
+# ------------------------------------------------------------------ bias-corrected entropy (claim 2)
+def test_corrected_entropy_on_hand_computed_cases() -> None:
+    from zoo_study.scoring.counts import entropy_corrected_from_counts
+
+    # two classes with one flip each: G(1) = psi(1) - (psi(1) - psi(1/2)) / 2 = -gamma - ln 2, so
+    # H = ln 2 - (1/2) * 2 * G(1) = 2 ln 2 + gamma
+    gamma = 0.5772156649015329
+    # one class with 2 flips: G(2) = psi(2) + (psi(3/2) - psi(1)) / 2 = (1 - gamma) + (2 - 2 ln 2) / 2
+    # = 2 - gamma - ln 2, so H = ln 2 - G(2) = 2 ln 2 + gamma - 2
+    got = entropy_corrected_from_counts(np.array([[1, 1, 0], [0, 2, 0], [0, 0, 0]]))
+    assert got[0] == pytest.approx(2 * math.log(2) + gamma, abs=1e-12)
+    assert got[1] == pytest.approx(max(2 * math.log(2) + gamma - 2, 0.0), abs=1e-12)
+    assert math.isnan(got[2])
+
+
+def test_corrected_entropy_is_unbiased_on_uniform_flips_where_the_plug_in_is_not() -> None:
+    """100 flips drawn uniformly over 100 classes, 2,000 simulations: the plug-in entropy misses ln 100
+    by about -0.57 nats (ten times its spread); the corrected one lands within its own spread."""
+    from zoo_study.scoring.counts import entropy_corrected_from_counts
+
+    rng = np.random.default_rng(0)
+    counts = np.stack([np.bincount(rng.integers(0, 100, 100), minlength=100) for _ in range(2000)])
+    truth = math.log(100)
+    plug, corr = entropy_from_counts(counts), entropy_corrected_from_counts(counts)
+    assert abs(plug.mean() - truth) > 5 * plug.std()
+    assert abs(corr.mean() - truth) < 0.5 * corr.std()
+
+
+def test_score_pairs_writes_the_corrected_entropy_and_the_students_error_profile_as_null() -> None:
+    # 3 classes, 6 samples; the student is wrong on samples 0, 1 (class 0) and 4 (class 2)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    teacher = np.array([0, 0, 1, 0, 2, 2])  # right on 0, 1, 2, 4, 5
+    student = np.array([1, 1, 1, 1, 0, 2])  # right on 2, 3, 5
+    ids = np.arange(6)
+    preds = {"t": _table(ids, labels, teacher, "t"), "s": _table(ids, labels, student, "s")}
+    pairs, _ = score_pairs(preds, [("t", "s")], num_classes=3)
+    row = pairs.to_pylist()[0]
+    # positive flips: samples 0, 1 (class 0) and 4 (class 2): counts [2, 0, 1]
+    assert row["entropy_corrected"] == pytest.approx(grassberger_entropy([2, 0, 1]))  # the per-class loop
+    # the student's errors per class are [2, 0, 1] too: null = plug-in entropy of (2/3, 1/3)
+    assert row["entropy_null"] == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))

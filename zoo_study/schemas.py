@@ -69,6 +69,11 @@ PAIR_SCHEMA = pa.schema(
         pa.field("rho_pos", pa.float64(), nullable=False),
         pa.field("rho_neg", pa.float64(), nullable=False),
         pa.field("entropy", pa.float64()),  # nats; null when there is no positive flip
+        # Grassberger's bias-corrected estimate of the same entropy (claim 2; the plug-in is biased low
+        # for few flips), and the null model's: the entropy of the student's per-class error profile,
+        # which flips drawn at random from the student's errors would show
+        pa.field("entropy_corrected", pa.float64()),
+        pa.field("entropy_null", pa.float64()),
     ]
     + [pa.field(f"top{x}_classes", pa.int32(), nullable=False) for x in TOP_X_PERCENTS]
 )

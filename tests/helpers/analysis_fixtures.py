@@ -44,6 +44,19 @@ def write_parquet_atomic(table, path):
     return path
 
 
+def grassberger_entropy(counts: Sequence[int]) -> float:
+    """Grassberger's (2003) entropy estimate, written out per class (the reference for the scorer's
+    vectorised lookup): H = ln n - (1/n) sum_k c_k G(c_k), G(c) = psi(c) + (-1)^c/2 (psi((c+1)/2) - psi(c/2))."""
+    from scipy.special import digamma
+
+    n = sum(counts)
+    total = 0.0
+    for c in counts:
+        if c:
+            total += c * (digamma(c) + 0.5 * (-1) ** c * (digamma((c + 1) / 2) - digamma(c / 2)))
+    return max(math.log(n) - total / n, 0.0)
+
+
 def _top_x_count(counts: Sequence[int], x: int) -> int:
     """Size of the smallest prefix of the descending counts whose share reaches x% (0 when no flips)."""
     total = sum(counts)
@@ -130,6 +143,8 @@ class RootBuilder:
         rho_pos: float,
         rho_neg: float = 0.01,
         entropy: float | None = 1.0,
+        entropy_corrected: float | None = None,
+        entropy_null: float | None = None,
         teacher_is_random: bool = False,
         n_samples: int = 100,
         class_flips: dict[int, int] | None = None,
@@ -155,6 +170,8 @@ class RootBuilder:
             "rho_pos": rho_pos,
             "rho_neg": rho_neg,
             "entropy": entropy,
+            "entropy_corrected": entropy if entropy_corrected is None else entropy_corrected,
+            "entropy_null": entropy_null,
         }
         for x in TOP_X_PERCENTS:
             row[f"top{x}_classes"] = _top_x_count(counts, x)
@@ -174,6 +191,10 @@ class RootBuilder:
         entropy = None
         if total:
             entropy = -sum((c / total) * math.log(c / total) for c in counts if c)
+        # the student's errors per class: the null model's population (its plug-in entropy, by hand)
+        errors = [int(np.sum(~s_ok & (y == k))) for k in range(self.num_classes)]
+        e_total = sum(errors)
+        entropy_null = -sum((e / e_total) * math.log(e / e_total) for e in errors if e) if e_total else None
         for k in range(self.num_classes):
             self._pair_classes.append(
                 {"teacher": teacher, "student": student, "class_id": k, "pos_flips": counts[k], "neg_flips": neg_counts[k]}
@@ -192,6 +213,8 @@ class RootBuilder:
             "rho_pos": float(pos.mean()),
             "rho_neg": float(neg.mean()),
             "entropy": entropy,
+            "entropy_corrected": None if entropy is None else grassberger_entropy(counts),
+            "entropy_null": entropy_null,
         }
         for x in TOP_X_PERCENTS:
             row[f"top{x}_classes"] = _top_x_count(counts, x)

@@ -27,6 +27,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from scipy.special import digamma  # scipy ships with scikit-learn, a dependency
+
 from zoo_study.scoring.alignment import AlignedPredictions
 from zoo_study.store import TOP_X_PERCENTS
 
@@ -71,6 +73,34 @@ def entropy_from_counts(counts: np.ndarray) -> np.ndarray:
     total = counts.sum(axis=1, dtype=np.int64)
     vmax = int(counts.max()) if counts.size else 0
     return _entropy(_xlogx(vmax)[counts].sum(axis=1), total)
+
+
+def _n_grassberger(vmax: int) -> np.ndarray:
+    """v G(v) for v = 0..vmax, Grassberger's (2003) G(v) = psi(v) + (-1)^v / 2 (psi((v+1)/2) - psi(v/2)).
+
+    Why: the plug-in entropy ln T - (1/T) sum c ln c is biased low when the flips are few compared with
+    the classes (-0.57 nats for 100 flips spread evenly over 100 classes), and weaker teachers have
+    fewer flips. Replacing c ln c by c G(c) removes most of that bias (-0.04 nats in the same case,
+    within the estimator's own spread of 0.11) at no extra cost: it is one more lookup table.
+    """
+    v = np.arange(vmax + 1, dtype=np.float64)
+    out = np.zeros_like(v)
+    if vmax >= 1:
+        w = v[1:]
+        sign = np.where(w % 2 == 0, 1.0, -1.0)
+        out[1:] = w * (digamma(w) + 0.5 * sign * (digamma((w + 1) / 2) - digamma(w / 2)))
+    return out
+
+
+def entropy_corrected_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Bias-corrected entropy (nats, Grassberger 2003) of each row's flips; NaN for rows without flips.
+
+    H_G = ln T - (1/T) sum_k c_k G(c_k) (see :func:`_n_grassberger`); clipped at 0 like the plug-in.
+    """
+    counts = _as_counts(counts)
+    total = counts.sum(axis=1, dtype=np.int64)
+    vmax = int(counts.max()) if counts.size else 0
+    return _entropy(_n_grassberger(vmax)[counts].sum(axis=1), total)
 
 
 def _level_histogram(counts: np.ndarray, vmax: int) -> np.ndarray:
@@ -155,17 +185,20 @@ def top_x_counts(
     return _top_x_from_hist(_level_histogram(counts, vmax), total, pct)
 
 
-def _flip_stats(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n_pos, entropy, top-X counts) of every row of per-class positive flips, sharing one pass."""
+def _flip_stats(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(n_pos, entropy, corrected entropy, top-X counts) of every row of per-class positive flips,
+    sharing one pass."""
     total = pos.sum(axis=1, dtype=np.int64)
     vmax = int(pos.max()) if pos.size else 0
     pct = np.asarray(TOP_X_PERCENTS, dtype=np.int64)
     if _use_hist(vmax, pos.shape[1]):
         hist = _level_histogram(pos, vmax)
         ent = _entropy(hist @ _xlogx(vmax), total)
-        return total, ent, _top_x_from_hist(hist, total, pct)
+        ent_g = _entropy(hist @ _n_grassberger(vmax), total)
+        return total, ent, ent_g, _top_x_from_hist(hist, total, pct)
     ent = _entropy(_xlogx(vmax)[pos].sum(axis=1), total)
-    return total, ent, _top_x_sorted(pos, total, pct)
+    ent_g = _entropy(_n_grassberger(vmax)[pos].sum(axis=1), total)
+    return total, ent, ent_g, _top_x_sorted(pos, total, pct)
 
 
 # --------------------------------------------------------------------------------- packed bit counts
@@ -231,4 +264,4 @@ class _PackedCorrectness:
 
 
 
-__all__ = ["entropy_from_counts", "top_x_counts"]
+__all__ = ["entropy_corrected_from_counts", "entropy_from_counts", "top_x_counts"]

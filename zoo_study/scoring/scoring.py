@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from zoo_study.scoring.alignment import AlignedPredictions, align_predictions
-from zoo_study.scoring.counts import _flip_stats, _PackedCorrectness
+from zoo_study.scoring.counts import _flip_stats, _PackedCorrectness, entropy_from_counts
 from zoo_study.scoring.pairs import PairSelection, _format_ids, all_pairs, explicit_pairs
 from zoo_study.store import PAIR_CLASS_SCHEMA, PAIR_SCHEMA, TOP_X_PERCENTS
 
@@ -111,6 +111,10 @@ def iter_pair_scores(
     blocks = _PackedCorrectness(aligned)
     right, right_total = blocks.right, blocks.total
     acc = right_total / n
+    # the null model of claim 2: a student's positive flips drawn at random from its own errors have,
+    # in expectation of a bias-corrected estimator, the entropy of its per-class error profile
+    errors = np.bincount(aligned.labels, minlength=ncls)[None, :] - right
+    null_entropy = entropy_from_counts(errors)
     step = max(1, chunk_elements // max(ncls, blocks.n_words))
     all_classes: dict[int, pa.Array] = {}  # class_id column of a chunk without empty cells, by size
     no_classes = PAIR_CLASS_SCHEMA.empty_table()
@@ -120,7 +124,7 @@ def iter_pair_scores(
         p = t.size
         both = blocks.both_correct(t, s)  # (P, C)
         pos = right[t] - both  # t right minus (t and s right) = t right and s wrong
-        n_pos, ent, top = _flip_stats(pos)
+        n_pos, ent, ent_g, top = _flip_stats(pos)
         n_neg = right_total[s] - (right_total[t] - n_pos)  # s right minus both right
         cols: dict[str, pa.Array] = {
             "teacher": _string_column(ids, t),
@@ -136,6 +140,8 @@ def iter_pair_scores(
             "rho_pos": pa.array(n_pos / n),
             "rho_neg": pa.array(n_neg / n),
             "entropy": pa.array(ent, mask=np.isnan(ent), type=pa.float64()),
+            "entropy_corrected": pa.array(ent_g, mask=np.isnan(ent_g), type=pa.float64()),
+            "entropy_null": pa.array(null_entropy[s], mask=np.isnan(null_entropy[s]), type=pa.float64()),
         }
         for j, x in enumerate(TOP_X_PERCENTS):
             cols[f"top{x}_classes"] = pa.array(top[:, j].astype(np.int32))
