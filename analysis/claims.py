@@ -183,6 +183,30 @@ def size_sentence(size: dict[str, Any]) -> str:
     return "This study has " + ", ".join(parts) + "."
 
 
+def family_error(claims: Claims) -> tuple[int, float, float]:
+    """(m, Bonferroni bound, independent-tests value) of the chance of at least one false verdict.
+
+    The family is every claim row of this table that was tested (a verdict other than 'no data'). A
+    verdict errs when its claim's truth sits at the threshold and the 95% interval falls wholly on one
+    side: at most 2.5% per claim (one side of a two-sided interval). Over m claims the chance of one or
+    more false verdicts is at most m x 2.5% whatever their dependence (Bonferroni), and 1 - 0.975^m if
+    they were independent (13 claims: 28%). Why it is stated rather than corrected: the verdicts come
+    from intervals of different kinds (Wilson, t, bootstrap, score), so a Holm step-down would need a
+    p-value per claim that not every interval has; the reader sees the family's error instead."""
+    m = sum(1 for r in claims.rows() if (r["verdict"] or "no data") != "no data")
+    return m, min(1.0, 0.025 * m), 1.0 - 0.975**m
+
+
+def family_sentence(claims: Claims) -> str:
+    m, bonferroni, independent = family_error(claims)
+    if m == 0:
+        return "No claim was tested, so no verdict can be wrong."
+    return (f"Multiplicity: this table tests {m} claim(s), each at 95%. If every claim sat exactly at its "
+            f"threshold, the chance of at least one false verdict would be {100 * independent:.0f}% for "
+            f"independent claims and at most {100 * bonferroni:.1f}% whatever their dependence (Bonferroni); "
+            f"read single verdicts with that in mind.")
+
+
 def claims_html(claims: Claims) -> str:
     """The Claims table (verdict cells coloured by class) and its explanation, as an HTML fragment."""
     out = [f'<p class="how"><b>How verdicts are made.</b> {html.escape(HOW_VERDICTS)} '
@@ -213,6 +237,7 @@ def claims_html(claims: Claims) -> str:
         ]
         out.append(f'<tr data-claim="{html.escape(r["claim_id"] or "")}">' + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
+    out.append(f'<p class="family">{html.escape(family_sentence(claims))}</p>')
     return "".join(out)
 
 

@@ -14,7 +14,7 @@ Macros available to every query:
     has no column for it.
 
 95% intervals (see :func:`stats_macros`):
-``z975()``, ``t975(df)`` (t table for df 1..30, the normal quantile beyond); ``mean_ci_low/high(mean,
+``z975()``, ``t975(df)`` (exact t quantiles for df 1..100, a Cornish-Fisher expansion within 1e-10 beyond); ``mean_ci_low/high(mean,
 sd, n)`` (t interval of a mean over n independent units, NULL for n < 2); ``wilson_low/high(k, n)``
 (Wilson interval of k / n); ``fisher_low/high(r, n)`` (Fisher-z interval of a Pearson r, NULL for
 n < 4); ``tango_z(g, l, n, d)`` (the score statistic of ``paired_delta_ci``, for bisection in SQL);
@@ -42,16 +42,21 @@ END;
 def stats_macros() -> str:
     """SQL macros for 95% intervals, generated from :mod:`zoo_study.stats` so its numbers (the normal
     quantile, the t table for df 1..30) live in one place; the queries and the Python agree by construction."""
-    from zoo_study.stats import _T975, Z95
+    from zoo_study.stats import T_TABLE_MAX, Z95, t_quantile_975
 
     z = repr(float(Z95))
-    t_list = "[" + ", ".join(repr(float(v)) for v in _T975) + "]"
+    t_list = "[" + ", ".join(repr(t_quantile_975(d)) for d in range(1, T_TABLE_MAX + 1)) + "]"
+    # beyond the table: the Cornish-Fisher expansion of zoo_study.stats.t_975_expansion, term by term
+    zz = float(Z95)
+    g = [(zz**3 + zz) / 4, (5 * zz**5 + 16 * zz**3 + 3 * zz) / 96,
+         (3 * zz**7 + 19 * zz**5 + 17 * zz**3 - 15 * zz) / 384,
+         (79 * zz**9 + 776 * zz**7 + 1482 * zz**5 - 1920 * zz**3 - 945 * zz) / 92160]
     return f"""
 CREATE OR REPLACE MACRO z975() AS {z}::DOUBLE;
 CREATE OR REPLACE MACRO t975(df) AS CASE
     WHEN df IS NULL OR df < 1 THEN NULL
-    WHEN df <= {len(_T975)} THEN ({t_list}::DOUBLE[])[df::BIGINT]
-    ELSE {z}::DOUBLE
+    WHEN df <= {T_TABLE_MAX} THEN ({t_list}::DOUBLE[])[df::BIGINT]
+    ELSE {z} + {g[0]!r} / df + {g[1]!r} / df ^ 2 + {g[2]!r} / df ^ 3 + {g[3]!r} / df ^ 4
 END;
 CREATE OR REPLACE MACRO mean_ci_low(m, sd, n) AS CASE WHEN n >= 2 THEN m - t975(n - 1) * sd / sqrt(n) END;
 CREATE OR REPLACE MACRO mean_ci_high(m, sd, n) AS CASE WHEN n >= 2 THEN m + t975(n - 1) * sd / sqrt(n) END;

@@ -452,9 +452,9 @@ def test_one_teacher_tables_use_the_runs_score_interval(tmp_path: Path) -> None:
     assert (t4["sequential_ci_low_pp"], t4["sequential_ci_high_pp"]) == pytest.approx((100 * lo, 100 * hi))
     assert t4["single_max_ci_low_pp"] == pytest.approx(100 * paired_delta_ci(12, 2, 1000)[0])
     assert t4["single_source"] == "transfer"
-    # two soup runs: the t interval over them (mean 2 pp, sd 1.414 pp, t(1) = 12.706)
+    # two soup runs: the t interval over them (mean 2 pp, sd 1.414 pp, t(1) = tan(0.475 pi) = 12.7062)
     assert t4["soup_pp"] == pytest.approx(2.0)
-    assert t4["soup_ci_low_pp"] == pytest.approx(2.0 - 12.706 * math.sqrt(2) / math.sqrt(2))
+    assert t4["soup_ci_low_pp"] == pytest.approx(2.0 - math.tan(0.475 * math.pi) * math.sqrt(2) / math.sqrt(2))
     assert t9[("sequential", 0)]["delta_ci_high_pp"] == pytest.approx(100 * hi)
 
 

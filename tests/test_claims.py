@@ -7,10 +7,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.claims import VERDICTS, claim_queries, claim_text, collect_claims, fmt_interval, size_sentence
+from analysis.claims import (
+    CLAIM_COLUMNS, VERDICTS, Claims, claim_queries, claim_text, claims_html, collect_claims, fmt_interval, size_sentence,
+)
 from analysis.db import connect
 from helpers.analysis_fixtures import RootBuilder, build_full_root
 from zoo_study.stats import Z95, mcnemar_exact_p, mean_ci, paired_delta_ci, t_quantile_975, wilson_interval
@@ -37,6 +40,9 @@ def test_interval_macros_match_zoo_study_stats(tmp_path: Path) -> None:
     with connect(tmp_path) as db:
         t = db.query("SELECT d, t975(d) AS t FROM range(1, 41) r(d)").to_pylist()
         assert all(r["t"] == pytest.approx(t_quantile_975(r["d"]), abs=0) for r in t)
+        # beyond the exact table: the expansion, within 1e-9 of the exact quantile for every df
+        big = db.query("SELECT d, t975(d) AS t FROM range(95, 3000) r(d)").to_pylist()
+        assert max(abs(r["t"] - t_quantile_975(r["d"])) for r in big) < 1e-9
         assert db.query("SELECT t975(0) AS t").column(0)[0].as_py() is None
         assert db.query("SELECT z975() AS z").column(0)[0].as_py() == Z95
         for k, n in ((0, 10), (3, 10), (10, 10), (30, 1000)):
@@ -89,12 +95,12 @@ def _ordering_root(root: Path, kl_dp: list[float], mcl: list[float]) -> Path:
 
 def test_claim_4_holds_with_the_hand_computed_t_interval(tmp_path: Path) -> None:
     # paired differences 0.04, 0.03, 0.05, 0.04, 0.04: mean 0.04, sd sqrt(0.0002 / 4) = 0.00707,
-    # t(4) = 2.776 -> half-width 2.776 * 0.00707 / sqrt(5) = 0.00878 -> [3.12, 4.88] pp, above 0
+    # t(4) = 2.7764451 (exact) -> half-width 2.7764451 * 0.00707 / sqrt(5) = 0.00878 -> [3.12, 4.88] pp, above 0
     c = claims_of(_ordering_root(tmp_path, [0.05, 0.04, 0.06, 0.05, 0.05], [0.01] * 5))
     a = c["4a"]
     assert a["n"] == 5 and a["unit"] == "pp" and a["threshold"] == 0.0
     assert a["value"] == pytest.approx(4.0)
-    half = 2.776 * math.sqrt(0.0002 / 4) / math.sqrt(5)
+    half = 2.7764451051977934 * math.sqrt(0.0002 / 4) / math.sqrt(5)
     assert (a["ci_low"], a["ci_high"]) == pytest.approx((100 * (0.04 - half), 100 * (0.04 + half)))
     assert a["verdict"] == "holds"
     # the other comparisons have no xe_kl / kl runs
@@ -129,12 +135,12 @@ def test_claim_5_mean_over_pairs_with_a_weaker_teacher(tmp_path: Path) -> None:
     b.transfer("S", "T3", "kl_dp", 0.5)  # stronger teacher: left out
     b.transfer("S", "R", "kl_dp", 0.9)  # random teacher: left out
     b.transfer("S", "T1", "kl", -0.5)  # another method
-    # weaker-teacher deltas 0.02, 0.04, 0.03: mean 0.03, sd 0.01, t(2) = 4.303 -> 0.03 +- 0.02484
+    # weaker-teacher deltas 0.02, 0.04, 0.03: mean 0.03, sd 0.01, t(2) = 0.95 / sqrt(2 * 0.975 * 0.025) -> 0.03 +- 0.02484
     five = claims_of(tmp_path)["5"]
     assert five["n"] == 3 and five["value"] == pytest.approx(3.0)
     m, lo, hi = mean_ci([0.02, 0.04, 0.03])
     assert (five["ci_low"], five["ci_high"]) == pytest.approx((100 * lo, 100 * hi))
-    assert five["ci_low"] == pytest.approx(100 * (0.03 - 4.303 * 0.01 / math.sqrt(3)))
+    assert five["ci_low"] == pytest.approx(100 * (0.03 - 0.95 / math.sqrt(2 * 0.975 * 0.025) * 0.01 / math.sqrt(3)))
     assert five["verdict"] == "holds"
 
 
@@ -394,3 +400,17 @@ def test_claim_text_uses_the_registry_labels() -> None:
     assert claim_text("{kl_dp} beats {xe_kl_mcl}; {nope} stays") == "KL+DP beats XE-KL + MCL; {nope} stays"
     assert fmt_interval(None, None, "pp") == "[no interval]"
     assert fmt_interval(-1.234, 2.5, "pp") == "[-1.23, +2.50]"
+
+
+def test_the_family_wise_error_is_stated_under_the_table(tmp_path: Path) -> None:
+    from analysis.claims import family_error, family_sentence
+
+    rows = [{"claim_id": str(i), "verdict": v} for i, v in enumerate(["holds"] * 5 + ["not enough power to tell"] * 8 + ["no data"] * 2)]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in CLAIM_COLUMNS} | {"query": "q"} for r in rows])
+    claims = Claims(table)
+    m, bonf, indep = family_error(claims)
+    assert m == 13  # 'no data' rows are not tested
+    assert bonf == pytest.approx(13 * 0.025) and indep == pytest.approx(1 - 0.975**13)  # 32.5%, 28%
+    text = family_sentence(claims)
+    assert "13 claim(s)" in text and "28%" in text and "32.5%" in text
+    assert "28%" in claims_html(claims)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from zoo_study.stats import Z95, mcnemar_exact_p, mean_ci, paired_delta_ci, t_quantile_975, wilson_interval
+from zoo_study.stats import Z95, mcnemar_exact_p, mean_ci, paired_delta_ci, t_975_expansion, t_quantile_975, wilson_interval
 
 
 def test_mcnemar_exact_p_by_hand():
@@ -67,9 +67,14 @@ def test_wilson_by_hand():
 
 def test_mean_ci_t_interval():
     m, lo, hi = mean_ci([1.0, 2.0, 3.0])
-    half = 4.303 * 1.0 / math.sqrt(3)  # t(2) = 4.303, sd = 1
+    half = 4.302652729749464 * 1.0 / math.sqrt(3)  # t(2) = 0.95 / sqrt(2 * 0.975 * 0.025), sd = 1
     assert (m, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
     assert mean_ci([]) is None
     one = mean_ci([0.5])
     assert one[0] == 0.5 and math.isnan(one[1])
-    assert t_quantile_975(1) == 12.706 and t_quantile_975(100) == Z95
+    # closed forms: df 1 is Cauchy, tan(pi (0.975 - 1/2)); df 2: (2p - 1) / sqrt(2 p (1 - p)) at p = 0.975
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)
+    assert t_quantile_975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-12)
+    # beyond the old df-30 table it is no longer the normal quantile (df 31: 2.0395, not 1.96)
+    assert t_quantile_975(31) == pytest.approx(2.0395134, abs=1e-6) and t_quantile_975(10**9) == pytest.approx(Z95)
+    assert t_975_expansion(101) == pytest.approx(t_quantile_975(101), abs=1e-10)
