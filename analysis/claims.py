@@ -44,7 +44,8 @@ HOW_VERDICTS = (
     "Each claim is tested with a 95% interval against the claim's threshold: it holds when the whole "
     "interval lies on the claim's side, does not hold when the whole interval lies on the other side, and "
     "there is not enough power to tell when the interval spans the threshold (or there is a single unit, "
-    "so no interval); no data when the rows the claim needs do not exist yet."
+    "so no interval); no data when the rows the claim needs do not exist yet. A transfer that failed or "
+    "diverged is counted, never dropped: as unsuccessful, with its student taken as broken to chance level."
 )
 
 
@@ -78,7 +79,8 @@ class Claims:
 
 
 def _empty() -> pa.Table:
-    return pa.table({c: pa.array([], type=pa.string()) for c in CLAIM_COLUMNS + ("query",)})
+    return pa.table({c: pa.array([], type=pa.int64() if c == "n_failed" else pa.string())
+                     for c in CLAIM_COLUMNS + ("n_failed", "query")})
 
 
 def collect_claims(db: ResultsDB) -> Claims:
@@ -95,6 +97,9 @@ def collect_claims(db: ResultsDB) -> Claims:
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
         cols = {c: t.column(c).cast(_TYPES[c]) for c in CLAIM_COLUMNS}
+        # failed transfers counted as harmed (survivorship): only claims over transfers report them
+        cols["n_failed"] = (t.column("n_failed").cast(pa.int64()) if "n_failed" in t.column_names
+                            else pa.array([0] * t.num_rows, type=pa.int64()))
         cols["query"] = pa.array([name] * t.num_rows, type=pa.string())
         parts.append(pa.table(cols))
     table = pa.concat_tables(parts) if parts else _empty()
@@ -223,6 +228,8 @@ def claims_html(claims: Claims) -> str:
         if not _finite(r["value"]):
             value = "–"
         n = "–" if r["n"] is None else f"{r['n']:,} {r['n_unit'] or ''}".strip()
+        if r.get("n_failed"):
+            n += f" ({r['n_failed']:,} failed run(s) counted as harmed)"
         note = f'<div class="note">{html.escape(r["note"])}</div>' if r.get("note") else ""
         cells = [
             f'<td>{html.escape(r["claim_id"] or "")}</td>',

@@ -45,6 +45,50 @@ PAPER_TRANSFERS_VIEW = (
     "WHERE coalesce(student_init, 'pretrained') = 'pretrained' AND coalesce(mixup, 'none') = 'none' "
     "AND variant IS NULL"
 )
+# Survivorship: a transfer that failed or diverged writes no summary row, so a claim read from
+# paper_transfers alone would silently drop the worst outcomes. paper_outcomes adds one row per failed
+# paper transfer (a failure record of a transfer / multi_teacher job that ran, attempts > 0, and has no
+# summary since), read from the failure's job spec, counted as harmed: its student is taken as broken to
+# chance level (delta_last = 1/C - acc_before, loss = acc_before (1 - 1/C), gain = (1 - acc_before) / C,
+# with acc_before the student's scored accuracy), never as successful. ``failed`` tells them apart.
+FAILED_PAPER_TRANSFERS_VIEW = """
+CREATE OR REPLACE VIEW failed_paper_transfers AS
+WITH f AS (
+    SELECT job_id, error,
+           json_extract_string(spec_json, '$.config.method') AS method,
+           coalesce(json_extract_string(spec_json, '$.config.mode'), 'single') AS mode,
+           json_extract_string(spec_json, '$.student.model_id') AS student,
+           array_to_string(json_extract_string(spec_json, '$.teachers[*].model_id'), '+') AS teacher,
+           coalesce(json_extract(spec_json, '$.config.hparams')::VARCHAR, '{}') AS hparams_json,
+           json_extract_string(spec_json, '$.config.study_part') AS study_part_given,
+           coalesce(try_cast(json_extract_string(spec_json, '$.config.seed') AS BIGINT), 0) AS seed,
+           json_extract_string(spec_json, '$.config.student_init') AS student_init,
+           json_extract_string(spec_json, '$.config.mixup') AS mixup,
+           json_extract_string(spec_json, '$.config.variant') AS variant
+    FROM failures
+    WHERE stage IN ('transfer', 'multi_teacher') AND attempts > 0 AND json_valid(spec_json)
+      AND job_id NOT IN (SELECT job_id FROM transfers)
+)
+SELECT job_id, error, method, mode, student, teacher, hparams_json, seed,
+       coalesce(study_part_given, CASE WHEN mode = 'single' THEN 'transfer' ELSE 'multi_teacher' END) AS study_part
+FROM f
+WHERE method IS NOT NULL AND student IS NOT NULL
+  AND coalesce(student_init, 'pretrained') = 'pretrained' AND coalesce(mixup, 'none') = 'none'
+  AND coalesce(variant, '') = ''
+"""
+PAPER_OUTCOMES_VIEW = """
+CREATE OR REPLACE VIEW paper_outcomes AS
+SELECT job_id, study_part, method, mode, student, teacher, hparams_json, seed,
+       delta_last, gain, loss, teacher_share_pos, teacher_share_neg, false AS failed
+FROM paper_transfers
+UNION ALL
+SELECT f.job_id, f.study_part, f.method, f.mode, f.student, f.teacher, f.hparams_json, f.seed,
+       1.0 / s.num_classes - s.acc_s, (1.0 - s.acc_s) / s.num_classes, s.acc_s * (1.0 - 1.0 / s.num_classes),
+       NULL, NULL, true
+FROM failed_paper_transfers f
+LEFT JOIN (SELECT student, any_value(acc_s) AS acc_s, any_value(num_classes) AS num_classes
+           FROM pairs GROUP BY student) s ON s.student = f.student
+"""
 from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these from analysis.db)
     ALLOWED,
     Params,
@@ -140,6 +184,8 @@ class ResultsDB:
         # The paper's analyses read pretrained students without batch mixing; mixup and scratch variants
         # (transfer.variants) are their own experiment (the Mixup-KD table), never pooled as extra seeds.
         self.con.execute(PAPER_TRANSFERS_VIEW)
+        self.con.execute(FAILED_PAPER_TRANSFERS_VIEW)
+        self.con.execute(PAPER_OUTCOMES_VIEW)
 
     def _sandbox(self) -> None:
         """Let DuckDB read files under the root and nothing else, then lock every setting.

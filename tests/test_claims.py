@@ -3,6 +3,7 @@ SQL, the interval macros against zoo_study.stats, and the summary's uncertainty 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def claims_of(root: Path) -> dict[str, dict]:
         c = collect_claims(db)
     assert c.errors == {}, c.errors
     return c.by_id()
+
+
+def collect_claims_of(root: Path) -> Claims:
+    with connect(root) as db:
+        return collect_claims(db)
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +420,41 @@ def test_the_family_wise_error_is_stated_under_the_table(tmp_path: Path) -> None
     text = family_sentence(claims)
     assert "13 claim(s)" in text and "28%" in text and "32.5%" in text
     assert "28%" in claims_html(claims)
+
+
+# ------------------------------------------------------------------------------------ survivorship
+def test_a_failed_transfer_counts_as_unsuccessful_and_harmed(tmp_path: Path) -> None:
+    b = RootBuilder(tmp_path)
+    for i in range(10):  # ten KL pairs that gained
+        b.transfer("S", f"T{i}", "kl", 0.01)
+    for i in range(10, 24):  # fourteen whose only run diverged: no summary row
+        b.failed_transfer("S", f"T{i}", "kl")
+    # not counted: a failure whose job later finished (its summary exists), and a skipped job (attempts 0)
+    done = b.transfer("S", "T_rerun", "kl", 0.02)
+    b.failure(done, spec_json=json.dumps({"student": {"model_id": "S"}, "teachers": [{"model_id": "T_rerun"}],
+                                          "config": {"method": "kl"}}))
+    b.failed_transfer("S", "T_skipped", "kl", attempts=0)
+    a = claims_of(tmp_path)["3a"]
+    # 11 of 25 pairs gained (T0..T9 and T_rerun); the 14 failed ones count as unsuccessful, not dropped
+    assert a["n"] == 25 and a["n_failed"] == 14
+    assert a["value"] == pytest.approx(100 * 11 / 25)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx(tuple(100 * v for v in wilson_interval(11, 25)))
+    assert a["verdict"] == "not enough power to tell"  # dropping them would read 11 / 11 = 100%: 'does not hold'
+
+
+def test_a_failed_transfer_enters_means_as_a_student_broken_to_chance(tmp_path: Path) -> None:
+    b = RootBuilder(tmp_path)
+    b.pair_row("T1", "S", acc_t=0.5, acc_s=0.6, rho_pos=0.05)
+    b.pair_row("T2", "S", acc_t=0.4, acc_s=0.6, rho_pos=0.05)
+    b.pair_row("T3", "S", acc_t=0.45, acc_s=0.6, rho_pos=0.05)
+    b.write_scores()
+    b.transfer("S", "T1", "kl_dp", 0.02)
+    b.transfer("S", "T2", "kl_dp", 0.04)
+    b.failed_transfer("S", "T3", "kl_dp")
+    five = claims_of(tmp_path)["5"]
+    harmed = 1 / b.num_classes - 0.6  # delta of a student at chance after starting at 60%
+    m, lo, hi = mean_ci([0.02, 0.04, harmed])
+    assert five["n"] == 3 and five["n_failed"] == 1
+    assert (five["value"], five["ci_low"], five["ci_high"]) == pytest.approx((100 * m, 100 * lo, 100 * hi))
+    html_text = claims_html(collect_claims_of(tmp_path))
+    assert "1 failed run(s) counted as harmed" in html_text

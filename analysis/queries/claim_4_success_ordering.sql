@@ -3,10 +3,12 @@
 -- (student, teacher) both methods ran on of the paired difference delta_last(a) - delta_last(b) (runs of a
 -- pair averaged first), with its 95% t interval over those pairs (mean_ci_low/high); the claim is > 0.
 -- The paired difference in delta has more power than comparing two success rates. In percentage points.
--- Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup).
+-- No survivorship: failed or diverged runs count as harmed (paper_outcomes); n_failed counts them.
+-- Columns as in claim_1 plus n_failed. Reads: transfers and failures (paper_outcomes).
 WITH per_pair AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last
-    FROM paper_transfers
+    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
+           count(*) FILTER (WHERE failed) AS n_failed
+    FROM paper_outcomes
     WHERE study_part = 'transfer' AND mode = 'single'
     GROUP BY method_key(method, hparams_json), student, teacher
 ),
@@ -16,7 +18,7 @@ cmp(claim_id, a, b, paper_value) AS (
            ('4c', 'xe_kl', 'kl', '~40% vs ~32.5% success')
 ),
 diffs AS (
-    SELECT c.claim_id, pa.delta_last - pb.delta_last AS diff
+    SELECT c.claim_id, pa.delta_last - pb.delta_last AS diff, pa.n_failed + pb.n_failed AS n_failed
     FROM cmp c
     JOIN per_pair pa ON pa.method = c.a
     JOIN per_pair pb ON pb.method = c.b AND pb.student = pa.student AND pb.teacher = pa.teacher
@@ -26,7 +28,7 @@ agg AS (
            100 * avg(d.diff) AS value,
            100 * mean_ci_low(avg(d.diff), stddev_samp(d.diff), count(d.diff))  AS ci_low,
            100 * mean_ci_high(avg(d.diff), stddev_samp(d.diff), count(d.diff)) AS ci_high,
-           count(d.diff) AS n
+           count(d.diff) AS n, coalesce(sum(d.n_failed), 0) AS n_failed
     FROM cmp c
     LEFT JOIN diffs d ON d.claim_id = c.claim_id
     GROUP BY c.claim_id, c.a, c.b, c.paper_value
@@ -43,6 +45,7 @@ SELECT
     0.0::DOUBLE AS threshold,
     '>' AS direction,
     claim_verdict(value, ci_low, ci_high, 0.0::DOUBLE, '>') AS verdict,
-    'mean paired difference delta_last(' || a || ') - delta_last(' || b || '), t interval over pairs' AS note
+    'mean paired difference delta_last(' || a || ') - delta_last(' || b || '), t interval over pairs' AS note,
+    n_failed
 FROM agg
 ORDER BY claim_id;

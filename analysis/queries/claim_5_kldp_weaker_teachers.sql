@@ -2,14 +2,15 @@
 -- Mean delta_last of supervised KL+DP ('kl_dp') over the pairs whose teacher is weaker than the student
 -- (scored pair with delta_acc < 0, trained teacher; runs of a pair averaged first), with its 95% t interval
 -- over those pairs; the claim is > 0. In percentage points. Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
+-- No survivorship: failed or diverged runs count as harmed (paper_outcomes); n_failed counts them.
 WITH per_pair AS (
-    SELECT student, teacher, avg(delta_last) AS delta_last
-    FROM paper_transfers
+    SELECT student, teacher, avg(delta_last) AS delta_last, count(*) FILTER (WHERE failed) AS n_failed
+    FROM paper_outcomes
     WHERE study_part = 'transfer' AND mode = 'single' AND method_key(method, hparams_json) = 'kl_dp'
     GROUP BY student, teacher
 ),
 weak AS (
-    SELECT t.delta_last
+    SELECT t.delta_last, t.n_failed
     FROM per_pair t
     JOIN pairs p ON p.teacher = t.teacher AND p.student = t.student
     WHERE p.delta_acc < 0 AND NOT p.teacher_is_random
@@ -18,7 +19,7 @@ agg AS (
     SELECT 100 * avg(delta_last) AS value,
            100 * mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*))  AS ci_low,
            100 * mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) AS ci_high,
-           count(*) AS n
+           count(*) AS n, coalesce(sum(n_failed), 0) AS n_failed
     FROM weak
 )
 SELECT
@@ -33,5 +34,6 @@ SELECT
     0.0::DOUBLE AS threshold,
     '>' AS direction,
     claim_verdict(value, ci_low, ci_high, 0.0::DOUBLE, '>') AS verdict,
-    'mean delta_last over pairs with a weaker teacher, t interval' AS note
+    'mean delta_last over pairs with a weaker teacher, t interval' AS note,
+    n_failed
 FROM agg;

@@ -383,14 +383,31 @@ class RootBuilder:
             )
         write_parquet_atomic(table_from_rows(full, TRANSFER_EPOCH_SCHEMA), self.layout.transfer_epochs(job_id))
 
-    def failure(self, job_id: str, stage: str = "transfer", error: str = "NaN loss at epoch 2") -> None:
+    def failed_transfer(self, student: str, teacher: str, method: str, *, seed: int = 0, attempts: int = 2,
+                        job_id: str | None = None, **config: Any) -> str:
+        """A failure record of a transfer job, with the job spec the planner writes (student, teachers,
+        the resolved transfer config); returns its job id."""
+        from zoo_study.transfer.config import TransferConfig
+
+        def model(m: str) -> dict[str, Any]:
+            return {"model_id": m, "kind": "embedded", "spec": {}}
+
+        tconf = TransferConfig(method=method, seed=seed, **config).to_dict()
+        spec = {"student": model(student), "teachers": [model(teacher)], "config": tconf, "data": {}, "device": "cpu"}
+        job_id = job_id or hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        self.failure(job_id, spec_json=json.dumps(spec, sort_keys=True), attempts=attempts,
+                     error="transfer diverged: loss is nan")
+        return job_id
+
+    def failure(self, job_id: str, stage: str = "transfer", error: str = "NaN loss at epoch 2", *,
+                spec_json: str = "{}", attempts: int = 2) -> None:
         row = {
             "job_id": job_id,
             "stage": stage,
-            "spec_json": "{}",
+            "spec_json": spec_json,
             "error": error,
             "traceback": "Traceback (most recent call last):\n  ...\nFloatingPointError: nan",
-            "attempts": 2,
+            "attempts": attempts,
             "failed_at": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
         }
         write_parquet_atomic(table_from_rows([row], FAILURE_SCHEMA), self.layout.failure(job_id))
