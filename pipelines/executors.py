@@ -336,7 +336,7 @@ def robustness_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobConte
 
     from zoo_study.data import cached_split
     from zoo_study.data.preprocess import ModelPreprocess
-    from zoo_study.robustness import evaluate_robustness, feature_v_measure, stratified_subset
+    from zoo_study.robustness import evaluate_robustness, feature_clustering, stratified_subset
     from zoo_study.store import ROBUSTNESS_SCHEMA, table_from_rows
 
     t0 = time.perf_counter()
@@ -357,11 +357,12 @@ def robustness_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobConte
              f" after transfer {transfer_id}" if transfer_id else "", len(split), st["eps"])
     res = evaluate_robustness(model, split, pre, record.data_config, eps=st["eps"], steps=int(st["steps"]),
                               batch_size=int(st["batch_size"]), device=device)
-    v = feature_v_measure(model, split, pre, num_classes=source.num_classes, seed=int(st.get("subset_seed", 0)),
-                          batch_size=int(st["batch_size"]), device=device) if st.get("v_measure", True) else None
+    clus = feature_clustering(model, split, pre, num_classes=source.num_classes, seed=int(st.get("subset_seed", 0)),
+                              batch_size=int(st["batch_size"]), device=device) if st.get("v_measure", True) else None
     dev = str(torch.device(device))
     rows = [{"job_id": ctx.job_id, "model_id": record.model_id, "transfer_id": transfer_id, "eps": float(e),
              "ifgsm_steps": int(st["steps"]), "n": res.n, "clean_acc": res.clean_acc, "fgsm_acc": res.fgsm_acc[e],
-             "ifgsm_acc": res.ifgsm_acc[e], "v_measure": v, "runtime_s": time.perf_counter() - t0, "device": dev}
+             "ifgsm_acc": res.ifgsm_acc[e], "v_measure": clus and clus.v_measure, "v_chance": clus and clus.v_chance,
+             "ami": clus and clus.ami, "runtime_s": time.perf_counter() - t0, "device": dev}
             for e in st["eps"]]
     return {"robustness": table_from_rows(rows, ROBUSTNESS_SCHEMA)}

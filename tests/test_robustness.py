@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from test_transfer_fixtures import tiny_model, tiny_source, trained
 from zoo_study.data import ModelPreprocess
-from zoo_study.robustness import InputBounds, evaluate_robustness, feature_v_measure, fgsm, ifgsm, stratified_subset
+from zoo_study.robustness import (
+    InputBounds, clustering_scores, evaluate_robustness, feature_clustering, fgsm, ifgsm, stratified_subset,
+)
 
 torch.set_num_threads(1)
 
@@ -74,14 +77,33 @@ def test_attacks_lower_accuracy_of_a_trained_model_and_eps_zero_changes_nothing(
     assert res.ifgsm_acc[8 / 255] <= res.fgsm_acc[8 / 255] + 0.05  # iterating is at least about as strong
 
 
-def test_v_measure_separates_a_trained_model_from_an_untrained_one():
+def test_clustering_separates_a_trained_model_from_an_untrained_one():
     src = tiny_source()
     model, rec = trained(0)
     pre = ModelPreprocess.from_data_config(rec.data_config)
-    v_trained = feature_v_measure(model, src.eval, pre, num_classes=6, seed=0)
-    v_random = feature_v_measure(tiny_model(9), src.eval, pre, num_classes=6, seed=0)
-    assert 0.0 <= v_random < v_trained <= 1.0
-    assert feature_v_measure(model, src.eval, pre, num_classes=6, seed=0) == v_trained  # seeded
+    c_trained = feature_clustering(model, src.eval, pre, num_classes=6, seed=0)
+    c_random = feature_clustering(tiny_model(9), src.eval, pre, num_classes=6, seed=0)
+    assert 0.0 <= c_random.v_measure < c_trained.v_measure <= 1.0
+    assert c_random.ami < c_trained.ami
+    assert c_trained.v_chance < c_trained.v_measure
+    assert feature_clustering(model, src.eval, pre, num_classes=6, seed=0) == c_trained  # seeded
+
+
+def test_v_measure_of_a_random_clustering_is_far_from_zero_with_few_points_per_cluster_ami_is_not():
+    """300 points in 100 clusters: a random clustering scores V ~ 0.74 (the issue's measurement), at
+    10,000 points ~ 0.12; its chance level says so, and AMI stays at 0 in both cases."""
+    rng = np.random.default_rng(0)
+    for n, (v_lo, v_hi) in ((300, (0.68, 0.80)), (10_000, (0.08, 0.16))):
+        labels = rng.integers(0, 100, n)
+        clusters = rng.integers(0, 100, n)  # unrelated to the labels
+        c = clustering_scores(labels, clusters, permutations=5)
+        assert v_lo < c.v_measure < v_hi and v_lo < c.v_chance < v_hi
+        assert abs(c.v_measure - c.v_chance) < 0.02
+        assert abs(c.ami) < 0.02
+    perfect = clustering_scores(labels, (labels + 7) % 100)  # the classes under other names
+    assert perfect.v_measure == pytest.approx(1.0) and perfect.ami == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        clustering_scores(labels, clusters[:10])
 
 
 def test_stratified_subset_takes_per_class_counts():

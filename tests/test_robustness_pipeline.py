@@ -47,7 +47,7 @@ def test_robustness_stage_measures_students_before_and_after(tmp_path, caplog):
     assert all(r["mixup"] == "pmu" and r["mixup_share"] == 0.5 for r in summaries)
     assert all((root / "transfers" / r["job_id"] / "student.safetensors").is_file() for r in summaries)
     con = duckdb.connect()
-    rows = con.execute("SELECT model_id, transfer_id, eps, n, clean_acc, fgsm_acc, ifgsm_acc, v_measure "
+    rows = con.execute("SELECT model_id, transfer_id, eps, n, clean_acc, fgsm_acc, ifgsm_acc, v_measure, v_chance, ami "
                        "FROM read_parquet(?) ORDER BY transfer_id NULLS FIRST, eps",
                        [str(root / "robustness" / "*.parquet")]).fetchall()
     assert len(rows) == 3 * 2  # the student before transfer and after each of 2 transfers, x 2 eps
@@ -56,8 +56,9 @@ def test_robustness_stage_measures_students_before_and_after(tmp_path, caplog):
     assert all(r[3] == 60 for r in rows)  # 10 per class of 6 classes
     before_clean = [r[4] for r in rows if r[1] is None]
     assert len(set(before_clean)) == 1  # clean accuracy repeats per eps
-    for _, tid, _, _, clean, f, i, v in rows:
+    for _, tid, _, _, clean, f, i, v, v_chance, ami in rows:
         assert 0 <= i <= 1 and 0 <= f <= 1 and 0 <= v <= 1
+        assert 0 <= v_chance <= 1 and -1 <= ami <= 1  # the chance level and AMI travel with every row
     for r in summaries:  # the kept student is the transferred one: its clean accuracy on the subset differs
         after = [row[4] for row in rows if row[1] == r["job_id"]]
         assert len(set(after)) == 1

@@ -191,6 +191,10 @@ ROBUSTNESS_SCHEMA = pa.schema(
         pa.field("v_measure", pa.float64()),  # k-means (k = classes) of penultimate features vs labels
         pa.field("runtime_s", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
+        # added later (null in older files): V-measure's chance level for these n and clusters (it is far
+        # from 0 with few points per cluster) and the adjusted mutual information (0 at chance)
+        pa.field("v_chance", pa.float64()),
+        pa.field("ami", pa.float64()),
     ]
 )
 
