@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoo_study.methods.registry import Method, get_method, multi_teacher_methods
+from zoo_study.transfer.protocol import check_lr_in_grid
 
 __all__ = ["TransferSettings", "TransferConfig", "MODES", "TEACHER_ORDERS", "STUDY_PARTS", "STUDENT_MODES",
            "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error", "PACK_SHARED", "pack_key"]
@@ -96,6 +97,10 @@ class TransferSettings(BaseModel):
     mixup: Literal["none", "pmu", "fmu"] = "none"
     mixup_share: float = Field(0.1, gt=0, le=1)
     mixup_alpha: float = Field(1.0, gt=0)
+    # as_given: every value as configured. paper_ratios: a run with fewer steps than the paper keeps its
+    # ratios (zoo_study/transfer/protocol.py): MCL's tau is rescaled so the slow model takes the paper's
+    # share of the fast trajectory, and no method's lr may leave the grid the paper searched
+    protocol: Literal["as_given", "paper_ratios"] = "as_given"
 
     @field_validator("transfer_fraction", "momentum", "weight_decay", "lr_scale", "mixup_share", "mixup_alpha")
     @classmethod
@@ -163,6 +168,8 @@ class TransferConfig(TransferSettings):
             object.__setattr__(self, "temperature", float(m.temperature))
         if self.study_part is None:
             object.__setattr__(self, "study_part", "transfer" if self.mode == "single" else "multi_teacher")
+        if self.protocol == "paper_ratios":
+            check_lr_in_grid(self.method, float(self.base_lr), (m.grid or {}).get("base_lr", ()))
         if self.mode == "parallel" and not m.multi_teacher:
             raise ValueError(f"method={self.method!r} cannot run in parallel mode; routing methods: "
                              f"{', '.join(multi_teacher_methods())}")
@@ -247,7 +254,7 @@ PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", 
                "transfer_per_class", "subset_seed", "amp", "student_init", "mixup", "mixup_share", "mixup_alpha")
 # settings added after the first results: absent from a job's dump (and id) while at these defaults
 # (mixup_share and mixup_alpha are left out whenever mixup is none: they mean nothing then)
-OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none", "variant": ""}
+OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none", "variant": "", "protocol": "as_given"}
 _MIX_DEFAULTS = {"mixup_share": 0.1, "mixup_alpha": 1.0}
 _PACK_DEFAULTS = {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}  # what a dump without these keys means
 
