@@ -451,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in each config")
     pr.add_argument("--apply", action="store_true", help="move the listed files to <root>/_pruned/<time>/")
     pr.set_defaults(fn=cmd_prune)
+
+    from analysis.recommend_cli import add_parser as add_recommend
+
+    add_recommend(sub)
     return p
 
 

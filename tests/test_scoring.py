@@ -541,3 +541,21 @@ def test_score_pairs_writes_the_corrected_entropy_and_the_students_error_profile
     assert row["entropy_corrected"] == pytest.approx(grassberger_entropy([2, 0, 1]))  # the per-class loop
     # the student's errors per class are [2, 0, 1] too: null = plug-in entropy of (2/3, 1/3)
     assert row["entropy_null"] == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))
+
+
+def test_pair_kappa_is_cohens_kappa_of_the_correctness_vectors() -> None:
+    # 8 samples of one class; teacher right on 0-5, student right on 2-7
+    labels = np.zeros(8, dtype=int)
+    teacher = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    student = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    ids = np.arange(8)
+    pairs, _ = score_pairs({"t": _table(ids, labels, teacher, "t"), "s": _table(ids, labels, student, "s")},
+                           [("t", "s")], num_classes=2)
+    # both right on 2-5 (4), both wrong on none: p_o = 4/8; p_e = 0.75 * 0.75 + 0.25 * 0.25 = 0.625
+    # kappa = (0.5 - 0.625) / (1 - 0.625) = -1/3
+    assert pairs.column("kappa")[0].as_py() == pytest.approx(-1 / 3)
+    # a model right everywhere against another: chance agreement 1 only if both are; here p_e < 1
+    all_right = np.zeros(8, dtype=int)
+    pairs, _ = score_pairs({"a": _table(ids, labels, all_right, "a"), "b": _table(ids, labels, all_right, "b")},
+                           [("a", "b")], num_classes=2)
+    assert pairs.column("kappa")[0].as_py() is None  # both always right: kappa undefined

@@ -74,6 +74,9 @@ PAIR_SCHEMA = pa.schema(
         # which flips drawn at random from the student's errors would show
         pa.field("entropy_corrected", pa.float64()),
         pa.field("entropy_null", pa.float64()),
+        # Cohen's kappa of the two models' correctness (agreement beyond chance, issue "Which teacher?");
+        # null when chance agreement is 1 (a model right, or wrong, on every sample)
+        pa.field("kappa", pa.float64()),
     ]
     + [pa.field(f"top{x}_classes", pa.int32(), nullable=False) for x in TOP_X_PERCENTS]
 )

@@ -44,6 +44,15 @@ def write_parquet_atomic(table, path):
     return path
 
 
+def _kappa_by_hand(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Cohen's kappa of two boolean vectors, from its 2x2 table (the reference for the scorer)."""
+    n = len(a)
+    p_o = float(np.mean(a == b))
+    pa_, pb_ = float(np.mean(a)), float(np.mean(b))
+    p_e = pa_ * pb_ + (1 - pa_) * (1 - pb_)
+    return None if p_e == 1.0 or n == 0 else (p_o - p_e) / (1 - p_e)
+
+
 def grassberger_entropy(counts: Sequence[int]) -> float:
     """Grassberger's (2003) entropy estimate, written out per class (the reference for the scorer's
     vectorised lookup): H = ln n - (1/n) sum_k c_k G(c_k), G(c) = psi(c) + (-1)^c/2 (psi((c+1)/2) - psi(c/2))."""
@@ -145,6 +154,7 @@ class RootBuilder:
         entropy: float | None = 1.0,
         entropy_corrected: float | None = None,
         entropy_null: float | None = None,
+        kappa: float | None = None,
         teacher_is_random: bool = False,
         n_samples: int = 100,
         class_flips: dict[int, int] | None = None,
@@ -172,6 +182,7 @@ class RootBuilder:
             "entropy": entropy,
             "entropy_corrected": entropy if entropy_corrected is None else entropy_corrected,
             "entropy_null": entropy_null,
+            "kappa": kappa,
         }
         for x in TOP_X_PERCENTS:
             row[f"top{x}_classes"] = _top_x_count(counts, x)
@@ -215,6 +226,7 @@ class RootBuilder:
             "entropy": entropy,
             "entropy_corrected": None if entropy is None else grassberger_entropy(counts),
             "entropy_null": entropy_null,
+            "kappa": _kappa_by_hand(t_ok, s_ok),
         }
         for x in TOP_X_PERCENTS:
             row[f"top{x}_classes"] = _top_x_count(counts, x)

@@ -73,6 +73,17 @@ def _resolve_pairs(
     return arr[:, 0], arr[:, 1], is_rand
 
 
+def _correctness_kappa(right_t: np.ndarray, right_s: np.ndarray, both: np.ndarray, n: int) -> np.ndarray:
+    """Cohen's kappa of two correctness vectors from their counts: (p_o - p_e) / (1 - p_e), where p_o is
+    the share of samples both get right or both get wrong and p_e the same share expected from the two
+    accuracies alone. NaN where p_e = 1 (no disagreement is possible)."""
+    rt, rs, both = (np.asarray(a, dtype=np.float64) for a in (right_t, right_s, both))
+    p_o = (both + (n - rt - rs + both)) / n
+    p_e = (rt * rs + (n - rt) * (n - rs)) / float(n) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p_e < 1.0, (p_o - p_e) / (1.0 - p_e), np.nan)
+
+
 def _string_column(ids: pa.Array, model_idx: np.ndarray) -> pa.Array:
     """The model id of every row as a string column (Arrow take of int32 indices into the ids)."""
     return ids.take(pa.array(model_idx.astype(np.int32, copy=False)))
@@ -126,6 +137,7 @@ def iter_pair_scores(
         pos = right[t] - both  # t right minus (t and s right) = t right and s wrong
         n_pos, ent, ent_g, top = _flip_stats(pos)
         n_neg = right_total[s] - (right_total[t] - n_pos)  # s right minus both right
+        kappa = _correctness_kappa(right_total[t], right_total[s], right_total[t] - n_pos, n)
         cols: dict[str, pa.Array] = {
             "teacher": _string_column(ids, t),
             "student": _string_column(ids, s),
@@ -142,6 +154,7 @@ def iter_pair_scores(
             "entropy": pa.array(ent, mask=np.isnan(ent), type=pa.float64()),
             "entropy_corrected": pa.array(ent_g, mask=np.isnan(ent_g), type=pa.float64()),
             "entropy_null": pa.array(null_entropy[s], mask=np.isnan(null_entropy[s]), type=pa.float64()),
+            "kappa": pa.array(kappa, mask=np.isnan(kappa), type=pa.float64()),
         }
         for j, x in enumerate(TOP_X_PERCENTS):
             cols[f"top{x}_classes"] = pa.array(top[:, j].astype(np.int32))
