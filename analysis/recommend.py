@@ -33,7 +33,7 @@ from analysis.db import ResultsDB
 from zoo_study.stats import t_quantile_975, wilson_interval
 
 __all__ = ["FEATURES", "MIN_TRANSFERS", "MIN_STUDENTS", "Quality", "Recommendation", "recommend",
-           "cross_validate", "score_only_order"]
+           "cross_validate", "score_only_order", "training_table", "quality_lines", "render_text"]
 
 FEATURES: tuple[str, ...] = ("rho_pos", "rho_neg", "delta_acc", "acc_t", "acc_s", "entropy_corrected", "kappa")
 #: a method needs this many finished transfers over this many students before a model is fitted
@@ -79,6 +79,8 @@ class Quality:
     rows: dict[str, dict[str, Metric]]  # ranker -> metric name ('spearman', 'top1', 'top3') -> Metric
     conformal_q: float  # half-width of the (1 - alpha) prediction interval, delta units
     alpha: float
+    # (student, teacher, predicted, observed) of every held-out pair, delta units
+    held_out: list[tuple[str, str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +152,8 @@ def cross_validate(train: pa.Table, alpha: float = 0.1) -> Quality:
     A held-out student counts for ranking when it has at least 2 teachers (top-1 / top-3) and 3 with
     distinct deltas (rank correlation)."""
     students = np.asarray(train.column("student").to_pylist())
+    teachers = np.asarray(train.column("teacher").to_pylist())
+    held_out: list[tuple[str, str, float, float]] = []
     x, y = _matrix(train), np.asarray(train.column("delta").to_numpy(zero_copy_only=False), dtype=float)
     acc_t = x[:, FEATURES.index("acc_t")]
     rho_pos = x[:, FEATURES.index("rho_pos")]
@@ -163,6 +167,7 @@ def cross_validate(train: pa.Table, alpha: float = 0.1) -> Quality:
         model = _pipeline().fit(x[~test], y[~test])
         pred = model.predict(x[test])
         residuals += list(np.abs(pred - y[test]))
+        held_out += [(str(s), str(t), float(p), float(o)) for t, p, o in zip(teachers[test], pred, y[test])]
         if test.sum() < 2:
             continue
         observed = y[test]
@@ -181,7 +186,7 @@ def cross_validate(train: pa.Table, alpha: float = 0.1) -> Quality:
     rows = {name: {"spearman": _metric_mean(m["spearman"]), "top1": _metric_rate(m["top1"]),
                    "top3": _metric_rate(m["top3"])} for name, m in per.items()}
     q = _conformal_quantile(np.asarray(residuals), alpha)
-    return Quality(len(set(students)), train.num_rows, rows, q, alpha)
+    return Quality(len(set(students)), train.num_rows, rows, q, alpha, held_out)
 
 
 def _conformal_quantile(residuals: np.ndarray, alpha: float) -> float:
@@ -207,6 +212,11 @@ def _drivers(model, x: np.ndarray) -> list[str]:
     return out
 
 
+def training_table(db: ResultsDB, method: str) -> pa.Table:
+    """Finished single-teacher transfers of ``method`` (runs of a pair averaged) with their pair scores."""
+    return db.query(_TRAIN_SQL, {"method": method})
+
+
 def recommend(db: ResultsDB, student: str, method: str = "kl_dp", top: int | None = 10,
               alpha: float = 0.1) -> Recommendation:
     """Every scored teacher of ``student`` ranked for ``method``; raises ValueError for an unknown student."""
@@ -218,7 +228,7 @@ def recommend(db: ResultsDB, student: str, method: str = "kl_dp", top: int | Non
     mine = pairs.filter(pc.equal(pairs.column("student"), student))
     x = _matrix(mine)
     teachers = mine.column("teacher").to_pylist()
-    train = db.query(_TRAIN_SQL, {"method": method})
+    train = training_table(db, method)
     n_students = len(set(train.column("student").to_pylist()))
     rec = Recommendation(student, method, "score-only", mine)
     if train.num_rows < MIN_TRANSFERS or n_students < MIN_STUDENTS:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from analysis.claims import CSS as CLAIMS_CSS
 from analysis.claims import render_claims
+from analysis.which_teacher import which_teacher_html
 from analysis.db import ResultsDB
 from analysis.figures import FIGURES, Rendered, render_figure
 from analysis.sql_cli import make_readable, table_to_csv_bytes
@@ -137,8 +138,21 @@ def build_report(root: str | os.PathLike[str]) -> Path:
             sections.append(_section_html(tr, tr.html or "", link))
             toc.append((tspec.key, tspec.title, _status(tr)))
 
+        sections.append(_which_teacher_section(db))
+        toc.append(("which_teacher", "Which teacher?", ""))
         page = _page(db.root, claims_html, overview_html, failures_html, toc, sections)
         return write_text_atomic(page, report_dir / "index.html")
+
+
+def _which_teacher_section(db: ResultsDB) -> str:
+    """'Which teacher?' (analysis/which_teacher.py): never lets a failure there stop the page."""
+    try:
+        body = which_teacher_html(db)
+    except Exception as exc:
+        body = f'<p class="error">{_esc(f"which teacher failed: {type(exc).__name__}: {exc}")}</p>'
+    return (f'<section id="which_teacher">\n<h2>Which teacher? Transfer predicted from the pair scores</h2>\n{body}\n'
+            '<p class="src">zoo-study recommend RESULTS --student ID ranks one student\'s teachers the same way '
+            "(analysis/recommend.py)</p></section>")
 
 
 def _status(r: Rendered) -> str:

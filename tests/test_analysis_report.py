@@ -86,7 +86,7 @@ def test_report_from_an_empty_root_says_what_to_run(tmp_path: Path) -> None:
     out = build_report(tmp_path)
     assert out == tmp_path / "report" / "index.html"
     page = parse(out)
-    assert page.sections == ["claims", "overview"] + FIG_KEYS + TAB_KEYS
+    assert page.sections == ["claims", "overview"] + FIG_KEYS + TAB_KEYS + ["which_teacher"]
     assert page.imgs == []
     for key in FIG_KEYS + TAB_KEYS:
         kinds = page.messages.get(key)
@@ -104,7 +104,7 @@ def test_report_from_a_partial_root(tmp_path: Path) -> None:
     build_partial_root(tmp_path)
     page = parse(build_report(tmp_path))
     with_images = {i["section"] for i in page.imgs}
-    assert with_images == {"fig1a", "fig1b", "fig2a"}
+    assert with_images == {"fig1a", "fig1b", "fig2a", "which_teacher"}  # kappa vs rho_pos of the scored pairs
     for key in ("fig4a", "fig5a", "fig7", "fig8", "fig11", "tab1", "tab2", "tab4"):
         cls, msg = page.messages[key][0]
         assert cls == "missing" and "run the transfer stage" in msg, (key, msg)
@@ -117,7 +117,9 @@ def test_full_root_has_every_figure_and_table(full_report: Path) -> None:
     page = parse(full_report)
     report_dir = full_report.parent
     assert page.messages == {}, page.messages  # nothing missing, nothing failed
-    assert [i["section"] for i in page.imgs] == FIG_KEYS
+    assert [i["section"] for i in page.imgs if i["section"] != "which_teacher"] == FIG_KEYS
+    # Which teacher?: kappa vs rho_pos, and predicted vs observed for each method with enough transfers
+    assert sum(i["section"] == "which_teacher" for i in page.imgs) >= 2
     for img in page.imgs:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.db import connect
-from analysis.recommend import MIN_TRANSFERS, cross_validate, recommend, score_only_order
+from analysis.recommend import MIN_TRANSFERS, cross_validate, recommend, score_only_order, training_table
 from helpers.analysis_fixtures import RootBuilder
 from pipelines.cli import main
 
@@ -89,12 +89,14 @@ def test_too_few_transfers_fall_back_to_score_only(tmp_path: Path) -> None:
 def test_conformal_intervals_cover_held_out_students(tmp_path: Path) -> None:
     b = _root(tmp_path)
     with connect(tmp_path) as db:
-        from analysis.recommend import _TRAIN_SQL
-
-        train = db.query(_TRAIN_SQL, {"method": "kl_dp"})
+        train = training_table(db, "kl_dp")
     q = cross_validate(train, alpha=0.1)
     assert 0 < q.conformal_q < 0.01  # the relation is exact: a narrow band
     assert q.alpha == 0.1 and b is not None
+    # every pair was predicted once while its student was held out; 90% of them within the band
+    assert len(q.held_out) == 36 and {s for s, _, _, _ in q.held_out} == set(STUDENTS)
+    inside = sum(abs(p - o) <= q.conformal_q for _, _, p, o in q.held_out)
+    assert inside >= math.ceil(0.9 * 36)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -138,3 +140,15 @@ def test_cli_refuses_a_root_without_scores(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["recommend", str(tmp_path / "missing"), "--student", "S0"])
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_the_report_has_a_which_teacher_section(tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    _root(tmp_path)
+    page = build_report(tmp_path).read_text()
+    assert '<section id="which_teacher">' in page
+    section = page.split('<section id="which_teacher">')[1].split("</section>")[0]
+    assert "held-out ranking quality" in section and "most accurate" in section
+    assert section.count("<tr><td>S") == 6  # each student's top-3 teachers
+    assert "data:image/png;base64," in section  # predicted vs observed, kappa vs rho_pos

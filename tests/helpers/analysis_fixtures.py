@@ -597,7 +597,7 @@ def add_related_methods(b: RootBuilder, n: int = 80) -> None:
     for i, tid in enumerate([None, *jobs]):
         rid = f"rob{i}"
         rr = [{"job_id": rid, "model_id": "vit_s", "transfer_id": tid, "eps": e, "ifgsm_steps": 10, "n": n,
-               "clean_acc": 0.7 + 0.01 * i, "fgsm_acc": 0.5 - e, "ifgsm_acc": 0.4 - e, "v_measure": 0.6,
+               "clean_acc": 0.7 + 0.01 * i, "fgsm_acc": 0.5 - e, "ifgsm_acc": 0.4 - e, "v_measure": 0.6, "v_chance": 0.3, "ami": 0.4,
                "runtime_s": 1.0, "device": "cpu"} for e in (2 / 255, 8 / 255)]
         write_parquet_atomic(table_from_rows(rr, ROBUSTNESS_SCHEMA), b.layout.robustness_row(rid))
 
