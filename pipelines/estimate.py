@@ -286,7 +286,7 @@ def format_estimate(est: Estimate, device: str, source: str) -> list[str]:
     """The lines --dry-run prints: the total, then each term, then what was left out."""
     h = 3600.0
     lines = [f"estimated accelerator time of the planned predict and transfer jobs still to run: {est.hours:.2f} h "
-             f"on {device} ({est.jobs} job(s) in {est.tasks} task(s))",
+             f"({est.total_s:.1f} s) on {device} ({est.jobs} job(s) in {est.tasks} task(s))",
              f"  train {est.train_s / h:.2f} h, eval {est.eval_s / h:.2f} h, shared forwards (teacher, frozen "
              f"student; once per pack) {est.shared_s / h:.2f} h, predict {est.predict_s / h:.2f} h, "
              f"decode {est.decode_s / h:.2f} h, start-up {est.startup_s / h:.2f} h"]
