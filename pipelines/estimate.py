@@ -81,9 +81,15 @@ def _untagged(name: str) -> str:
 
 
 def _names(payload: Mapping[str, Any]) -> list[str]:
-    """The names to try for a model, most specific first: id, arch, their untagged forms."""
+    """The names to try for a model, most specific first: its id (a random teacher's without ``random__``),
+    its timm name, then their untagged forms. The timm name only when the spec sets no model_kwargs: an
+    embedded recipe's ``resnet10t`` at 16 channels is not timm's ``resnet10t``."""
     spec = payload.get("spec") or {}
-    given = [n for n in (payload.get("model_id"), spec.get("arch"), spec.get("id")) if isinstance(n, str) and n]
+    model_id = payload.get("model_id")
+    given = [model_id, model_id.removeprefix("random__") if isinstance(model_id, str) else None]
+    if not spec.get("model_kwargs"):
+        given += [spec.get("arch"), spec.get("id")]
+    given = [n for n in given if isinstance(n, str) and n]
     return list(dict.fromkeys([*given, *(_untagged(n) for n in given)]))
 
 
