@@ -82,7 +82,7 @@ def _untagged(name: str) -> str:
 
 def _names(payload: Mapping[str, Any]) -> list[str]:
     """The names to try for a model, most specific first: its id (a random teacher's without ``random__``),
-    its timm name, then their untagged forms. The timm name only when the spec sets no model_kwargs: an
+    its timm name, then their untagged forms, then an adapted model's base model's names. The timm name only when the spec sets no model_kwargs: an
     embedded recipe's ``resnet10t`` at 16 channels is not timm's ``resnet10t``."""
     spec = payload.get("spec") or {}
     model_id = payload.get("model_id")
@@ -90,7 +90,8 @@ def _names(payload: Mapping[str, Any]) -> list[str]:
     if not spec.get("model_kwargs"):
         given += [spec.get("arch"), spec.get("id")]
     given = [n for n in given if isinstance(n, str) and n]
-    return list(dict.fromkeys([*given, *(_untagged(n) for n in given)]))
+    base = _names(spec["base"]) if isinstance(spec.get("base"), Mapping) else []  # an adapted model: its base's
+    return list(dict.fromkeys([*given, *(_untagged(n) for n in given), *base]))
 
 
 def _model_name(payload: Mapping[str, Any]) -> str:

@@ -228,3 +228,17 @@ def test_an_out_of_memory_row_counts_as_missing(study, capsys):
     oom = {"model": ARCH["t"], "oom": True, "batch": 256, "train_img_s": None, "eval_img_s": None}
     total, out = _dry_run(capsys, _config(study), _bench(study, models=("s", "u"), extra=[oom]))
     assert total == 0.0 and out.rstrip().endswith(": t")
+
+
+def test_rows_of_random_and_adapted_models():
+    from pipelines.estimate import Bench
+
+    bench = Bench({"resnet10t_w16": {"eval_img_s": 1.0}, "resnet10t": {"eval_img_s": 2.0},
+                   "resnet50": {"eval_img_s": 3.0}}, "cpu")
+    recipe_random = {"model_id": "random__resnet10t_w16", "spec": {"arch": "resnet10t", "model_kwargs": {"channels": [16]}}}
+    assert bench.row(recipe_random)["eval_img_s"] == 1.0  # its recipe's row, not timm's full-width resnet10t
+    assert bench.row({"model_id": "random__resnet50", "spec": {"arch": "resnet50", "model_kwargs": {}}})["eval_img_s"] == 3.0
+    embedded = {"model_id": "resnet10t_w32", "spec": {"arch": "resnet10t", "model_kwargs": {"channels": [32]}}}
+    assert bench.row(embedded) is None  # another width: no row rather than a wrong one
+    adapted = {"model_id": "r50@sketch", "spec": {"base": {"model_id": "r50", "spec": {"arch": "resnet50.a1_in1k"}}}}
+    assert bench.row(adapted)["eval_img_s"] == 3.0  # an adapted model runs as its base
