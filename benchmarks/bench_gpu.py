@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         out["decode_img_s"] = bench_decode(args.decode_images)
         print(f"decode (PIL, one core, 500x375 JPEG -> 288): {out['decode_img_s']:.0f} img/s")
     for label, kw in _jobs(args, classes):
-        r = bench_model(kw.pop("arch", label), device, batch, eval_batch, warmup=args.warmup, repeats=args.repeats, **kw)
+        arch = kw.pop("arch", label)
+        r = bench_model(arch, device, batch, eval_batch, warmup=args.warmup, repeats=args.repeats, **kw)
         r["model"] = label
         out["models"].append(r)
         if r.get("oom"):

@@ -82,8 +82,9 @@ def _untagged(name: str) -> str:
 
 def _names(payload: Mapping[str, Any]) -> list[str]:
     """The names to try for a model, most specific first: its id (a random teacher's without ``random__``),
-    its timm name, then their untagged forms, then an adapted model's base model's names. The timm name only when the spec sets no model_kwargs: an
-    embedded recipe's ``resnet10t`` at 16 channels is not timm's ``resnet10t``."""
+    its timm name, then their untagged forms, then an adapted model's base model's names. The timm name
+    only when the spec sets no model_kwargs: an embedded recipe's ``resnet10t`` at 16 channels is not
+    timm's ``resnet10t``."""
     spec = payload.get("spec") or {}
     model_id = payload.get("model_id")
     given = [model_id, model_id.removeprefix("random__") if isinstance(model_id, str) else None]
