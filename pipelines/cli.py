@@ -93,7 +93,7 @@ def _print_plan(cfg, stages, plans, bench: str | None = None) -> None:
 
 def _print_estimate(cfg, plans, bench: str) -> None:
     """Accelerator-hours of the planned jobs still to run, from bench_gpu.py's per-model figures."""
-    from pipelines.estimate import data_sizes, estimate, format_estimate, load_bench
+    from pipelines.estimate import batch_note, data_sizes, estimate, format_estimate, load_bench
     from pipelines.jobs import done_flags
 
     try:
@@ -105,7 +105,7 @@ def _print_estimate(cfg, plans, bench: str) -> None:
     r = cfg.ray
     est = estimate(jobs, figures, data_sizes(cfg), pack_size=r.pack_size, pack_students=r.pack_students,
                    pack_memory_bytes=r.pack_gpu_memory_gb * 1e9)  # as cmd_run hands them to run_jobs
-    for line in format_estimate(est, figures.device, bench):
+    for line in format_estimate(est, figures.device, bench, batch_note(figures, jobs)):
         print(line)
     pending = [s for s, j in plans.items() if j is None and s != "report"]
     if pending:

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["Bench", "DataSizes", "Estimate", "Overheads", "data_sizes", "estimate", "load_bench",
-           "transfer_images", "epoch_images", "format_estimate"]
+__all__ = ["Bench", "DataSizes", "Estimate", "Overheads", "batch_note", "data_sizes", "epoch_images", "estimate",
+           "format_estimate", "load_bench", "transfer_images"]
 
 TRANSFER_STAGES = ("transfer", "multi_teacher", "hparam")
 
@@ -66,6 +66,7 @@ class Bench:
     rows: Mapping[str, Mapping[str, Any]]
     device: str
     overheads: Overheads = Overheads()
+    batch: int | None = None  # the training batch the rates were measured at (bench_gpu.py's --batch)
 
     def row(self, payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The row of a job's model payload: by model id, then timm name as given, then untagged name."""
@@ -120,7 +121,8 @@ def load_bench(path: str | Path) -> Bench:
     for name, r in list(rows.items()):  # a tagged row also answers for its untagged name (exact names first)
         rows.setdefault(_untagged(name), r)
     device = f"{data.get('device', '?')} ({data.get('device_name', '?')})"
-    return Bench(rows, device, replace(Overheads(), **over))
+    batch = data.get("batch")
+    return Bench(rows, device, replace(Overheads(), **over), int(batch) if isinstance(batch, (int, float)) else None)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -290,7 +292,7 @@ def estimate(jobs: Sequence, bench: Bench, sizes: DataSizes, *, pack_size: int =
     return est
 
 
-def format_estimate(est: Estimate, device: str, source: str) -> list[str]:
+def format_estimate(est: Estimate, device: str, source: str, batch_note: str = "") -> list[str]:
     """The lines --dry-run prints: the total, then each term, then what was left out."""
     h = 3600.0
     lines = [f"estimated accelerator time of the planned predict and transfer jobs still to run: {est.hours:.2f} h "
@@ -301,4 +303,15 @@ def format_estimate(est: Estimate, device: str, source: str) -> list[str]:
     if est.missing:
         names = ", ".join(sorted(est.missing))
         lines.append(f"  {est.left_out} job(s) left out: model(s) missing from {source}: {names}")
+    if batch_note:
+        lines.append(f"  {batch_note}")
     return lines
+
+
+def batch_note(bench: Bench, jobs: Iterable) -> str:
+    """A warning when the bench's training batch differs from the jobs' (rates and memory depend on it)."""
+    batches = sorted({int(j.spec["config"]["batch_size"]) for j in jobs if "config" in j.spec})
+    if bench.batch is None or not batches or batches == [bench.batch]:
+        return ""
+    return (f"note: the rates were measured at batch {bench.batch}, the jobs train at batch "
+            f"{', '.join(map(str, batches))} (rerun bench_gpu.py --config CONFIG)")

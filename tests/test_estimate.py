@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +257,13 @@ def test_rows_of_random_and_adapted_models():
     assert bench.row(embedded) is None  # another width: no row rather than a wrong one
     adapted = {"model_id": "r50@sketch", "spec": {"base": {"model_id": "r50", "spec": {"arch": "resnet50.a1_in1k"}}}}
     assert bench.row(adapted)["eval_img_s"] == 3.0  # an adapted model runs as its base
+
+
+def test_a_bench_measured_at_another_batch_is_said(study, capsys):
+    bench = json.loads(Path(_bench(study)).read_text())
+    path = study / "bench_b256.json"
+    path.write_text(json.dumps({**bench, "batch": 256}))
+    _, out = _dry_run(capsys, _config(study), str(path))
+    assert "the rates were measured at batch 256, the jobs train at batch 4" in out
+    path.write_text(json.dumps({**bench, "batch": 4}))
+    assert "measured at batch" not in _dry_run(capsys, _config(study), str(path))[1]
