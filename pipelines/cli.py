@@ -92,21 +92,24 @@ def _print_plan(cfg, stages, plans, bench: str | None = None) -> None:
 
 
 def _print_estimate(cfg, plans, bench: str) -> None:
-    """Accelerator-hours of the planned transfers from bench_gpu.py's per-model figures."""
-    from pipelines.estimate import estimate_hours, load_rates, split_sizes
+    """Accelerator-hours of the planned jobs still to run, from bench_gpu.py's per-model figures."""
+    from pipelines.estimate import batch_note, data_sizes, estimate, format_estimate, load_bench
+    from pipelines.jobs import done_flags
 
     try:
-        rows, device = load_rates(bench)
+        figures = load_bench(bench)
     except ValueError as err:
         _die(str(err))
-    n_train, n_eval = split_sizes(cfg)
-    num_classes = (cfg.data.generated.num_classes if cfg.data.kind == "generated" else None)
     jobs = [j for stage_jobs in plans.values() if stage_jobs for j in stage_jobs]
-    hours, unknown = estimate_hours(jobs, rows, n_train, n_eval, num_classes)
+    jobs = [j for j, done in zip(jobs, done_flags(jobs, cfg.results_root())) if not done]
+    r = cfg.ray
+    est = estimate(jobs, figures, data_sizes(cfg), pack_size=r.pack_size, pack_students=r.pack_students,
+                   pack_memory_bytes=r.pack_gpu_memory_gb * 1e9)  # as cmd_run hands them to run_jobs
+    for line in format_estimate(est, figures.device, bench, batch_note(figures, jobs)):
+        print(line)
     pending = [s for s, j in plans.items() if j is None and s != "report"]
-    note = f"; {unknown} job(s) have a model missing from {bench}" if unknown else ""
-    note += f"; stage(s) {', '.join(pending)} are planned after the score stage (not counted)" if pending else ""
-    print(f"estimated accelerator time of the planned transfers: {hours:.2f} h on {device}{note}")
+    if pending:
+        print(f"  stage(s) {', '.join(pending)} are planned after the score stage (not counted)")
 
 
 def cmd_run(args) -> int:
