@@ -154,9 +154,13 @@ class Job:
     # not part of the id: packing changes how a job runs, never its result
     pack: str = field(default="", compare=False)
     # within a pack key: jobs of one group read the same inputs (a transfer's student); a pack spans up to
-    # ray.pack_students groups. pack_cost: the member's estimated accelerator memory in bytes (0: unknown)
+    # ray.pack_students groups. pack_cost: the member's estimated accelerator memory in bytes when trained
+    # alone (0: unknown), of which pack_activation is activations (one member's alive at a time in a pack);
+    # pack_shared: what the whole pack holds once (the shared teacher forward). See pipelines/memory.py
     pack_group: str = field(default="", compare=False)
     pack_cost: float = field(default=0.0, compare=False)
+    pack_activation: float = field(default=0.0, compare=False)
+    pack_shared: float = field(default=0.0, compare=False)
     job_id: str = field(init=False, compare=False)
     spec_json: str = field(init=False, repr=False, compare=False)
 

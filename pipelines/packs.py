@@ -23,6 +23,7 @@ import collections
 from typing import Any, Callable, Mapping
 
 from pipelines.jobs import Job
+from pipelines.memory import pack_bytes
 
 __all__ = ["ERROR_KEY", "carrier_for", "member_outcomes", "take_pack"]
 
@@ -37,14 +38,15 @@ def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups:
     Jobs pack when their stage and :attr:`Job.pack` key are equal. Within a key, :attr:`Job.pack_group`
     tells the jobs that read the same inputs (one student of a transfer's teacher) from those that read
     others: a pack spans at most ``max_groups`` groups (1: every member has ``first``'s inputs).
-    ``memory_budget`` > 0 (bytes): the members' :attr:`Job.pack_cost` sum stays within it (the first
+    ``memory_budget`` > 0 (bytes): the pack's memory (:func:`pipelines.memory.pack_bytes`: the shared
+    teacher once, every member's state, the largest member's activations) stays within it (the first
     member always runs). ``ready(job)``: whether a job of another group may join now (its inputs exist);
     one that may not stays in ``todo`` and is handled when its turn comes."""
     group = [first]
     if not first.pack or max_size <= 1:
         return group
     groups = {first.pack_group}
-    cost = first.pack_cost
+    costs = [(first.pack_cost, first.pack_activation)]
     keep: list[tuple[Job, int]] = []
     while todo:
         job, attempt = todo.popleft()
@@ -53,12 +55,12 @@ def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups:
             fits = len(groups) < max_groups and (ready is None or ready(job))
         elif fits:
             fits = job.inputs == first.inputs or job.pack_group != first.pack_group
-        if fits and memory_budget > 0 and cost + job.pack_cost > memory_budget:
-            fits = False
+        if fits and memory_budget > 0:
+            fits = pack_bytes([*costs, (job.pack_cost, job.pack_activation)], first.pack_shared) <= memory_budget
         if fits:
             group.append(job)
             groups.add(job.pack_group)
-            cost += job.pack_cost
+            costs.append((job.pack_cost, job.pack_activation))
         else:
             keep.append((job, attempt))
     todo.extend(keep)

@@ -311,27 +311,30 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     inputs += [_rel(layout.predictions(m), layout.root) for m in [student, *teachers]]
     outputs = {name: _rel(p, layout.root) for name, p in outputs_for(job_id).items()}
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
-    pack, cost = "", 0.0
+    pack, costs = "", {}
     if tconfig["mode"] == "single":  # single-teacher transfers of one teacher that see the same batches
         from zoo_study.transfer.config import pack_key
 
         shared = {k: spec[k] for k in ("teachers", "data", "device")}  # the student is the job's pack group
         pack = job_id_for(f"{stage}_pack", {**shared, "batches": list(pack_key(tconfig))})
-        if cfg.ray.gpus_per_job > 0 and cfg.ray.pack_gpu_memory_gb > 0:
-            cost = _member_memory(cfg, models[student], int(tconfig["batch_size"]))
+        if cfg.ray.gpus_per_job > 0:  # sizes packs against ray.pack_gpu_memory_gb or the device's memory
+            costs = _member_memory(cfg, models[student], models[teachers[0]], int(tconfig["batch_size"]))
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
                num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack,
-               pack_group=student, pack_cost=cost)
+               pack_group=student, **costs)
 
 
-def _member_memory(cfg: StudyConfig, plan: ModelPlan, batch: int) -> float:
-    """Estimated accelerator bytes of one packed transfer into ``plan`` (pipelines/memory.py). Imports torch:
-    only called when ray.pack_gpu_memory_gb is set."""
-    from pipelines.memory import model_memory_bytes
+def _member_memory(cfg: StudyConfig, plan: ModelPlan, teacher: ModelPlan, batch: int) -> dict[str, float]:
+    """A packed transfer's memory fields of :class:`~pipelines.jobs.Job` (pipelines/memory.py): its student
+    trained alone, the activation part of that, and the shared teacher forward. Imports torch: only
+    called for GPU jobs."""
+    from pipelines.memory import model_memory
 
     g = cfg.data.generated
     num_classes = g.num_superclasses * g.classes_per_superclass if cfg.data.kind == "generated" else 1000
-    return model_memory_bytes(plan.kind, plan.spec, num_classes, batch)
+    s = model_memory(plan.kind, plan.spec, num_classes, batch)
+    t = model_memory(teacher.kind, teacher.spec, num_classes, batch)
+    return {"pack_cost": s.train, "pack_activation": s.activations, "pack_shared": t.forward}
 
 
 def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False,
