@@ -5,7 +5,9 @@ Both backends run the same worker shim, :func:`execute_job`, and hand back :clas
 * ``ok``: the executor returned ``{output name: content}``;
 * ``error``: the executor raised (recorded with its own traceback; not retried: it would fail the same way);
 * ``system``: the worker died (SIGKILL, OOM killer, lost node) or its result was lost; the runner retries;
-* ``cancelled``: the job was interrupted (Ctrl-C reached it); the runner stops the run.
+* ``cancelled``: the job was interrupted (Ctrl-C reached it); the runner stops the run;
+* ``oom``: the executor ran out of accelerator memory (``torch.OutOfMemoryError``); the runner splits the
+  pack or retries the job with less memory (:mod:`pipelines.runner`).
 
 Ray is imported lazily, inside the functions of this module, so the serial backend (``address="local"``),
 planning and status work on a machine without Ray. Ray's own retries are off (``max_retries=0``): the
@@ -49,9 +51,24 @@ def one_line(exc: BaseException) -> str:
     return msg if len(msg) <= ERROR_CHARS else msg[: ERROR_CHARS - 3] + "..."
 
 
+OOM_ERROR = "OutOfMemoryError"  # torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error (by name: this module never imports torch)."""
+    return any(cls.__name__ == OOM_ERROR for cls in type(exc).__mro__)
+
+
+def _release_accelerator_memory() -> None:
+    """Return the cached blocks of a failed job to the device (serial backend: the next job runs here)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class Outcome:
-    kind: str  # ok | error | system | cancelled
+    kind: str  # ok | error | system | cancelled | oom
     outputs: dict | None = None
     error: str = ""
     traceback: str = ""
@@ -76,8 +93,11 @@ def execute_job(executor: str | Callable, spec_json: str, ctx: JobContext, *blob
     except KeyboardInterrupt:
         return Outcome("cancelled", error="interrupted", where=where, seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - every executor error is recorded, not raised
-        return Outcome("error", error=one_line(exc), traceback=_tb.format_exc(), where=where,
-                       seconds=time.perf_counter() - t0)
+        out = Outcome("oom" if is_oom(exc) else "error", error=one_line(exc), traceback=_tb.format_exc(),
+                      where=where, seconds=time.perf_counter() - t0)
+    if out.kind == "oom":  # after the except block: its traceback (and the job's tensors) are gone
+        _release_accelerator_memory()
+    return out
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ error under ``"<job_id>:__error__"`` (text: the one-line error, a newline, the t
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Container, Mapping
 
 from pipelines.jobs import Job
 from pipelines.memory import pack_bytes
@@ -31,7 +31,8 @@ ERROR_KEY = "__error__"
 
 
 def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups: int = 1,
-              memory_budget: float = 0.0, ready: Callable[[Job], bool] | None = None) -> list[Job]:
+              memory_budget: float = 0.0, ready: Callable[[Job], bool] | None = None,
+              keep_out: Container[str] = ()) -> list[Job]:
     """``first`` and up to ``max_size - 1`` other first-attempt jobs of ``todo`` that pack with it
     (removed from ``todo``). ``todo`` holds ``(job, attempt)``; retried jobs run alone.
 
@@ -41,7 +42,8 @@ def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups:
     ``memory_budget`` > 0 (bytes): the pack's memory (:func:`pipelines.memory.pack_bytes`: the shared
     teacher once, every member's state, the largest member's activations) stays within it (the first
     member always runs). ``ready(job)``: whether a job of another group may join now (its inputs exist);
-    one that may not stays in ``todo`` and is handled when its turn comes."""
+    one that may not stays in ``todo`` and is handled when its turn comes. ``keep_out``: ids of jobs that
+    run in a group of their own (the halves of a pack that ran out of memory)."""
     group = [first]
     if not first.pack or max_size <= 1:
         return group
@@ -50,7 +52,8 @@ def take_pack(first: Job, todo: collections.deque, max_size: int, *, max_groups:
     keep: list[tuple[Job, int]] = []
     while todo:
         job, attempt = todo.popleft()
-        fits = len(group) < max_size and attempt == 1 and job.pack == first.pack and job.stage == first.stage
+        fits = (len(group) < max_size and attempt == 1 and job.pack == first.pack and job.stage == first.stage
+                and job.job_id not in keep_out)
         if fits and job.pack_group not in groups:
             fits = len(groups) < max_groups and (ready is None or ready(job))
         elif fits:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line, record_local_session
+from pipelines.backends import LOCAL, OOM_ERROR, Outcome, RayBackend, SerialBackend, ensure_ray, one_line, record_local_session
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
 from pipelines.packs import carrier_for, member_outcomes, take_pack
@@ -269,6 +270,7 @@ class _Wave:
         self.inputs = _Inputs(root, backend, jobs)
         self.retried: set[str] = set()
         self.n_failed = 0
+        self.fixed: dict[str, list[Job]] = {}  # first member's id -> the group it runs with (after an OOM)
 
     def fail(self, job: Job, error: str, tb: str, attempts: int) -> None:
         self.n_failed += 1
@@ -338,6 +340,31 @@ class _Wave:
         self.log.debug("done %s in %.2f s on %s -> %s", job.label, outcome.seconds, outcome.where, ", ".join(written))
         return "done"
 
+    def after_oom(self, group: list[Job], outcome: Outcome) -> list[list[Job]]:
+        """The groups to run instead of ``group``, which ran out of accelerator memory: a pack in two halves
+        (each half again on its own OOM, down to single jobs), a single job once more with gradient
+        checkpointing (``Job.runtime["grad_checkpointing"]``, the executor applies timm's
+        ``set_grad_checkpointing``); [] when a checkpointed job still does not fit (it then fails).
+
+        Why not an error: which packs fit is an estimate (:mod:`pipelines.memory`), and a lost pack is up
+        to ``ray.pack_size`` transfers. Splitting changes no result (a member's numbers are the same packed
+        or alone); runtime settings are not part of a job id."""
+        if len(group) > 1:
+            half = (len(group) + 1) // 2
+            parts = [group[:half], group[half:]]
+            self.log.warning("%d packed job(s) (%s ...) ran out of accelerator memory (%s); retrying as packs of %s",
+                             len(group), group[0].label, outcome.error, " and ".join(str(len(p)) for p in parts))
+        elif not group[0].runtime.get("grad_checkpointing"):
+            job = group[0]
+            parts = [[dataclasses.replace(job, runtime={**job.runtime, "grad_checkpointing": True})]]
+            self.log.warning("%s ran out of accelerator memory (%s); retrying alone with gradient checkpointing",
+                             job.label, outcome.error)
+        else:
+            return []
+        for part in parts:
+            self.fixed[part[0].job_id] = part
+        return parts
+
     def run(self, window: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm
 
@@ -362,23 +389,40 @@ class _Wave:
                 if self.n_failed:
                     bar.set_postfix(failed=self.n_failed, refresh=False)
 
+            def out_of_memory(group: list[Job], attempt: int, outcome: Outcome) -> None:
+                parts = self.after_oom(group, outcome)
+                for part in reversed(parts):  # run next, in order
+                    todo.appendleft((part[0], attempt))
+                if not parts:
+                    settle(group[0], attempt, dataclasses.replace(outcome, kind="error"))
+
             def handle(outcomes: list) -> None:
                 for h, outcome in outcomes:
                     job, attempt, group = inflight.pop(h)
-                    if group is None:
+                    if outcome.kind == "oom":
+                        out_of_memory(group or [job], attempt, outcome)
+                    elif group is None:
                         settle(job, attempt, outcome)
                     elif outcome.kind != "ok":  # the pack as a whole: each member gets its outcome
                         for member in group:
                             settle(member, attempt, outcome)
                     else:
                         for member, outputs, error, tb in member_outcomes(group, outcome.outputs or {}):
-                            kind = "ok" if outputs is not None else "error"
-                            settle(member, attempt, Outcome(kind, outputs=outputs, error=error, traceback=tb,
-                                                            where=outcome.where, seconds=outcome.seconds))
+                            kind = "ok" if outputs is not None else "oom" if error.startswith(OOM_ERROR) else "error"
+                            member_out = Outcome(kind, outputs=outputs, error=error, traceback=tb,
+                                                 where=outcome.where, seconds=outcome.seconds)
+                            if kind == "oom":  # one member's own OOM (its pack went on): it alone, as it is
+                                self.log.warning("%s ran out of accelerator memory in a pack (%s); retrying alone",
+                                                 member.label, error)
+                                self.fixed[member.job_id] = [member]
+                                todo.appendleft((member, attempt))
+                            else:
+                                settle(member, attempt, member_out)
 
             while (todo or inflight) and not self.stop.requested:
                 while todo and len(inflight) < window and not self.stop.requested:
                     job, attempt = todo.popleft()
+                    group = self.fixed.pop(job.job_id, None)  # a part of a pack that ran out of memory
                     reason = self.backend.infeasible(job) or self.missing_reason(job)
                     handles = None
                     if reason is None:
@@ -387,12 +431,15 @@ class _Wave:
                         except OSError as exc:
                             reason = f"cannot read input: {exc}"
                     if reason is not None:
-                        self.fail(job, reason, "", 0)
-                        self.inputs.release(job)
-                        bar.update(1)
+                        for member in group or [job]:
+                            self.fail(member, reason, "", 0)
+                            self.inputs.release(member)
+                            bar.update(1)
                         continue
-                    group = take_pack(job, todo, self.pack_size, max_groups=self.pack_groups,
-                                      memory_budget=self.pack_memory, ready=self.ready) if attempt == 1 else [job]
+                    if group is None:
+                        group = take_pack(job, todo, self.pack_size, max_groups=self.pack_groups,
+                                          memory_budget=self.pack_memory, ready=self.ready,
+                                          keep_out=self.fixed) if attempt == 1 else [job]
                     if len(group) == 1:
                         inflight[self.backend.submit(job, self.fns[job.stage], handles, attempt)] = (job, attempt, None)
                     else:
