@@ -45,7 +45,35 @@ class ModelPlan:
 
 
 def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
-    return cfg.data.job_dict()
+    """The study's data in a job spec (and its id): what changes the pixels and the samples. Not the
+    dataset root: where a machine keeps ImageNet changes no result, so the same study on another machine
+    keeps its ids; the root travels in ``Job.runtime`` (:func:`data_runtime`)."""
+    d = cfg.data.job_dict()
+    d.pop("root", None)
+    return d
+
+
+def data_runtime(cfg: StudyConfig) -> dict[str, Any]:
+    """``Job.runtime`` of a job that reads the study's data, resolved here on the driver: the speed-only
+    data settings (the cache folder), the dataset root (``data.root`` or ``$ZOO_STUDY_IMAGENET``) and the
+    driver's ``$ZOO_STUDY_IMAGENET`` for other ImageFolder specs without a root (adapt data).
+
+    Why: on a cluster the workers are started by each node's raylet and do not see the driver's
+    environment; what the driver resolved travels with every job (:func:`pipelines.executors._source`)."""
+    import os
+
+    from pipelines.jobs import RUNTIME_DATA_ROOT, RUNTIME_ENV_ROOT
+    from zoo_study.data.spec import IMAGENET_ENV
+
+    runtime = dict(cfg.data.runtime_dict())
+    if cfg.data.kind == "imagefolder":
+        try:
+            runtime[RUNTIME_DATA_ROOT] = cfg.data.resolved_root()
+        except FileNotFoundError:  # validation says so before a run; planning (--dry-run) goes on
+            pass
+    if os.environ.get(IMAGENET_ENV):
+        runtime[RUNTIME_ENV_ROOT] = os.environ[IMAGENET_ENV]
+    return runtime
 
 
 def study_models(cfg: StudyConfig) -> list[ModelPlan]:
@@ -170,7 +198,7 @@ def plan_zoo(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
             outputs["weights"] = _rel(layout.weights(p.model_id), layout.root)
         jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, outputs,
                         num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.has_weights_file else 0,
-                        name=p.model_id, runtime=cfg.data.runtime_dict()))
+                        name=p.model_id, runtime=data_runtime(cfg)))
     return jobs
 
 
@@ -181,7 +209,7 @@ def plan_predict(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
                 "topk": cfg.predict.topk, "device": cfg.study.device}
         jobs.append(Job("predict", spec, {"predictions": _rel(layout.predictions(p.model_id), layout.root)},
                         inputs=tuple(_model_inputs(p, layout)), num_cpus=cfg.ray.cpus_per_job,
-                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id, runtime=cfg.data.runtime_dict()))
+                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id, runtime=data_runtime(cfg)))
     return jobs
 
 
@@ -208,7 +236,7 @@ def plan_semantics(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     outputs = {"embeddings": _rel(layout.class_embeddings, layout.root),
                "pair_semantics": _rel(layout.pair_semantics, layout.root)}
     return [Job("semantics", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job,
-                name=f"class similarity ({cfg.semantics.encoder})")]
+                name=f"class similarity ({cfg.semantics.encoder})", runtime=data_runtime(cfg))]
 
 
 def sample_pairs_by_delta(pairs_table, n: int, seed: int) -> list[tuple[str, str]]:
@@ -320,7 +348,7 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
         if cfg.ray.gpus_per_job > 0:  # sizes packs against ray.pack_gpu_memory_gb or the device's memory
             costs = _member_memory(cfg, models[student], models[teachers[0]], int(tconfig["batch_size"]))
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
-               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack,
+               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=data_runtime(cfg), pack=pack,
                pack_group=student, **costs)
 
 
@@ -457,7 +485,7 @@ def plan_robustness(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None
         name = f"{student} after {transfer.name}" if transfer is not None else f"{student} (before transfer)"
         jobs.append(Job("robustness", spec, {"robustness": _rel(layout.robustness_row(job_id), layout.root)},
                         inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job,
-                        name=name, runtime=cfg.data.runtime_dict()))
+                        name=name, runtime=data_runtime(cfg)))
 
     chosen = [j for j in transfers + plan_multi_teacher(cfg, layout)
               if not rb.methods or j.spec["config"]["method"] in rb.methods]
