@@ -34,7 +34,8 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import LOCAL, OOM_ERROR, Outcome, RayBackend, SerialBackend, ensure_ray, one_line, record_local_session
+from pipelines.backends import (LOCAL, OOM_ERROR, Outcome, RayBackend, SerialBackend, ensure_ray, one_line,
+                                record_local_session)
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
 from pipelines.packs import carrier_for, member_outcomes, take_pack
@@ -45,6 +46,7 @@ __all__ = ["RunInterrupted", "run_jobs"]
 
 LOG = logging.getLogger("pipelines.runner")
 POLL_S = 0.5  # how often the driver looks up from waiting to notice a Ctrl-C
+DEVICE_SHARE = 0.8  # of the smallest GPU's memory a pack may fill by default: the CUDA context, fragmentation
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -177,7 +179,9 @@ def run_jobs(
     (tests and notebooks bring their own stages this way). ``pack_size``: pending jobs with equal
     ``Job.pack`` keys run up to this many in one task (:mod:`pipelines.packs`); 1 = every job alone.
     ``pack_students``: how many pack groups (students of one teacher) one pack may span.
-    ``pack_memory_bytes`` > 0: a pack's members' ``Job.pack_cost`` sum stays within it.
+    ``pack_memory_bytes`` > 0: a pack's estimated memory (:func:`pipelines.memory.pack_bytes`) stays within
+    it; 0: within :data:`DEVICE_SHARE` of the smallest GPU's memory, read on the GPU nodes (GPU jobs with
+    estimates only). A pack that still runs out of memory is split and retried (:meth:`_Wave.after_oom`).
     Raises for bad arguments (before any work), :class:`~pipelines.backends.RayUnavailable` when Ray
     cannot be reached, and :class:`RunInterrupted` on Ctrl-C (after writing what finished).
     """
@@ -211,6 +215,7 @@ def run_jobs(
     for j in (j for w in waves for j in w):
         report.stages.setdefault(j.stage, StageCounts()).total += 1
     backend: Any = None
+    budget: float | None = pack_memory_bytes or None  # detected with the first wave of packed GPU jobs
     failed: dict[str, FailureRecord] = {}
     with _StopOnSigint() as stop, _timed(report, t_start):
         for wi, wave in enumerate(waves):
@@ -239,13 +244,27 @@ def run_jobs(
                 else:
                     log.info("serial backend: jobs run one by one in this process (pid %d)", os.getpid())
                     backend = SerialBackend()
+            if budget is None and pack_size > 1 and any(j.pack and j.num_gpus > 0 and j.pack_cost > 0 for j in todo):
+                budget = _device_budget(backend, log)
             _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop, pack_size,
-                  pack_students, pack_memory_bytes).run(
+                  pack_students, budget or 0.0).run(
                 max_in_flight or backend.default_window(), progress, "+".join(stages))
     report.failures = list(failed.values())  # in the order they happened
     log.info("finished in %.1f s: %d ran, %d failed, %d skipped%s", report.wall_s, report.ran, report.failed,
              report.skipped, f"; failure records in {root / 'failures'}" if report.failures else "")
     return report
+
+
+def _device_budget(backend: Any, log: logging.Logger) -> float:
+    """The default memory budget of a pack of GPU jobs: :data:`DEVICE_SHARE` of the smallest GPU's memory
+    (0, packs bounded by their size alone, when no GPU answers)."""
+    total = backend.device_memory()
+    if total <= 0:
+        log.warning("packs of GPU jobs: no GPU memory could be read; packs are bounded by ray.pack_size alone")
+        return 0.0
+    log.info("packs of GPU jobs fill at most %.1f GB (%.0f%% of the smallest GPU's %.1f GB; "
+             "ray.pack_gpu_memory_gb sets it)", DEVICE_SHARE * total / 1e9, 100 * DEVICE_SHARE, total / 1e9)
+    return DEVICE_SHARE * total
 
 
 @contextlib.contextmanager

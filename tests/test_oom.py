@@ -130,3 +130,46 @@ def test_a_pack_that_runs_out_of_memory_finishes_with_the_results_of_an_unsplit_
     assert not (split / "failures").exists() or not list((split / "failures").iterdir())
     unsplit, after_oom = _tables(base), _tables(split)
     assert len(unsplit) == 12 and after_oom == unsplit  # summary, epochs, predictions of 4 transfers, bit for bit
+
+
+def test_packs_of_gpu_jobs_are_sized_by_the_devices_memory_when_no_budget_is_set(tmp_path, monkeypatch, caplog):
+    """ray.pack_gpu_memory_gb unset: 80% of the (fake) card. Members: 30 bytes alone, 20 of them activations,
+    teacher forward 10: a pack of n holds 10 + 10 n + 20 bytes, so a 100-byte card (budget 80) takes
+    n <= 5 and 11 jobs run as packs of 5, 5 and 1."""
+    from pipelines import backends
+
+    monkeypatch.setattr(backends.SerialBackend, "device_memory", lambda self: 100.0)
+    sizes: list[int] = []
+
+    def alone(spec, inputs, ctx):
+        sizes.append(1)
+        return {"row": _row(spec, ctx)}
+
+    def packed(spec, inputs, ctx):
+        sizes.append(len(spec["members"]))
+        return {f"{jid}:row": _row(m, ctx) for m, jid in zip(spec["members"], spec["job_ids"])}
+
+    jobs = [Job(STAGE, {"value": i}, {"row": f"m/{i}.parquet"}, num_gpus=1, pack="k", pack_group="s",
+                pack_cost=30.0, pack_activation=20.0, pack_shared=10.0) for i in range(11)]
+    caplog.set_level("INFO")
+    report = run_jobs(jobs, tmp_path, use_ray=False, executors={STAGE: alone, f"{STAGE}_pack": packed},
+                      pack_size=16, progress=False)
+    assert report.ok and report.ran == 11 and sizes == [5, 5, 1]
+    assert "at most 0.0 GB (80% of the smallest GPU's 0.0 GB" in caplog.text
+    # a budget set in the config wins over the card: 50 bytes -> n <= 2
+    sizes.clear()
+    run_jobs(jobs, tmp_path / "b", use_ray=False, executors={STAGE: alone, f"{STAGE}_pack": packed}, pack_size=16,
+             pack_memory_bytes=50.0, progress=False)
+    assert sizes == [2, 2, 2, 2, 2, 1]
+
+
+def test_the_device_memory_is_read_from_the_first_visible_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipelines.backends import gpu_total_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_total_memory() == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    assert gpu_total_memory() == 80 * 2**30
