@@ -211,7 +211,7 @@ class RayBackend:
 
         ray = self._ray
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
-        probe = ray.remote(max_retries=0)(gpu_total_memory)
+        probe = ray.remote(max_retries=0, max_calls=1)(gpu_total_memory)  # no worker keeps a CUDA context
         refs = [probe.options(num_cpus=0, num_gpus=0.01, scheduling_strategy=NodeAffinitySchedulingStrategy(
             node, soft=False)).remote() for node in nodes]
         try:

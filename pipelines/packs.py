@@ -9,8 +9,10 @@ packs. The runner forms packs at submission time from the jobs still to run (a f
 redone), up to ``max_size`` members with equal :attr:`~pipelines.jobs.Job.pack` keys. Transfers key by
 teacher, data and batches; their :attr:`~pipelines.jobs.Job.pack_group` is the student, so a pack holds
 one pair's transfers, or (``ray.pack_students`` > 1) those of several students of one teacher, which then
-share the batches and the teacher forward. On a GPU, ``ray.pack_gpu_memory_gb`` bounds a pack by the
-members' estimated memory (:attr:`~pipelines.jobs.Job.pack_cost`, :mod:`pipelines.memory`).
+share the batches and the teacher forward. On a GPU a pack's estimated memory (:mod:`pipelines.memory`:
+the teacher once, every member's state, the largest member's activations) stays within
+``ray.pack_gpu_memory_gb`` or 80% of the smallest GPU; a pack that still runs out of memory is split by
+the runner and its parts retried.
 
 A pack is submitted as a *carrier* job of stage ``<stage>_pack`` whose spec lists the members' specs and
 ids; its executor returns each member's outputs under ``"<job_id>:<output name>"`` and a failed member's

@@ -290,6 +290,7 @@ class _Wave:
         self.retried: set[str] = set()
         self.n_failed = 0
         self.fixed: dict[str, list[Job]] = {}  # first member's id -> the group it runs with (after an OOM)
+        self.todo: collections.deque[tuple[Job, int]] = collections.deque()  # (job, attempt), filled by run
 
     def fail(self, job: Job, error: str, tb: str, attempts: int) -> None:
         self.n_failed += 1
@@ -359,11 +360,11 @@ class _Wave:
         self.log.debug("done %s in %.2f s on %s -> %s", job.label, outcome.seconds, outcome.where, ", ".join(written))
         return "done"
 
-    def after_oom(self, group: list[Job], outcome: Outcome) -> list[list[Job]]:
-        """The groups to run instead of ``group``, which ran out of accelerator memory: a pack in two halves
-        (each half again on its own OOM, down to single jobs), a single job once more with gradient
+    def after_oom(self, group: list[Job], attempt: int, outcome: Outcome) -> bool:
+        """Queue, to run next, what replaces ``group``, which ran out of accelerator memory: a pack in two
+        halves (each half again on its own OOM, down to single jobs), a single job once more with gradient
         checkpointing (``Job.runtime["grad_checkpointing"]``, the executor applies timm's
-        ``set_grad_checkpointing``); [] when a checkpointed job still does not fit (it then fails).
+        ``set_grad_checkpointing``). False when a checkpointed job still does not fit (it then fails).
 
         Why not an error: which packs fit is an estimate (:mod:`pipelines.memory`), and a lost pack is up
         to ``ray.pack_size`` transfers. Splitting changes no result (a member's numbers are the same packed
@@ -379,15 +380,22 @@ class _Wave:
             self.log.warning("%s ran out of accelerator memory (%s); retrying alone with gradient checkpointing",
                              job.label, outcome.error)
         else:
-            return []
-        for part in parts:
+            return False
+        for part in reversed(parts):  # next in line, in order
             self.fixed[part[0].job_id] = part
-        return parts
+            self.todo.appendleft((part[0], attempt))
+        return True
+
+    def member_oom(self, member: Job, attempt: int, error: str) -> None:
+        """One member's own OOM, its pack having gone on (the others' results are kept): it runs alone next."""
+        self.log.warning("%s ran out of accelerator memory in a pack (%s); retrying alone", member.label, error)
+        self.fixed[member.job_id] = [member]
+        self.todo.appendleft((member, attempt))
 
     def run(self, window: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        todo: collections.deque[tuple[Job, int]] = collections.deque((j, 1) for j in largest_packs_first(self.jobs))
+        todo = self.todo = collections.deque((j, 1) for j in largest_packs_first(self.jobs))
         inflight: dict[Any, tuple[Job, int, list[Job] | None]] = {}
         cancelled = 0
         redirect = _logging_redirect() if progress else contextlib.nullcontext()
@@ -408,18 +416,12 @@ class _Wave:
                 if self.n_failed:
                     bar.set_postfix(failed=self.n_failed, refresh=False)
 
-            def out_of_memory(group: list[Job], attempt: int, outcome: Outcome) -> None:
-                parts = self.after_oom(group, outcome)
-                for part in reversed(parts):  # run next, in order
-                    todo.appendleft((part[0], attempt))
-                if not parts:
-                    settle(group[0], attempt, dataclasses.replace(outcome, kind="error"))
-
             def handle(outcomes: list) -> None:
                 for h, outcome in outcomes:
                     job, attempt, group = inflight.pop(h)
                     if outcome.kind == "oom":
-                        out_of_memory(group or [job], attempt, outcome)
+                        if not self.after_oom(group or [job], attempt, outcome):
+                            settle(job, attempt, dataclasses.replace(outcome, kind="error"))
                     elif group is None:
                         settle(job, attempt, outcome)
                     elif outcome.kind != "ok":  # the pack as a whole: each member gets its outcome
@@ -427,16 +429,12 @@ class _Wave:
                             settle(member, attempt, outcome)
                     else:
                         for member, outputs, error, tb in member_outcomes(group, outcome.outputs or {}):
-                            kind = "ok" if outputs is not None else "oom" if error.startswith(OOM_ERROR) else "error"
-                            member_out = Outcome(kind, outputs=outputs, error=error, traceback=tb,
-                                                 where=outcome.where, seconds=outcome.seconds)
-                            if kind == "oom":  # one member's own OOM (its pack went on): it alone, as it is
-                                self.log.warning("%s ran out of accelerator memory in a pack (%s); retrying alone",
-                                                 member.label, error)
-                                self.fixed[member.job_id] = [member]
-                                todo.appendleft((member, attempt))
-                            else:
-                                settle(member, attempt, member_out)
+                            if outputs is None and error.startswith(OOM_ERROR):
+                                self.member_oom(member, attempt, error)
+                                continue
+                            settle(member, attempt, Outcome("ok" if outputs is not None else "error", outputs=outputs,
+                                                            error=error, traceback=tb, where=outcome.where,
+                                                            seconds=outcome.seconds))
 
             while (todo or inflight) and not self.stop.requested:
                 while todo and len(inflight) < window and not self.stop.requested:

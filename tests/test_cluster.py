@@ -24,7 +24,7 @@ IMAGENET_ENV = "ZOO_STUDY_IMAGENET"
 MB = 2**20
 
 
-def _start_cluster(n_workers: int, cpus: int):
+def _start_cluster(n_workers: int, cpus: int, gpus: int = 0):
     """A head without CPUs and ``n_workers`` worker nodes; skips where Ray cannot start one."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -37,7 +37,7 @@ def _start_cluster(n_workers: int, cpus: int):
         quick = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * MB,
                                                           "include_dashboard": False, "_system_config": quick})
-        workers = [c.add_node(num_cpus=cpus, object_store_memory=80 * MB, resources={f"w{i}": 1})
+        workers = [c.add_node(num_cpus=cpus, num_gpus=gpus, object_store_memory=80 * MB, resources={f"w{i}": 1})
                    for i in range(1, n_workers + 1)]
         c.wait_for_nodes()
     except Exception as exc:  # noqa: BLE001 - no multi-node Ray here (sandbox, ports, shm): say so
@@ -170,11 +170,11 @@ def test_the_dataset_root_travels_with_the_job_and_not_in_its_id(tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_workers_without_the_environment_variable_read_the_drivers_dataset(tmp_path: Path, monkeypatch):
+def test_workers_without_the_environment_variable_read_the_drivers_dataset(tmp_path: Path, monkeypatch, caplog):
     """A head and one worker node started without ZOO_STUDY_IMAGENET (as raylets on other machines are);
     the driver has it. Every job reads the dataset the driver named."""
     monkeypatch.delenv(IMAGENET_ENV, raising=False)
-    c, _ = _start_cluster(1, 1)  # its raylets (and so its workers) never see the variable
+    c, _ = _start_cluster(1, 1, gpus=1)  # its raylets (and so its workers) never see the variable
     try:
         data = _image_tree(tmp_path / "imagenet")
         monkeypatch.setenv(IMAGENET_ENV, str(data))  # the driver's environment only
@@ -196,5 +196,10 @@ def test_workers_without_the_environment_variable_read_the_drivers_dataset(tmp_p
         assert report.ok and report.ran == 1, report.summary()
         row = pq.read_table(tmp_path / "results" / job.outputs["row"]).to_pylist()[0]
         assert row == {"env": "", "root": str(data), "n": 10}  # the worker had no variable, yet read the data
+        # the default pack budget reads each GPU node's card there: this node's GPU is Ray's resource only
+        from pipelines.backends import RayBackend
+
+        assert RayBackend(check_feasible=False).device_memory(timeout=120) == 0.0
+        assert "could not read the GPUs' memory" not in caplog.text  # the probe ran on the node and answered
     finally:
         _stop_cluster(c)
