@@ -173,3 +173,22 @@ def test_the_device_memory_is_read_from_the_first_visible_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 2**30))
     assert gpu_total_memory() == 80 * 2**30
+
+
+def test_a_lone_retry_turns_on_timms_gradient_checkpointing_in_the_student(caplog):
+    """What the runner's last retry asks for (Job.runtime["grad_checkpointing"]) reaches the model; a model
+    without it runs as it is, with a warning."""
+    import zoo_study  # noqa: F401
+    import timm
+
+    from pipelines.executors import _checkpointed
+
+    class Record:
+        model_id = "m"
+
+    model = timm.create_model("resnet10t", num_classes=3, channels=(8, 8, 8, 8))
+    assert not model.grad_checkpointing
+    _checkpointed((model, Record()))
+    assert model.grad_checkpointing
+    _checkpointed((torch.nn.Linear(2, 2), Record()))
+    assert "no gradient checkpointing" in caplog.text
