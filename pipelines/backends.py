@@ -5,7 +5,9 @@ Both backends run the same worker shim, :func:`execute_job`, and hand back :clas
 * ``ok``: the executor returned ``{output name: content}``;
 * ``error``: the executor raised (recorded with its own traceback; not retried: it would fail the same way);
 * ``system``: the worker died (SIGKILL, OOM killer, lost node) or its result was lost; the runner retries;
-* ``cancelled``: the job was interrupted (Ctrl-C reached it); the runner stops the run.
+* ``cancelled``: the job was interrupted (Ctrl-C reached it); the runner stops the run;
+* ``oom``: the executor ran out of accelerator memory (``torch.OutOfMemoryError``); the runner splits the
+  pack or retries the job with less memory (:mod:`pipelines.runner`).
 
 Ray is imported lazily, inside the functions of this module, so the serial backend (``address="local"``),
 planning and status work on a machine without Ray. Ray's own retries are off (``max_retries=0``): the
@@ -31,8 +33,9 @@ from typing import Any, Callable, Mapping
 
 from pipelines.jobs import Job, JobContext, resolve_executor
 
-__all__ = ["LOCAL", "Outcome", "RayUnavailable", "SerialBackend", "RayBackend", "check_address", "ensure_ray",
-           "execute_job", "one_line", "ray_is_initialized", "shutdown_ray"]
+__all__ = ["LOCAL", "OOM_ERROR", "Outcome", "RayUnavailable", "SerialBackend", "RayBackend", "check_address",
+           "ensure_ray", "execute_job", "gpu_total_memory", "is_oom", "one_line", "ray_is_initialized",
+           "shutdown_ray"]
 
 LOG = logging.getLogger("pipelines.backends")
 LOCAL = "local"
@@ -49,9 +52,24 @@ def one_line(exc: BaseException) -> str:
     return msg if len(msg) <= ERROR_CHARS else msg[: ERROR_CHARS - 3] + "..."
 
 
+OOM_ERROR = "OutOfMemoryError"  # torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error (by name: this module never imports torch)."""
+    return any(cls.__name__ == OOM_ERROR for cls in type(exc).__mro__)
+
+
+def _release_accelerator_memory() -> None:
+    """Return the cached blocks of a failed job to the device (serial backend: the next job runs here)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class Outcome:
-    kind: str  # ok | error | system | cancelled
+    kind: str  # ok | error | system | cancelled | oom
     outputs: dict | None = None
     error: str = ""
     traceback: str = ""
@@ -76,8 +94,11 @@ def execute_job(executor: str | Callable, spec_json: str, ctx: JobContext, *blob
     except KeyboardInterrupt:
         return Outcome("cancelled", error="interrupted", where=where, seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - every executor error is recorded, not raised
-        return Outcome("error", error=one_line(exc), traceback=_tb.format_exc(), where=where,
-                       seconds=time.perf_counter() - t0)
+        out = Outcome("oom" if is_oom(exc) else "error", error=one_line(exc), traceback=_tb.format_exc(),
+                      where=where, seconds=time.perf_counter() - t0)
+    if out.kind == "oom":  # after the except block: its traceback (and the job's tensors) are gone
+        _release_accelerator_memory()
+    return out
 
 
 @contextlib.contextmanager
@@ -94,10 +115,28 @@ def _interruptible() -> Any:
         signal.signal(signal.SIGINT, previous)
 
 
+def gpu_total_memory() -> float:
+    """Bytes of memory of this process's first visible GPU; 0 without one (or without torch).
+
+    Runs where jobs run (a Ray task on each GPU node, or the serial backend's process): the driver may
+    have no GPU, and a cluster's nodes may carry different cards."""
+    try:
+        import torch
+    except ImportError:
+        return 0.0
+    if not torch.cuda.is_available():
+        return 0.0
+    return float(torch.cuda.get_device_properties(0).total_memory)
+
+
 class SerialBackend:
     """Runs each submitted job in this process, one at a time, when it is awaited."""
 
     name = "serial"
+
+    def device_memory(self) -> float:
+        """This process's GPU memory in bytes (0: none): what a pack of GPU jobs may fill."""
+        return gpu_total_memory()
 
     def __init__(self) -> None:
         self._queue: collections.OrderedDict[int, tuple] = collections.OrderedDict()
@@ -163,6 +202,24 @@ class RayBackend:
                 return (f"needs {need:g} {key}(s) but no node of this Ray instance has more than "
                         f"{self._node_max[key]:g}; change the job's resources or join a cluster that has them")
         return None
+
+    def device_memory(self, timeout: float = 120.0) -> float:
+        """The smallest GPU memory over the alive GPU nodes, in bytes (0: no GPU node, or none answered):
+        one small task per node reads it there (Ray's resources do not carry it). Packs formed on the
+        driver may land on any node, so the smallest card bounds them."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self._ray
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+        probe = ray.remote(max_retries=0, max_calls=1)(gpu_total_memory)  # no worker keeps a CUDA context
+        refs = [probe.options(num_cpus=0, num_gpus=0.01, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote() for node in nodes]
+        try:
+            sizes = [s for s in ray.get(refs, timeout=timeout) if s > 0]
+        except Exception as exc:  # noqa: BLE001 - busy or lost GPUs: packs are then bounded by pack_size alone
+            LOG.warning("could not read the GPUs' memory (%s); set ray.pack_gpu_memory_gb", one_line(exc))
+            return 0.0
+        return float(min(sizes, default=0.0))
 
     def default_window(self) -> int:
         res = self._ray.cluster_resources()

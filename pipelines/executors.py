@@ -33,12 +33,21 @@ def _device(name: str) -> str:
     return name
 
 
-def _source(data: dict[str, Any], ctx: JobContext):
+def _source(data: dict[str, Any], ctx: JobContext, *, study: bool = True):
     """The job's dataset: the spec's ``data`` (a dumped :class:`DataSpec`, validated again here) plus the
-    job's speed-only runtime settings (the decoded-image cache folder)."""
+    job's runtime settings (the decoded-image cache folder) and, for an ImageFolder spec without a root,
+    the root the driver resolved (``study``: the study's data; else another dataset, e.g. adapt data,
+    which falls back to the driver's ``$ZOO_STUDY_IMAGENET``). Never this worker's environment: on a
+    cluster it is not the driver's."""
+    from pipelines.jobs import RUNTIME_DATA_ROOT, RUNTIME_ENV_ROOT
     from zoo_study.data import DataSpec, load_source
 
-    return load_source(DataSpec.from_job(data, ctx.runtime))
+    runtime = {k: v for k, v in ctx.runtime.items() if k in DataSpec.model_fields}
+    spec = DataSpec.from_job(data, runtime)
+    root = ctx.runtime.get(RUNTIME_DATA_ROOT if study else RUNTIME_ENV_ROOT)
+    if spec.kind == "imagefolder" and spec.root is None and root:
+        spec = spec.model_copy(update={"root": root})
+    return load_source(spec)
 
 
 @contextmanager
@@ -128,10 +137,10 @@ def _adapted_weights(payload: dict[str, Any], study_data: dict[str, Any], ctx: J
     spec = payload["spec"]
     base = spec["base"]
     pre_data = spec.get("pretrain_data") or study_data
-    target = _source(spec.get("train_data") or study_data, ctx)
+    target = _source(spec.get("train_data") or study_data, ctx, study=not spec.get("train_data"))
     seconds = 0.0
     if base["kind"] == "embedded":
-        pre_source = _source(pre_data, ctx)
+        pre_source = _source(pre_data, ctx, study=not spec.get("pretrain_data"))
         blob, info = _train_embedded(base, pre_source, device)  # its pretraining, before it is adapted
         seconds += float(info["train_seconds"])
         with _weights_file(blob) as path:
@@ -231,8 +240,22 @@ def _transfer_inputs(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobCon
     source = _source(spec["data"], ctx)
     device = _device(spec.get("device", "auto"))
     student = build_model(spec["student"], inputs, source.num_classes, device)
+    if ctx.runtime.get("grad_checkpointing"):
+        _checkpointed(student)
     teachers = [build_model(t, inputs, source.num_classes, device) for t in spec["teachers"]]
     return source, device, student, teachers, _cached_predictions(spec, inputs)
+
+
+def _checkpointed(model_and_record) -> None:
+    """Turn on timm's gradient checkpointing in a student whose transfer ran out of accelerator memory alone
+    (``Job.runtime["grad_checkpointing"]``, set by the runner's OOM retry): activations are recomputed in
+    the backward pass instead of kept. A model without it runs as it is (and fails again if it does not fit)."""
+    model, record = model_and_record
+    try:
+        model.set_grad_checkpointing(True)
+        LOG.info("%s: gradient checkpointing on (retry after running out of accelerator memory)", record.model_id)
+    except (AttributeError, NotImplementedError, AssertionError) as exc:
+        LOG.warning("%s: no gradient checkpointing (%s); retrying without it", record.model_id, exc)
 
 
 def _run_transfer_spec(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext):

@@ -63,6 +63,10 @@ __all__ = [
 
 LOG = logging.getLogger("pipelines.jobs")
 ID_LENGTH = 16
+# Job.runtime keys the driver fills (pipelines.stages.data_runtime) and the worker reads
+# (pipelines.executors._source) instead of its own environment, which on a cluster is not the driver's
+RUNTIME_DATA_ROOT = "data_root"  # the study's dataset root (data.root or the driver's $ZOO_STUDY_IMAGENET)
+RUNTIME_ENV_ROOT = "imagenet_env"  # the driver's $ZOO_STUDY_IMAGENET, for other data specs without a root
 
 OutputContent = Union[pa.Table, bytes, str]
 """What an executor may return for one output: a table (written as Parquet), raw bytes, or text (UTF-8)."""
@@ -154,9 +158,13 @@ class Job:
     # not part of the id: packing changes how a job runs, never its result
     pack: str = field(default="", compare=False)
     # within a pack key: jobs of one group read the same inputs (a transfer's student); a pack spans up to
-    # ray.pack_students groups. pack_cost: the member's estimated accelerator memory in bytes (0: unknown)
+    # ray.pack_students groups. pack_cost: the member's estimated accelerator memory in bytes when trained
+    # alone (0: unknown), of which pack_activation is activations (one member's alive at a time in a pack);
+    # pack_shared: what the whole pack holds once (the shared teacher forward). See pipelines/memory.py
     pack_group: str = field(default="", compare=False)
     pack_cost: float = field(default=0.0, compare=False)
+    pack_activation: float = field(default=0.0, compare=False)
+    pack_shared: float = field(default=0.0, compare=False)
     job_id: str = field(init=False, compare=False)
     spec_json: str = field(init=False, repr=False, compare=False)
 
@@ -216,7 +224,9 @@ class Job:
 class JobContext:
     """What an executor gets besides its spec and inputs: the job's id (e.g. for a ``job_id`` column),
     stage, declared outputs (name -> path) and inputs, the attempt number (2 and up after a worker
-    died) and the job's speed-only runtime settings."""
+    died) and the job's runtime settings: what changes where or how fast it runs, never its result
+    (the cache folder, the dataset root resolved on the driver, gradient checkpointing after an OOM).
+    It travels with the task, so a worker needs nothing from its own environment."""
 
     job_id: str
     stage: str

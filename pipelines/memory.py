@@ -3,18 +3,25 @@
 Why: a pack trains one copy of its student per member on one device; how many copies fit depends on
 the student's size and its activations at the batch size, which vary over a zoo by orders of magnitude
 (a ViT-L student needs ~100x what a ResNet-18 does). The planner gives every packable transfer job a
-:attr:`~pipelines.jobs.Job.pack_cost` and the runner keeps each pack's sum within the budget.
+:class:`MemoryEstimate` (:attr:`~pipelines.jobs.Job.pack_cost` and friends) and the runner keeps each
+pack's :func:`pack_bytes` within the budget.
 
-The estimate of one member (float32, the conservative case; autocast roughly halves the activations):
+One member (float32, the conservative case; autocast roughly halves the activations):
 
-    weights + gradients + SGD momentum   3 x parameters x 4 bytes
-    activations kept for backward        sum over leaf modules of their output sizes at the batch x 4 bytes
+    state        weights + gradients + SGD momentum       3 x parameters x 4 bytes
+    activations  kept for backward                        sum over leaf modules of their output sizes x 4 bytes
 
-measured by building the model on PyTorch's ``meta`` device (shapes only, no memory, no weights) and
-running one forward there with hooks. The shared teacher and frozen student are not in a member's cost:
-leave headroom for them and the CUDA context when setting the budget (e.g. 80% of the card). Models
-whose forward cannot run on ``meta`` fall back to 12 x their parameter bytes (said in the log).
-Planning imports torch only when the budget is set.
+A pack's members step one after another on the shared batch (``zoo_study.transfer.phase``: forward,
+backward, update, then the next member), so their states are all resident but only one member's
+activations are alive at a time. The shared teacher runs once per batch under ``no_grad``:
+
+    pack = shared teacher forward + sum of the members' states + the largest member's activations
+    teacher forward = its weights (parameters x 4 bytes) + its largest leaf output x 2 (input and output alive)
+
+Shapes come from building the model on PyTorch's ``meta`` device (no memory, no weights) and running one
+forward there with hooks. Models whose forward cannot run on ``meta`` fall back to 12 x their parameter
+bytes (3 of state, 9 of activations; said in the log). Leave headroom for the CUDA context and the
+allocator's fragmentation (the default budget is 80% of the card). Planning imports torch only for GPU jobs.
 """
 
 from __future__ import annotations
@@ -22,18 +29,53 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
-__all__ = ["train_memory_bytes", "model_memory_bytes", "GB"]
+__all__ = ["GB", "MemoryEstimate", "model_memory", "model_memory_bytes", "pack_bytes", "train_memory_bytes"]
 
 LOG = logging.getLogger(__name__)
 GB = 1e9
 _FALLBACK_FACTOR = 12.0  # x parameter bytes when the meta forward fails
+_STATE_FACTOR = 3.0  # weights, gradients, momentum
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """One model at one batch size, in bytes (see the module docstring)."""
+
+    weights: float  # parameters x 4
+    activations: float  # every leaf output at the batch x 4 (what training keeps for backward)
+    peak_output: float  # the largest single leaf output at the batch x 4
+
+    @property
+    def state(self) -> float:
+        """Weights, gradients and momentum of a trained copy."""
+        return _STATE_FACTOR * self.weights
+
+    @property
+    def train(self) -> float:
+        """Training one copy alone: its state plus its activations."""
+        return self.state + self.activations
+
+    @property
+    def forward(self) -> float:
+        """A ``no_grad`` forward (a shared teacher): weights plus the largest layer's input and output."""
+        return self.weights + 2.0 * self.peak_output
+
+
+def pack_bytes(members: Iterable[tuple[float, float]], shared: float = 0.0) -> float:
+    """Memory of a pack whose members (``(train bytes, activation bytes)`` each) step one after another:
+    ``shared`` once, every member's state (train - activations), and the largest member's activations."""
+    members = list(members)
+    if not members:
+        return float(shared)
+    return float(shared) + sum(t - a for t, a in members) + max(a for _, a in members)
 
 
 @functools.lru_cache(maxsize=256)
 def _estimate(arch: str, kwargs_json: str, num_classes: int, input_size: tuple[int, ...] | None,
-              batch: int) -> float:
+              batch: int) -> MemoryEstimate:
     import torch
 
     import zoo_study  # noqa: F401  (torchvision compat before timm)
@@ -44,16 +86,15 @@ def _estimate(arch: str, kwargs_json: str, num_classes: int, input_size: tuple[i
     kwargs = json.loads(kwargs_json)
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
-    n_params = sum(p.numel() for p in model.parameters())
-    state_bytes = 3.0 * 4 * n_params
+    weights = 4.0 * sum(p.numel() for p in model.parameters())
     if input_size is None:
         input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    total = [0]
+    sizes: list[int] = []
 
     def hook(_m, _inp, out) -> None:
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
-                total[0] += t.numel() * 4
+                sizes.append(t.numel() * 4)
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -63,31 +104,42 @@ def _estimate(arch: str, kwargs_json: str, num_classes: int, input_size: tuple[i
     except Exception as exc:  # noqa: BLE001 - an op without a meta kernel: fall back to the parameter rule
         LOG.info("memory estimate of %s: forward on the meta device failed (%s); using %gx its parameter bytes",
                  arch, exc, _FALLBACK_FACTOR)
-        return _FALLBACK_FACTOR * 4 * n_params
+        act = (_FALLBACK_FACTOR - _STATE_FACTOR) * weights
+        return MemoryEstimate(weights, act, act / 2)
     finally:
         for h in handles:
             h.remove()
-    return state_bytes + float(total[0])
+    return MemoryEstimate(weights, float(sum(sizes)), float(max(sizes, default=0)))
+
+
+def _args(kind: str, spec: dict[str, Any]) -> tuple[str, dict | None, Sequence[int] | None]:
+    """(timm arch, model kwargs, input size) of a study model (a :class:`~pipelines.stages.ModelPlan`'s
+    kind and spec: an embedded recipe, an adapted model, a model reference, or a noise-floor arch)."""
+    if kind == "adapted":  # the base model's size: adapting keeps the architecture
+        return _args(spec["base"]["kind"], spec["base"]["spec"])
+    if kind == "embedded":
+        return spec["arch"], spec.get("model_kwargs"), [3, spec["input_size"], spec["input_size"]]
+    if kind == "random":
+        return spec["arch"], spec.get("model_kwargs"), (spec.get("data_config") or {}).get("input_size")
+    return spec["arch"], None, None
+
+
+def model_memory(kind: str, spec: dict[str, Any], num_classes: int, batch: int) -> MemoryEstimate:
+    """The :class:`MemoryEstimate` of a study model at ``batch``."""
+    if batch < 1 or num_classes < 1:
+        raise ValueError(f"batch and num_classes must be >= 1, got {batch} and {num_classes}")
+    arch, kwargs, size = _args(kind, spec)
+    size = tuple(int(x) for x in size) if size else None
+    return _estimate(arch, json.dumps(kwargs or {}, sort_keys=True), int(num_classes), size, int(batch))
 
 
 def train_memory_bytes(arch: str, model_kwargs: dict[str, Any] | None, num_classes: int,
                        input_size: Sequence[int] | None, batch: int) -> float:
-    """Estimated bytes to train one copy of ``arch`` at ``batch`` (see the module docstring)."""
-    if batch < 1 or num_classes < 1:
-        raise ValueError(f"batch and num_classes must be >= 1, got {batch} and {num_classes}")
-    size = tuple(int(x) for x in input_size) if input_size else None
-    return _estimate(arch, json.dumps(model_kwargs or {}, sort_keys=True), int(num_classes), size, int(batch))
+    """Estimated bytes to train one copy of ``arch`` alone at ``batch`` (state plus activations)."""
+    return model_memory("random", {"arch": arch, "model_kwargs": model_kwargs,
+                                   "data_config": {"input_size": input_size}}, num_classes, batch).train
 
 
 def model_memory_bytes(kind: str, spec: dict[str, Any], num_classes: int, batch: int) -> float:
-    """:func:`train_memory_bytes` of a study model (a :class:`~pipelines.stages.ModelPlan`'s kind and spec:
-    an embedded recipe, a model reference with its timm arch, or a noise-floor arch)."""
-    if kind == "adapted":  # the base model's size: adapting keeps the architecture
-        return model_memory_bytes(spec["base"]["kind"], spec["base"]["spec"], num_classes, batch)
-    if kind == "embedded":
-        return train_memory_bytes(spec["arch"], spec.get("model_kwargs"), num_classes,
-                                  [3, spec["input_size"], spec["input_size"]], batch)
-    if kind == "random":
-        dc = spec.get("data_config") or {}
-        return train_memory_bytes(spec["arch"], spec.get("model_kwargs"), num_classes, dc.get("input_size"), batch)
-    return train_memory_bytes(spec["arch"], None, num_classes, None, batch)
+    """:attr:`MemoryEstimate.train` of a study model (training one copy alone)."""
+    return model_memory(kind, spec, num_classes, batch).train

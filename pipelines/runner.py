@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line, record_local_session
+from pipelines.backends import (LOCAL, OOM_ERROR, Outcome, RayBackend, SerialBackend, ensure_ray, one_line,
+                                record_local_session)
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
 from pipelines.packs import carrier_for, member_outcomes, take_pack
@@ -44,6 +46,7 @@ __all__ = ["RunInterrupted", "run_jobs"]
 
 LOG = logging.getLogger("pipelines.runner")
 POLL_S = 0.5  # how often the driver looks up from waiting to notice a Ctrl-C
+DEVICE_SHARE = 0.8  # of the smallest GPU's memory a pack may fill by default: the CUDA context, fragmentation
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -176,7 +179,9 @@ def run_jobs(
     (tests and notebooks bring their own stages this way). ``pack_size``: pending jobs with equal
     ``Job.pack`` keys run up to this many in one task (:mod:`pipelines.packs`); 1 = every job alone.
     ``pack_students``: how many pack groups (students of one teacher) one pack may span.
-    ``pack_memory_bytes`` > 0: a pack's members' ``Job.pack_cost`` sum stays within it.
+    ``pack_memory_bytes`` > 0: a pack's estimated memory (:func:`pipelines.memory.pack_bytes`) stays within
+    it; 0: within :data:`DEVICE_SHARE` of the smallest GPU's memory, read on the GPU nodes (GPU jobs with
+    estimates only). A pack that still runs out of memory is split and retried (:meth:`_Wave.after_oom`).
     Raises for bad arguments (before any work), :class:`~pipelines.backends.RayUnavailable` when Ray
     cannot be reached, and :class:`RunInterrupted` on Ctrl-C (after writing what finished).
     """
@@ -210,6 +215,7 @@ def run_jobs(
     for j in (j for w in waves for j in w):
         report.stages.setdefault(j.stage, StageCounts()).total += 1
     backend: Any = None
+    budget: float | None = pack_memory_bytes or None  # detected with the first wave of packed GPU jobs
     failed: dict[str, FailureRecord] = {}
     with _StopOnSigint() as stop, _timed(report, t_start):
         for wi, wave in enumerate(waves):
@@ -238,13 +244,27 @@ def run_jobs(
                 else:
                     log.info("serial backend: jobs run one by one in this process (pid %d)", os.getpid())
                     backend = SerialBackend()
+            if budget is None and pack_size > 1 and any(j.pack and j.num_gpus > 0 and j.pack_cost > 0 for j in todo):
+                budget = _device_budget(backend, log)
             _Wave(todo, root, backend, fns, producer, failed, report, max_retries, log, stop, pack_size,
-                  pack_students, pack_memory_bytes).run(
+                  pack_students, budget or 0.0).run(
                 max_in_flight or backend.default_window(), progress, "+".join(stages))
     report.failures = list(failed.values())  # in the order they happened
     log.info("finished in %.1f s: %d ran, %d failed, %d skipped%s", report.wall_s, report.ran, report.failed,
              report.skipped, f"; failure records in {root / 'failures'}" if report.failures else "")
     return report
+
+
+def _device_budget(backend: Any, log: logging.Logger) -> float:
+    """The default memory budget of a pack of GPU jobs: :data:`DEVICE_SHARE` of the smallest GPU's memory
+    (0, packs bounded by their size alone, when no GPU answers)."""
+    total = backend.device_memory()
+    if total <= 0:
+        log.warning("packs of GPU jobs: no GPU memory could be read; packs are bounded by ray.pack_size alone")
+        return 0.0
+    log.info("packs of GPU jobs fill at most %.1f GB (%.0f%% of the smallest GPU's %.1f GB; "
+             "ray.pack_gpu_memory_gb sets it)", DEVICE_SHARE * total / 1e9, 100 * DEVICE_SHARE, total / 1e9)
+    return DEVICE_SHARE * total
 
 
 @contextlib.contextmanager
@@ -269,6 +289,8 @@ class _Wave:
         self.inputs = _Inputs(root, backend, jobs)
         self.retried: set[str] = set()
         self.n_failed = 0
+        self.fixed: dict[str, list[Job]] = {}  # first member's id -> the group it runs with (after an OOM)
+        self.todo: collections.deque[tuple[Job, int]] = collections.deque()  # (job, attempt), filled by run
 
     def fail(self, job: Job, error: str, tb: str, attempts: int) -> None:
         self.n_failed += 1
@@ -338,10 +360,42 @@ class _Wave:
         self.log.debug("done %s in %.2f s on %s -> %s", job.label, outcome.seconds, outcome.where, ", ".join(written))
         return "done"
 
+    def after_oom(self, group: list[Job], attempt: int, outcome: Outcome) -> bool:
+        """Queue, to run next, what replaces ``group``, which ran out of accelerator memory: a pack in two
+        halves (each half again on its own OOM, down to single jobs), a single job once more with gradient
+        checkpointing (``Job.runtime["grad_checkpointing"]``, the executor applies timm's
+        ``set_grad_checkpointing``). False when a checkpointed job still does not fit (it then fails).
+
+        Why not an error: which packs fit is an estimate (:mod:`pipelines.memory`), and a lost pack is up
+        to ``ray.pack_size`` transfers. Splitting changes no result (a member's numbers are the same packed
+        or alone); runtime settings are not part of a job id."""
+        if len(group) > 1:
+            half = (len(group) + 1) // 2
+            parts = [group[:half], group[half:]]
+            self.log.warning("%d packed job(s) (%s ...) ran out of accelerator memory (%s); retrying as packs of %s",
+                             len(group), group[0].label, outcome.error, " and ".join(str(len(p)) for p in parts))
+        elif not group[0].runtime.get("grad_checkpointing"):
+            job = group[0]
+            parts = [[dataclasses.replace(job, runtime={**job.runtime, "grad_checkpointing": True})]]
+            self.log.warning("%s ran out of accelerator memory (%s); retrying alone with gradient checkpointing",
+                             job.label, outcome.error)
+        else:
+            return False
+        for part in reversed(parts):  # next in line, in order
+            self.fixed[part[0].job_id] = part
+            self.todo.appendleft((part[0], attempt))
+        return True
+
+    def member_oom(self, member: Job, attempt: int, error: str) -> None:
+        """One member's own OOM, its pack having gone on (the others' results are kept): it runs alone next."""
+        self.log.warning("%s ran out of accelerator memory in a pack (%s); retrying alone", member.label, error)
+        self.fixed[member.job_id] = [member]
+        self.todo.appendleft((member, attempt))
+
     def run(self, window: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        todo: collections.deque[tuple[Job, int]] = collections.deque((j, 1) for j in largest_packs_first(self.jobs))
+        todo = self.todo = collections.deque((j, 1) for j in largest_packs_first(self.jobs))
         inflight: dict[Any, tuple[Job, int, list[Job] | None]] = {}
         cancelled = 0
         redirect = _logging_redirect() if progress else contextlib.nullcontext()
@@ -365,20 +419,27 @@ class _Wave:
             def handle(outcomes: list) -> None:
                 for h, outcome in outcomes:
                     job, attempt, group = inflight.pop(h)
-                    if group is None:
+                    if outcome.kind == "oom":
+                        if not self.after_oom(group or [job], attempt, outcome):
+                            settle(job, attempt, dataclasses.replace(outcome, kind="error"))
+                    elif group is None:
                         settle(job, attempt, outcome)
                     elif outcome.kind != "ok":  # the pack as a whole: each member gets its outcome
                         for member in group:
                             settle(member, attempt, outcome)
                     else:
                         for member, outputs, error, tb in member_outcomes(group, outcome.outputs or {}):
-                            kind = "ok" if outputs is not None else "error"
-                            settle(member, attempt, Outcome(kind, outputs=outputs, error=error, traceback=tb,
-                                                            where=outcome.where, seconds=outcome.seconds))
+                            if outputs is None and error.startswith(OOM_ERROR):
+                                self.member_oom(member, attempt, error)
+                                continue
+                            settle(member, attempt, Outcome("ok" if outputs is not None else "error", outputs=outputs,
+                                                            error=error, traceback=tb, where=outcome.where,
+                                                            seconds=outcome.seconds))
 
             while (todo or inflight) and not self.stop.requested:
                 while todo and len(inflight) < window and not self.stop.requested:
                     job, attempt = todo.popleft()
+                    group = self.fixed.pop(job.job_id, None)  # a part of a pack that ran out of memory
                     reason = self.backend.infeasible(job) or self.missing_reason(job)
                     handles = None
                     if reason is None:
@@ -387,12 +448,15 @@ class _Wave:
                         except OSError as exc:
                             reason = f"cannot read input: {exc}"
                     if reason is not None:
-                        self.fail(job, reason, "", 0)
-                        self.inputs.release(job)
-                        bar.update(1)
+                        for member in group or [job]:
+                            self.fail(member, reason, "", 0)
+                            self.inputs.release(member)
+                            bar.update(1)
                         continue
-                    group = take_pack(job, todo, self.pack_size, max_groups=self.pack_groups,
-                                      memory_budget=self.pack_memory, ready=self.ready) if attempt == 1 else [job]
+                    if group is None:
+                        group = take_pack(job, todo, self.pack_size, max_groups=self.pack_groups,
+                                          memory_budget=self.pack_memory, ready=self.ready,
+                                          keep_out=self.fixed) if attempt == 1 else [job]
                     if len(group) == 1:
                         inflight[self.backend.submit(job, self.fns[job.stage], handles, attempt)] = (job, attempt, None)
                     else:

@@ -45,7 +45,35 @@ class ModelPlan:
 
 
 def data_spec_dict(cfg: StudyConfig) -> dict[str, Any]:
-    return cfg.data.job_dict()
+    """The study's data in a job spec (and its id): what changes the pixels and the samples. Not the
+    dataset root: where a machine keeps ImageNet changes no result, so the same study on another machine
+    keeps its ids; the root travels in ``Job.runtime`` (:func:`data_runtime`)."""
+    d = cfg.data.job_dict()
+    d.pop("root", None)
+    return d
+
+
+def data_runtime(cfg: StudyConfig) -> dict[str, Any]:
+    """``Job.runtime`` of a job that reads the study's data, resolved here on the driver: the speed-only
+    data settings (the cache folder), the dataset root (``data.root`` or ``$ZOO_STUDY_IMAGENET``) and the
+    driver's ``$ZOO_STUDY_IMAGENET`` for other ImageFolder specs without a root (adapt data).
+
+    Why: on a cluster the workers are started by each node's raylet and do not see the driver's
+    environment; what the driver resolved travels with every job (:func:`pipelines.executors._source`)."""
+    import os
+
+    from pipelines.jobs import RUNTIME_DATA_ROOT, RUNTIME_ENV_ROOT
+    from zoo_study.data.spec import IMAGENET_ENV
+
+    runtime = dict(cfg.data.runtime_dict())
+    if cfg.data.kind == "imagefolder":
+        try:
+            runtime[RUNTIME_DATA_ROOT] = cfg.data.resolved_root()
+        except FileNotFoundError:  # validation says so before a run; planning (--dry-run) goes on
+            pass
+    if os.environ.get(IMAGENET_ENV):
+        runtime[RUNTIME_ENV_ROOT] = os.environ[IMAGENET_ENV]
+    return runtime
 
 
 def study_models(cfg: StudyConfig) -> list[ModelPlan]:
@@ -170,7 +198,7 @@ def plan_zoo(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
             outputs["weights"] = _rel(layout.weights(p.model_id), layout.root)
         jobs.append(Job("zoo", {"model": _model_payload(p), "data": data}, outputs,
                         num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job if p.has_weights_file else 0,
-                        name=p.model_id, runtime=cfg.data.runtime_dict()))
+                        name=p.model_id, runtime=data_runtime(cfg)))
     return jobs
 
 
@@ -181,7 +209,7 @@ def plan_predict(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
                 "topk": cfg.predict.topk, "device": cfg.study.device}
         jobs.append(Job("predict", spec, {"predictions": _rel(layout.predictions(p.model_id), layout.root)},
                         inputs=tuple(_model_inputs(p, layout)), num_cpus=cfg.ray.cpus_per_job,
-                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id, runtime=cfg.data.runtime_dict()))
+                        num_gpus=cfg.ray.gpus_per_job, name=p.model_id, runtime=data_runtime(cfg)))
     return jobs
 
 
@@ -208,7 +236,7 @@ def plan_semantics(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     outputs = {"embeddings": _rel(layout.class_embeddings, layout.root),
                "pair_semantics": _rel(layout.pair_semantics, layout.root)}
     return [Job("semantics", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job,
-                name=f"class similarity ({cfg.semantics.encoder})")]
+                name=f"class similarity ({cfg.semantics.encoder})", runtime=data_runtime(cfg))]
 
 
 def sample_pairs_by_delta(pairs_table, n: int, seed: int) -> list[tuple[str, str]]:
@@ -311,27 +339,30 @@ def _transfer_job(cfg: StudyConfig, layout: ResultsLayout, models: dict[str, Mod
     inputs += [_rel(layout.predictions(m), layout.root) for m in [student, *teachers]]
     outputs = {name: _rel(p, layout.root) for name, p in outputs_for(job_id).items()}
     name = f"{tconfig['method']}/{tconfig['mode']}: {'+'.join(teachers)} -> {student}"
-    pack, cost = "", 0.0
+    pack, costs = "", {}
     if tconfig["mode"] == "single":  # single-teacher transfers of one teacher that see the same batches
         from zoo_study.transfer.config import pack_key
 
         shared = {k: spec[k] for k in ("teachers", "data", "device")}  # the student is the job's pack group
         pack = job_id_for(f"{stage}_pack", {**shared, "batches": list(pack_key(tconfig))})
-        if cfg.ray.gpus_per_job > 0 and cfg.ray.pack_gpu_memory_gb > 0:
-            cost = _member_memory(cfg, models[student], int(tconfig["batch_size"]))
+        if cfg.ray.gpus_per_job > 0:  # sizes packs against ray.pack_gpu_memory_gb or the device's memory
+            costs = _member_memory(cfg, models[student], models[teachers[0]], int(tconfig["batch_size"]))
     return Job(stage, spec, outputs, inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job,
-               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=cfg.data.runtime_dict(), pack=pack,
-               pack_group=student, pack_cost=cost)
+               num_gpus=cfg.ray.gpus_per_job, name=name, runtime=data_runtime(cfg), pack=pack,
+               pack_group=student, **costs)
 
 
-def _member_memory(cfg: StudyConfig, plan: ModelPlan, batch: int) -> float:
-    """Estimated accelerator bytes of one packed transfer into ``plan`` (pipelines/memory.py). Imports torch:
-    only called when ray.pack_gpu_memory_gb is set."""
-    from pipelines.memory import model_memory_bytes
+def _member_memory(cfg: StudyConfig, plan: ModelPlan, teacher: ModelPlan, batch: int) -> dict[str, float]:
+    """A packed transfer's memory fields of :class:`~pipelines.jobs.Job` (pipelines/memory.py): its student
+    trained alone, the activation part of that, and the shared teacher forward. Imports torch: only
+    called for GPU jobs."""
+    from pipelines.memory import model_memory
 
     g = cfg.data.generated
     num_classes = g.num_superclasses * g.classes_per_superclass if cfg.data.kind == "generated" else 1000
-    return model_memory_bytes(plan.kind, plan.spec, num_classes, batch)
+    s = model_memory(plan.kind, plan.spec, num_classes, batch)
+    t = model_memory(teacher.kind, teacher.spec, num_classes, batch)
+    return {"pack_cost": s.train, "pack_activation": s.activations, "pack_shared": t.forward}
 
 
 def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False,
@@ -454,7 +485,7 @@ def plan_robustness(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None
         name = f"{student} after {transfer.name}" if transfer is not None else f"{student} (before transfer)"
         jobs.append(Job("robustness", spec, {"robustness": _rel(layout.robustness_row(job_id), layout.root)},
                         inputs=tuple(inputs), num_cpus=cfg.ray.cpus_per_job, num_gpus=cfg.ray.gpus_per_job,
-                        name=name, runtime=cfg.data.runtime_dict()))
+                        name=name, runtime=data_runtime(cfg)))
 
     chosen = [j for j in transfers + plan_multi_teacher(cfg, layout)
               if not rb.methods or j.spec["config"]["method"] in rb.methods]

@@ -11,10 +11,11 @@ from pipelines.jobs import Job
 from pipelines.packs import carrier_for, take_pack
 
 
-def _job(i: int, student: str, pack: str = "k", cost: float = 0.0, inputs: tuple[str, ...] | None = None) -> Job:
+def _job(i: int, student: str, pack: str = "k", cost: float = 0.0, inputs: tuple[str, ...] | None = None,
+         act: float = 0.0, shared: float = 0.0) -> Job:
     return Job("transfer", {"i": i, "student": student}, {"summary": f"transfers/{i}/summary.parquet"},
                inputs=inputs if inputs is not None else (f"zoo/{student}.safetensors", "zoo/teacher.safetensors"),
-               pack=pack, pack_group=student, pack_cost=cost)
+               pack=pack, pack_group=student, pack_cost=cost, pack_activation=act, pack_shared=shared)
 
 
 def _todo(jobs):
@@ -49,6 +50,21 @@ def test_memory_budget_and_readiness_bound_a_pack():
     assert [j.spec["i"] for j in group] == [0, 1, 3] and [j.spec["i"] for j, _ in todo] == [2]
 
 
+def test_pack_memory_counts_every_state_but_only_the_largest_activations_and_the_teacher_once():
+    from pipelines.memory import pack_bytes
+
+    # members step one after another: (train, activations) = (10, 6), (12, 8), (5, 1); teacher forward 3
+    # by hand: 3 + (10 - 6) + (12 - 8) + (5 - 1) + max(6, 8, 1) = 3 + 4 + 4 + 4 + 8 = 23 (the old sum: 27)
+    assert pack_bytes([(10.0, 6.0), (12.0, 8.0), (5.0, 1.0)], shared=3.0) == 23.0
+    assert pack_bytes([(10.0, 6.0)], shared=3.0) == 13.0 and pack_bytes([], shared=3.0) == 3.0
+    jobs = [_job(0, "a", cost=10.0, act=6.0, shared=3.0), _job(1, "a", cost=12.0, act=8.0, shared=3.0),
+            _job(2, "a", cost=5.0, act=1.0, shared=3.0)]
+    todo = _todo(jobs[1:])
+    assert [j.spec["i"] for j in take_pack(jobs[0], todo, 16, memory_budget=23.0)] == [0, 1, 2]
+    todo = _todo(jobs[1:])  # one byte less: the third member (23) no longer fits, the second (3+4+4+8=19) does
+    assert [j.spec["i"] for j in take_pack(jobs[0], todo, 16, memory_budget=22.0)] == [0, 1]
+
+
 def test_retried_jobs_and_other_inputs_of_the_same_student_run_alone():
     first = _job(0, "a")
     retry = _job(1, "a")
@@ -80,6 +96,30 @@ def test_memory_estimate_grows_with_batch_and_model_and_matches_hand_count():
     assert small == pytest.approx(12 * n_params + outs[0])
 
 
+def test_memory_estimate_parts_match_a_hand_count_on_real_tensors():
+    torch = pytest.importorskip("torch")
+    from pipelines.memory import model_memory
+
+    import zoo_study  # noqa: F401
+    import timm
+
+    kwargs = {"channels": [16, 32, 64, 128]}
+    est = model_memory("random", {"arch": "resnet10t", "model_kwargs": kwargs,
+                                  "data_config": {"input_size": [3, 32, 32]}}, 10, 4)
+    model = timm.create_model("resnet10t", num_classes=10, channels=(16, 32, 64, 128))
+    n_params = sum(p.numel() for p in model.parameters())
+    sizes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * 4))
+             for m in model.modules() if not list(m.children())]
+    model.train()(torch.zeros(4, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert est.weights == 4 * n_params and est.state == 12 * n_params
+    assert est.activations == sum(sizes) and est.peak_output == max(sizes)
+    assert est.train == 12 * n_params + sum(sizes)
+    assert est.forward == 4 * n_params + 2 * max(sizes)  # a no_grad teacher: weights, one layer's in and out
+
+
 def test_planner_gives_transfer_jobs_a_student_group_and_on_gpu_a_memory_cost(tmp_path):
     pytest.importorskip("torch")
     from pipelines.stages import plan_stage
@@ -90,10 +130,13 @@ def test_planner_gives_transfer_jobs_a_student_group_and_on_gpu_a_memory_cost(tm
     cpu = plan_stage(load_config(None, base), "transfer")
     assert {j.pack_group for j in cpu} == {"mixer_p8", "vit_p8_d96"}
     assert len({j.pack for j in cpu}) == 1  # one teacher, the same batches: one key, two groups
-    assert all(j.pack_cost == 0.0 for j in cpu)  # no budget, no estimate (and no torch at planning)
-    gpu = plan_stage(load_config(None, base + ["ray.gpus_per_job=1", "ray.pack_gpu_memory_gb=40"]), "transfer")
+    assert all(j.pack_cost == 0.0 for j in cpu)  # CPU jobs: no estimate (and no torch at planning)
+    # GPU jobs get one even without ray.pack_gpu_memory_gb: the runner then sizes packs by the device
+    gpu = plan_stage(load_config(None, base + ["ray.gpus_per_job=1"]), "transfer")
     costs = {j.pack_group: j.pack_cost for j in gpu}
     assert all(c > 0 for c in costs.values()) and costs["mixer_p8"] != costs["vit_p8_d96"]
+    assert all(0 < j.pack_activation < j.pack_cost and j.pack_shared > 0 for j in gpu)
+    assert len({j.pack_shared for j in gpu}) == 1  # one teacher
     assert [j.job_id for j in gpu] == [j.job_id for j in cpu]  # packing settings never change a job id
 
 

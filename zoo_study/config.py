@@ -355,9 +355,10 @@ class RaySection(_Strict):
     # a pack may also hold the transfers of up to this many students of one teacher (same batches and
     # teacher forward; each student keeps its own anchor forward and eval pass); 1 = one pair per pack
     pack_students: int = Field(1, ge=1)
-    # on a GPU (gpus_per_job > 0): the memory a pack may fill, in GB, against each member's estimate
-    # (pipelines/memory.py: its student's weights, gradients, momentum and activations at the batch);
-    # 0 = bounded by pack_size alone. Leave headroom for the teacher and the CUDA context (~80% of the card).
+    # on a GPU (gpus_per_job > 0): the memory a pack may fill, in GB, against its estimate (pipelines/memory.py:
+    # every member's weights, gradients and momentum, the largest member's activations, the teacher once);
+    # 0 = 80% of the smallest GPU's memory, read on the GPU nodes. A pack that still runs out of memory is
+    # split and retried (pipelines/runner.py).
     pack_gpu_memory_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
