@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from analysis.db import ResultsDB
 from zoo_study.stats import t_quantile_975, wilson_interval
@@ -220,12 +219,12 @@ def training_table(db: ResultsDB, method: str) -> pa.Table:
 def recommend(db: ResultsDB, student: str, method: str = "kl_dp", top: int | None = 10,
               alpha: float = 0.1) -> Recommendation:
     """Every scored teacher of ``student`` ranked for ``method``; raises ValueError for an unknown student."""
-    pairs = db.query(_PAIRS_SQL + " ORDER BY teacher")
-    students = sorted(set(pairs.column("student").to_pylist()))
-    if student not in students:
+    mine = db.query(_PAIRS_SQL + " AND student = $student ORDER BY teacher", {"student": student})
+    if mine.num_rows == 0:
+        students = [r["student"] for r in db.query(
+            "SELECT DISTINCT student FROM pairs WHERE NOT teacher_is_random ORDER BY student LIMIT 21").to_pylist()]
         shown = ", ".join(students[:20]) + (" ..." if len(students) > 20 else "")
         raise ValueError(f"student {student!r} has no scored pairs in this root; scored students: {shown or 'none'}")
-    mine = pairs.filter(pc.equal(pairs.column("student"), student))
     x = _matrix(mine)
     teachers = mine.column("teacher").to_pylist()
     train = training_table(db, method)
