@@ -26,7 +26,7 @@ from timm.data import create_transform
 
 from zoo_study.data import ImageFolderSpec, ModelPreprocess, TransferAugment, make_imagefolder, raw_loader
 from zoo_study.data import cache as cache_mod
-from zoo_study.data.cache import (BadImageError, EvalGeometry, RawGeometry, Views, augment_batch, cached_split,
+from zoo_study.data.cache import (BadImageError, RenderLoader, geometry_of, EvalGeometry, RawGeometry, Views, augment_batch, cached_split,
                                   model_input)
 from zoo_study.data.imagefolder import load_raw_image
 
@@ -131,14 +131,14 @@ def test_geometry_keys_and_distinct_geometries():
 def _concurrent_child(role, root, cache_dir, events, queue):
     building, waiting, go = events
     if role == "builder":  # holds the lock inside its build until the parent says go
-        real = cache_mod._decode
+        real = cache_mod.decode_rgb
 
         def gated(path):
             building.set()
             go.wait(30)
             return real(path)
 
-        cache_mod._decode = gated
+        cache_mod.decode_rgb = gated
     else:  # tells the parent when it finds the lock taken and starts waiting
 
         class Seen(logging.Handler):
@@ -192,7 +192,7 @@ def test_reused_by_a_later_call_without_decoding(tmp_path, monkeypatch):
     def no_decode(path):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(cache_mod, "_decode", no_decode)
+    monkeypatch.setattr(cache_mod, "decode_rgb", no_decode)
     again = cached_split(source(root, tmp_path / "cache").train, [cfg((3, 16, 16), 1.0), cfg()])
     b = first_batch(again)[0]
     assert build_count(tmp_path / "cache") == 1
@@ -320,7 +320,11 @@ def test_spec_validates_cache_options():
 
     lazy = ImageSplit(labels=np.zeros(1), sample_ids=np.zeros(1), class_names=["a"], raw_size=8, files=["x.jpg"],
                       loader=load_raw_image)
-    assert cached_split(lazy, [cfg()]) is lazy  # no cache configured: the lazy path, unchanged
+    # no cache configured: decoded on the fly at the models' geometries (raw squares only when asked for)
+    on_the_fly = cached_split(lazy, [cfg()])
+    assert isinstance(on_the_fly.loader, RenderLoader) and on_the_fly.loader.geometries == (geometry_of(cfg()),)
+    lazy.pixels = "raw"
+    assert cached_split(lazy, [cfg()]) is lazy
 
 
 # ------------------------------------------------------------------------ consumers: predict, augment

@@ -20,14 +20,16 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from zoo_study.data.base import DataSource, ImageSplit
+from zoo_study.data.base import DataSource, ImageSplit, default_workers
+from zoo_study.data.cache_layout import ImageCache, root_dir
+from zoo_study.data.decode import load_raw_image, raw_square  # noqa: F401  (raw_square re-exported)
+from zoo_study.data.index import INDEX_FILE, FileIndex, load_index, scan, write_index
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # matched case-insensitively (.JPEG, .Png, ...)
 _WNID = re.compile(r"^n\d{8}$")
@@ -48,6 +50,10 @@ class ImageFolderSpec:
     cache_geometry: Literal["model", "raw"] = "model"
     cache_workers: int = 0  # decoding processes for a cache build; 0: one per CPU available
     on_bad_image: Literal["skip", "fail"] = "fail"  # at cache build: drop (and count) or raise, naming it
+    loader_workers: int | None = None  # DataLoader processes decoding an on-disk split; None: default_workers()
+    # the file index (zoo_study.data.index) beside the cache: "use" it when current (else walk and write
+    # it), "refresh" it from a full walk (the driver's prepare step); unused without a cache_dir
+    index: Literal["use", "refresh"] = "use"
 
     def __post_init__(self) -> None:
         if self.cache_geometry not in ("model", "raw"):
@@ -56,32 +62,8 @@ class ImageFolderSpec:
             raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {self.on_bad_image!r}")
         if int(self.cache_workers) < 0:
             raise ValueError(f"cache_workers must be >= 0 (0: one per CPU), got {self.cache_workers}")
-
-
-def raw_square(im, raw_size: int) -> np.ndarray:
-    """An RGB PIL image -> uint8 [raw_size, raw_size, 3]: bicubic short-side resize, centre crop."""
-    from PIL import Image
-
-    w, h = im.size
-    s = raw_size / min(w, h)
-    nw, nh = max(raw_size, round(w * s)), max(raw_size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - raw_size) // 2, (nh - raw_size) // 2
-    im = im.crop((left, top, left + raw_size, top + raw_size))
-    return np.asarray(im, dtype=np.uint8)
-
-
-def load_raw_image(path: str | Path, raw_size: int) -> torch.Tensor:
-    """Decode an image file to uint8 [3, raw_size, raw_size] (short-side resize, centre crop)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = raw_square(im.convert("RGB"), raw_size).copy()
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated, corrupt or not an image
-        raise OSError(f"unreadable image {str(path)!r}: {exc}; set data.cache_dir to check every image once "
-                      f"when the cache is built (data.on_bad_image = 'skip' drops and counts unreadable ones)") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        if self.loader_workers is not None and int(self.loader_workers) < 0:
+            raise ValueError(f"loader_workers must be >= 0 (0: decode in the calling process), got {self.loader_workers}")
 
 
 def _class_folders(split_dir: Path) -> list[str]:
@@ -123,50 +105,47 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
         raise FileNotFoundError(f"dataset root {str(root)!r} has no class folders under train/ or val/")
     imagenet_names, imagenet_index = _imagenet_names() if all(_WNID.match(f) for f in folders) else ([], {})
     if imagenet_names and all(f in imagenet_index for f in folders):
-        class_names, index = imagenet_names, imagenet_index
+        class_names, index_of = imagenet_names, imagenet_index
         label_space = "imagenet-1k"
     else:
-        class_names, index = folders, {f: i for i, f in enumerate(folders)}
+        class_names, index_of = folders, {f: i for i, f in enumerate(folders)}
         label_space = "folders"
 
-    loader = partial(_loader_entry)
+    dirs = list(SPLIT_DIRS.values())
+    index = _file_index(spec, root, dirs, index_of)
+    workers = default_workers() if spec.loader_workers is None else int(spec.loader_workers)
     splits: dict[str, ImageSplit] = {}
     empty: dict[str, list[str]] = {}
     present: dict[str, set[str]] = {}
     for split, dirname in SPLIT_DIRS.items():
-        files: list[str] = []
-        labels: list[int] = []
-        empty[dirname], present[dirname] = [], set()
-        for folder in _class_folders(root / dirname):
-            before = len(files)
-            for f in sorted((root / dirname / folder).iterdir()):
-                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                    files.append(str(f))
-                    labels.append(index[folder])
-            if len(files) > before:
-                present[dirname].add(folder)
-            else:
-                empty[dirname].append(folder)
+        files, labels, stats = index.split(dirname)
         if not files:
             raise FileNotFoundError(f"no images found under {str(root / dirname)!r} (suffixes {IMAGE_SUFFIXES})")
+        have = set(labels.tolist())
+        folders_here = _class_folders(root / dirname)
+        present[dirname] = {f for f in folders_here if index_of[f] in have}
+        empty[dirname] = [f for f in folders_here if index_of[f] not in have]
         cache = None
         if spec.cache_dir is not None:
-            from zoo_study.data.cache import ImageCache
-
             cache = ImageCache(cache_dir=str(spec.cache_dir), dataset_root=str(root), split_dir=dirname,
                                geometry=spec.cache_geometry, workers=int(spec.cache_workers),
                                on_bad_image=spec.on_bad_image)
         splits[split] = ImageSplit(
-            labels=np.asarray(labels, dtype=np.int64),
+            labels=labels,
             sample_ids=np.arange(len(files), dtype=np.int64),
             class_names=class_names,
             raw_size=spec.raw_size,
             files=files,
-            loader=loader,
+            loader=_loader_entry,
             name=f"{root.name}/{dirname}",
             cache=cache,
+            num_workers=workers,
+            file_stats=stats,
+            pixels=spec.cache_geometry,
         )
-    meta: dict = {"root": str(root), "label_space": label_space}
+    meta: dict = {"root": str(root), "label_space": label_space,
+                  # the label ids of the study's classes (those with an image): its class list
+                  "classes": sorted({index_of[f] for d in present.values() for f in d})}
     for dirname, folders_empty in empty.items():
         if folders_empty:
             log.warning("%s: %d class folder(s) without images under %s/: %s", root, len(folders_empty), dirname,
@@ -195,5 +174,22 @@ def _some(names: list[str], k: int = 10) -> str:
 
 
 def _loader_entry(path: str | Path, raw_size: int) -> torch.Tensor:
-    # a module-level function so DataLoader workers can pickle it
+    """The raw-square loader (``pixels = 'raw'``): a module-level function so DataLoader workers pickle it."""
     return load_raw_image(path, raw_size)
+
+
+def _file_index(spec: ImageFolderSpec, root: Path, dirs: list[str], label_of: dict[str, int]) -> FileIndex:
+    """The root's file index: read from beside the cache when it is current, else one walk (written
+    there for the next task when a cache folder is set)."""
+    path = root_dir(spec.cache_dir, root) / INDEX_FILE if spec.cache_dir is not None else None
+    if path is not None and spec.index == "use":
+        found = load_index(path, root, dirs, _class_folders)
+        if found is not None:
+            return found
+    index = scan(root, dirs, _class_folders, IMAGE_SUFFIXES, label_of)
+    if path is not None:
+        try:
+            write_index(index, path)
+        except OSError as err:  # a read-only cache folder only costs the next task a walk
+            log.warning("could not write the file index %s: %s", path, err)
+    return index
