@@ -168,3 +168,120 @@ def test_data_spec_imagefolder_from_environment(tmp_path, monkeypatch):
     other = write_tree(tmp_path / "envds2", {"p": (1, 2, 3), "q": (4, 5, 6), "r": (7, 8, 9)}, n_train=1, n_val=1)
     monkeypatch.setenv("ZOO_STUDY_IMAGENET", str(other))
     assert load_source(DataSpec(kind="imagefolder", raw_size=8)).class_names == ["p", "q", "r"]
+
+
+# ---------------------------------------------------------------------------------------- the file index
+def _index_source(root, cache_dir, **kw):
+    return make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8, cache_dir=str(cache_dir), **kw))
+
+
+def test_file_index_is_built_once_and_read_instead_of_walking_and_stat(tmp_path, monkeypatch):
+    from zoo_study.data import cache_layout, index as index_mod
+    from zoo_study.data.imagefolder import IMAGE_SUFFIXES
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=3, n_val=2)
+    walked = _index_source(root, tmp_path / "cache")
+    index_files = list((tmp_path / "cache").rglob(index_mod.INDEX_FILE))
+    assert len(index_files) == 1
+    rows = pq_rows(index_files[0])
+    assert {r["path"] for r in rows} == {str(Path(f).relative_to(root)) for f in walked.train.files + walked.eval.files}
+    first = next(r for r in rows if r["path"] == "val/blue/img0.jpg")
+    st = (root / "val" / "blue" / "img0.jpg").stat()
+    assert (first["size"], first["mtime_ns"], first["label"]) == (st.st_size, st.st_mtime_ns, 0)
+
+    import copy
+
+    stat_based = copy.copy(walked.eval)
+    stat_based.file_stats = None  # the cache key from os.stat, as before the index
+    by_stat = cache_layout.subset_dir(stat_based, walked.eval.cache)
+
+    def no_walk(*a, **k):
+        raise AssertionError("a task walked the root although the index is current")
+
+    real_stat = cache_layout.os.stat
+
+    def no_file_stat(path, *a, **k):  # folders may be stat-ed (the index's check), image files not
+        assert not str(path).lower().endswith(IMAGE_SUFFIXES), f"stat of {path}"
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr("zoo_study.data.imagefolder.scan", no_walk)
+    monkeypatch.setattr(cache_layout.os, "stat", no_file_stat)
+    again = _index_source(root, tmp_path / "cache")
+    assert again.train.files == walked.train.files and again.eval.labels.tolist() == walked.eval.labels.tolist()
+    assert cache_layout.subset_dir(again.eval, again.eval.cache) == by_stat  # same key: existing caches reused
+
+
+def test_file_index_is_rebuilt_when_a_file_is_added_and_on_refresh(tmp_path, monkeypatch):
+    from zoo_study.data import imagefolder
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=2, n_val=2)
+    assert len(_index_source(root, tmp_path / "cache").eval) == 6
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "val" / "red" / "zzz.jpg")
+    assert len(_index_source(root, tmp_path / "cache").eval) == 7  # the folder's mtime changed: walked again
+    scans = []
+    real = imagefolder.scan
+    monkeypatch.setattr(imagefolder, "scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    _index_source(root, tmp_path / "cache")
+    _index_source(root, tmp_path / "cache", index="refresh")  # the driver's step: always a full walk
+    assert scans == [1]
+
+
+def pq_rows(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+# ------------------------------------------------------------------------ loader workers and pinned memory
+def test_on_disk_splits_decode_in_workers_with_pinned_memory_under_cuda(tmp_path, monkeypatch):
+    from zoo_study.data.base import default_workers
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=2, n_val=2)
+    src = make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8))
+    loader = raw_loader(src.eval, batch_size=2)
+    assert loader.num_workers == min(default_workers(), 3) >= 1 and loader.pin_memory is False  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert raw_loader(src.eval, batch_size=2).pin_memory is True
+    own = make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8, loader_workers=0))
+    assert raw_loader(own.eval, batch_size=2).num_workers == 0  # data.loader_workers = 0: in this process
+    with pytest.raises(ValueError, match="loader_workers"):
+        ImageFolderSpec(root="x", loader_workers=-1)
+
+
+def test_in_memory_splits_stay_in_process_and_unpinned(monkeypatch):
+    from zoo_study.data import GeneratedSpec, make_generated
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    src = make_generated(GeneratedSpec(n_train=4, n_eval=4, num_superclasses=2, classes_per_superclass=2))
+    loader = raw_loader(src.eval, batch_size=2)
+    assert loader.num_workers == 0 and loader.pin_memory is False
+
+
+# ----------------------------------------------------------------- the data root and cache folder, resolved
+def test_resolve_data_paths_on_the_driver(tmp_path, monkeypatch):
+    from zoo_study.data.spec import CACHE_ENV, IMAGENET_ENV, resolve_data_paths
+
+    monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "in"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    spec = DataSpec(kind="imagefolder")
+    assert resolve_data_paths(spec) == (str(tmp_path / "in"), str(tmp_path / "c"))
+    assert spec.runtime_dict() == {"cache_dir": str(tmp_path / "c")}  # shipped with each job, outside its id
+    assert resolve_data_paths(DataSpec(kind="imagefolder", cache_dir="none"))[1] is None
+    assert DataSpec(kind="imagefolder", cache_dir="none").runtime_dict() == {"cache_dir": "none"}
+    assert resolve_data_paths(DataSpec(kind="imagefolder", cache_dir="~/x"))[1] == str(Path("~/x").expanduser())
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert resolve_data_paths(spec)[1] == str(tmp_path / "home" / ".cache" / "zoo-study" / "images")
+    assert resolve_data_paths(DataSpec()) == (None, None) and DataSpec().runtime_dict() == {}
+
+
+def test_job_ids_change_only_for_imagefolder_data(tmp_path):
+    """Generated data keeps its job dict; ImageFolder data's pixels are now timm's (cached or not), so the
+    geometry enters its ids, except for the older raw squares without a cache (the same pixels as before)."""
+    assert "cache_geometry" not in DataSpec().job_dict() and "on_bad_image" not in DataSpec().job_dict()
+    folder = DataSpec(kind="imagefolder", root="/r")
+    assert folder.job_dict()["cache_geometry"] == "model" and folder.job_dict()["on_bad_image"] == "fail"
+    old_raw = DataSpec(kind="imagefolder", root="/r", cache_dir="none", cache_geometry="raw")
+    assert "cache_geometry" not in old_raw.job_dict() and "on_bad_image" not in old_raw.job_dict()
+    assert folder.job_dict() == DataSpec(kind="imagefolder", root="/r", cache_dir="/elsewhere", loader_workers=3).job_dict()
