@@ -285,3 +285,54 @@ def test_job_ids_change_only_for_imagefolder_data(tmp_path):
     old_raw = DataSpec(kind="imagefolder", root="/r", cache_dir="none", cache_geometry="raw")
     assert "cache_geometry" not in old_raw.job_dict() and "on_bad_image" not in old_raw.job_dict()
     assert folder.job_dict() == DataSpec(kind="imagefolder", root="/r", cache_dir="/elsewhere", loader_workers=3).job_dict()
+
+
+# ------------------------------------------------------------- num_classes of a subset of ImageNet's classes
+def _prediction_bytes(model_id, labels, preds):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zoo_study.store import PREDICTION_SCHEMA
+
+    n = len(labels)
+    t = pa.table({"model_id": [model_id] * n, "sample_id": list(range(n)), "label": labels, "pred": preds,
+                  "p_label": [0.5] * n, "p_max": [0.5] * n, "topk": [[p] for p in preds]}, schema=PREDICTION_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    return buf.getvalue()
+
+
+def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tmp_path):
+    """Three ImageNet classes (ids 3, 500, 900), two eval images each. By hand: the teacher is right on all
+    but sample 5, the student on samples 0, 3, 5; positive flips: one each in classes 3, 500, 900 -> entropy
+    ln 3, and the uniform reference ln(num_classes) must be ln 3 (it was ln 901); sample 5 is the student's
+    one negative flip (class 900). Per-class rows keep ImageNet's class ids."""
+    import math
+
+    from pipelines.executors import score_job
+    from pipelines.jobs import JobContext
+    from pipelines.stages import plan_score
+    from zoo_study.config import validate_config
+    from zoo_study.store import ResultsLayout
+
+    labels = [3, 3, 500, 500, 900, 900]
+    preds = {"t": [3, 3, 500, 500, 900, 7], "s": [3, 999, 1, 500, 2, 900]}
+    layout = ResultsLayout("")
+    inputs = {str(layout.predictions(m)): _prediction_bytes(m, labels, p) for m, p in preds.items()}
+    raw = {"study": {"name": "x", "results_root": str(tmp_path / "runs")}, "zoo": {"embedded": ["resnet10t_w16", "mixer_p8"]},
+           "data": {"kind": "imagefolder", "root": str(tmp_path)}}
+    (job,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    spec = {**job.spec, "models": ["t", "s"], "random_teachers": []}
+    assert spec["classes"] == "present"
+    out = score_job(spec, inputs, JobContext("j", "score", {}, ()))
+    row = next(r for r in out["pairs"].to_pylist() if (r["teacher"], r["student"]) == ("t", "s"))
+    assert row["num_classes"] == 3 and row["n_pos"] == 3 and row["n_neg"] == 1
+    assert math.isclose(row["entropy"], math.log(3)) and math.isclose(row["entropy"], math.log(row["num_classes"]))
+    cells = {(r["class_id"], r["pos_flips"], r["neg_flips"]) for r in out["pair_classes"].to_pylist()
+             if (r["teacher"], r["student"]) == ("t", "s")}
+    assert cells == {(3, 1, 0), (500, 1, 0), (900, 1, 1)}
+    del raw["data"]  # generated data: the score job's spec (and id) is unchanged
+    (gen,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    assert "classes" not in gen.spec

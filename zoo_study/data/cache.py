@@ -65,11 +65,16 @@ from zoo_study.data.cache_layout import (
 from zoo_study.data.cache_read import CachedBatches, CachedImages  # noqa: F401  (re-exported)
 from zoo_study.data.preprocess import ModelPreprocess
 
-__all__ = ["ImageCache", "RawGeometry", "EvalGeometry", "Geometry", "BadImageError", "CachedImages", "Views",
+__all__ = ["ImageCache", "RawGeometry", "EvalGeometry", "Geometry", "BadImageError", "CacheSpaceError", "CachedImages", "Views",
            "CachedBatches", "cached_split", "build_cache", "geometry_of", "distinct_geometries", "render", "render_all",
            "model_input", "augment_batch"]
 
 log = logging.getLogger(__name__)
+
+
+class CacheSpaceError(OSError):
+    """The cache folder's disk has too little room for a build: the split is then decoded on the fly
+    (the same pixels, only slower), with a warning."""
 
 
 class BadImageError(RuntimeError):
@@ -175,8 +180,8 @@ def _build(split: ImageSplit, geoms: list[Geometry], base: Path, digest: str, ca
     need = sum(int(np.prod(_shape(n, g))) for g in geoms)
     free = shutil.disk_usage(base).free
     if need > free:
-        raise OSError(f"the image cache needs {need / 1e9:.1f} GB in {base} but {free / 1e9:.1f} GB are free; "
-                      "point data.cache_dir at a larger local disk or unset it")
+        raise CacheSpaceError(f"the image cache needs {need / 1e9:.1f} GB in {base} but {free / 1e9:.1f} GB are free; "
+                              "point data.cache_dir at a larger local disk, or set it to \"none\"")
     workers = cache.n_workers()
     build_id = uuid.uuid4().hex
     tmp = {g: base / f".tmp-{g.key}-{os.getpid()}-{build_id[:8]}" for g in geoms}
@@ -275,7 +280,11 @@ def cached_split(split: ImageSplit, data_configs: Sequence[Any] | None = None, *
         return split  # in memory: nothing to decode
     if cache is None:
         return split if raw else split.with_loader(RenderLoader(geoms))
-    dirs = build_cache(split, geoms, cache)
+    try:
+        dirs = build_cache(split, geoms, cache)
+    except CacheSpaceError as err:
+        log.warning("%s: decoding on the fly instead: %s", split.name, err)
+        return split if raw else split.with_loader(RenderLoader(geoms))
     valid: np.ndarray | None = None
     for d in dirs.values():  # the readable rows (the same in every geometry unless a file changed state)
         rows = np.load(d / "rows.npy")

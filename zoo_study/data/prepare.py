@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from zoo_study.data.base import DataSource, ImageSplit
-from zoo_study.data.cache import build_cache
+from zoo_study.data.cache import CacheSpaceError, build_cache
 from zoo_study.data.geometry import RawGeometry, distinct_geometries
 from zoo_study.data.imagefolder import ImageFolderSpec, make_imagefolder
 from zoo_study.data.spec import DataSpec, resolve_data_paths
@@ -77,12 +77,15 @@ def prepare_images(spec: DataSpec, data_configs: Sequence[Any], subsets: Sequenc
     geoms = distinct_geometries(list(data_configs))
     if spec.cache_geometry == "raw" or not geoms:
         geoms = [RawGeometry(spec.raw_size)]
-    build_cache(source.eval, geoms, source.eval.cache)
     n_train = {}
-    for s in dict.fromkeys(subsets):
-        sub = s.of(source.train)
-        build_cache(sub, geoms, sub.cache)
-        n_train[s] = len(sub)
+    try:
+        build_cache(source.eval, geoms, source.eval.cache)
+        for s in dict.fromkeys(subsets):
+            sub = s.of(source.train)
+            build_cache(sub, geoms, sub.cache)
+            n_train[s] = len(sub)
+    except CacheSpaceError as err:  # tasks decode on the fly instead: the same pixels, more CPU per task
+        log.warning("the image cache is not built: %s", err)
     seconds = time.monotonic() - t0
     log.info("images ready for %s: eval %d, train subsets %s, geometries %s (%.1f s)", source.name, len(source.eval),
              list(n_train.values()), ", ".join(g.key for g in geoms), seconds)
