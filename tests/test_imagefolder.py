@@ -336,3 +336,75 @@ def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tm
     del raw["data"]  # generated data: the score job's spec (and id) is unchanged
     (gen,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
     assert "classes" not in gen.spec
+
+
+# ------------------------------------------------- the shipped ImageNet config predicts exactly as timm does
+# Tiny stand-ins for the paper's zoo with its real variety of data configs: 224/0.875 bilinear, 256/0.9
+# bicubic with mean 0 / std 1, 288/1.0 bicubic; random weights (local safetensors), heads scaled so that
+# the top classes are well apart.
+E2E_ARCHS = {"r18": "resnet18.tv_in1k", "mvit": "mobilevit_xxs.cvnets_in1k", "evit": "efficientvit_b1.r288_in1k"}
+
+
+def _checkpoint(arch: str, path: Path, seed: int) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    m = timm.create_model(arch, pretrained=False, num_classes=1000)
+    head = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear) and mod.out_features == 1000][-1]
+    with torch.no_grad():
+        head.weight.mul_(30.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+
+
+def _timm_reference(arch: str, path: Path, files: list[str]) -> torch.Tensor:
+    """timm's own way: create_transform(**resolve_data_config(model=m)) on each decoded image, then forward."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.data import create_transform, resolve_data_config
+
+    m = timm.create_model(arch, pretrained=False, num_classes=1000)
+    m.load_state_dict(load_file(str(path)))
+    m.eval()
+    t = create_transform(**resolve_data_config(model=m))
+    with torch.no_grad():
+        return torch.cat([m(t(Image.open(f).convert("RGB")).unsqueeze(0)).softmax(-1) for f in files])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["default", "none"])
+def test_imagenet_10pct_config_predicts_exactly_as_timm(tmp_path, monkeypatch, cache):
+    import pyarrow.parquet as pq
+
+    from helpers.imagenet_tree import imagenet_wnids, write_imagenet_tree
+    from pipelines.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "imagenet_10pct.toml"
+    ids = [3, 500, 900]
+    root = write_imagenet_tree(tmp_path / "imagenet", imagenet_wnids(ids), n_train=1, n_val=4)
+    monkeypatch.setenv("ZOO_STUDY_CACHE", str(tmp_path / "cache"))
+    models = []
+    for seed, (mid, arch) in enumerate(E2E_ARCHS.items()):
+        _checkpoint(arch, tmp_path / f"{mid}.safetensors", seed)
+        models.append(f'{{id = "{mid}", source = "local", arch = "{arch}", checkpoint = "{tmp_path / f"{mid}.safetensors"}"}}')
+    runs = tmp_path / "runs"
+    sets = [f"data.root={root}", f"study.results_root={runs}", "study.device=cpu", 'zoo.paper_study=""',
+            "zoo.random_teachers=[]", f"zoo.models=[{', '.join(models)}]", "transfer.enabled=false",
+            "predict.batch_size=5", "ray.address=local", "ray.cpus_per_job=1", "ray.gpus_per_job=0",
+            "data.loader_workers=2"] + ([f"data.cache_dir={cache}"] if cache == "none" else [])
+    argv = ["run", str(config), "--no-progress", "--stage", "zoo,predict,score"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    files = sorted(str(p) for p in (root / "val").rglob("*.JPEG"))
+    for mid, arch in E2E_ARCHS.items():
+        got = pq.read_table(runs / "predictions" / f"model={mid}.parquet").to_pylist()
+        got.sort(key=lambda r: r["sample_id"])
+        want = _timm_reference(arch, tmp_path / f"{mid}.safetensors", files)
+        assert [r["label"] for r in got] == [i for i in ids for _ in range(4)]
+        assert [r["pred"] for r in got] == want.argmax(-1).tolist(), mid
+        assert np.allclose([r["p_max"] for r in got], want.max(-1).values.numpy(), atol=2e-5), mid
+        assert [r["topk"] for r in got] == want.topk(5).indices.tolist(), mid
+    pairs = pq.read_table(runs / "scores" / "pairs.parquet").to_pylist()
+    assert {r["num_classes"] for r in pairs} == {3}  # the study's classes, not the largest label + 1 (901)
+    assert (cache == "default") == any((tmp_path / "cache").rglob("manifest.json"))  # the data step's cache
