@@ -408,3 +408,18 @@ def test_imagenet_10pct_config_predicts_exactly_as_timm(tmp_path, monkeypatch, c
     pairs = pq.read_table(runs / "scores" / "pairs.parquet").to_pylist()
     assert {r["num_classes"] for r in pairs} == {3}  # the study's classes, not the largest label + 1 (901)
     assert (cache == "default") == any((tmp_path / "cache").rglob("manifest.json"))  # the data step's cache
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    from pipelines.cli import main
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=1, n_val=1)
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[study]\nname = "s"\nresults_root = "{tmp_path / "runs"}"\n[data]\nkind = "imagefolder"\n'
+                   f'root = "{root}"\ncache_dir = "{tmp_path / "afile"}"\n[zoo]\nembedded = ["mixer_p8"]\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "data.cache_dir=" in err[0] and "is a file" in err[0]
+    assert not (tmp_path / "runs").exists()

@@ -5,9 +5,11 @@ and class names are timm's ImageNetInfo descriptions, so pretrained 1000-way cla
 their own label space even when the folder holds only some of the classes. Otherwise classes are the
 sorted folder names.
 
-With ``cache_dir`` set, each split also knows where to build its decoded-image cache
-(:mod:`zoo_study.data.cache`): a job calls :func:`zoo_study.data.cache.cached_split` with its models'
-data configs and reads memory-mapped uint8 shards instead of decoding JPEGs every epoch.
+A job calls :func:`zoo_study.data.cache.cached_split` with its models' data configs: with ``cache_dir``
+set (the pipeline's default) it reads memory-mapped uint8 arrays of the decoded-image cache
+(:mod:`zoo_study.data.cache`), else DataLoader workers decode each model's timm eval geometry on the fly.
+The file list comes from the root's file index (:mod:`zoo_study.data.index`) beside the cache when it is
+current, so a task does not walk the root.
 
 Class folders that hold no image, and classes present in only one of ``train/`` and ``val/``, are
 logged as warnings and recorded in ``DataSource.meta`` (``empty_class_folders``, ``classes_only_in``).
