@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from zoo_study.data.geometry import EvalGeometry, Geometry, RawGeometry, Views, distinct_geometries
 
@@ -26,16 +27,12 @@ UNREADABLE_HINT = ("set data.on_bad_image = 'skip' (with the image cache on) to 
 def decode_rgb(path: str | Path):
     """Decode an image file as timm's dataset does: ``Image.open(f).convert('RGB')`` (CMYK, grayscale,
     palette and RGBA files all become RGB; the file's suffix is not trusted, PIL reads its header)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.convert("RGB")
 
 
 def raw_square(im, raw_size: int) -> np.ndarray:
     """An RGB PIL image -> uint8 [raw_size, raw_size, 3]: bicubic short-side resize, centre crop."""
-    from PIL import Image
-
     w, h = im.size
     s = raw_size / min(w, h)
     nw, nh = max(raw_size, round(w * s)), max(raw_size, round(h * s))
@@ -76,8 +73,6 @@ def _resized_size(w: int, h: int, g: EvalGeometry) -> tuple[int, int]:
 
 def _resize(im, g: EvalGeometry):
     """timm's eval resize (torchvision returns the image unchanged when the size already matches)."""
-    from PIL import Image
-
     size = _resized_size(*im.size, g)
     return im if size == im.size else im.resize(size, getattr(Image, _PIL_MODES[g.interpolation]))
 

@@ -87,34 +87,14 @@ def _imagenet_names() -> tuple[list[str], dict[str, int]]:
 
 
 def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
-    """Index ``root/train`` and ``root/val``; images are decoded lazily when read."""
+    """Index ``root/train`` and ``root/val`` (or read the index); images are decoded when read."""
     root = Path(os.path.expanduser(spec.root))
-    if root.exists() and not root.is_dir():
-        raise FileNotFoundError(f"dataset root {str(root)!r} is a file, not a folder with train/ and val/ class folders")
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"dataset root {str(root)!r} does not exist; expected a folder with train/ and val/ class folders "
-            "(ImageNet layout). Set data.root in the config or the ZOO_STUDY_IMAGENET environment variable."
-        )
-    for split_name in SPLIT_DIRS.values():
-        if not (root / split_name).is_dir():
-            raise FileNotFoundError(
-                f"dataset root {str(root)!r} has no {split_name}/ folder; expected train/ and val/ with one "
-                "sub-folder per class"
-            )
+    _check_root(root)
     folders = sorted(set(_class_folders(root / "train")) | set(_class_folders(root / "val")))
     if not folders:
         raise FileNotFoundError(f"dataset root {str(root)!r} has no class folders under train/ or val/")
-    imagenet_names, imagenet_index = _imagenet_names() if all(_WNID.match(f) for f in folders) else ([], {})
-    if imagenet_names and all(f in imagenet_index for f in folders):
-        class_names, index_of = imagenet_names, imagenet_index
-        label_space = "imagenet-1k"
-    else:
-        class_names, index_of = folders, {f: i for i, f in enumerate(folders)}
-        label_space = "folders"
-
-    dirs = list(SPLIT_DIRS.values())
-    index = _file_index(spec, root, dirs, index_of)
+    class_names, index_of, label_space = _label_space(folders)
+    index = _file_index(spec, root, list(SPLIT_DIRS.values()), index_of)
     workers = default_workers() if spec.loader_workers is None else int(spec.loader_workers)
     splits: dict[str, ImageSplit] = {}
     empty: dict[str, list[str]] = {}
@@ -132,27 +112,50 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
             cache = ImageCache(cache_dir=str(spec.cache_dir), dataset_root=str(root), split_dir=dirname,
                                geometry=spec.cache_geometry, workers=int(spec.cache_workers),
                                on_bad_image=spec.on_bad_image)
-        splits[split] = ImageSplit(
-            labels=labels,
-            sample_ids=np.arange(len(files), dtype=np.int64),
-            class_names=class_names,
-            raw_size=spec.raw_size,
-            files=files,
-            loader=_loader_entry,
-            name=f"{root.name}/{dirname}",
-            cache=cache,
-            num_workers=workers,
-            file_stats=stats,
-            pixels=spec.cache_geometry,
-        )
+        splits[split] = ImageSplit(labels=labels, sample_ids=np.arange(len(files), dtype=np.int64),
+                                   class_names=class_names, raw_size=spec.raw_size, files=files, loader=_loader_entry,
+                                   name=f"{root.name}/{dirname}", cache=cache, num_workers=workers, file_stats=stats,
+                                   pixels=spec.cache_geometry)
     meta: dict = {"root": str(root), "label_space": label_space,
                   # the label ids of the study's classes (those with an image): its class list
                   "classes": sorted({index_of[f] for d in present.values() for f in d})}
+    meta.update(_folder_warnings(root, empty, present))
+    return DataSource(name=f"imagefolder:{root}", train=splits["train"], eval=splits["eval"], class_names=class_names,
+                      meta=meta)
+
+
+def _check_root(root: Path) -> None:
+    """A root that is missing, a file, or without train/ and val/ is refused, saying what is expected."""
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"dataset root {str(root)!r} is a file, not a folder with train/ and val/ class folders")
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {str(root)!r} does not exist; expected a folder with train/ and val/ class folders "
+            "(ImageNet layout). Set data.root in the config or the ZOO_STUDY_IMAGENET environment variable."
+        )
+    for split_name in SPLIT_DIRS.values():
+        if not (root / split_name).is_dir():
+            raise FileNotFoundError(
+                f"dataset root {str(root)!r} has no {split_name}/ folder; expected train/ and val/ with one "
+                "sub-folder per class"
+            )
+
+
+def _label_space(folders: list[str]) -> tuple[list[str], dict[str, int], str]:
+    """(class names, folder -> label, label space): ImageNet-1k's when every folder is one of its WordNet
+    ids (pretrained classifiers are scored in their own label space), else the sorted folder names."""
+    imagenet_names, imagenet_index = _imagenet_names() if all(_WNID.match(f) for f in folders) else ([], {})
+    if imagenet_names and all(f in imagenet_index for f in folders):
+        return imagenet_names, imagenet_index, "imagenet-1k"
+    return folders, {f: i for i, f in enumerate(folders)}, "folders"
+
+
+def _folder_warnings(root: Path, empty: dict[str, list[str]], present: dict[str, set[str]]) -> dict:
+    """Log class folders without images and classes present in only one split; their meta entries."""
     for dirname, folders_empty in empty.items():
         if folders_empty:
             log.warning("%s: %d class folder(s) without images under %s/: %s", root, len(folders_empty), dirname,
                         _some(folders_empty))
-    meta["empty_class_folders"] = {d: list(v) for d, v in empty.items()}
     train_dir, val_dir = SPLIT_DIRS["train"], SPLIT_DIRS["eval"]
     only = {train_dir: sorted(present[train_dir] - present[val_dir]),
             val_dir: sorted(present[val_dir] - present[train_dir])}
@@ -161,14 +164,7 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
         if classes:
             log.warning("%s: %d class(es) have images in %s/ but none in %s/: %s", root, len(classes), dirname,
                         other, _some(classes))
-    meta["classes_only_in"] = only
-    return DataSource(
-        name=f"imagefolder:{root}",
-        train=splits["train"],
-        eval=splits["eval"],
-        class_names=class_names,
-        meta=meta,
-    )
+    return {"empty_class_folders": {d: list(v) for d, v in empty.items()}, "classes_only_in": only}
 
 
 def _some(names: list[str], k: int = 10) -> str:
