@@ -46,7 +46,8 @@ class FileIndex:
     def split(self, dirname: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(absolute paths, labels int64 [N], stats int64 [N, 2] = size, mtime_ns) of one split folder."""
         t = self.table.filter(pc.equal(self.table.column("split"), dirname))
-        paths = [str(self.root / p) for p in t.column("path").to_pylist()]
+        prefix = str(self.root) + os.sep  # str(root / p), without building 1.3M Path objects
+        paths = [prefix + p for p in t.column("path").to_pylist()]
         stats = np.stack([t.column("size").to_numpy(), t.column("mtime_ns").to_numpy()], axis=1).astype(np.int64)
         return paths, t.column("label").to_numpy().astype(np.int64), stats.reshape(-1, 2)
 
