@@ -258,7 +258,7 @@ def cached_split(split: ImageSplit, data_configs: Sequence[Any] | None = None, *
     decoded on the fly at the same geometries when no cache is configured.
 
     ``data_configs``: the timm data configs (or ModelPreprocess / geometries) of every model that will
-    read this split in the job (student, teachers). With ``cache.geometry == 'model'`` (the default) one
+    read this split in the job (student, teachers). With ``split.pixels == 'model'`` (the default) one
     image per distinct geometry is made from the decoded original with timm's eval operations and
     batches are :class:`Views`: each model's input is timm's ``create_transform`` output bit for bit,
     with or without a cache. With ``'raw'`` (or no configs) the ``raw_size`` squares are read and batches

@@ -56,7 +56,6 @@ class ImageCache:
     cache_dir: str
     dataset_root: str
     split_dir: str  # "train" / "val"
-    geometry: str = "model"  # "model": per-model eval geometries; "raw": the lazy path's raw squares
     workers: int = 0  # 0: one per available CPU
     on_bad_image: str = "fail"  # "skip" | "fail"
 

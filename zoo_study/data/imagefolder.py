@@ -110,8 +110,7 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
         cache = None
         if spec.cache_dir is not None:
             cache = ImageCache(cache_dir=str(spec.cache_dir), dataset_root=str(root), split_dir=dirname,
-                               geometry=spec.cache_geometry, workers=int(spec.cache_workers),
-                               on_bad_image=spec.on_bad_image)
+                               workers=int(spec.cache_workers), on_bad_image=spec.on_bad_image)
         splits[split] = ImageSplit(labels=labels, sample_ids=np.arange(len(files), dtype=np.int64),
                                    class_names=class_names, raw_size=spec.raw_size, files=files, loader=_loader_entry,
                                    name=f"{root.name}/{dirname}", cache=cache, num_workers=workers, file_stats=stats,
