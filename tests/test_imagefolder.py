@@ -8,6 +8,7 @@ ImageNet names come from timm's ImageNetInfo, which reads files shipped inside t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -407,7 +408,12 @@ def test_imagenet_10pct_config_predicts_exactly_as_timm(tmp_path, monkeypatch, c
         assert [r["topk"] for r in got] == want.topk(5).indices.tolist(), mid
     pairs = pq.read_table(runs / "scores" / "pairs.parquet").to_pylist()
     assert {r["num_classes"] for r in pairs} == {3}  # the study's classes, not the largest label + 1 (901)
-    assert (cache == "default") == any((tmp_path / "cache").rglob("manifest.json"))  # the data step's cache
+    builds = [line for f in (tmp_path / "cache").rglob("builds.jsonl") for line in f.read_text().splitlines()]
+    # the driver's data step built the eval split at all three geometries at once: no predict task built any
+    assert len(builds) == (1 if cache == "default" else 0)
+    if builds:
+        assert sorted(json.loads(builds[0])["geometries"]) == sorted(
+            {"r256-c224-bilinear", "r284-c256-bicubic", "r288-c288-bicubic"})
 
 
 def test_a_cache_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
