@@ -115,9 +115,7 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
                                    class_names=class_names, raw_size=spec.raw_size, files=files, loader=_loader_entry,
                                    name=f"{root.name}/{dirname}", cache=cache, num_workers=workers, file_stats=stats,
                                    pixels=spec.cache_geometry)
-    meta: dict = {"root": str(root), "label_space": label_space,
-                  # the label ids of the study's classes (those with an image): its class list
-                  "classes": sorted({index_of[f] for d in present.values() for f in d})}
+    meta: dict = {"root": str(root), "label_space": label_space}
     meta.update(_folder_warnings(root, empty, present))
     return DataSource(name=f"imagefolder:{root}", train=splits["train"], eval=splits["eval"], class_names=class_names,
                       meta=meta)
