@@ -185,6 +185,7 @@ def _stage_groups(stages: list[str]) -> list[list[str]]:
 def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     from pipelines.backends import RayUnavailable
     from pipelines.lock import remove_temp_files
+    from pipelines.prepare import needs_images, prepare_study_data
     from pipelines.runner import RunInterrupted, run_jobs
     from pipelines.stages import plan_stage
     from zoo_study.store import write_text_atomic
@@ -195,7 +196,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     write_text_atomic(json.dumps(environment_info(), indent=2), layout.environment_file)
     LOG.info("study %r: results in %s", cfg.study.name, layout.root)
     failed = finished = 0
-    score_ran = False
+    score_ran = prepared = False
     t0 = time.perf_counter()
     for group in _stage_groups(stages):
         if group == ["report"]:
@@ -217,6 +218,14 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
             jobs += planned
         if not jobs:
             continue
+        if not prepared and needs_images(group):  # the data step: index + image cache, on CPUs, once
+            prepared = True
+            try:
+                prepare_study_data(cfg, layout, plans)
+            except (OSError, RuntimeError, ValueError) as err:
+                print(f"zoo-study: error: preparing the images of {cfg.data.root or 'the dataset'}: {err}",
+                      file=sys.stderr)
+                return 1
         try:
             report = run_jobs([jobs], layout.root, address=address, num_cpus=cfg.ray.num_cpus, pack_size=cfg.ray.pack_size,
                               pack_students=cfg.ray.pack_students, pack_memory_bytes=cfg.ray.pack_gpu_memory_gb * 1e9,

@@ -186,6 +186,12 @@ def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -
     selection = PairSelection.model_validate(spec["pairs"])  # the [score] section, dumped to JSON
     trained = {m: preds[m] for m in spec["models"]}
     pairs = selection.resolve(list(trained))
+    if spec.get("classes") == "present":  # a subset of a larger label space: count the study's classes
+        from zoo_study.data.labels import class_ids_back, present_classes, to_dense
+
+        classes = present_classes(preds)
+        pairs_table, classes_table = score_pairs(to_dense(preds, classes), pairs, random_teachers=spec["random_teachers"])
+        return {"pairs": pairs_table, "pair_classes": class_ids_back(classes_table, classes)}
     pairs_table, classes_table = score_pairs(preds, pairs, random_teachers=spec["random_teachers"])
     return {"pairs": pairs_table, "pair_classes": classes_table}
 

@@ -222,6 +222,8 @@ def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
         "random_teachers": [m.model_id for m in models if m.kind == "random"],
         "pairs": cfg.score.model_dump(mode="json"),
     }
+    if cfg.data.kind == "imagefolder":  # labels may be a subset of ImageNet's ids: count the present classes
+        spec["classes"] = "present"
     inputs = tuple(_rel(layout.predictions(m.model_id), layout.root) for m in models)
     outputs = {"pairs": _rel(layout.pairs, layout.root), "pair_classes": _rel(layout.pair_classes, layout.root)}
     return [Job("score", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job, name="all pairs")]

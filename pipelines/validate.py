@@ -59,6 +59,10 @@ def _check_data(cfg: StudyConfig) -> None:
     if missing:
         raise ConfigError(f"data.root={str(root)!r} has no {' or '.join(f'{m}/' for m in missing)} folder; "
                           f"expected train/ and val/ with one sub-folder per class")
+    from zoo_study.data.spec import cache_dir_problem
+
+    if problem := cache_dir_problem(cfg.data):
+        raise ConfigError(problem)
 
 
 def _check_transfer_configs(cfg: StudyConfig) -> None:

@@ -9,6 +9,7 @@ the algorithm changes silently (pinned indices below). Small specs only: a few h
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,3 +332,54 @@ def test_class_set_b_is_another_label_space_and_domains_keep_labels_and_ids():
     # the new options at their defaults leave a job's data dict (and so every job id) as it was
     assert "class_set" not in DataSpec().job_dict()["generated"] and "domain" not in DataSpec().job_dict()["generated"]
     assert DataSpec(generated=b).job_dict()["generated"]["class_set"] == "b"
+
+
+# ---------------------------------------------------------------------------------- the package's structure
+def _data_modules():
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "zoo_study" / "data"
+    return {p.stem: ast.parse(p.read_text()) for p in sorted(pkg.glob("*.py"))}
+
+
+def test_data_package_has_no_import_circle_and_no_imports_inside_functions():
+    """zoo_study/data: every import of a sibling at module level, and the sibling graph has no cycle
+    (it had one held together by imports inside functions: base -> cache -> base, cache -> imagefolder)."""
+    import ast
+
+    modules = _data_modules()
+    graph: dict[str, set[str]] = {}
+    for name, tree in modules.items():
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoo_study.data"):
+                target = node.module.split(".")[2] if node.module.count(".") >= 2 else "__init__"
+                deps.add(target)
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)
+                         and (n.module or "").startswith("zoo_study.data")]
+                assert not inner, f"{name}.{fn.name} imports {inner[0].module} inside a function"
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        if state.get(m) == 1:
+            raise AssertionError(f"import circle: {' -> '.join(path + [m])}")
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if d != "__init__":
+                visit(d, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_one_place_asks_whether_a_split_is_cached():
+    """'Is this split read from the image cache?' is answered by ImageSplit.is_cached alone."""
+    texts = {p.name: p.read_text() for p in (Path(__file__).resolve().parents[1] / "zoo_study" / "data").glob("*.py")}
+    asking = sorted(n for n, t in texts.items() if 'getattr(self.images, "is_image_cache"' in t or "is_image_cache\", False" in t)
+    assert asking == ["base.py"]
+    assert "def _is_cached" not in "".join(texts.values())

@@ -26,7 +26,7 @@ from timm.data import create_transform
 
 from zoo_study.data import ImageFolderSpec, ModelPreprocess, TransferAugment, make_imagefolder, raw_loader
 from zoo_study.data import cache as cache_mod
-from zoo_study.data.cache import (BadImageError, EvalGeometry, RawGeometry, Views, augment_batch, cached_split,
+from zoo_study.data.cache import (BadImageError, RenderLoader, geometry_of, EvalGeometry, RawGeometry, Views, augment_batch, cached_split,
                                   model_input)
 from zoo_study.data.imagefolder import load_raw_image
 
@@ -131,14 +131,14 @@ def test_geometry_keys_and_distinct_geometries():
 def _concurrent_child(role, root, cache_dir, events, queue):
     building, waiting, go = events
     if role == "builder":  # holds the lock inside its build until the parent says go
-        real = cache_mod._decode
+        real = cache_mod.decode_rgb
 
         def gated(path):
             building.set()
             go.wait(30)
             return real(path)
 
-        cache_mod._decode = gated
+        cache_mod.decode_rgb = gated
     else:  # tells the parent when it finds the lock taken and starts waiting
 
         class Seen(logging.Handler):
@@ -192,7 +192,7 @@ def test_reused_by_a_later_call_without_decoding(tmp_path, monkeypatch):
     def no_decode(path):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(cache_mod, "_decode", no_decode)
+    monkeypatch.setattr(cache_mod, "decode_rgb", no_decode)
     again = cached_split(source(root, tmp_path / "cache").train, [cfg((3, 16, 16), 1.0), cfg()])
     b = first_batch(again)[0]
     assert build_count(tmp_path / "cache") == 1
@@ -320,7 +320,11 @@ def test_spec_validates_cache_options():
 
     lazy = ImageSplit(labels=np.zeros(1), sample_ids=np.zeros(1), class_names=["a"], raw_size=8, files=["x.jpg"],
                       loader=load_raw_image)
-    assert cached_split(lazy, [cfg()]) is lazy  # no cache configured: the lazy path, unchanged
+    # no cache configured: decoded on the fly at the models' geometries (raw squares only when asked for)
+    on_the_fly = cached_split(lazy, [cfg()])
+    assert isinstance(on_the_fly.loader, RenderLoader) and on_the_fly.loader.geometries == (geometry_of(cfg()),)
+    lazy.pixels = "raw"
+    assert cached_split(lazy, [cfg()]) is lazy
 
 
 # ------------------------------------------------------------------------ consumers: predict, augment
@@ -367,3 +371,46 @@ def test_geometries_sharing_a_resize_share_it_and_match_one_by_one():
         assert np.array_equal(arr, cache_mod.render(im, g)) and arr.shape == (3, *g.crop)
     # the 32 crop is the centre of the 40 one (same resize): offsets round((40 - 32) / 2) = 4
     assert np.array_equal(together[0], together[1][:, 4:36, 4:36])
+
+
+# --------------------------------------------------------------------------- the data step before GPU tasks
+def test_prepare_builds_every_geometry_so_tasks_neither_build_nor_walk(tmp_path, monkeypatch):
+    """The driver's CPU step indexes the root and caches the eval split and the transfer set at every
+    model's geometry; a task then builds nothing, walks nothing and reads the same images."""
+    from zoo_study.data import DataSpec, imagefolder, load_source
+    from zoo_study.data.prepare import SubsetSpec, prepare_images
+    from zoo_study.transfer.config import TransferConfig
+    from zoo_study.transfer.inputs import transfer_set
+
+    root = write_tree(tmp_path / "ds", n_train=4, n_val=2)
+    spec = DataSpec(kind="imagefolder", root=str(root), raw_size=32, cache_dir=str(tmp_path / "cache"), cache_workers=1)
+    student, teacher = cfg(), cfg((3, 16, 16), 1.0, "bilinear")
+    report = prepare_images(spec, [student, teacher], [SubsetSpec(per_class=2, seed=3)])
+    assert report.n_eval == 4 and list(report.n_train.values()) == [4] and len(report.geometries) == 2
+
+    def refuse(*a, **k):
+        raise AssertionError("a task built the cache or walked the root")
+
+    monkeypatch.setattr(cache_mod, "_build", refuse)
+    monkeypatch.setattr(imagefolder, "scan", refuse)
+    src = load_source(spec.model_copy(update={"loader_workers": 0}))
+    config = TransferConfig(method="kl", transfer_per_class=2, subset_seed=3)
+    train = cached_split(transfer_set(src, config), [teacher, student])
+    ev = cached_split(src.eval, [student])
+    assert train.is_cached and ev.is_cached and len(train) == 4
+    x, _, _ = first_batch(ev)
+    direct = np.stack([cache_mod.render(Image.open(f).convert("RGB"), geometry_of(student)) for f in src.eval.files])
+    assert np.array_equal(x[geometry_of(student)].numpy(), direct)
+
+
+def test_too_little_disk_decodes_on_the_fly_with_the_same_pixels(tmp_path, monkeypatch, caplog):
+    root = write_tree(tmp_path / "ds", n_train=1, n_val=2)
+    want = first_batch(cached_split(source(root, tmp_path / "roomy").eval, [cfg()]))[0]
+    full = type("Usage", (), {"free": 0})
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: full)
+    with caplog.at_level(logging.WARNING, logger="zoo_study.data.cache"):
+        split = cached_split(source(root, tmp_path / "full").eval, [cfg()])
+    assert not split.is_cached and isinstance(split.loader, RenderLoader)
+    assert "decoding on the fly" in caplog.text and "GB are free" in caplog.text
+    got = first_batch(split)[0]
+    assert torch.equal(got[geometry_of(cfg())], want[geometry_of(cfg())])

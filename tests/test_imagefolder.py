@@ -8,6 +8,7 @@ ImageNet names come from timm's ImageNetInfo, which reads files shipped inside t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,263 @@ def test_data_spec_imagefolder_from_environment(tmp_path, monkeypatch):
     other = write_tree(tmp_path / "envds2", {"p": (1, 2, 3), "q": (4, 5, 6), "r": (7, 8, 9)}, n_train=1, n_val=1)
     monkeypatch.setenv("ZOO_STUDY_IMAGENET", str(other))
     assert load_source(DataSpec(kind="imagefolder", raw_size=8)).class_names == ["p", "q", "r"]
+
+
+# ---------------------------------------------------------------------------------------- the file index
+def _index_source(root, cache_dir, **kw):
+    return make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8, cache_dir=str(cache_dir), **kw))
+
+
+def test_file_index_is_built_once_and_read_instead_of_walking_and_stat(tmp_path, monkeypatch):
+    from zoo_study.data import cache_layout, index as index_mod
+    from zoo_study.data.imagefolder import IMAGE_SUFFIXES
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=3, n_val=2)
+    walked = _index_source(root, tmp_path / "cache")
+    index_files = list((tmp_path / "cache").rglob(index_mod.INDEX_FILE))
+    assert len(index_files) == 1
+    rows = pq_rows(index_files[0])
+    assert {r["path"] for r in rows} == {str(Path(f).relative_to(root)) for f in walked.train.files + walked.eval.files}
+    first = next(r for r in rows if r["path"] == "val/blue/img0.jpg")
+    st = (root / "val" / "blue" / "img0.jpg").stat()
+    assert (first["size"], first["mtime_ns"], first["label"]) == (st.st_size, st.st_mtime_ns, 0)
+
+    import copy
+
+    stat_based = copy.copy(walked.eval)
+    stat_based.file_stats = None  # the cache key from os.stat, as before the index
+    by_stat = cache_layout.subset_dir(stat_based, walked.eval.cache)
+
+    def no_walk(*a, **k):
+        raise AssertionError("a task walked the root although the index is current")
+
+    real_stat = cache_layout.os.stat
+
+    def no_file_stat(path, *a, **k):  # folders may be stat-ed (the index's check), image files not
+        assert not str(path).lower().endswith(IMAGE_SUFFIXES), f"stat of {path}"
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr("zoo_study.data.imagefolder.scan", no_walk)
+    monkeypatch.setattr(cache_layout.os, "stat", no_file_stat)
+    again = _index_source(root, tmp_path / "cache")
+    assert again.train.files == walked.train.files and again.eval.labels.tolist() == walked.eval.labels.tolist()
+    assert cache_layout.subset_dir(again.eval, again.eval.cache) == by_stat  # same key: existing caches reused
+
+
+def test_file_index_is_rebuilt_when_a_file_is_added_and_on_refresh(tmp_path, monkeypatch):
+    from zoo_study.data import imagefolder
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=2, n_val=2)
+    assert len(_index_source(root, tmp_path / "cache").eval) == 6
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "val" / "red" / "zzz.jpg")
+    assert len(_index_source(root, tmp_path / "cache").eval) == 7  # the folder's mtime changed: walked again
+    scans = []
+    real = imagefolder.scan
+    monkeypatch.setattr(imagefolder, "scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    _index_source(root, tmp_path / "cache")
+    _index_source(root, tmp_path / "cache", index="refresh")  # the driver's step: always a full walk
+    assert scans == [1]
+
+
+def pq_rows(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+# ------------------------------------------------------------------------ loader workers and pinned memory
+def test_on_disk_splits_decode_in_workers_with_pinned_memory_under_cuda(tmp_path, monkeypatch):
+    from zoo_study.data.base import default_workers
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=2, n_val=2)
+    src = make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8))
+    loader = raw_loader(src.eval, batch_size=2)
+    assert loader.num_workers == min(default_workers(), 3) >= 1 and loader.pin_memory is False  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert raw_loader(src.eval, batch_size=2).pin_memory is True
+    own = make_imagefolder(ImageFolderSpec(root=str(root), raw_size=8, loader_workers=0))
+    assert raw_loader(own.eval, batch_size=2).num_workers == 0  # data.loader_workers = 0: in this process
+    with pytest.raises(ValueError, match="loader_workers"):
+        ImageFolderSpec(root="x", loader_workers=-1)
+
+
+def test_in_memory_splits_stay_in_process_and_unpinned(monkeypatch):
+    from zoo_study.data import GeneratedSpec, make_generated
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    src = make_generated(GeneratedSpec(n_train=4, n_eval=4, num_superclasses=2, classes_per_superclass=2))
+    loader = raw_loader(src.eval, batch_size=2)
+    assert loader.num_workers == 0 and loader.pin_memory is False
+
+
+# ----------------------------------------------------------------- the data root and cache folder, resolved
+def test_resolve_data_paths_on_the_driver(tmp_path, monkeypatch):
+    from zoo_study.data.spec import CACHE_ENV, IMAGENET_ENV, resolve_data_paths
+
+    monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "in"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    spec = DataSpec(kind="imagefolder")
+    assert resolve_data_paths(spec) == (str(tmp_path / "in"), str(tmp_path / "c"))
+    assert spec.runtime_dict() == {"cache_dir": str(tmp_path / "c")}  # shipped with each job, outside its id
+    assert resolve_data_paths(DataSpec(kind="imagefolder", cache_dir="none"))[1] is None
+    assert DataSpec(kind="imagefolder", cache_dir="none").runtime_dict() == {"cache_dir": "none"}
+    assert resolve_data_paths(DataSpec(kind="imagefolder", cache_dir="~/x"))[1] == str(Path("~/x").expanduser())
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert resolve_data_paths(spec)[1] == str(tmp_path / "home" / ".cache" / "zoo-study" / "images")
+    assert resolve_data_paths(DataSpec()) == (None, None) and DataSpec().runtime_dict() == {}
+
+
+def test_job_ids_change_only_for_imagefolder_data(tmp_path):
+    """Generated data keeps its job dict; ImageFolder data's pixels are now timm's (cached or not), so the
+    geometry enters its ids, except for the older raw squares without a cache (the same pixels as before)."""
+    assert "cache_geometry" not in DataSpec().job_dict() and "on_bad_image" not in DataSpec().job_dict()
+    folder = DataSpec(kind="imagefolder", root="/r")
+    assert folder.job_dict()["cache_geometry"] == "model" and folder.job_dict()["on_bad_image"] == "fail"
+    old_raw = DataSpec(kind="imagefolder", root="/r", cache_dir="none", cache_geometry="raw")
+    assert "cache_geometry" not in old_raw.job_dict() and "on_bad_image" not in old_raw.job_dict()
+    assert folder.job_dict() == DataSpec(kind="imagefolder", root="/r", cache_dir="/elsewhere", loader_workers=3).job_dict()
+
+
+# ------------------------------------------------------------- num_classes of a subset of ImageNet's classes
+def _prediction_bytes(model_id, labels, preds):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zoo_study.store import PREDICTION_SCHEMA
+
+    n = len(labels)
+    t = pa.table({"model_id": [model_id] * n, "sample_id": list(range(n)), "label": labels, "pred": preds,
+                  "p_label": [0.5] * n, "p_max": [0.5] * n, "topk": [[p] for p in preds]}, schema=PREDICTION_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    return buf.getvalue()
+
+
+def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tmp_path):
+    """Three ImageNet classes (ids 3, 500, 900), two eval images each. By hand: the teacher is right on all
+    but sample 5, the student on samples 0, 3, 5; positive flips: one each in classes 3, 500, 900 -> entropy
+    ln 3, and the uniform reference ln(num_classes) must be ln 3 (it was ln 901); sample 5 is the student's
+    one negative flip (class 900). Per-class rows keep ImageNet's class ids."""
+    import math
+
+    from pipelines.executors import score_job
+    from pipelines.jobs import JobContext
+    from pipelines.stages import plan_score
+    from zoo_study.config import validate_config
+    from zoo_study.store import ResultsLayout
+
+    labels = [3, 3, 500, 500, 900, 900]
+    preds = {"t": [3, 3, 500, 500, 900, 7], "s": [3, 999, 1, 500, 2, 900]}
+    layout = ResultsLayout("")
+    inputs = {str(layout.predictions(m)): _prediction_bytes(m, labels, p) for m, p in preds.items()}
+    raw = {"study": {"name": "x", "results_root": str(tmp_path / "runs")}, "zoo": {"embedded": ["resnet10t_w16", "mixer_p8"]},
+           "data": {"kind": "imagefolder", "root": str(tmp_path)}}
+    (job,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    spec = {**job.spec, "models": ["t", "s"], "random_teachers": []}
+    assert spec["classes"] == "present"
+    out = score_job(spec, inputs, JobContext("j", "score", {}, ()))
+    row = next(r for r in out["pairs"].to_pylist() if (r["teacher"], r["student"]) == ("t", "s"))
+    assert row["num_classes"] == 3 and row["n_pos"] == 3 and row["n_neg"] == 1
+    assert math.isclose(row["entropy"], math.log(3)) and math.isclose(row["entropy"], math.log(row["num_classes"]))
+    cells = {(r["class_id"], r["pos_flips"], r["neg_flips"]) for r in out["pair_classes"].to_pylist()
+             if (r["teacher"], r["student"]) == ("t", "s")}
+    assert cells == {(3, 1, 0), (500, 1, 0), (900, 1, 1)}
+    del raw["data"]  # generated data: the score job's spec (and id) is unchanged
+    (gen,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    assert "classes" not in gen.spec
+
+
+# ------------------------------------------------- the shipped ImageNet config predicts exactly as timm does
+# Tiny stand-ins for the paper's zoo with its real variety of data configs: 224/0.875 bilinear, 256/0.9
+# bicubic with mean 0 / std 1, 288/1.0 bicubic; random weights (local safetensors), heads scaled so that
+# the top classes are well apart.
+E2E_ARCHS = {"r18": "resnet18.tv_in1k", "mvit": "mobilevit_xxs.cvnets_in1k", "evit": "efficientvit_b1.r288_in1k"}
+
+
+def _checkpoint(arch: str, path: Path, seed: int) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    m = timm.create_model(arch, pretrained=False, num_classes=1000)
+    head = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear) and mod.out_features == 1000][-1]
+    with torch.no_grad():
+        head.weight.mul_(30.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+
+
+def _timm_reference(arch: str, path: Path, files: list[str]) -> torch.Tensor:
+    """timm's own way: create_transform(**resolve_data_config(model=m)) on each decoded image, then forward."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.data import create_transform, resolve_data_config
+
+    m = timm.create_model(arch, pretrained=False, num_classes=1000)
+    m.load_state_dict(load_file(str(path)))
+    m.eval()
+    t = create_transform(**resolve_data_config(model=m))
+    with torch.no_grad():
+        return torch.cat([m(t(Image.open(f).convert("RGB")).unsqueeze(0)).softmax(-1) for f in files])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["default", "none"])
+def test_imagenet_10pct_config_predicts_exactly_as_timm(tmp_path, monkeypatch, cache):
+    import pyarrow.parquet as pq
+
+    from helpers.imagenet_tree import imagenet_wnids, write_imagenet_tree
+    from pipelines.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "imagenet_10pct.toml"
+    ids = [3, 500, 900]
+    root = write_imagenet_tree(tmp_path / "imagenet", imagenet_wnids(ids), n_train=1, n_val=4)
+    monkeypatch.setenv("ZOO_STUDY_CACHE", str(tmp_path / "cache"))
+    models = []
+    for seed, (mid, arch) in enumerate(E2E_ARCHS.items()):
+        _checkpoint(arch, tmp_path / f"{mid}.safetensors", seed)
+        models.append(f'{{id = "{mid}", source = "local", arch = "{arch}", checkpoint = "{tmp_path / f"{mid}.safetensors"}"}}')
+    runs = tmp_path / "runs"
+    sets = [f"data.root={root}", f"study.results_root={runs}", "study.device=cpu", 'zoo.paper_study=""',
+            "zoo.random_teachers=[]", f"zoo.models=[{', '.join(models)}]", "transfer.enabled=false",
+            "predict.batch_size=5", "ray.address=local", "ray.cpus_per_job=1", "ray.gpus_per_job=0",
+            "data.loader_workers=2"] + ([f"data.cache_dir={cache}"] if cache == "none" else [])
+    argv = ["run", str(config), "--no-progress", "--stage", "zoo,predict,score"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    files = sorted(str(p) for p in (root / "val").rglob("*.JPEG"))
+    for mid, arch in E2E_ARCHS.items():
+        got = pq.read_table(runs / "predictions" / f"model={mid}.parquet").to_pylist()
+        got.sort(key=lambda r: r["sample_id"])
+        want = _timm_reference(arch, tmp_path / f"{mid}.safetensors", files)
+        assert [r["label"] for r in got] == [i for i in ids for _ in range(4)]
+        assert [r["pred"] for r in got] == want.argmax(-1).tolist(), mid
+        assert np.allclose([r["p_max"] for r in got], want.max(-1).values.numpy(), atol=2e-5), mid
+        assert [r["topk"] for r in got] == want.topk(5).indices.tolist(), mid
+    pairs = pq.read_table(runs / "scores" / "pairs.parquet").to_pylist()
+    assert {r["num_classes"] for r in pairs} == {3}  # the study's classes, not the largest label + 1 (901)
+    builds = [line for f in (tmp_path / "cache").rglob("builds.jsonl") for line in f.read_text().splitlines()]
+    # the driver's data step built the eval split at all three geometries at once: no predict task built any
+    assert len(builds) == (1 if cache == "default" else 0)
+    if builds:
+        assert sorted(json.loads(builds[0])["geometries"]) == sorted(
+            {"r256-c224-bilinear", "r284-c256-bicubic", "r288-c288-bicubic"})
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    from pipelines.cli import main
+
+    root = write_tree(tmp_path / "ds", COLOURS, n_train=1, n_val=1)
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[study]\nname = "s"\nresults_root = "{tmp_path / "runs"}"\n[data]\nkind = "imagefolder"\n'
+                   f'root = "{root}"\ncache_dir = "{tmp_path / "afile"}"\n[zoo]\nembedded = ["mixer_p8"]\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "data.cache_dir=" in err[0] and "is a file" in err[0]
+    assert not (tmp_path / "runs").exists()

@@ -221,3 +221,48 @@ def test_augment_components():
 def test_augment_rejects_float_batches():
     with pytest.raises(TypeError, match="uint8"):
         TransferAugment()(torch.zeros(1, 3, 4, 4))
+
+
+# ----------------------------------------------------- ImageFolder data read as timm's eval transform reads it
+# Real timm data configs (no weights): 224/0.875 bilinear (ImageNet mean/std), 256/0.9 bicubic with mean 0 and
+# std 1, 288/1.0 bicubic. The ImageNet-style tree has grayscale, CMYK, a PNG named .JPEG and images smaller than
+# the crop; every model's input must be timm's create_transform output bit for bit, with or without the cache,
+# decoded in DataLoader worker processes.
+REAL_ARCHS = ["resnet18.tv_in1k", "mobilevit_xxs.cvnets_in1k", "efficientvit_b1.r288_in1k"]
+
+
+def _timm_config(name: str) -> dict:
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    return dict(resolve_data_config(pretrained_cfg=get_pretrained_cfg(name).to_dict()))
+
+
+def _imagenet_source(tmp_path, cache: bool):
+    from helpers.imagenet_tree import imagenet_wnids, write_imagenet_tree
+    from zoo_study.data import ImageFolderSpec, make_imagefolder
+
+    root = write_imagenet_tree(tmp_path / "imagenet", imagenet_wnids([3, 500]), n_train=1, n_val=4)
+    return make_imagefolder(ImageFolderSpec(root=str(root), cache_dir=str(tmp_path / "cache") if cache else None,
+                                            cache_workers=1, loader_workers=2))
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["on-the-fly", "cache"])
+def test_imagefolder_inputs_equal_timm_create_transform_for_real_configs(tmp_path, cache):
+    from PIL import Image
+
+    from zoo_study.data import raw_loader
+    from zoo_study.data.cache import cached_split
+
+    configs = [_timm_config(n) for n in REAL_ARCHS]
+    assert len({(c["input_size"], c["crop_pct"], c["interpolation"], c["mean"]) for c in configs}) == 3
+    src = _imagenet_source(tmp_path, cache)
+    split = cached_split(src.eval, configs)
+    loader = raw_loader(split, batch_size=3)
+    assert cache or loader.num_workers == 2  # decoded in worker processes, not in this thread
+    batches = list(loader)
+    for cfg in configs:
+        pre = ModelPreprocess.from_data_config(cfg)
+        ours = torch.cat([pre(b) for b, _, _ in batches])
+        want = torch.stack([create_transform(**cfg)(Image.open(f).convert("RGB")) for f in src.eval.files])
+        assert ours.shape == want.shape and torch.equal(ours, want), cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,9 +12,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-def _is_cached(images: Any) -> bool:
-    """Whether ``images`` are memory-mapped shards of the decoded-image cache (CachedImages)."""
-    return getattr(images, "is_image_cache", False) is True
+def default_workers() -> int:
+    """DataLoader processes for an on-disk split: one per available CPU, at most 8 (PIL decoding and
+    resizing is about 4 ms per ImageNet image per core, so 8 feed one GPU at ~2,000 images/s)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
 
 
 class ImageSplit(Dataset):
@@ -24,12 +30,16 @@ class ImageSplit(Dataset):
     stable identifiers of the samples within the split, so prediction tables of different models can be
     joined on them, also after taking subsets.
 
-    ``images`` may also be a :class:`zoo_study.data.cache.CachedImages` (memory-mapped shards of the
-    decoded-image cache): then :func:`raw_loader` slices whole batches from the shards, and with per-model
-    geometries the batches are :class:`zoo_study.data.cache.Views` that :class:`ModelPreprocess` reads.
-    ``cache`` (an :class:`zoo_study.data.cache.ImageCache`, set by the ImageFolder source when a cache
-    directory is configured) says where :func:`zoo_study.data.cache.cached_split` may build such shards;
-    subsets keep it.
+    ``images`` may also be an image store (``is_image_cache = True``: the decoded-image cache's
+    :class:`~zoo_study.data.cache_read.CachedImages`) with ``sample(i)``, ``take(indices)`` and
+    ``batches(split, batch_size, ...)``: then :func:`raw_loader` reads whole batches from it, and with
+    per-model geometries the batches are :class:`~zoo_study.data.geometry.Views` that
+    :class:`ModelPreprocess` reads. ``cache`` (an :class:`~zoo_study.data.cache_layout.ImageCache`, set by
+    the ImageFolder source when a cache directory is configured) says where
+    :func:`zoo_study.data.cache.cached_split` may build such a store; subsets keep it. ``num_workers`` is
+    the DataLoader processes that decode an on-disk split, ``pixels`` what they decode it to ('model':
+    each reading model's timm eval geometry, 'raw': ``raw_size`` squares); ``file_stats`` (sizes and mtimes of ``files``,
+    from the dataset's file index) spare the cache key a ``stat`` per file.
     """
 
     def __init__(
@@ -44,6 +54,9 @@ class ImageSplit(Dataset):
         loader: Callable[[str | Path, int], torch.Tensor] | None = None,
         name: str = "split",
         cache: Any = None,
+        num_workers: int = 0,
+        file_stats: np.ndarray | None = None,
+        pixels: str = "model",
     ) -> None:
         if (images is None) == (files is None):
             raise ValueError("an ImageSplit needs exactly one of `images` (in memory) or `files` (on disk)")
@@ -61,6 +74,14 @@ class ImageSplit(Dataset):
         self.loader = loader
         self.name = name
         self.cache = cache
+        self.num_workers = int(num_workers)
+        self.file_stats = None if file_stats is None else np.asarray(file_stats, dtype=np.int64)  # [N, 2]
+        self.pixels = pixels  # on disk: "model" (each model's timm eval geometry) or "raw" (raw_size squares)
+
+    @property
+    def is_cached(self) -> bool:
+        """Whether the images are an image store (the decoded-image cache), the one place this is asked."""
+        return getattr(self.images, "is_image_cache", False) is True
 
     @property
     def num_classes(self) -> int:
@@ -70,7 +91,7 @@ class ImageSplit(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        if _is_cached(self.images):  # CachedImages: a tensor, or Views at several geometries
+        if self.is_cached:  # an image store: a tensor, or Views at several geometries
             img = self.images.sample(int(i))
         elif self.images is not None:
             img = torch.from_numpy(np.ascontiguousarray(self.images[i]))
@@ -86,13 +107,29 @@ class ImageSplit(Dataset):
             sample_ids=self.sample_ids[indices],
             class_names=self.class_names,
             raw_size=self.raw_size,
-            images=(self.images.take(indices) if _is_cached(self.images)
+            images=(self.images.take(indices) if self.is_cached
                     else self.images[indices] if self.images is not None else None),
             files=[self.files[i] for i in indices] if self.files is not None else None,
             loader=self.loader,
             name=name or f"{self.name}[subset]",
             cache=self.cache,
+            num_workers=self.num_workers,
+            file_stats=self.file_stats[indices] if self.file_stats is not None else None,
+            pixels=self.pixels,
         )
+
+    def with_store(self, images: Any, rows: np.ndarray) -> "ImageSplit":
+        """The rows ``rows`` of this split read from an image store (``images``, one entry per row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return ImageSplit(labels=self.labels[rows], sample_ids=self.sample_ids[rows], class_names=self.class_names,
+                          raw_size=self.raw_size, images=images, name=self.name, cache=self.cache,
+                          num_workers=self.num_workers, pixels=self.pixels)
+
+    def with_loader(self, loader: Callable[[str | Path, int], Any]) -> "ImageSplit":
+        """This on-disk split read through another ``loader`` (e.g. one rendering model geometries)."""
+        return ImageSplit(labels=self.labels, sample_ids=self.sample_ids, class_names=self.class_names,
+                          raw_size=self.raw_size, files=self.files, loader=loader, name=self.name, cache=self.cache,
+                          num_workers=self.num_workers, file_stats=self.file_stats, pixels=self.pixels)
 
 
 @dataclass
@@ -123,27 +160,35 @@ def raw_loader(
     *,
     shuffle: bool = False,
     seed: int = 0,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     drop_last: bool = False,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
-    """Batches of ``(uint8 [B,3,R,R], labels int64 [B], sample_ids int64 [B])``; seeded when shuffled.
+    """Batches of ``(uint8 [B,3,R,R] or Views, labels int64 [B], sample_ids int64 [B])``; seeded when shuffled.
 
-    A split backed by the decoded-image cache is read by memory-mapped batch slicing instead (no
-    decoding, ``num_workers`` is not needed), in the same order as the DataLoader with the same seed.
+    A split read from an image store (the decoded-image cache) is read by its own batch slicing
+    (no decoding), in the same order as the DataLoader with the same seed. An on-disk split is decoded
+    by ``num_workers`` DataLoader processes (default: the split's, set from ``data.loader_workers``),
+    never in the calling thread, into page-locked memory when CUDA is available (``pin_memory``), so
+    decoding and host-to-device copies overlap the GPU's work. In-memory splits are read in-process.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if _is_cached(split.images):
-        from zoo_study.data.cache import CachedBatches
-
-        return CachedBatches(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[return-value]
+    pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+    if split.is_cached:
+        return split.images.batches(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                    pin_memory=pin)
+    on_disk = split.files is not None
+    workers = (split.num_workers if on_disk else 0) if num_workers is None else int(num_workers)
+    workers = min(workers, max(1, -(-len(split) // batch_size)))  # no more processes than batches
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         split,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        num_workers=num_workers,
+        num_workers=workers,
         drop_last=drop_last,
         persistent_workers=False,
+        pin_memory=pin and on_disk,  # 2 batches ahead per worker (DataLoader's default prefetch)
     )

@@ -5,7 +5,8 @@ decodes every image every epoch spends hours in PIL. The first job that needs a 
 with N processes; every later job (and every later epoch) slices batches out of ``.npy`` memory maps.
 
 This module is the entry point and the builder. What is stored (one uint8 array per distinct model
-geometry, rendered with timm's own PIL operations) is described in :mod:`zoo_study.data.cache_geometry`;
+geometry, rendered with timm's own PIL operations) is described in :mod:`zoo_study.data.geometry` and
+rendered by :mod:`zoo_study.data.decode`;
 where it is stored, how a complete entry is recognised and the build lock in
 :mod:`zoo_study.data.cache_layout`; how a cached split reads back in :mod:`zoo_study.data.cache_read`.
 Their public names are re-exported here.
@@ -41,14 +42,14 @@ import numpy as np
 import torch
 
 from zoo_study.data.base import ImageSplit
-from zoo_study.data.cache_geometry import (  # noqa: F401  (re-exported)
+from zoo_study.data.decode import RenderLoader, decode_rgb, render, render_all  # noqa: F401  (re-exported)
+from zoo_study.data.geometry import (  # noqa: F401  (re-exported)
     EvalGeometry,
     Geometry,
     RawGeometry,
+    Views,
     distinct_geometries,
     geometry_of,
-    render,
-    render_all,
 )
 from zoo_study.data.cache_layout import (
     BUILD_LOG,
@@ -61,14 +62,19 @@ from zoo_study.data.cache_layout import (
     subset_dir,
     write_json,
 )
-from zoo_study.data.cache_read import CachedBatches, CachedImages, Views  # noqa: F401  (re-exported)
+from zoo_study.data.cache_read import CachedBatches, CachedImages  # noqa: F401  (re-exported)
 from zoo_study.data.preprocess import ModelPreprocess
 
-__all__ = ["ImageCache", "RawGeometry", "EvalGeometry", "Geometry", "BadImageError", "CachedImages", "Views",
+__all__ = ["ImageCache", "RawGeometry", "EvalGeometry", "Geometry", "BadImageError", "CacheSpaceError", "CachedImages", "Views",
            "CachedBatches", "cached_split", "build_cache", "geometry_of", "distinct_geometries", "render", "render_all",
            "model_input", "augment_batch"]
 
 log = logging.getLogger(__name__)
+
+
+class CacheSpaceError(OSError):
+    """The cache folder's disk has too little room for a build: the split is then decoded on the fly
+    (the same pixels, only slower), with a warning."""
 
 
 class BadImageError(RuntimeError):
@@ -82,14 +88,6 @@ class BadImageError(RuntimeError):
 
     def __reduce__(self):
         return (BadImageError, (self.path, self.error, self.n_bad))
-
-
-def _decode(path: str):
-    """Decode an image file as timm's dataset does: ``Image.open(f).convert('RGB')``."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -109,7 +107,7 @@ def _decode_chunk(start: int, paths: Sequence[str], targets: Sequence[tuple[Geom
     bad: list[tuple[int, str]] = []
     for i, path in enumerate(paths):
         try:
-            outs = render_all(_decode(path), [g for g, _ in arrays])
+            outs = render_all(decode_rgb(path), [g for g, _ in arrays])
         except Exception as e:  # noqa: BLE001 (any decode failure is reported with its path)
             bad.append((start + i, f"{type(e).__name__}: {e}"))
             continue
@@ -182,8 +180,8 @@ def _build(split: ImageSplit, geoms: list[Geometry], base: Path, digest: str, ca
     need = sum(int(np.prod(_shape(n, g))) for g in geoms)
     free = shutil.disk_usage(base).free
     if need > free:
-        raise OSError(f"the image cache needs {need / 1e9:.1f} GB in {base} but {free / 1e9:.1f} GB are free; "
-                      "point data.cache_dir at a larger local disk or unset it")
+        raise CacheSpaceError(f"the image cache needs {need / 1e9:.1f} GB in {base} but {free / 1e9:.1f} GB are free; "
+                              "point data.cache_dir at a larger local disk, or set it to \"none\"")
     workers = cache.n_workers()
     build_id = uuid.uuid4().hex
     tmp = {g: base / f".tmp-{g.key}-{os.getpid()}-{build_id[:8]}" for g in geoms}
@@ -256,29 +254,37 @@ def build_cache(split: ImageSplit, geometries: Sequence[Geometry], cache: ImageC
 # ---------------------------------------------------------------------------------------------- read
 def cached_split(split: ImageSplit, data_configs: Sequence[Any] | None = None, *,
                  cache: ImageCache | None = None) -> ImageSplit:
-    """``split`` read from the decoded-image cache, building the cache first when needed.
+    """``split`` as the job's models read it: from the decoded-image cache (built first when needed), or
+    decoded on the fly at the same geometries when no cache is configured.
 
     ``data_configs``: the timm data configs (or ModelPreprocess / geometries) of every model that will
-    read this split in the job (student, teachers). With ``cache.geometry == 'model'`` one array per
-    distinct geometry is cached and batches are :class:`Views`; with ``'raw'`` (or no configs) the
-    lazy path's ``raw_size`` squares are cached and batches are plain uint8 tensors, as today.
-    Without a cache (``split.cache`` is None and none given) the split is returned unchanged: the lazy
-    path. Unreadable images skipped at build are left out (the sample ids of the others are kept).
+    read this split in the job (student, teachers). With ``split.pixels == 'model'`` (the default) one
+    image per distinct geometry is made from the decoded original with timm's eval operations and
+    batches are :class:`Views`: each model's input is timm's ``create_transform`` output bit for bit,
+    with or without a cache. With ``'raw'`` (or no configs) the ``raw_size`` squares are read and batches
+    are plain uint8 tensors. Without a cache, an on-disk split gets a loader that renders the geometries
+    in the DataLoader's worker processes; an in-memory split (generated data) is returned unchanged.
+    Unreadable images skipped at a cache build are left out (the sample ids of the others are kept).
     """
     cache = cache or split.cache
-    if cache is None:
-        return split
-    if cache.geometry == "model" and data_configs:
-        geoms, plain = distinct_geometries(list(data_configs)), False
-    else:
-        geoms, plain = [RawGeometry(split.raw_size)], True
-    if _is_cached_split(split):
-        missing = [g.key for g in geoms if g not in split.images.paths]
+    raw = split.pixels == "raw" or not data_configs
+    geoms = [RawGeometry(split.raw_size)] if raw else distinct_geometries(list(data_configs))
+    have = _read_geometries(split)
+    if have is not None:  # already read at fixed geometries (a cache, or the on-the-fly renderer)
+        missing = [g.key for g in geoms if g not in have]
         if missing:
-            raise ValueError(f"{split.name} is already read from the image cache without geometry {', '.join(missing)}; "
+            raise ValueError(f"{split.name} is already read at fixed geometries, without geometry {', '.join(missing)}; "
                              "call cached_split() on the on-disk split with every model's data config at once")
         return split
-    dirs = build_cache(split, geoms, cache)
+    if split.files is None:
+        return split  # in memory: nothing to decode
+    if cache is None:
+        return split if raw else split.with_loader(RenderLoader(geoms))
+    try:
+        dirs = build_cache(split, geoms, cache)
+    except CacheSpaceError as err:
+        log.warning("%s: decoding on the fly instead: %s", split.name, err)
+        return split if raw else split.with_loader(RenderLoader(geoms))
     valid: np.ndarray | None = None
     for d in dirs.values():  # the readable rows (the same in every geometry unless a file changed state)
         rows = np.load(d / "rows.npy")
@@ -287,13 +293,16 @@ def cached_split(split: ImageSplit, data_configs: Sequence[Any] | None = None, *
     if len(valid) < len(split):
         log.info("%s: %d unreadable image(s) left out (listed in %s)", split.name, len(split) - len(valid),
                  next(iter(dirs.values())) / "manifest.json")
-    images = CachedImages({g: str(d / "images.npy") for g, d in dirs.items()}, valid, plain)
-    return ImageSplit(labels=split.labels[valid], sample_ids=split.sample_ids[valid], class_names=split.class_names,
-                      raw_size=split.raw_size, images=images, name=split.name, cache=cache)
+    return split.with_store(CachedImages({g: str(d / "images.npy") for g, d in dirs.items()}, valid, raw), valid)
 
 
-def _is_cached_split(split: ImageSplit) -> bool:
-    return getattr(split.images, "is_image_cache", False) is True
+def _read_geometries(split: ImageSplit) -> list[Geometry] | None:
+    """The geometries a split is already read at (a cache store or a RenderLoader), else None."""
+    if split.is_cached:
+        return list(split.images.paths)
+    if isinstance(split.loader, RenderLoader):
+        return list(split.loader.geometries)
+    return None
 
 
 def model_input(batch: torch.Tensor | Views, config: Mapping[str, Any] | ModelPreprocess) -> torch.Tensor:

@@ -6,7 +6,9 @@ later job (a stale or half-built entry must never be read), and it is the same w
 
 Layout, one directory per dataset root + split + subset (the ordered file list with sizes and mtimes)::
 
-    <cache_dir>/<root name>-<hash of root>/<split>-n<N>-<hash of file list>/
+    <cache_dir>/<root name>-<hash of root>/
+      files-v1.parquet        the root's file index (zoo_study.data.index): path, size, mtime, label
+      <split>-n<N>-<hash of file list>/
         .lock                 fcntl.flock: one builder per subset at a time, the others wait, then read
         builds.jsonl          one line per build (pid, geometries, seconds, skipped count)
         v1-r256-c224-bicubic/ one per geometry, renamed into place when complete:
@@ -35,9 +37,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zoo_study.data.base import ImageSplit
-from zoo_study.data.cache_geometry import Geometry
+from zoo_study.data.geometry import Geometry
 
-__all__ = ["ImageCache", "FORMAT_VERSION", "BUILD_LOG", "subset_dir", "geometry_dir", "read_manifest", "locked",
+__all__ = ["ImageCache", "FORMAT_VERSION", "BUILD_LOG", "root_dir", "subset_dir", "geometry_dir", "read_manifest", "locked",
            "fsync_file", "write_json"]
 
 # the cache's records keep one logger name, whichever of its modules writes them
@@ -54,7 +56,6 @@ class ImageCache:
     cache_dir: str
     dataset_root: str
     split_dir: str  # "train" / "val"
-    geometry: str = "model"  # "model": per-model eval geometries; "raw": the lazy path's raw squares
     workers: int = 0  # 0: one per available CPU
     on_bad_image: str = "fail"  # "skip" | "fail"
 
@@ -71,17 +72,31 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
 
 
+def root_dir(cache_dir: str | Path, dataset_root: str | Path) -> Path:
+    """``<cache_dir>/<root name>-<hash of root>``: everything cached for one dataset root (its file index
+    and one directory per split subset)."""
+    root = Path(os.path.abspath(os.path.expanduser(str(dataset_root))))
+    root_tag = f"{_safe(root.name)}-{hashlib.sha256(str(root).encode()).hexdigest()[:10]}"
+    return Path(os.path.expanduser(str(cache_dir))) / root_tag
+
+
 def subset_dir(split: ImageSplit, cache: ImageCache) -> tuple[Path, str]:
-    """The subset directory of ``split`` and the hash of its file list (paths, sizes, mtimes, ids)."""
+    """The subset directory of ``split`` and the hash of its file list (paths, sizes, mtimes, ids).
+
+    Sizes and mtimes come from the split's ``file_stats`` (the dataset's file index) when it has them,
+    so no file is stat-ed here; else from ``os.stat`` (the same values, the same digest)."""
     root = Path(os.path.abspath(os.path.expanduser(cache.dataset_root)))
     h = hashlib.sha256()
-    for f, sid in zip(split.files, split.sample_ids):
-        st = os.stat(f)
+    for i, (f, sid) in enumerate(zip(split.files, split.sample_ids)):
+        if split.file_stats is not None:
+            size, mtime_ns = (int(v) for v in split.file_stats[i])
+        else:
+            st = os.stat(f)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         rel = os.path.relpath(os.path.abspath(f), root)
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{int(sid)}\n".encode())
+        h.update(f"{rel}\0{size}\0{mtime_ns}\0{int(sid)}\n".encode())
     digest = h.hexdigest()
-    root_tag = f"{_safe(root.name)}-{hashlib.sha256(str(root).encode()).hexdigest()[:10]}"
-    base = Path(os.path.expanduser(cache.cache_dir)) / root_tag / f"{_safe(cache.split_dir)}-n{len(split)}-{digest[:16]}"
+    base = root_dir(cache.cache_dir, root) / f"{_safe(cache.split_dir)}-n{len(split)}-{digest[:16]}"
     return base, digest
 
 

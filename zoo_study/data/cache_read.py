@@ -5,7 +5,7 @@ batch order as ``torch.utils.data.DataLoader``, same augmentation draws), only f
 the read side's alone and does not depend on how the arrays were built. :mod:`zoo_study.data.cache`
 returns these objects from :func:`~zoo_study.data.cache.cached_split` and re-exports them.
 
-With per-model geometries a batch is a :class:`Views` (one tensor per geometry, same samples) that
+With per-model geometries a batch is a :class:`~zoo_study.data.geometry.Views` (one tensor per geometry, same samples) that
 :class:`~zoo_study.data.preprocess.ModelPreprocess` reads directly; with a single raw geometry it is a
 plain uint8 tensor, as the lazy path gives.
 """
@@ -14,71 +14,15 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from zoo_study.data.base import ImageSplit
-from zoo_study.data.cache_geometry import Geometry, RawGeometry
+from zoo_study.data.geometry import Geometry, Views
 
-__all__ = ["Views", "CachedImages", "CachedBatches"]
-
-
-class Views(Mapping):
-    """One batch (or one image) at several cached geometries: the same samples, in the same order.
-
-    A mapping geometry -> uint8 tensor. Tensor methods (``to``, ``pin_memory``, ``unsqueeze``,
-    ``expand``, ...) apply to every view; :class:`ModelPreprocess` picks the view at its own geometry
-    (:meth:`view_for`). ``len()`` is the number of geometries; :attr:`batch_size` the number of samples.
-    """
-
-    def __init__(self, tensors: Mapping[Geometry, torch.Tensor]):
-        self._t = dict(tensors)
-
-    def __getitem__(self, g: Geometry) -> torch.Tensor:
-        return self._t[g]
-
-    def __iter__(self):
-        return iter(self._t)
-
-    def __len__(self) -> int:
-        return len(self._t)
-
-    def __repr__(self) -> str:
-        return "Views(" + ", ".join(f"{g.key}: {tuple(t.shape)}" for g, t in self._t.items()) + ")"
-
-    @property
-    def batch_size(self) -> int:
-        return int(next(iter(self._t.values())).shape[0])
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Views":
-        return Views({g: fn(t) for g, t in self._t.items()})
-
-    def to(self, *args: Any, **kwargs: Any) -> "Views":
-        return self.map(lambda t: t.to(*args, **kwargs))
-
-    def __getattr__(self, name: str):
-        if name.startswith("_") or not callable(getattr(torch.Tensor, name, None)):
-            raise AttributeError(name)
-        return lambda *a, **k: self.map(lambda t: getattr(t, name)(*a, **k))
-
-    def view_for(self, geometry: Geometry) -> tuple[torch.Tensor, bool]:
-        """(tensor, exact): the view at ``geometry``, else a raw-square view to resample (not exact)."""
-        if geometry in self._t:
-            return self._t[geometry], True
-        raws = [g for g in self._t if isinstance(g, RawGeometry)]
-        if raws:
-            return self._t[max(raws, key=lambda g: g.size)], False
-        have = ", ".join(g.key for g in self._t)
-        raise ValueError(f"the cached batch has no view at geometry {geometry.key} (it has {have}); pass this "
-                         "model's data config to cached_split() together with the others")
-
-    def __getstate__(self):
-        return self._t
-
-    def __setstate__(self, state):
-        self._t = state
+__all__ = ["CachedImages", "CachedBatches"]
 
 
 class CachedImages:
@@ -107,6 +51,11 @@ class CachedImages:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def batches(self, split: ImageSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, pin_memory: bool = False) -> "CachedBatches":
+        """The split's batches sliced from the maps (what :func:`~zoo_study.data.base.raw_loader` returns)."""
+        return CachedBatches(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, pin_memory=pin_memory)
 
     def take(self, indices: np.ndarray) -> "CachedImages":
         return CachedImages(self.paths, self.rows[np.asarray(indices, dtype=np.int64)], self.plain)
@@ -146,8 +95,9 @@ class CachedBatches:
     """
 
     def __init__(self, split: ImageSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, prefetch: bool = True):
+                 drop_last: bool = False, prefetch: bool = True, pin_memory: bool = False):
         self.split, self.batch_size, self.shuffle, self.drop_last, self.prefetch = split, batch_size, shuffle, drop_last, prefetch
+        self.pin_memory = pin_memory  # page-locked batches (CUDA): non_blocking copies overlap the GPU
         self.generator = torch.Generator().manual_seed(seed) if shuffle else None
 
     def __len__(self) -> int:
@@ -166,7 +116,8 @@ class CachedBatches:
 
     def _fetch(self, idx: np.ndarray):
         s = self.split
-        return s.images.batch(idx), torch.from_numpy(s.labels[idx]), torch.from_numpy(s.sample_ids[idx])
+        out = (s.images.batch(idx), torch.from_numpy(s.labels[idx]), torch.from_numpy(s.sample_ids[idx]))
+        return tuple(t.pin_memory() for t in out) if self.pin_memory else out
 
     def __iter__(self):
         order = self._order()
