@@ -63,12 +63,12 @@ def data_runtime(cfg: StudyConfig) -> dict[str, Any]:
     import os
 
     from pipelines.jobs import RUNTIME_DATA_ROOT, RUNTIME_ENV_ROOT
-    from zoo_study.data.spec import IMAGENET_ENV
+    from zoo_study.data.spec import IMAGENET_ENV, resolve_data_paths
 
-    runtime = dict(cfg.data.runtime_dict())
+    runtime = dict(cfg.data.runtime_dict())  # the cache folder, resolved here (resolve_data_paths)
     if cfg.data.kind == "imagefolder":
         try:
-            runtime[RUNTIME_DATA_ROOT] = cfg.data.resolved_root()
+            runtime[RUNTIME_DATA_ROOT] = resolve_data_paths(cfg.data)[0]
         except FileNotFoundError:  # validation says so before a run; planning (--dry-run) goes on
             pass
     if os.environ.get(IMAGENET_ENV):
