@@ -119,6 +119,7 @@ def cmd_run(args) -> int:
 
     from pipelines import backends
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
+    from pipelines.results_root import claim as claim_results_root
     from pipelines.stages import parse_stages
     from pipelines.validate import validate_study
     from zoo_study.config import ConfigError
@@ -131,13 +132,13 @@ def cmd_run(args) -> int:
         plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
     except ConfigError as err:
         _die(str(err))
+    layout = ResultsLayout(cfg.results_root())
+    if problem := check_results_root(layout.root):  # also for --dry-run: the plan must not promise a bad root
+        _die(problem)
     if args.dry_run:
         _print_plan(cfg, stages, plans, args.bench)
         return 0
-    layout = ResultsLayout(cfg.results_root())
     address = args.address if args.address is not None else (cfg.ray.address or None)
-    if problem := check_results_root(layout.root):
-        _die(problem)
     ray_was_up = backends.ray_is_initialized()
     lock = ResultsLock(layout.root)
     try:
@@ -149,6 +150,7 @@ def cmd_run(args) -> int:
         try:
             layout.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(wait=args.wait, log=LOG)
+            claim_results_root(layout.root, LOG)  # the marker that makes it ours (pipelines/results_root.py)
             backends.reap_stale_session(layout.root, LOG)  # Ray processes of a killed earlier run
         except LockHeld as err:
             _die(str(err))
