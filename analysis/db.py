@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -247,9 +248,14 @@ class ResultsDB:
             return self._run(sql, bound)
 
     def _run(self, sql: str, bound: dict[str, Any] | list[Any] | None) -> pa.Table:
-        try:
+        def run() -> pa.Table:
             rel = self.con.sql(sql, params=bound)
             return pa.table({}) if rel is None else _to_arrow(rel)  # None: no statement (only comments)
+
+        try:
+            return _interruptible(self.con, run)
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None
         except duckdb.PermissionException as exc:  # the sandbox said no (a file outside the root ...)
             why = str(exc).splitlines()[0].removeprefix("Permission Error: ")
             raise RefusedQuery(f"refused: only files under the results root {self.root} can be read ({why})") from exc
@@ -287,6 +293,39 @@ class ResultsDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _interruptible(con: duckdb.DuckDBPyConnection, fn: Callable[[], pa.Table]) -> pa.Table:
+    """``fn()`` in a helper thread, so that Ctrl-C in the main thread stops the query.
+
+    Why: while DuckDB executes, the main thread is inside C++ and Python's SIGINT handler cannot run, so
+    Ctrl-C did nothing until the query ended. Waiting in the main thread keeps Ctrl-C deliverable; it
+    interrupts the connection and raises KeyboardInterrupt (the CLI exits 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can mark a running thread as ended
+
+    def work() -> None:
+        try:
+            box["out"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            box["exc"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="duckdb-query", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait(10)  # the query stops at its next check; the connection can then be closed
+        raise
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
 
 
 def _unreadable(path: Path) -> str | None:

@@ -235,10 +235,19 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
 
 
 def cmd_status(args) -> int:
+    """Jobs per stage of a study. CONFIG may also be a results root: its ``config.toml`` (the resolved config
+    of its last run) is read then."""
     from pipelines.records import status
     from pipelines.stages import JOB_STAGES
     from zoo_study.config import ConfigError
+    from zoo_study.store import ResultsLayout
 
+    if args.config and Path(args.config).expanduser().is_dir():
+        layout = ResultsLayout(Path(args.config).expanduser())
+        if not layout.config_file.is_file():
+            _die(f"{args.config!r} is a folder but not a results root (no config.toml); give the study's TOML "
+                 "or the results root it writes to, e.g. runs/demo")
+        args.config = str(layout.config_file)
     cfg = _load(args)
     try:
         plans = _plans(cfg, JOB_STAGES)
@@ -306,8 +315,20 @@ def cmd_prune(args) -> int:
         lock.release()
 
 
+def _root_problem(results: str) -> str | None:
+    """Why ``results`` cannot be read as a results root (missing, or a file), or None."""
+    path = Path(results).expanduser()
+    if not path.exists():
+        return f"results root {results!r} does not exist"
+    if not path.is_dir():
+        return f"results root {results!r} is a file, not a results root folder (e.g. runs/demo)"
+    return None
+
+
 def cmd_sql(args) -> int:
-    from analysis.sql_cli import QueryError, format_table, list_queries, parse_params, run_sql
+    """Run a query over a results root. Exit 2 with one line for bad arguments, a bad query or ``--out``
+    (checked before the query runs); Ctrl-C stops a running query (exit 130, via :func:`main`)."""
+    from analysis.sql_cli import QueryError, check_max_rows, format_table, list_queries, parse_params, run_sql
 
     if args.list:
         for name, desc in list_queries():
@@ -315,12 +336,15 @@ def cmd_sql(args) -> int:
         return 0
     if not args.results or not args.query:
         _die("sql needs RESULTS and QUERY (SQL text, a .sql file or a named query; --list shows the names)")
-    if not Path(args.results).is_dir():
-        _die(f"results root {args.results!r} does not exist")
+    if problem := _root_problem(args.results):
+        _die(problem)
     try:
+        check_max_rows(args.max_rows)
         table = run_sql(args.results, args.query, parse_params(args.param or []), args.out)
     except (QueryError, ValueError, FileNotFoundError) as err:
         _die(str(err).splitlines()[0])
+    except OSError as err:  # --out could not be written (full disk, permissions): nothing half-written
+        _die(f"cannot write {args.out}: {err.strerror or err}")
     if args.out:
         print(f"wrote {table.num_rows} row(s) to {args.out}")
     else:
@@ -389,13 +413,24 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_prefetch(args) -> int:
+    """Download weights. Exit 2 for a name timm does not know; 1, with one line naming the model and the
+    reason, when a download fails (no network, offline mode, a hub error)."""
+    import os
+
     from zoo_study.zoo.loading import ModelLoadError, prefetch
 
-    try:
-        for name in prefetch(args.names):
-            print(f"cached {name}")
-    except ModelLoadError as err:
-        _die(str(err))
+    for name in args.names:
+        try:
+            prefetch([name])
+        except ModelLoadError as err:
+            _die(str(err))
+        except OSError as err:  # hub and HTTP errors are OSErrors (no network, offline cache miss, 404)
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            print(f"zoo-study: error: cannot download {name}{offline}: {reason}; prefetch needs network "
+                  "access to the Hugging Face hub", file=sys.stderr)
+            return 1
+        print(f"cached {name}")
     return 0
 
 
@@ -419,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("status", help="jobs per stage and failures of a study")
+    s = sub.add_parser("status", help="jobs per stage and failures of a study (CONFIG or its results root)")
     config_args(s)
     s.set_defaults(fn=cmd_status)
 
@@ -428,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query", nargs="?", help="SQL text, a .sql file, or a named query (--list)")
     q.add_argument("--param", action="append", metavar="NAME=VALUE", help="bound parameter ($name in the SQL)")
     q.add_argument("--out", help="write the result to .csv or .parquet instead of printing")
-    q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--max-rows", type=int, default=40, help="rows to print (default 40; 0 prints every row)")
     q.add_argument("--list", action="store_true", help="list the named queries")
     q.set_defaults(fn=cmd_sql)
 
