@@ -128,6 +128,7 @@ class ResultsDB:
         self._state: dict[str, tuple] = {}
         self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
         self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
+        self.outside: set[Path] = set()  # the skipped files that are links leading outside the root
         self.con.execute(METHOD_MACROS)
         self.con.execute(stats_macros())
         for src in VIEW_SOURCES:
@@ -188,20 +189,26 @@ class ResultsDB:
         )
 
     def _install(self, view: str) -> None:
-        """(Re)create one view from the files present now, leaving out files that are not Parquet."""
+        """(Re)create one view from the files present now, leaving out files that are not Parquet and
+        files reached through a symlink that leads outside the root (DuckDB may not read those)."""
         files = self.files(view)
         for f in self.skipped.pop(view, []):
             self.skip_reasons.pop(f, None)
+            self.outside.discard(f)
         if not files:
             self.con.execute(self.view_sql(view, glob=False))
             self._state[view] = ("empty",)
             return
+        reasons = {f: why for f in files if (why := self._leads_outside(f)) is not None}
+        self.outside.update(reasons)
         try:
+            if reasons:  # the glob would reach them: go straight to the list of the others
+                raise _LeftOut
             self.con.execute(self.view_sql(view))
             self._state[view] = ("glob",)
             return
-        except duckdb.Error:
-            reasons = {f: why for f in files if (why := _unreadable(f)) is not None}
+        except (duckdb.Error, _LeftOut):
+            reasons.update({f: why for f in files if f not in reasons and (why := _unreadable(f)) is not None})
             if not reasons:
                 raise  # not a broken file (say, clashing column types): let the caller see it
         good = [f for f in files if f not in reasons]
@@ -212,10 +219,22 @@ class ResultsDB:
         self.skipped[view] = list(reasons)
         self.skip_reasons.update(reasons)
 
+    def _leads_outside(self, path: Path) -> str | None:
+        """Why ``path`` (under the root by name) may not be read: a symlink on its way leads outside the
+        root; None when its real location is inside."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # a dangling or looping link
+            return f"a broken symlink ({type(exc).__name__})"
+        if real == self.root or self.root in real.parents:
+            return None
+        return f"a symlink that leads outside the results root (to {real})"
+
     def skipped_lines(self) -> list[str]:
-        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>'."""
-        return [f"skipped unreadable file {f.relative_to(self.root).as_posix()}: {self.skip_reasons.get(f, '?')}"
-                for files in self.skipped.values() for f in files]
+        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>', or
+        'skipped transfers/evil/summary.parquet: a symlink that leads outside the results root (to ...)'."""
+        return [f"skipped {'' if f in self.outside else 'unreadable file '}{f.relative_to(self.root).as_posix()}: "
+                f"{self.skip_reasons.get(f, '?')}" for files in self.skipped.values() for f in files]
 
     def refresh(self, force: bool = False) -> None:
         """Point each view at its files, or at the empty typed table while it has none.
@@ -293,6 +312,10 @@ class ResultsDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _LeftOut(Exception):
+    """Some of a view's files must be left out before DuckDB sees the glob (links leading outside)."""
 
 
 def _interruptible(con: duckdb.DuckDBPyConnection, fn: Callable[[], pa.Table]) -> pa.Table:

@@ -198,9 +198,13 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     t0 = time.perf_counter()
     for group in _stage_groups(stages):
         if group == ["report"]:
-            from analysis.report import build_report
+            from analysis.report import ReportError, build_report
 
-            print(f"report: {build_report(layout.root)}")
+            try:
+                print(f"report: {build_report(layout.root)}")
+            except ReportError as err:  # a full disk: one line, the old report kept, the run failed
+                print(f"report: {err}", file=sys.stderr)
+                failed += 1
             continue
         jobs = []
         for stage in group:
@@ -353,15 +357,21 @@ def cmd_sql(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis.report import build_report
+    """(Re)build the report. Exit 2 for a folder that is not a results root; 1, with one line and the old
+    report kept, when it cannot be written (full disk)."""
+    from analysis.report import ReportError, build_report
     from zoo_study.store import ResultsLayout
 
-    if not Path(args.results).is_dir():
-        _die(f"results root {args.results!r} does not exist")
+    if problem := _root_problem(args.results):
+        _die(problem)
     if not ResultsLayout(args.results).is_results_root():  # a report must not land in any folder
         _die(f"{args.results!r} is not a results root (no config.toml and no result files); "
              "give the folder of a study, e.g. runs/demo")
-    print(build_report(args.results))
+    try:
+        print(build_report(args.results))
+    except ReportError as err:
+        print(f"zoo-study: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
