@@ -153,3 +153,32 @@ def test_clean_up_removes_only_our_temp_files_of_dead_writers_in_our_folders(tmp
     assert remove_temp_files(root) == len(removed) + 1
     assert not any(p.exists() for p in removed) and not report_tmp.exists()
     assert all(p.exists() for p in kept)
+
+
+# ------------------------------------------------------------------------------ messages about roots
+def test_status_reads_a_results_root_and_names_a_folder_that_is_not_one(tmp_path, capsys):
+    """Issue 22: ``status <folder>`` said the config "does not exist"."""
+    root = tmp_path / "runs"
+    assert cli("run", _config(tmp_path, root), "--stage", "transfer", "--no-progress") == 0
+    capsys.readouterr()
+    assert cli("status", str(root)) == 0
+    assert "study 'roottest'" in capsys.readouterr().out
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _refused(capsys, ["status", str(plain)], "is a folder but not a results root (no config.toml)")
+
+
+def test_prefetch_without_network_is_one_line_and_exit_1(monkeypatch, capsys):
+    """Issue 22: ``prefetch NAME`` offline ended in a traceback. The hub's offline error stands in for the
+    network (no download is attempted)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from zoo_study.zoo import loading
+
+    def offline(name, pretrained=False, **kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache.\nCheck your connection.")
+
+    monkeypatch.setattr(loading.timm, "create_model", offline)
+    assert cli("prefetch", "resnet18.a1_in1k") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot download resnet18.a1_in1k" in err and "network" in err, err
