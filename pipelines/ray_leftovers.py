@@ -116,7 +116,10 @@ def record_local_session(root: Path) -> None:
     me = os.getpid()
     record = {"version": RECORD_VERSION, "host": socket.gethostname(), "boot_id": _boot_id(),
               "driver": [me, proc_start(me)], "processes": [list(p) for p in descendants(me)]}
-    write_text_atomic(json.dumps(record), Path(root) / SESSION_FILE)
+    try:
+        write_text_atomic(json.dumps(record), Path(root) / SESSION_FILE)
+    except OSError as exc:  # a full disk must not stop the run; only the clean-up after a SIGKILL is lost
+        LOG.warning("could not record the Ray processes of this run in %s: %s", root, exc.strerror or exc)
 
 
 def forget_local_session(root: Path) -> None:
