@@ -10,7 +10,8 @@
     zoo-study prune [CONFIG ...] [--set key=value ...] [--apply]
                                          list (and move aside) results that no given config plans
 
-Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments, config, results root or Ray address,
+Exit codes: 0 success, 1 some jobs failed (or a report, an ``sql --out`` file or a ``prefetch`` download
+could not be written or fetched: one line), 2 misuse (bad arguments, config, results root or Ray address,
 or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
 """
 
@@ -348,7 +349,8 @@ def cmd_sql(args) -> int:
     except (QueryError, ValueError, FileNotFoundError) as err:
         _die(str(err).splitlines()[0])
     except OSError as err:  # --out could not be written (full disk, permissions): nothing half-written
-        _die(f"cannot write {args.out}: {err.strerror or err}")
+        print(f"zoo-study: error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     if args.out:
         print(f"wrote {table.num_rows} row(s) to {args.out}")
     else:
