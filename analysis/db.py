@@ -259,9 +259,9 @@ class ResultsDB:
         check_read_only(self.con, sql)
         try:
             return self._run(sql, bound)
-        except duckdb.Error:
-            # A broken file may have appeared under a glob view since it was created: leave it out
-            # and try once more; any other error is the query's own and is raised unchanged.
+        except (duckdb.Error, RefusedQuery):
+            # A broken file, or a symlink leading outside, may have appeared under a glob view since it
+            # was created: leave it out and try once more; any other error is the query's own.
             if not self._reinstall_broken_views():
                 raise
             return self._run(sql, bound)
@@ -280,13 +280,17 @@ class ResultsDB:
             raise RefusedQuery(f"refused: only files under the results root {self.root} can be read ({why})") from exc
 
     def _reinstall_broken_views(self) -> bool:
+        """Re-create the glob views that now fail or reach a link leading outside; whether any did."""
         changed = False
         for src in VIEW_SOURCES:
             if self._state.get(src.name, ("",))[0] != "glob":
                 continue
             try:
                 self.con.execute(f"SELECT * FROM {identifier(src.name)} LIMIT 0")
+                broken = any(self._leads_outside(f) for f in self.files(src.name))
             except duckdb.Error:
+                broken = True
+            if broken:
                 self._install(src.name)
                 changed = True
         return changed

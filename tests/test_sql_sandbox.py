@@ -317,3 +317,19 @@ def _cpu_seconds(pid: int) -> float:
     import os
 
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_symlink_leading_outside_that_appears_later_is_skipped_too(world) -> None:
+    root = world["root"]
+    RootBuilder(root).transfer("s", "t1", "kl", 0.01)
+    (summary,) = root.glob("transfers/*/summary.parquet")
+    elsewhere = world["tmp"] / "elsewhere"
+    elsewhere.mkdir()
+    pq.write_table(pq.read_table(summary), elsewhere / "summary.parquet")
+    with connect(root) as db:
+        assert db.query("SELECT count(*) AS n FROM transfers").to_pylist() == [{"n": 1}]
+        (root / "transfers" / "evil").symlink_to(elsewhere)  # while the connection is open
+        assert db.query("SELECT count(*) AS n FROM transfers").to_pylist() == [{"n": 1}]
+        assert [line.split(":")[0] for line in db.skipped_lines()] == ["skipped transfers/evil/summary.parquet"]
+        with pytest.raises(RefusedQuery):  # reading it by name stays refused
+            db.query(f"SELECT * FROM read_parquet('{root.as_posix()}/transfers/evil/summary.parquet')")
