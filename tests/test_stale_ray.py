@@ -146,3 +146,20 @@ def test_processes_of_a_killed_driver_are_stopped_by_the_next_run(tmp_path):
     while alive() and time.time() < deadline:
         time.sleep(0.5)
     assert alive() == [] and not record.exists()  # nothing of the killed run is left
+
+
+def test_a_run_after_a_forged_record_kills_no_unrelated_process(tmp_path, victim, capsys):
+    """Issue 22's reproduction through the CLI: a record naming a command-line marker, then a run."""
+    from pipelines.cli import main
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / SESSION_FILE).write_text(json.dumps({"session_dir": "MARKER", "driver_pid": 999999,
+                                                 "host": socket.gethostname()}))
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f'[study]\nname = "forged"\nresults_root = "{root}"\n[zoo]\nembedded = ["resnet10t_w16", '
+                   '"mixer_p8"]\nrandom_teachers = []\n[transfer]\nenabled = false\n[ray]\naddress = "local"\n')
+    assert main(["run", str(cfg), "--stage", "transfer", "--no-progress"]) == 0
+    time.sleep(0.3)
+    assert victim.poll() is None and not (root / SESSION_FILE).exists()
+    assert "stopped" not in capsys.readouterr().err
