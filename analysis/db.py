@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -171,6 +172,7 @@ class ResultsDB:
         self._state: dict[str, tuple] = {}
         self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
         self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
+        self.outside: set[Path] = set()  # the skipped files that are links leading outside the root
         self.con.execute(METHOD_MACROS)
         self.con.execute(stats_macros())
         for src in VIEW_SOURCES:
@@ -233,20 +235,26 @@ class ResultsDB:
         )
 
     def _install(self, view: str) -> None:
-        """(Re)create one view from the files present now, leaving out files that are not Parquet."""
+        """(Re)create one view from the files present now, leaving out files that are not Parquet and
+        files reached through a symlink that leads outside the root (DuckDB may not read those)."""
         files = self.files(view)
         for f in self.skipped.pop(view, []):
             self.skip_reasons.pop(f, None)
+            self.outside.discard(f)
         if not files:
             self.con.execute(self.view_sql(view, glob=False))
             self._state[view] = ("empty",)
             return
+        reasons = {f: why for f in files if (why := self._leads_outside(f)) is not None}
+        self.outside.update(reasons)
         try:
+            if reasons:  # the glob would reach them: go straight to the list of the others
+                raise _LeftOut
             self.con.execute(self.view_sql(view))
             self._state[view] = ("glob",)
             return
-        except duckdb.Error:
-            reasons = {f: why for f in files if (why := _unreadable(f)) is not None}
+        except (duckdb.Error, _LeftOut):
+            reasons.update({f: why for f in files if f not in reasons and (why := _unreadable(f)) is not None})
             if not reasons:
                 raise  # not a broken file (say, clashing column types): let the caller see it
         good = [f for f in files if f not in reasons]
@@ -257,10 +265,22 @@ class ResultsDB:
         self.skipped[view] = list(reasons)
         self.skip_reasons.update(reasons)
 
+    def _leads_outside(self, path: Path) -> str | None:
+        """Why ``path`` (under the root by name) may not be read: a symlink on its way leads outside the
+        root; None when its real location is inside."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # a dangling or looping link
+            return f"a broken symlink ({type(exc).__name__})"
+        if real == self.root or self.root in real.parents:
+            return None
+        return f"a symlink that leads outside the results root (to {real})"
+
     def skipped_lines(self) -> list[str]:
-        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>'."""
-        return [f"skipped unreadable file {f.relative_to(self.root).as_posix()}: {self.skip_reasons.get(f, '?')}"
-                for files in self.skipped.values() for f in files]
+        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>', or
+        'skipped transfers/evil/summary.parquet: a symlink that leads outside the results root (to ...)'."""
+        return [f"skipped {'' if f in self.outside else 'unreadable file '}{f.relative_to(self.root).as_posix()}: "
+                f"{self.skip_reasons.get(f, '?')}" for files in self.skipped.values() for f in files]
 
     def refresh(self, force: bool = False) -> None:
         """Point each view at its files, or at the empty typed table while it has none.
@@ -285,29 +305,38 @@ class ResultsDB:
         check_read_only(self.con, sql)
         try:
             return self._run(sql, bound)
-        except duckdb.Error:
-            # A broken file may have appeared under a glob view since it was created: leave it out
-            # and try once more; any other error is the query's own and is raised unchanged.
+        except (duckdb.Error, RefusedQuery):
+            # A broken file, or a symlink leading outside, may have appeared under a glob view since it
+            # was created: leave it out and try once more; any other error is the query's own.
             if not self._reinstall_broken_views():
                 raise
             return self._run(sql, bound)
 
     def _run(self, sql: str, bound: dict[str, Any] | list[Any] | None) -> pa.Table:
-        try:
+        def run() -> pa.Table:
             rel = self.con.sql(sql, params=bound)
             return pa.table({}) if rel is None else _to_arrow(rel)  # None: no statement (only comments)
+
+        try:
+            return _interruptible(self.con, run)
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None
         except duckdb.PermissionException as exc:  # the sandbox said no (a file outside the root ...)
             why = str(exc).splitlines()[0].removeprefix("Permission Error: ")
             raise RefusedQuery(f"refused: only files under the results root {self.root} can be read ({why})") from exc
 
     def _reinstall_broken_views(self) -> bool:
+        """Re-create the glob views that now fail or reach a link leading outside; whether any did."""
         changed = False
         for src in VIEW_SOURCES:
             if self._state.get(src.name, ("",))[0] != "glob":
                 continue
             try:
                 self.con.execute(f"SELECT * FROM {identifier(src.name)} LIMIT 0")
+                broken = any(self._leads_outside(f) for f in self.files(src.name))
             except duckdb.Error:
+                broken = True
+            if broken:
                 self._install(src.name)
                 changed = True
         return changed
@@ -333,6 +362,43 @@ class ResultsDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _LeftOut(Exception):
+    """Some of a view's files must be left out before DuckDB sees the glob (links leading outside)."""
+
+
+def _interruptible(con: duckdb.DuckDBPyConnection, fn: Callable[[], pa.Table]) -> pa.Table:
+    """``fn()`` in a helper thread, so that Ctrl-C in the main thread stops the query.
+
+    Why: while DuckDB executes, the main thread is inside C++ and Python's SIGINT handler cannot run, so
+    Ctrl-C did nothing until the query ended. Waiting in the main thread keeps Ctrl-C deliverable; it
+    interrupts the connection and raises KeyboardInterrupt (the CLI exits 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can mark a running thread as ended
+
+    def work() -> None:
+        try:
+            box["out"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            box["exc"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="duckdb-query", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait(10)  # the query stops at its next check; the connection can then be closed
+        raise
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
 
 
 def _unreadable(path: Path) -> str | None:

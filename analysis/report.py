@@ -13,10 +13,15 @@ fails (say, a corrupt file) shows the error and the rest of the report still bui
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import html
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 from analysis.claims import CSS as CLAIMS_CSS
 from analysis.claims import render_claims
@@ -25,7 +30,7 @@ from analysis.db import ResultsDB
 from analysis.figures import FIGURES, Rendered, render_figure
 from analysis.sql_cli import make_readable, table_to_csv_bytes
 from analysis.tables import TABLES, RenderedTable, render_table, table_html
-from zoo_study.store import ResultsLayout
+from zoo_study.store import ResultsLayout, temp_name
 from zoo_study.store import write_bytes_atomic as _write_bytes_atomic
 from zoo_study.store import write_text_atomic as _write_text_atomic
 
@@ -89,59 +94,93 @@ def _figure_body(r: Rendered) -> str:
     )
 
 
-def _remove_stale(*paths: Path) -> None:
-    """A figure with no data this time must not leave last build's files looking current."""
-    for p in paths:
+class ReportError(RuntimeError):
+    """The report could not be written (full disk, permissions); one line, and the previous report is kept."""
+
+
+@contextlib.contextmanager
+def _staged(report_dir: Path) -> Iterator[Path]:
+    """A new, empty temp folder beside ``report_dir`` that replaces it when the block ends without error.
+
+    Why a whole folder: figures and tables come and go with the data, and a build that stops half-way (a
+    full disk) must leave the previous report as it was, not an old ``index.html`` beside new figures.
+    The swap is two renames (old aside, new in place), then the old folder is removed; a ``report`` that
+    is a symlink is replaced as a link, never written through. The temp names follow the store's scheme
+    (``.report.zs-<pid>-<random>.tmpdir``), so the start-up clean-up of a later run can remove the folder
+    of a killed build.
+    """
+    prefix, suffix = temp_name(report_dir.name, ".tmpdir")
+    stage = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=report_dir.parent))
+    try:
+        os.chmod(stage, 0o755)  # mkdtemp makes 0700; a report is meant to be shared
+        yield stage
+        aside = None
+        if report_dir.is_symlink() or report_dir.exists():
+            aside = report_dir.with_name(f"{temp_name(report_dir.name + '-old', suffix)[0]}{uuid.uuid4().hex[:8]}{suffix}")
+            os.rename(report_dir, aside)
         try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+            os.rename(stage, report_dir)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside, report_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if aside is not None:
+        if aside.is_symlink():
+            aside.unlink()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def build_report(root: str | os.PathLike[str]) -> Path:
     """Build ``<root>/report/index.html`` (plus figure PNG/CSV and table CSV files); returns its path.
 
-    Every file is written atomically (temp file + rename); ``index.html`` is written last, so a reader
-    never sees a page that points at files from a build still in progress.
+    The whole folder is built anew beside the old one and renamed into place (:func:`_staged`): a reader
+    sees the old report or the new one, never a mix. A write that fails (full disk) raises
+    :class:`ReportError` with one line and leaves the old report as it was.
     """
     with ResultsDB(root) as db:
-        layout = ResultsLayout(db.root)
-        report_dir = layout.report_dir
-        fig_dir, tab_dir = report_dir / "figures", report_dir / "tables"
-        counts = db.counts()
+        final = ResultsLayout(db.root).report_dir
+        try:
+            with _staged(final) as report_dir:
+                _build_into(db, report_dir)
+        except OSError as exc:
+            raise ReportError(f"cannot write the report in {final}: {exc.strerror or exc}; "
+                              "the previous report (if any) is kept") from exc
+        return final / "index.html"
 
-        overview_html, failures_html = _overview(db)
-        claims_html = _claims_section(db, tab_dir)
-        sections: list[str] = []
-        toc: list[tuple[str, str, str]] = [("claims", "Claims", ""), ("overview", "Overview", "")]
-        for spec in FIGURES:
-            r = render_figure(db, spec, counts)
-            png_path, csv_path = fig_dir / f"{spec.key}.png", fig_dir / f"{spec.key}.csv"
-            link = None
-            if r.png is not None:
-                write_bytes_atomic(r.png, png_path)
-                write_bytes_atomic(table_to_csv_bytes(r.table), csv_path)
-                link = f"figures/{spec.key}.csv"
-            else:
-                _remove_stale(png_path, csv_path)
-            sections.append(_section_html(r, _figure_body(r) if r.png is not None else "", link))
-            toc.append((spec.key, spec.title, _status(r)))
-        for tspec in TABLES:
-            tr: RenderedTable = render_table(db, tspec, counts)
-            csv_path = tab_dir / f"{tspec.key}.csv"
-            link = None
-            if tr.html is not None:
-                write_bytes_atomic(table_to_csv_bytes(tr.table), csv_path)
-                link = f"tables/{tspec.key}.csv"
-            else:
-                _remove_stale(csv_path)
-            sections.append(_section_html(tr, tr.html or "", link))
-            toc.append((tspec.key, tspec.title, _status(tr)))
 
-        sections.append(_which_teacher_section(db))
-        toc.append(("which_teacher", "Which teacher?", ""))
-        page = _page(db.root, claims_html, overview_html, failures_html, toc, sections)
-        return write_text_atomic(page, report_dir / "index.html")
+def _build_into(db: ResultsDB, report_dir: Path) -> None:
+    """Write every figure, table and ``index.html`` of the report into the (new, empty) ``report_dir``."""
+    fig_dir, tab_dir = report_dir / "figures", report_dir / "tables"
+    counts = db.counts()
+    overview_html, failures_html = _overview(db)
+    claims_html = _claims_section(db, tab_dir)
+    sections: list[str] = []
+    toc: list[tuple[str, str, str]] = [("claims", "Claims", ""), ("overview", "Overview", "")]
+    for spec in FIGURES:
+        r = render_figure(db, spec, counts)
+        link = None
+        if r.png is not None:
+            write_bytes_atomic(r.png, fig_dir / f"{spec.key}.png")
+            write_bytes_atomic(table_to_csv_bytes(r.table), fig_dir / f"{spec.key}.csv")
+            link = f"figures/{spec.key}.csv"
+        sections.append(_section_html(r, _figure_body(r) if r.png is not None else "", link))
+        toc.append((spec.key, spec.title, _status(r)))
+    for tspec in TABLES:
+        tr: RenderedTable = render_table(db, tspec, counts)
+        link = None
+        if tr.html is not None:
+            write_bytes_atomic(table_to_csv_bytes(tr.table), tab_dir / f"{tspec.key}.csv")
+            link = f"tables/{tspec.key}.csv"
+        sections.append(_section_html(tr, tr.html or "", link))
+        toc.append((tspec.key, tspec.title, _status(tr)))
+    sections.append(_which_teacher_section(db))
+    toc.append(("which_teacher", "Which teacher?", ""))
+    page = _page(db.root, claims_html, overview_html, failures_html, toc, sections)
+    write_text_atomic(page, report_dir / "index.html")
 
 
 def _which_teacher_section(db: ResultsDB) -> str:
@@ -171,6 +210,8 @@ def _claims_section(db: ResultsDB, tab_dir: Path) -> str:
         write_bytes_atomic(table_to_csv_bytes(claims.table), csv_path)
         src = ('<p class="src">data: <a href="tables/claims.csv">tables/claims.csv</a> · queries: '
                "<code>analysis/queries/claim_*.sql</code>, <code>analysis/queries/study_size.sql</code></p>")
+    except OSError:
+        raise  # a write failed (full disk): the build stops and the old report is kept
     except Exception as exc:  # never let the claims stop the page
         body, src = f'<p class="error">{_esc(f"claims failed: {type(exc).__name__}: {exc}")}</p>', ""
     return (
@@ -195,8 +236,9 @@ def _overview(db: ResultsDB) -> tuple[str, str]:
             for f in files
         )
         overview += (
-            '<p class="error">Unreadable files left out of every figure and table (not valid Parquet; the '
-            f"pipeline treats them as not done and re-runs their jobs):</p><ul>{listed}</ul>"
+            '<p class="error">Files left out of every figure and table: unreadable ones (not valid Parquet; the '
+            "pipeline treats them as not done and re-runs their jobs) and symlinks that lead outside the "
+            f"results root (the report reads only the root):</p><ul>{listed}</ul>"
         )
     try:
         fl = db.named("failures")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import difflib
 import io
 import json
 import math
@@ -97,7 +98,7 @@ def run_sql(
     this function (SQL itself can write nothing: see :func:`analysis.db.check_read_only`). Each result
     file that could not be read, and so is missing from the rows, is passed to ``warn`` as one line.
     """
-    out_path = _check_out(out)
+    out_path = check_out(out, root)
     label, sql = resolve_query(query)
     with ResultsDB(root) as db:
         try:
@@ -107,10 +108,9 @@ def run_sql(
         except Exception as exc:  # duckdb raises many types; name the query and keep the cause
             if not _is_duckdb_error(exc):
                 raise
-            hint = ""
             if label == "SQL" and re.fullmatch(r"[A-Za-z0-9_.]+", query.strip()):
-                hint = f" (not a shipped query name either; shipped queries: {', '.join(query_names())})"
-            raise QueryError(f"query {label} failed: {exc}{hint}") from exc
+                raise QueryError(_not_a_name(query.strip(), exc)) from exc
+            raise QueryError(f"query {label} failed: {exc}") from exc
         finally:  # name the files the rows leave out, even when the query failed
             if warn is not None:
                 for line in db.skipped_lines():
@@ -118,6 +118,17 @@ def run_sql(
     if out_path is not None:
         write_table(table, out_path)
     return table
+
+
+def _not_a_name(word: str, exc: BaseException) -> str:
+    """The one line for a bare word that is neither a shipped query nor SQL that runs: the hint first,
+    since the CLI shows only the first line and DuckDB's message spans several."""
+    stem = word[:-4] if word.endswith(".sql") else word
+    close = difflib.get_close_matches(stem, query_names(), n=3)
+    guess = f"did you mean {' or '.join(close)}? " if close else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{word!r} is not a shipped query name ({guess}`zoo-study sql --list` shows them) and does not run "
+            f"as SQL either ({first})")
 
 
 def _is_duckdb_error(exc: BaseException) -> bool:
@@ -133,6 +144,29 @@ def _check_out(out: str | os.PathLike[str] | None) -> Path | None:
             f"cannot write {str(path)!r}: unknown output format {path.suffix or '(no suffix)'!r}; "
             f"use one of {', '.join(OUTPUT_SUFFIXES)}"
         )
+    return path
+
+
+def check_out(out: str | os.PathLike[str] | None, root: str | os.PathLike[str]) -> Path | None:
+    """``out`` as a path once it is known to be a writable kind of file outside results root ``root``.
+
+    Why: ``sql`` is a read-only window on the root. An ``--out`` inside it would replace result files behind
+    the lock's back (``--out R/scores/pairs.parquet`` with a filtered query shrank the pairs table, and the
+    score stage then looked done). Links are resolved, so a path that reaches the root through a symlink
+    is refused too. Raises ValueError with one line.
+    """
+    if out is None:
+        return None
+    text = os.fspath(out)
+    if Path(text).expanduser().is_dir() or text.endswith(("/", os.sep)):
+        raise ValueError(f"--out {text!r} is a folder; give a file name ending in {' or '.join(OUTPUT_SUFFIXES)}")
+    path = _check_out(out)
+    assert path is not None
+    real_root = Path(root).expanduser().resolve()
+    real = path.resolve()
+    if real == real_root or real_root in real.parents:
+        raise ValueError(f"--out {text!r} is inside the results root {real_root}, which sql only reads; "
+                         "write the result elsewhere")
     return path
 
 
@@ -191,17 +225,24 @@ def format_value(value: Any) -> str:
     return str(value).replace("\n", "\\n")
 
 
+def check_max_rows(max_rows: object) -> int:
+    """``max_rows`` once it is a whole number >= 0 (0: every row); else ValueError with one line."""
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
+        raise ValueError(f"max_rows (--max-rows) must be a whole number >= 1, or 0 for every row; got {max_rows!r}")
+    return max_rows
+
+
 def format_table(table: pa.Table, max_rows: int = 50) -> str:
     """A plain-text, column-aligned rendering of ``table`` for the terminal.
 
-    Shows at most ``max_rows`` rows (numbers right-aligned) and says how many were left out.
+    Shows at most ``max_rows`` rows (numbers right-aligned; 0 shows every row) and says how many were
+    left out.
     """
-    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
-        raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}")
+    check_max_rows(max_rows)
     names = table.column_names
     if not names:
         return "(no columns)"
-    shown = table.slice(0, max_rows)
+    shown = table.slice(0, max_rows or table.num_rows)
     numeric = [
         pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types
     ]

@@ -28,14 +28,16 @@ import threading
 import time
 import traceback as _tb
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipelines.jobs import Job, JobContext, resolve_executor
+# local Ray instances of killed drivers are recorded and stopped by proof (PID + start time), never by
+# matching command lines: see ray_leftovers.py (re-exported: the runner and the CLI import them from here)
+from pipelines.ray_leftovers import SESSION_FILE, forget_local_session, reap_stale_session, record_local_session
 
-__all__ = ["LOCAL", "OOM_ERROR", "Outcome", "RayUnavailable", "SerialBackend", "RayBackend", "check_address",
-           "ensure_ray", "execute_job", "gpu_total_memory", "is_oom", "one_line", "ray_is_initialized",
-           "shutdown_ray"]
+__all__ = ["LOCAL", "OOM_ERROR", "Outcome", "RayUnavailable", "SerialBackend", "RayBackend", "SESSION_FILE",
+           "check_address", "ensure_ray", "execute_job", "forget_local_session", "gpu_total_memory", "is_oom",
+           "one_line", "ray_is_initialized", "reap_stale_session", "record_local_session", "shutdown_ray"]
 
 LOG = logging.getLogger("pipelines.backends")
 LOCAL = "local"
@@ -336,66 +338,3 @@ def shutdown_ray() -> None:
     if ray_is_initialized():
         sys.modules["ray"].shutdown()
 
-
-# ------------------------------------------------------------------- local instances of killed drivers
-SESSION_FILE = ".zoo-study.ray"
-
-
-def record_local_session(root: Path) -> None:
-    """Note the session folder of the local Ray instance this driver started, in the results root, so that
-    the next driver can stop its processes if this one is killed (SIGKILL leaves Ray's agents running)."""
-    ray = sys.modules.get("ray")
-    try:
-        session = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - no public accessor
-    except Exception:  # noqa: BLE001 - a Ray without it: nothing to record
-        return
-    (Path(root) / SESSION_FILE).write_text(json.dumps({"session_dir": session, "driver_pid": os.getpid(),
-                                                       "host": socket.gethostname()}))
-
-
-def forget_local_session(root: Path) -> None:
-    (Path(root) / SESSION_FILE).unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_stale_session(root: Path, log: logging.Logger | None = None) -> int:
-    """Stop the processes of a local Ray instance whose driver (a run on this root) died; their count.
-
-    Processes are found by the session folder in their command line (``/proc``, Linux); elsewhere the
-    record is only removed."""
-    log = log or LOG
-    path = Path(root) / SESSION_FILE
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return 0
-    if info.get("host") != socket.gethostname() or _pid_alive(int(info.get("driver_pid", -1))):
-        return 0
-    session = str(info.get("session_dir") or "")
-    killed = 0
-    proc = Path("/proc")
-    if session and proc.is_dir():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if session in cmd:
-                with contextlib.suppress(OSError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    killed += 1
-    path.unlink(missing_ok=True)
-    if killed:
-        log.info("stopped %d process(es) of the Ray instance left by a killed run (%s)", killed, session)
-    return killed

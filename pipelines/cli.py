@@ -10,7 +10,8 @@
     zoo-study prune [CONFIG ...] [--set key=value ...] [--apply]
                                          list (and move aside) results that no given config plans
 
-Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments, config, results root or Ray address,
+Exit codes: 0 success, 1 some jobs failed (or a report, an ``sql --out`` file or a ``prefetch`` download
+could not be written or fetched: one line), 2 misuse (bad arguments, config, results root or Ray address,
 or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
 """
 
@@ -122,6 +123,7 @@ def cmd_run(args) -> int:
 
     from pipelines import backends
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
+    from pipelines.results_root import claim as claim_results_root
     from pipelines.stages import parse_stages
     from pipelines.validate import validate_study
     from zoo_study.config import ConfigError
@@ -134,13 +136,13 @@ def cmd_run(args) -> int:
         plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
     except ConfigError as err:
         _die(str(err))
+    layout = ResultsLayout(cfg.results_root())
+    if problem := check_results_root(layout.root):  # also for --dry-run: the plan must not promise a bad root
+        _die(problem)
     if args.dry_run:
         _print_plan(cfg, stages, plans, args.bench)
         return 0
-    layout = ResultsLayout(cfg.results_root())
     address = args.address if args.address is not None else (cfg.ray.address or None)
-    if problem := check_results_root(layout.root):
-        _die(problem)
     ray_was_up = backends.ray_is_initialized()
     lock = ResultsLock(layout.root)
     try:
@@ -152,6 +154,7 @@ def cmd_run(args) -> int:
         try:
             layout.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(wait=args.wait, log=LOG)
+            claim_results_root(layout.root, LOG)  # the marker that makes it ours (pipelines/results_root.py)
             backends.reap_stale_session(layout.root, LOG)  # Ray processes of a killed earlier run
         except LockHeld as err:
             _die(str(err))
@@ -200,9 +203,13 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
     t0 = time.perf_counter()
     for group in _stage_groups(stages):
         if group == ["report"]:
-            from analysis.report import build_report
+            from analysis.report import ReportError, build_report
 
-            print(f"report: {build_report(layout.root)}")
+            try:
+                print(f"report: {build_report(layout.root)}")
+            except ReportError as err:  # a full disk: one line, the old report kept, the run failed
+                print(f"report: {err}", file=sys.stderr)
+                failed += 1
             continue
         jobs = []
         for stage in group:
@@ -245,10 +252,19 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
 
 
 def cmd_status(args) -> int:
+    """Jobs per stage of a study. CONFIG may also be a results root: its ``config.toml`` (the resolved config
+    of its last run) is read then."""
     from pipelines.records import status
     from pipelines.stages import JOB_STAGES
     from zoo_study.config import ConfigError
+    from zoo_study.store import ResultsLayout
 
+    if args.config and Path(args.config).expanduser().is_dir():
+        layout = ResultsLayout(Path(args.config).expanduser())
+        if not layout.config_file.is_file():
+            _die(f"{args.config!r} is a folder but not a results root (no config.toml); give the study's TOML "
+                 "or the results root it writes to, e.g. runs/demo")
+        args.config = str(layout.config_file)
     cfg = _load(args)
     try:
         plans = _plans(cfg, JOB_STAGES)
@@ -316,8 +332,20 @@ def cmd_prune(args) -> int:
         lock.release()
 
 
+def _root_problem(results: str) -> str | None:
+    """Why ``results`` cannot be read as a results root (missing, or a file), or None."""
+    path = Path(results).expanduser()
+    if not path.exists():
+        return f"results root {results!r} does not exist"
+    if not path.is_dir():
+        return f"results root {results!r} is a file, not a results root folder (e.g. runs/demo)"
+    return None
+
+
 def cmd_sql(args) -> int:
-    from analysis.sql_cli import QueryError, format_table, list_queries, parse_params, run_sql
+    """Run a query over a results root. Exit 2 with one line for bad arguments, a bad query or ``--out``
+    (checked before the query runs); Ctrl-C stops a running query (exit 130, via :func:`main`)."""
+    from analysis.sql_cli import QueryError, check_max_rows, format_table, list_queries, parse_params, run_sql
 
     if args.list:
         for name, desc in list_queries():
@@ -325,12 +353,16 @@ def cmd_sql(args) -> int:
         return 0
     if not args.results or not args.query:
         _die("sql needs RESULTS and QUERY (SQL text, a .sql file or a named query; --list shows the names)")
-    if not Path(args.results).is_dir():
-        _die(f"results root {args.results!r} does not exist")
+    if problem := _root_problem(args.results):
+        _die(problem)
     try:
+        check_max_rows(args.max_rows)
         table = run_sql(args.results, args.query, parse_params(args.param or []), args.out)
     except (QueryError, ValueError, FileNotFoundError) as err:
         _die(str(err).splitlines()[0])
+    except OSError as err:  # --out could not be written (full disk, permissions): nothing half-written
+        print(f"zoo-study: error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     if args.out:
         print(f"wrote {table.num_rows} row(s) to {args.out}")
     else:
@@ -339,15 +371,21 @@ def cmd_sql(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis.report import build_report
+    """(Re)build the report. Exit 2 for a folder that is not a results root; 1, with one line and the old
+    report kept, when it cannot be written (full disk)."""
+    from analysis.report import ReportError, build_report
     from zoo_study.store import ResultsLayout
 
-    if not Path(args.results).is_dir():
-        _die(f"results root {args.results!r} does not exist")
+    if problem := _root_problem(args.results):
+        _die(problem)
     if not ResultsLayout(args.results).is_results_root():  # a report must not land in any folder
         _die(f"{args.results!r} is not a results root (no config.toml and no result files); "
              "give the folder of a study, e.g. runs/demo")
-    print(build_report(args.results))
+    try:
+        print(build_report(args.results))
+    except ReportError as err:
+        print(f"zoo-study: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -399,13 +437,24 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_prefetch(args) -> int:
+    """Download weights. Exit 2 for a name timm does not know; 1, with one line naming the model and the
+    reason, when a download fails (no network, offline mode, a hub error)."""
+    import os
+
     from zoo_study.zoo.loading import ModelLoadError, prefetch
 
-    try:
-        for name in prefetch(args.names):
-            print(f"cached {name}")
-    except ModelLoadError as err:
-        _die(str(err))
+    for name in args.names:
+        try:
+            prefetch([name])
+        except ModelLoadError as err:
+            _die(str(err))
+        except OSError as err:  # hub and HTTP errors are OSErrors (no network, offline cache miss, 404)
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            print(f"zoo-study: error: cannot download {name}{offline}: {reason}; prefetch needs network "
+                  "access to the Hugging Face hub", file=sys.stderr)
+            return 1
+        print(f"cached {name}")
     return 0
 
 
@@ -429,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("status", help="jobs per stage and failures of a study")
+    s = sub.add_parser("status", help="jobs per stage and failures of a study (CONFIG or its results root)")
     config_args(s)
     s.set_defaults(fn=cmd_status)
 
@@ -438,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query", nargs="?", help="SQL text, a .sql file, or a named query (--list)")
     q.add_argument("--param", action="append", metavar="NAME=VALUE", help="bound parameter ($name in the SQL)")
     q.add_argument("--out", help="write the result to .csv or .parquet instead of printing")
-    q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--max-rows", type=int, default=40, help="rows to print (default 40; 0 prints every row)")
     q.add_argument("--list", action="store_true", help="list the named queries")
     q.set_defaults(fn=cmd_sql)
 

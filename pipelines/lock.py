@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.results_root import refusal, remove_temp_files  # noqa: F401  (remove_temp_files: re-exported)
+
 __all__ = ["LOCK_NAME", "LockHeld", "LockInfo", "ResultsLock", "check_results_root", "remove_temp_files"]
 
 LOG = logging.getLogger("pipelines.lock")
@@ -158,7 +160,8 @@ class ResultsLock:
 
 
 def check_results_root(root: str | os.PathLike[str]) -> str | None:
-    """Why ``root`` cannot hold results (a file, or not writable), or None. Writes nothing."""
+    """Why ``root`` cannot hold results (a file, not writable, or a folder that is not ours to write: see
+    :func:`pipelines.results_root.refusal`), or None. Writes nothing."""
     root = Path(root)
     probe = root
     while not probe.exists():  # the nearest existing folder is the one that must be writable
@@ -169,17 +172,4 @@ def check_results_root(root: str | os.PathLike[str]) -> str | None:
         return f"results root {root} is not a folder ({probe} is a file)"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"results root {root} is not writable ({probe}: permission denied)"
-    return None
-
-
-def remove_temp_files(root: str | os.PathLike[str]) -> int:
-    """Delete the temp files (``.<name>.<random>.tmp``) that a killed driver left mid-write; call only while
-    holding the lock. They are never read (done detection and globs skip them); this only tidies up."""
-    n = 0
-    for path in Path(root).rglob(".*.tmp"):
-        try:
-            path.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
+    return refusal(root)

@@ -250,6 +250,75 @@ def test_rebuild_drops_figures_whose_data_went_away(tmp_path: Path) -> None:
     assert page.messages["fig4a"][0][0] == "missing"
 
 
+def test_a_full_disk_keeps_the_old_report_whole_and_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 22: ENOSPC mid-build crashed the report stage and left the old index.html beside new figures."""
+    import errno
+
+    from analysis import report as report_mod
+    from pipelines.cli import main
+
+    b = RootBuilder(tmp_path)
+    b.transfer("S", "T", "kl_dp", 0.01)
+    build_report(tmp_path)
+    report_dir = tmp_path / "report"
+    before = {p.relative_to(report_dir): p.read_bytes() for p in report_dir.rglob("*") if p.is_file()}
+    b.transfer("S", "T2", "kl_dp", 0.02)  # new data: every figure of the next build differs
+    real, written = report_mod.write_bytes_atomic, []
+
+    def fills_the_disk(data: bytes, path: Path) -> Path:
+        if len(written) == 3:  # some figures are written, index.html is not yet
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(path)
+        return real(data, path)
+
+    monkeypatch.setattr(report_mod, "write_bytes_atomic", fills_the_disk)
+    with pytest.raises(report_mod.ReportError, match="No space left on device"):
+        build_report(tmp_path)
+    written.clear()
+    try:
+        code = main(["report", str(tmp_path)])
+    except SystemExit as exc:
+        code = int(exc.code)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "No space left on device" in err, err
+    after = {p.relative_to(report_dir): p.read_bytes() for p in report_dir.rglob("*") if p.is_file()}
+    assert after == before  # the old report, whole: no new figure beside the old page
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []  # no temp folder left
+
+
+def test_a_symlink_leading_outside_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """Issue 22: one ``transfers/evil -> elsewhere`` made every query, even ``SELECT 1``, and the report crash."""
+    from analysis.sql_cli import run_sql
+
+    root = tmp_path / "root"
+    b = RootBuilder(root)
+    b.transfer("S", "T", "kl_dp", 0.01)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (summary,) = root.glob("transfers/*/summary.parquet")
+    shutil.copy(summary, elsewhere / "summary.parquet")  # a readable file, but not the root's
+    (root / "transfers" / "evil").symlink_to(elsewhere)
+    (root / "transfers" / "inside").symlink_to(summary.parent)  # a link that stays inside is read
+    warned: list[str] = []
+    assert run_sql(root, "SELECT 1 AS one", warn=warned.append).to_pylist() == [{"one": 1}]
+    assert run_sql(root, "SELECT count(*) AS n FROM transfers", warn=None).to_pylist() == [{"n": 2}]
+    assert warned == [f"skipped transfers/evil/summary.parquet: a symlink that leads outside the results root "
+                      f"(to {(elsewhere / 'summary.parquet').resolve()})"]
+    page = build_report(root).read_text()
+    assert "transfers/evil/summary.parquet" in page and "leads outside the results root" in page
+
+
+def test_a_report_folder_that_is_a_symlink_is_replaced_not_written_through(tmp_path: Path) -> None:
+    build_partial_root(tmp_path / "root")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the report's")
+    (tmp_path / "root" / "report").symlink_to(elsewhere)
+    index = build_report(tmp_path / "root")
+    assert not index.parent.is_symlink() and index.is_file()
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+
+
 # ---------------------------------------------------------------------------------- headless browser
 _CANDIDATES = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
 CHROMIUM = next((p for p in _CANDIDATES if p and os.path.exists(p)), None)

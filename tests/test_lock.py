@@ -29,10 +29,14 @@ HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from pipelines.lock import ResultsLock
+    from pipelines.results_root import claim
+    from zoo_study.store import temp_name
 
     root, hold_s = Path(sys.argv[1]), float(sys.argv[2])
     lock = ResultsLock(root).acquire()
-    (root / ".x.parquet.abc123.tmp").write_bytes(b"half a file")  # as a driver killed mid-write leaves
+    claim(root)
+    prefix, suffix = temp_name("x.parquet")
+    (root / f"{prefix}abc123{suffix}").write_bytes(b"half a file")  # as a driver killed mid-write leaves
     print("locked", flush=True)
     time.sleep(hold_s)
     lock.release()
@@ -157,11 +161,12 @@ def test_cli_after_a_killed_driver_takes_over_and_ignores_its_temp_files(tmp_pat
     proc = hold(root, 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (root / ".x.parquet.abc123.tmp").exists()
+    assert (root / f".x.parquet.zs-{proc.pid}-abc123.tmp").exists()
+    (root / ".notes.tmp").write_bytes(b"a temp file of another program")  # not ours: kept
     with caplog.at_level(logging.INFO):
         assert cli("run", cfg, "--stage", "transfer", "--no-progress") == 0
     assert "no longer running" in caplog.text and "removed 1 temp file(s)" in caplog.text
-    assert not list(root.rglob("*.tmp")) and not (root / LOCK_NAME).exists()
+    assert [p.name for p in root.rglob("*.tmp")] == [".notes.tmp"] and not (root / LOCK_NAME).exists()
 
 
 # ------------------------------------------------------------------------------ bad roots and addresses
@@ -174,7 +179,7 @@ def test_bad_ray_address_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     assert time.perf_counter() - t0 < 30 and not root.exists()
 
 
-def test_file_or_unwritable_results_root_exits_2_with_one_line(tmp_path, capsys):
+def test_file_or_unwritable_results_root_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     for root in (afile, afile / "below"):
@@ -185,8 +190,10 @@ def test_file_or_unwritable_results_root_exits_2_with_one_line(tmp_path, capsys)
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)
-    # root ignores folder permissions: then a folder that cannot be created (in /proc) stands in for one
-    target = Path("/proc/zoo-study-test/runs") if os.geteuid() == 0 else locked / "runs"
+    if os.geteuid() == 0:  # root ignores folder permissions: the answer a user would get stands in
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    target = locked / "runs"
     try:
         assert cli("run", config(tmp_path, target), "--stage", "transfer") == 2
         err = capsys.readouterr().err.strip()

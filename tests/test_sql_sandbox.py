@@ -236,3 +236,100 @@ def test_report_runs_on_a_root_with_only_its_config(tmp_path: Path, capsys) -> N
     (tmp_path / "config.toml").write_text("[study]\nname = 'x'\n")
     code, out, _ = run_cli(["report", str(tmp_path)], capsys)
     assert code == 0 and out.strip() == str(tmp_path / "report" / "index.html")
+
+
+# ------------------------------------------------------------------------ --out, --max-rows, messages
+def test_out_inside_the_results_root_is_refused_and_changes_nothing(world, capsys) -> None:
+    """Issue 22: ``--out R/scores/pairs.parquet`` with a filtered query replaced the pairs table."""
+    root = world["root"]
+    alias = world["tmp"] / "alias"
+    alias.symlink_to(root)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for out in (root / "scores" / "pairs.parquet", root / "new.csv", alias / "scores" / "pairs.parquet"):
+        code, stdout, err = run_cli(["sql", str(root), "SELECT * FROM pairs LIMIT 1", "--out", str(out)], capsys)
+        assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+        assert "inside the results root" in err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_out_that_is_a_folder_is_refused_with_one_line(world, capsys) -> None:
+    folder = world["tmp"] / "x.csv"
+    folder.mkdir()
+    for out in (folder, world["outside"], f"{world['tmp']}/new_dir/"):
+        code, _, err = run_cli(["sql", str(world["root"]), "SELECT 1", "--out", str(out)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "is a folder" in err, err
+
+
+@pytest.mark.parametrize("bad", ["-1", "-40"])
+def test_negative_max_rows_is_refused_with_one_line(world, capsys, bad) -> None:
+    code, out, err = run_cli(["sql", str(world["root"]), "SELECT 1", "--max-rows", bad], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"got {bad}" in err and "--max-rows" in err
+
+
+def test_max_rows_zero_prints_every_row(world, capsys) -> None:
+    code, out, _ = run_cli(["sql", str(world["root"]), "SELECT * FROM range(45)", "--max-rows", "0"], capsys)
+    assert code == 0 and out.splitlines()[-1] == "(45 rows)" and out.splitlines()[-2].strip() == "44"
+
+
+def test_a_misspelled_query_name_shows_the_hint_on_its_one_line(world, capsys) -> None:
+    code, _, err = run_cli(["sql", str(world["root"]), "fig4a_sucess_rate"], capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and "not a shipped query name" in line and "did you mean fig4a_success_rate" in line
+
+
+def test_a_file_or_missing_root_is_named_as_such(world, capsys) -> None:
+    afile = world["outside"] / "secret.csv"
+    code, _, err = run_cli(["sql", str(afile), "SELECT 1"], capsys)
+    assert code == 2 and "is a file, not a results root folder" in err and "does not exist" not in err
+    code, _, err = run_cli(["sql", str(world["tmp"] / "missing"), "SELECT 1"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_ctrl_c_stops_a_long_query_with_exit_130(world) -> None:
+    """DuckDB runs in C++: before, Ctrl-C waited for the whole query (here: hours) to end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    query = "SELECT sum(a.range * b.range) FROM range(100000) a, range(10000000) b"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sql", str(world["root"]), query],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        deadline = time.time() + 60  # wait until the query runs: the process is past its imports and busy
+        while time.time() < deadline and _cpu_seconds(proc.pid) < 3.0:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and err.strip().splitlines() == ["zoo-study: interrupted"], err
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_symlink_leading_outside_that_appears_later_is_skipped_too(world) -> None:
+    root = world["root"]
+    RootBuilder(root).transfer("s", "t1", "kl", 0.01)
+    (summary,) = root.glob("transfers/*/summary.parquet")
+    elsewhere = world["tmp"] / "elsewhere"
+    elsewhere.mkdir()
+    pq.write_table(pq.read_table(summary), elsewhere / "summary.parquet")
+    with connect(root) as db:
+        assert db.query("SELECT count(*) AS n FROM transfers").to_pylist() == [{"n": 1}]
+        (root / "transfers" / "evil").symlink_to(elsewhere)  # while the connection is open
+        assert db.query("SELECT count(*) AS n FROM transfers").to_pylist() == [{"n": 1}]
+        assert [line.split(":")[0] for line in db.skipped_lines()] == ["skipped transfers/evil/summary.parquet"]
+        with pytest.raises(RefusedQuery):  # reading it by name stays refused
+            db.query(f"SELECT * FROM read_parquet('{root.as_posix()}/transfers/evil/summary.parquet')")

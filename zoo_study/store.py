@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -269,15 +268,35 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
-def _write_atomic(path: str | os.PathLike[str], write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+TEMP_TAG = ".zs-"  # in every temp name the atomic writes make: .<name>.zs-<pid>-<random>.tmp
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.zs-(?P<pid>[0-9]+)-(?P<rand>[A-Za-z0-9_]{6,})\.(?:tmp|tmpdir)")
+
+
+def temp_name(name: str, suffix: str = ".tmp") -> tuple[str, str]:
+    """(prefix, suffix) for ``tempfile.mkstemp`` / ``mkdtemp``: the temp file or folder of ``name`` written
+    by this process. Why a scheme of our own: the start-up clean-up removes temp files by this name only
+    (:func:`temp_writer`), so it can never take a file that another program left in a folder."""
+    return f".{name}{TEMP_TAG}{os.getpid()}-", suffix
+
+
+def temp_writer(name: str) -> int | None:
+    """The PID of the process that made temp file (or folder) ``name`` by this module's scheme; None for
+    any other name (``.draft.tmp``, an editor's ``.x.swp``, other programs' temp files)."""
+    m = _TEMP_NAME.fullmatch(name)
+    return int(m.group("pid")) if m else None
+
+
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp)`` on a temp file in ``path``'s folder, fsync it, then rename it onto ``path``.
 
     Why: a job killed mid-write must never leave a file that reads back as complete. The temp name
-    starts with '.' and ends in '.tmp', so globs like ``*.parquet`` never see it.
+    (:func:`temp_name`: ``.<name>.zs-<pid>-<random>.tmp``) starts with '.' and ends in '.tmp', so globs
+    like ``*.parquet`` never see it, and names its writer, so the clean-up knows it is ours.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    prefix, suffix = temp_name(path.name)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -296,8 +315,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str], schema: 
     """Write ``table`` to ``path`` atomically (temp file in the same folder + rename)."""
     if schema is not None:
         table = conform(table, schema)
-    return _write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
-                         suffix=f".{uuid.uuid4().hex[:8]}.tmp")
+    return _write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
