@@ -34,8 +34,8 @@ class TransferAugment:
         b = raw.shape[0]
         dev = raw.device
 
-        def draw(*shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=generator).to(dev)
+        def draw(*shape: int) -> torch.Tensor:  # on the generator's device (the batch's, in a transfer)
+            return torch.rand(*shape, generator=generator, device=generator.device if generator else None).to(dev)
 
         x = raw.float() / 255.0
         flip = draw(b) < self.flip_p

@@ -14,8 +14,9 @@ with all teachers and a soup once per teacher. What it guarantees:
 - Seeded: shuffling, augmentation and the objective's own sampling each use a generator derived from
   ``(seed, phase)``, and ``torch.manual_seed`` covers module initialisation (CRD heads) and dropout. On
   CPU the same config gives bit-identical results (its evaluation passes run channels_last and hand the
-  weights back in NCHW, zoo_study/layout.py); on CUDA the loop uses bf16 autocast and channels_last,
-  which are fast but not bitwise reproducible.
+  weights back in NCHW, zoo_study/layout.py); on CUDA the loop uses autocast (bf16, or fp16 with a
+  gradient scaler where bf16 is not native: :func:`choose_precision`), channels_last, cuDNN autotuning
+  and TF32, which are fast but not bitwise reproducible; evaluation logits are fp32 (:meth:`Runtime.logits`).
 """
 
 from __future__ import annotations
@@ -60,19 +61,61 @@ def _rebuild_diverged(loss, phase, epoch, step, method, teacher) -> TransferDive
 
 
 @dataclass(frozen=True)
+class Precision:
+    """How a device runs models: the autocast dtype (None: full fp32), whether fp16's gradients need a
+    :class:`torch.amp.GradScaler`, and whether cuDNN autotuning and TF32 matmuls are switched on."""
+
+    amp_dtype: torch.dtype | None
+    grad_scaler: bool = False
+    fast_kernels: bool = False
+
+
+def choose_precision(device: str | torch.device, amp: bool | None = None) -> Precision:
+    """The one place that picks precision from the device's capabilities.
+
+    CUDA: autocast on unless ``amp`` is False, in bf16 where the GPU supports it natively
+    (``torch.cuda.is_bf16_supported()``: Ampere and later), else fp16 with a gradient scaler (bf16 is
+    emulated and slow on V100 / T4, and fp16 gradients underflow without scaling); cuDNN benchmark and
+    TF32 on. Other devices: unchanged (autocast only when ``amp`` asks, in bf16; no scaler), so CPU
+    results stay bitwise reproducible."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return Precision(torch.bfloat16 if amp else None)
+    if amp is False:
+        return Precision(None, fast_kernels=True)
+    if torch.cuda.is_bf16_supported():
+        return Precision(torch.bfloat16, fast_kernels=True)
+    return Precision(torch.float16, grad_scaler=True, fast_kernels=True)
+
+
+def enable_fast_kernels() -> None:
+    """cuDNN autotuning (fixed input shapes in a phase) and TF32 for fp32 matmuls / convolutions: the
+    parts autocast leaves in fp32 (objectives, fp32 heads) run on tensor cores."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass(frozen=True)
 class Runtime:
-    """Where and how models run: bf16 autocast and channels_last only on CUDA by default."""
+    """Where and how models run: autocast (:func:`choose_precision`) and channels_last only on CUDA by
+    default; batches go to the device through pinned memory without blocking there."""
 
     device: torch.device
     amp: bool = False
     channels_last: bool = False
     eval_channels_last: bool = True  # CPU evaluation passes only (see eval_layout)
+    amp_dtype: torch.dtype = torch.bfloat16
+    grad_scaler: bool = False  # fp16 autocast: one GradScaler per trained model
 
     @classmethod
     def create(cls, device: str | torch.device, amp: bool | None = None) -> "Runtime":
         dev = torch.device(device)
-        cuda = dev.type == "cuda"
-        return cls(dev, amp=cuda if amp is None else bool(amp), channels_last=cuda)
+        prec = choose_precision(dev, amp)
+        if prec.fast_kernels:
+            enable_fast_kernels()
+        return cls(dev, amp=prec.amp_dtype is not None, channels_last=dev.type == "cuda",
+                   amp_dtype=prec.amp_dtype or torch.bfloat16, grad_scaler=prec.grad_scaler)
 
     def replace_eval(self, channels_last: bool) -> "Runtime":
         """This runtime with CPU evaluation passes in channels_last (the default) or NCHW."""
@@ -81,7 +124,38 @@ class Runtime:
     def autocast(self) -> ContextManager:
         if not self.amp:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def scaler(self) -> "torch.amp.GradScaler | None":
+        """A fresh gradient scaler for one trained model under fp16 autocast, else None."""
+        return torch.amp.GradScaler(self.device.type) if self.grad_scaler else None
+
+    def to_device(self, x: Any) -> Any:
+        """A batch (tensor or cached :class:`~zoo_study.data.cache_read.Views`) on the device: on CUDA
+        through pinned memory with ``non_blocking`` (the copy overlaps the work queued before it);
+        elsewhere a plain ``to``, unchanged."""
+        if self.device.type != "cuda":
+            return x.to(self.device)
+
+        def move(t: Tensor) -> Tensor:
+            if t.device.type == "cpu" and not t.is_pinned():
+                t = t.pin_memory()
+            return t.to(self.device, non_blocking=True)
+
+        return move(x) if isinstance(x, Tensor) else x.map(move)
+
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """fp32 logits of an evaluation forward: under autocast the body runs in the autocast dtype and the
+        head in fp32 on fp32 features (bf16 logits flip near-ties of the top-1); without autocast
+        ``model(x)``, exactly as before."""
+        if not self.amp:
+            return model(x).float()
+        with self.autocast():
+            if not hasattr(model, "forward_head"):
+                return model(x).float()
+            f = model.forward_features(x)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return model.forward_head(f.float()).float()
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
@@ -127,7 +201,8 @@ def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, 
     with rt.eval_layout([model]) as cl:
         for raw, _, _ in raw_loader(split, batch_size):
             with rt.autocast():
-                out.append(model(rt.eval_inputs(pre, raw.to(rt.device), cl)).argmax(-1).cpu())
+                x = rt.eval_inputs(pre, rt.to_device(raw), cl)
+                out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
     return torch.cat(out).numpy().astype(np.int64)
 
 

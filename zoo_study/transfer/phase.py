@@ -11,17 +11,23 @@ frozen-anchor forward; evaluation of all members runs in one pass over the eval 
 Exactness: a packed member gives bit-identical results on CPU to the same phase run alone. Its random
 streams are its own: shuffling and augmentation come from seeded generators shared by construction
 (equal seeds), the objective's generator is per member, and the global torch RNG (module init, dropout)
-is saved and restored around each member's work, so interleaving members changes nothing. A member
-whose loss becomes NaN / inf is dropped from the pack with its :class:`TransferDiverged`; the others
-finish.
+is saved and restored around each member's work, so interleaving members changes nothing.
+
+A member's failure is its own: an exception in its setup, its step, its epoch bookkeeping or its part of
+the eval pass drops that member from the pack with the exception as its result (its hooks removed, its
+model and optimiser released); the others go on and finish exactly as in a pack without it. A loss that
+becomes NaN / inf ends its member with :class:`TransferDiverged` naming the first such step: finiteness
+is tracked on the device and read every ``FINITE_CHECK_EVERY`` steps and at each epoch's end, so a step
+never waits for the host. Failures of the shared work (data, teacher or anchor forwards) and running out
+of device memory (``torch.OutOfMemoryError``: the pack's size, not a member's fault) end the whole pack.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,7 +58,11 @@ from zoo_study.transfer.loop import (
     set_student_mode,
 )
 
-__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key"]
+__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key", "FINITE_CHECK_EVERY"]
+
+FINITE_CHECK_EVERY = 50  # steps between host reads of the members' device-side finiteness flags
+# failures that belong to the pack, not to one member: they end the pack (a caller may split it and retry)
+_PACK_WIDE: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 class _RngState:
     """The global torch RNG of one member (CPU, and CUDA when the phase runs there)."""
@@ -98,13 +108,17 @@ class _Member:
     best_epoch: int = 0
     best_correct: int = -1
     best_state: dict | None = None
+    scaler: Any = None  # torch.amp.GradScaler under fp16 autocast
     failed: BaseException | None = None
-    loss_sum: float = 0.0
+    loss_sum: Tensor | float = 0.0  # float64 on the device: the same sum as Python floats, without a sync
+    bad_step: Tensor | None = None  # first step with a non-finite loss (-1: none yet), on the device
+    bad_loss: Tensor | None = None  # that step's loss
     step_seconds: float = 0.0  # wall time of this member's own steps (forward, objective, backward, update)
     batches: int = 0
     log_sums: dict[str, Tensor] = field(default_factory=dict)
     epoch_routes: RouteStats | None = None
     share: float | None = None  # the epoch's teacher share (routing methods)
+    slot: int = 0  # the member's position in the pack's configs
 
     @property
     def obj(self):
@@ -112,6 +126,15 @@ class _Member:
 
     def kept(self) -> nn.Module:
         return self.state.kept_model(self.model) if self.state is not None else self.model
+
+    def track(self, loss: Tensor, step: int) -> None:
+        """Remember the first non-finite loss on the device (no host read here)."""
+        if self.bad_step is None:
+            self.bad_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.bad_loss = torch.zeros((), dtype=torch.float64, device=loss.device)
+        first = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, loss.double(), self.bad_loss)
 
 
 def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[TeacherModel], train: ImageSplit,
@@ -166,10 +189,11 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return _Member(config=config, side=side, model=model, state=state, opt=opt,
-                   obj_gen=torch.Generator().manual_seed(seeds["objective"]), rng=_RngState(rt.device),
-                   routes=RouteStats() if obj.routes else None, lr=lr,
-                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)])
+    # the objective's draws (CRD negatives, Talking Models' noise) happen on the device they are used on
+    obj_gen = torch.Generator(device=rt.device).manual_seed(seeds["objective"])
+    return _Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
+                   rng=_RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
+                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
 
 
 def run_phase_pack(
@@ -225,8 +249,19 @@ def run_phase_pack(
         sd.anchor.eval()
     for t in teachers:
         t.module.eval()
-    members = [_setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
-                      phase_teacher=phase_teacher) for c, sd in zip(configs, sides)]
+    results: list[PhaseResult | BaseException | None] = [None] * len(configs)
+    members: list[_Member] = []
+    for slot, (c, sd) in enumerate(zip(configs, sides)):
+        try:
+            m = _setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
+                       phase_teacher=phase_teacher)
+        except _PACK_WIDE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this member's failure, the others still run
+            results[slot] = _released(exc)
+            continue
+        m.slot = slot
+        members.append(m)
     need_features = any(m.obj.needs_features for m in members)
     need_maps = any(m.obj.needs_maps for m in members)
     frozen_sides = list({id(m.side): m.side for m in members if m.obj.needs_frozen}.values())
@@ -239,31 +274,28 @@ def run_phase_pack(
     def positions(sample_ids: Tensor) -> Tensor:
         return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
 
+    def where(epoch: int) -> dict[str, Any]:
+        return dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+
     loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
     augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[first.augment]
-    aug_gen = torch.Generator().manual_seed(seeds["augment"])
+    # augmentation draws on the device of the batch (every geometry of a cached batch redraws them)
+    aug_gen = torch.Generator(device=rt.device).manual_seed(seeds["augment"])
     mix_rng = np.random.default_rng(seeds["mixup"])  # its own stream: the other draws are unchanged by mixing
     labels_eval = eval_split.labels
     step = 0
     for epoch in range(1, first.epochs + 1):
-        active = [m for m in members if m.failed is None]
-        if not active:
+        if not _active(members):
             break
-        for m in active:
-            m.rng.restore()
-            set_student_mode(m.model, m.config.student_mode)
-            if m.state is not None:
-                m.state.train()
-            m.rng.save()
-            m.loss_sum, m.batches, m.log_sums = 0.0, 0, {}
-            m.epoch_routes = RouteStats() if m.routes is not None else None
+        for m in _active(members):
+            _attempt(m, _start_epoch, m, where=where(epoch))
         for raw, labels, sample_ids in loader:
             step += 1
-            active = [m for m in members if m.failed is None]
+            active = _active(members)
             if not active:
                 break
-            raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
-            labels = labels.to(rt.device)
+            raw = augment_batch(augment, rt.to_device(raw), aug_gen)  # cached Views: same draws per geometry
+            labels = rt.to_device(labels)
             plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), mix_rng)
             cache: dict[ModelPreprocess, Tensor] = {}
 
@@ -284,8 +316,9 @@ def run_phase_pack(
                     if feat is not None:
                         t_feat = feat.float()
                 teacher_logits = torch.stack(t_logits)
-                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float() for sd in frozen_sides}  # per student
-            index = positions(sample_ids).to(rt.device) if need_index else None
+                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
+                          for sd in frozen_sides if any(m.side is sd for m in active)}  # per student
+            index = rt.to_device(positions(sample_ids)) if need_index else None
             soft = None
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
                 soft = plan.soft_targets(labels, teacher_logits.shape[-1])
@@ -293,59 +326,158 @@ def run_phase_pack(
             t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
             for m in active:
                 t0 = time.perf_counter()
-                _member_step(m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)), labels, index,
-                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
-                             teacher_maps=t_maps, teacher_inputs=t_inputs)
+                _attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
+                         labels, index, step=step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
+                         where=where(epoch))
                 m.step_seconds += time.perf_counter() - t0
+            if step % FINITE_CHECK_EVERY == 0:
+                _check_finite(_active(members), **where(epoch))
+        _check_finite(_active(members), **where(epoch))  # a diverged member is never evaluated
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
-        active = [m for m in members if m.failed is None]
-        for m in active:
-            m.share = None
-            if m.epoch_routes is not None:
-                m.epoch_routes.flush()
-                m.share = m.epoch_routes.shares()["teacher_share"]
-                m.routes.merge(m.epoch_routes)
-        if not evaluate or not active:
-            continue  # evaluated every eval_every epochs and always after the last
-        preds: dict[int, np.ndarray] = {}
-        for sd in {id(m.side): m.side for m in active}.values():  # one pass per student over the eval split
-            group = [m for m in active if m.side is sd]
-            for m, pred in zip(group, _predict_many([m.kept() for m in group], eval_split, sd.pre,
-                                                    first.eval_batch_size, rt)):
-                preds[id(m)] = pred
-        for m in active:
-            pred = preds[id(m)]
-            train_loss = m.loss_sum / m.batches if m.batches else None
-            logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
-            m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))
-            correct = int(np.count_nonzero(pred == labels_eval))
-            if correct > m.best_correct:
-                m.best_epoch, m.best_correct = epoch, correct
-                m.best_state = _state_cpu(m.kept()) if m.config.keep_best else None
-            if progress is not None:
-                progress(f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} {m.config.method} epoch "
-                         f"{epoch}/{first.epochs}: loss {train_loss if train_loss is not None else float('nan'):.4f} "
-                         f"acc {correct / len(labels_eval):.4f}")
-    out: list[PhaseResult | BaseException] = []
+        for m in _active(members):
+            _attempt(m, _end_epoch_routes, m, where=where(epoch))
+        if evaluate and _active(members):  # evaluated every eval_every epochs and always after the last
+            _evaluate(_active(members), eval_split, first.eval_batch_size, rt, labels_eval, epoch=epoch,
+                      epochs=first.epochs, phase=phase, phase_teacher=phase_teacher, progress=progress)
     for m in members:
+        results[m.slot] = m.failed if m.failed is not None else _attempt_result(m, batch, step, where(first.epochs))
+    return results  # type: ignore[return-value]
+
+
+def _active(members: Sequence[_Member]) -> list[_Member]:
+    return [m for m in members if m.failed is None]
+
+
+def _released(exc: BaseException) -> BaseException:
+    """The exception, its traceback kept for the failure record but the frames' locals (the member's
+    activations and graph) cleared, so a failed member holds no device memory."""
+    traceback.clear_frames(exc.__traceback__)
+    return exc
+
+
+def _fail(m: _Member, exc: BaseException, *, phase: int, epoch: int, phase_teacher: str | None) -> None:
+    """Drop ``m`` from the pack with ``exc`` (or with :class:`TransferDiverged` when its loss had already
+    become non-finite: the root cause, not its consequence); remove its hooks and release its tensors."""
+    bad = _first_bad(m)
+    if bad is not None:
+        exc = TransferDiverged(bad[1], phase=phase, epoch=epoch, step=bad[0], method=m.obj.name,
+                               teacher=phase_teacher)
+    m.failed = _released(exc)
+    if m.state is not None:
+        try:
+            m.state.close()
+        except Exception:  # noqa: BLE001 - the first failure is the one recorded
+            pass
+    m.model = m.opt = m.state = m.best_state = m.scaler = None  # type: ignore[assignment]
+
+
+def _attempt(m: _Member, fn, *args: Any, where: dict[str, Any], **kwargs: Any) -> bool:
+    """``fn(*args, **kwargs)`` as one member's work: an exception fails that member only (:func:`_fail`);
+    a pack-wide one (out of device memory) propagates."""
+    try:
+        fn(*args, **kwargs)
+        return True
+    except _PACK_WIDE:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
+        _fail(m, exc, **where)
+        return False
+
+
+def _first_bad(m: _Member) -> tuple[int, float] | None:
+    """(step, loss) of ``m``'s first non-finite loss, or None (one host read)."""
+    if m.bad_step is None:
+        return None
+    step, loss = torch.stack([m.bad_step.double(), m.bad_loss]).tolist()
+    return (int(step), loss) if step >= 0 else None
+
+
+def _check_finite(active: Sequence[_Member], *, phase: int, epoch: int, phase_teacher: str | None) -> None:
+    """Fail the members whose loss became NaN / inf, reading all their device flags in one host copy."""
+    tracked = [m for m in active if m.bad_step is not None]
+    if not tracked:
+        return
+    flags = torch.stack([torch.stack([m.bad_step.double(), m.bad_loss]) for m in tracked]).tolist()
+    for m, (step, loss) in zip(tracked, flags):
+        if step >= 0:
+            _fail(m, TransferDiverged(loss, phase=phase, epoch=epoch, step=int(step), method=m.obj.name,
+                                      teacher=phase_teacher), phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+
+
+def _start_epoch(m: _Member) -> None:
+    """The member's modes and per-epoch sums at the start of an epoch, under its own RNG."""
+    m.rng.restore()
+    set_student_mode(m.model, m.config.student_mode)
+    if m.state is not None:
+        m.state.train()
+    m.rng.save()
+    m.loss_sum, m.batches, m.log_sums = 0.0, 0, {}
+    m.epoch_routes = RouteStats() if m.routes is not None else None
+
+
+def _end_epoch_routes(m: _Member) -> None:
+    m.share = None
+    if m.epoch_routes is not None:
+        m.epoch_routes.flush()
+        m.share = m.epoch_routes.shares()["teacher_share"]
+        m.routes.merge(m.epoch_routes)
+
+
+def _evaluate(active: Sequence[_Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
+              labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int, phase_teacher: str | None,
+              progress: Progress | None) -> None:
+    """One eval pass per student side over the split; each member's row, best epoch and best state. A
+    member whose kept model fails in the pass (or in its bookkeeping) fails alone."""
+    where = dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+    for sd in {id(m.side): m.side for m in active}.values():  # one pass per student over the eval split
+        group = [m for m in active if m.side is sd and _attempt(m, m.kept, where=where)]
+        preds = _predict_many([m.kept() for m in group], eval_split, sd.pre, eval_batch, rt)
+        for m, pred in zip(group, preds):
+            if isinstance(pred, BaseException):
+                _fail(m, pred, **where)
+            else:
+                _attempt(m, _record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
+                         phase_teacher=phase_teacher, progress=progress, where=where)
+
+
+def _record_eval(m: _Member, pred: np.ndarray, labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int,
+                 phase_teacher: str | None, progress: Progress | None) -> None:
+    """The member's epoch row (train loss and logs read from the device here, once per evaluation)."""
+    train_loss = float(m.loss_sum) / m.batches if m.batches else None
+    logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
+    m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))
+    correct = int(np.count_nonzero(pred == labels_eval))
+    if correct > m.best_correct:
+        m.best_epoch, m.best_correct = epoch, correct
+        m.best_state = _state_cpu(m.kept()) if m.config.keep_best else None
+    if progress is not None:
+        progress(f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} {m.config.method} epoch "
+                 f"{epoch}/{epochs}: loss {train_loss if train_loss is not None else float('nan'):.4f} "
+                 f"acc {correct / len(labels_eval):.4f}")
+
+
+def _attempt_result(m: _Member, batch: int, steps: int, where: dict[str, Any]) -> PhaseResult | BaseException:
+    """The member's :class:`PhaseResult` (hooks off its models first), or the exception that ended it."""
+    out: list[PhaseResult] = []
+
+    def finish() -> None:
         if m.state is not None:
             m.state.close()  # hooks off the models before they are kept or dropped
-        if m.failed is not None:
-            out.append(m.failed)
-            continue
         kept = m.kept()
         kept.eval()
         extra = {**(m.state.extra() if m.state is not None else {}), "step_seconds": m.step_seconds}
-        out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch, step,
-                               extra))
-    return out
+        out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch,
+                               steps, extra))
+
+    return out[0] if _attempt(m, finish, where=where) else m.failed
 
 
 def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
-                 frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
-                 phase_teacher: str | None, soft_targets: Tensor | None = None,
-                 teacher_maps: list[Tensor] | None = None, teacher_inputs: list[Tensor] | None = None) -> None:
-    """One optimiser step of one member on the shared batch, under the member's own RNG."""
+                 frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, step: int,
+                 soft_targets: Tensor | None = None, teacher_maps: list[Tensor] | None = None,
+                 teacher_inputs: list[Tensor] | None = None) -> None:
+    """One optimiser step of one member on the shared batch, under the member's own RNG. Nothing here
+    reads a device value on the host: the loss's finiteness and sum stay on the device."""
     obj, config = m.obj, m.config
     m.rng.restore()
     s_levels = None
@@ -374,18 +506,19 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         generator=m.obj_gen,
     )
     out = obj.fn(inputs, config.resolved_hparams)
-    loss_value = float(out.loss.detach())
-    if not math.isfinite(loss_value):
-        m.failed = TransferDiverged(loss_value, phase=phase, epoch=epoch, step=step, method=obj.name,
-                                    teacher=phase_teacher)
-        m.rng.save()
-        return
+    loss = out.loss.detach()
+    m.track(loss, step)  # a non-finite loss ends the member at the next check (its later steps are moot)
     m.opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    m.opt.step()
+    if m.scaler is None:
+        out.loss.backward()
+        m.opt.step()
+    else:  # fp16: scaled gradients; the scaler skips steps with inf gradients
+        m.scaler.scale(out.loss).backward()
+        m.scaler.step(m.opt)
+        m.scaler.update()
     if m.state is not None:
         m.state.after_step(m.model)
-    m.loss_sum += loss_value
+    m.loss_sum = m.loss_sum + loss.double()  # float64, as the Python float sum it replaces
     m.batches += 1
     for key, value in out.logs.items():  # device tensors: summed without a sync per step
         m.log_sums[key] = m.log_sums[key] + value if key in m.log_sums else value
@@ -396,18 +529,27 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
 
 @torch.inference_mode()
 def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPreprocess, batch_size: int,
-                  rt: Runtime) -> list[np.ndarray]:
-    """Top-1 predictions of several students with one preprocessing, in one pass over the split."""
+                  rt: Runtime) -> list[np.ndarray | BaseException]:
+    """Top-1 predictions of several students with one preprocessing, in one pass over the split; a model
+    that raises gets its exception instead and leaves the pass (the others' predictions are unchanged)."""
     for model in models:
         model.eval()
     outs: list[list[Tensor]] = [[] for _ in models]
+    failed: dict[int, BaseException] = {}
     with rt.eval_layout(models) as cl:
         for raw, _, _ in raw_loader(split, batch_size):
             with rt.autocast():
-                x = rt.eval_inputs(pre, raw.to(rt.device), cl)  # preprocessed once for every student
-                for model, out in zip(models, outs):
-                    out.append(model(x).argmax(-1).cpu())
-    return [torch.cat(o).numpy().astype(np.int64) for o in outs]
+                x = rt.eval_inputs(pre, rt.to_device(raw), cl)  # preprocessed once for every student
+                for i, (model, out) in enumerate(zip(models, outs)):
+                    if i in failed:
+                        continue
+                    try:
+                        out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
+                    except _PACK_WIDE:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - that student's failure only
+                        failed[i] = _released(exc)
+    return [failed[i] if i in failed else torch.cat(o).numpy().astype(np.int64) for i, o in enumerate(outs)]
 
 
 def run_phase(*, config: TransferConfig, **kwargs: Any) -> PhaseResult:
