@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.layout import channels_last_pass, pass_input
+from zoo_study.precision import Precision, choose_precision, enable_fast_kernels, fp32_logits
 
-__all__ = ["TransferDiverged", "Runtime", "TeacherModel", "PhaseResult", "RouteStats", "predict_split",
-           "phase_seeds"]
+__all__ = ["TransferDiverged", "Runtime", "choose_precision", "TeacherModel", "PhaseResult", "RouteStats",
+           "predict_split", "phase_seeds"]
 
 Progress = Callable[[str], None]
 
@@ -61,42 +62,6 @@ def _rebuild_diverged(loss, phase, epoch, step, method, teacher) -> TransferDive
 
 
 @dataclass(frozen=True)
-class Precision:
-    """How a device runs models: the autocast dtype (None: full fp32), whether fp16's gradients need a
-    :class:`torch.amp.GradScaler`, and whether cuDNN autotuning and TF32 matmuls are switched on."""
-
-    amp_dtype: torch.dtype | None
-    grad_scaler: bool = False
-    fast_kernels: bool = False
-
-
-def choose_precision(device: str | torch.device, amp: bool | None = None) -> Precision:
-    """The one place that picks precision from the device's capabilities.
-
-    CUDA: autocast on unless ``amp`` is False, in bf16 where the GPU supports it natively
-    (``torch.cuda.is_bf16_supported()``: Ampere and later), else fp16 with a gradient scaler (bf16 is
-    emulated and slow on V100 / T4, and fp16 gradients underflow without scaling); cuDNN benchmark and
-    TF32 on. Other devices: unchanged (autocast only when ``amp`` asks, in bf16; no scaler), so CPU
-    results stay bitwise reproducible."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return Precision(torch.bfloat16 if amp else None)
-    if amp is False:
-        return Precision(None, fast_kernels=True)
-    if torch.cuda.is_bf16_supported():
-        return Precision(torch.bfloat16, fast_kernels=True)
-    return Precision(torch.float16, grad_scaler=True, fast_kernels=True)
-
-
-def enable_fast_kernels() -> None:
-    """cuDNN autotuning (fixed input shapes in a phase) and TF32 for fp32 matmuls / convolutions: the
-    parts autocast leaves in fp32 (objectives, fp32 heads) run on tensor cores."""
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
-@dataclass(frozen=True)
 class Runtime:
     """Where and how models run: autocast (:func:`choose_precision`) and channels_last only on CUDA by
     default; batches go to the device through pinned memory without blocking there."""
@@ -111,7 +76,7 @@ class Runtime:
     @classmethod
     def create(cls, device: str | torch.device, amp: bool | None = None) -> "Runtime":
         dev = torch.device(device)
-        prec = choose_precision(dev, amp)
+        prec = choose_precision(dev, amp)  # bf16, or fp16 with a scaler where bf16 is not native
         if prec.fast_kernels:
             enable_fast_kernels()
         return cls(dev, amp=prec.amp_dtype is not None, channels_last=dev.type == "cuda",
@@ -144,18 +109,13 @@ class Runtime:
 
         return move(x) if isinstance(x, Tensor) else x.map(move)
 
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.device.type, self.amp_dtype if self.amp else None, self.grad_scaler)
+
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
-        """fp32 logits of an evaluation forward: under autocast the body runs in the autocast dtype and the
-        head in fp32 on fp32 features (bf16 logits flip near-ties of the top-1); without autocast
-        ``model(x)``, exactly as before."""
-        if not self.amp:
-            return model(x).float()
-        with self.autocast():
-            if not hasattr(model, "forward_head"):
-                return model(x).float()
-            f = model.forward_features(x)
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return model.forward_head(f.float()).float()
+        """fp32 logits of an evaluation forward (:func:`~zoo_study.precision.fp32_logits`)."""
+        return fp32_logits(model, x, self.precision)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.to(self.device)

@@ -27,8 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,37 +48,28 @@ from zoo_study.transfer.loop import (
     RouteStats,
     Runtime,
     TeacherModel,
-    TransferDiverged,
-    _state_cpu,
     as_grid,
     forward_levels,
     forward_parts,
     phase_seeds,
-    set_student_mode,
+)
+from zoo_study.transfer.members import (
+    FINITE_CHECK_EVERY,
+    PACK_WIDE,
+    Member,
+    RngState,
+    active,
+    attempt,
+    check_finite,
+    end_epoch_routes,
+    fail,
+    member_result,
+    record_eval,
+    released,
+    start_epoch,
 )
 
 __all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key", "FINITE_CHECK_EVERY"]
-
-FINITE_CHECK_EVERY = 50  # steps between host reads of the members' device-side finiteness flags
-# failures that belong to the pack, not to one member: they end the pack (a caller may split it and retry)
-_PACK_WIDE: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
-
-class _RngState:
-    """The global torch RNG of one member (CPU, and CUDA when the phase runs there)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.save()
-
-    def save(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.gpu = torch.cuda.get_rng_state() if self.cuda else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda:
-            torch.cuda.set_rng_state(self.gpu)
-
 
 @dataclass(eq=False)
 class StudentSide:
@@ -93,52 +83,8 @@ class StudentSide:
     start_pred: np.ndarray
 
 
-@dataclass
-class _Member:
-    config: TransferConfig
-    side: StudentSide
-    model: nn.Module
-    state: Any
-    opt: torch.optim.Optimizer
-    obj_gen: torch.Generator
-    rng: _RngState
-    routes: RouteStats | None
-    lr: float
-    evals: list[EpochEval]
-    best_epoch: int = 0
-    best_correct: int = -1
-    best_state: dict | None = None
-    scaler: Any = None  # torch.amp.GradScaler under fp16 autocast
-    failed: BaseException | None = None
-    loss_sum: Tensor | float = 0.0  # float64 on the device: the same sum as Python floats, without a sync
-    bad_step: Tensor | None = None  # first step with a non-finite loss (-1: none yet), on the device
-    bad_loss: Tensor | None = None  # that step's loss
-    step_seconds: float = 0.0  # wall time of this member's own steps (forward, objective, backward, update)
-    batches: int = 0
-    log_sums: dict[str, Tensor] = field(default_factory=dict)
-    epoch_routes: RouteStats | None = None
-    share: float | None = None  # the epoch's teacher share (routing methods)
-    slot: int = 0  # the member's position in the pack's configs
-
-    @property
-    def obj(self):
-        return self.config.method_spec
-
-    def kept(self) -> nn.Module:
-        return self.state.kept_model(self.model) if self.state is not None else self.model
-
-    def track(self, loss: Tensor, step: int) -> None:
-        """Remember the first non-finite loss on the device (no host read here)."""
-        if self.bad_step is None:
-            self.bad_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self.bad_loss = torch.zeros((), dtype=torch.float64, device=loss.device)
-        first = ~torch.isfinite(loss) & (self.bad_step < 0)
-        self.bad_step = torch.where(first, step, self.bad_step)
-        self.bad_loss = torch.where(first, loss.double(), self.bad_loss)
-
-
 def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[TeacherModel], train: ImageSplit,
-           rt: Runtime, seeds: dict[str, int], batch: int, phase: int, phase_teacher: str | None) -> _Member:
+           rt: Runtime, seeds: dict[str, int], batch: int, phase: int, phase_teacher: str | None) -> Member:
     start, student_pre = side.start, side.pre
     obj = config.method_spec
     torch.manual_seed(seeds["torch"])
@@ -191,8 +137,8 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     # the objective's draws (CRD negatives, Talking Models' noise) happen on the device they are used on
     obj_gen = torch.Generator(device=rt.device).manual_seed(seeds["objective"])
-    return _Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
-                   rng=_RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
+    return Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
+                   rng=RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
                    evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
 
 
@@ -250,15 +196,15 @@ def run_phase_pack(
     for t in teachers:
         t.module.eval()
     results: list[PhaseResult | BaseException | None] = [None] * len(configs)
-    members: list[_Member] = []
+    members: list[Member] = []
     for slot, (c, sd) in enumerate(zip(configs, sides)):
         try:
             m = _setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
                        phase_teacher=phase_teacher)
-        except _PACK_WIDE:
+        except PACK_WIDE:
             raise
         except Exception as exc:  # noqa: BLE001 - this member's failure, the others still run
-            results[slot] = _released(exc)
+            results[slot] = released(exc)
             continue
         m.slot = slot
         members.append(m)
@@ -285,14 +231,14 @@ def run_phase_pack(
     labels_eval = eval_split.labels
     step = 0
     for epoch in range(1, first.epochs + 1):
-        if not _active(members):
+        if not active(members):
             break
-        for m in _active(members):
-            _attempt(m, _start_epoch, m, where=where(epoch))
+        for m in active(members):
+            attempt(m, start_epoch, m, where=where(epoch))
         for raw, labels, sample_ids in loader:
             step += 1
-            active = _active(members)
-            if not active:
+            live = active(members)
+            if not live:
                 break
             raw = augment_batch(augment, rt.to_device(raw), aug_gen)  # cached Views: same draws per geometry
             labels = rt.to_device(labels)
@@ -317,162 +263,51 @@ def run_phase_pack(
                         t_feat = feat.float()
                 teacher_logits = torch.stack(t_logits)
                 frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
-                          for sd in frozen_sides if any(m.side is sd for m in active)}  # per student
+                          for sd in frozen_sides if any(m.side is sd for m in live)}  # per student
             index = rt.to_device(positions(sample_ids)) if need_index else None
             soft = None
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
                 soft = plan.soft_targets(labels, teacher_logits.shape[-1])
                 labels = plan.hard_labels(labels)
             t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
-            for m in active:
+            for m in live:
                 t0 = time.perf_counter()
-                _attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
-                         labels, index, step=step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
-                         where=where(epoch))
+                attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
+                        labels, index, step=step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
+                        where=where(epoch))
                 m.step_seconds += time.perf_counter() - t0
             if step % FINITE_CHECK_EVERY == 0:
-                _check_finite(_active(members), **where(epoch))
-        _check_finite(_active(members), **where(epoch))  # a diverged member is never evaluated
+                check_finite(active(members), **where(epoch))
+        check_finite(active(members), **where(epoch))  # a diverged member is never evaluated
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
-        for m in _active(members):
-            _attempt(m, _end_epoch_routes, m, where=where(epoch))
-        if evaluate and _active(members):  # evaluated every eval_every epochs and always after the last
-            _evaluate(_active(members), eval_split, first.eval_batch_size, rt, labels_eval, epoch=epoch,
+        for m in active(members):
+            attempt(m, end_epoch_routes, m, where=where(epoch))
+        if evaluate and active(members):  # evaluated every eval_every epochs and always after the last
+            _evaluate(active(members), eval_split, first.eval_batch_size, rt, labels_eval, epoch=epoch,
                       epochs=first.epochs, phase=phase, phase_teacher=phase_teacher, progress=progress)
     for m in members:
-        results[m.slot] = m.failed if m.failed is not None else _attempt_result(m, batch, step, where(first.epochs))
+        results[m.slot] = m.failed if m.failed is not None else member_result(m, batch, step, where(first.epochs))
     return results  # type: ignore[return-value]
 
 
-def _active(members: Sequence[_Member]) -> list[_Member]:
-    return [m for m in members if m.failed is None]
-
-
-def _released(exc: BaseException) -> BaseException:
-    """The exception, its traceback kept for the failure record but the frames' locals (the member's
-    activations and graph) cleared, so a failed member holds no device memory."""
-    traceback.clear_frames(exc.__traceback__)
-    return exc
-
-
-def _fail(m: _Member, exc: BaseException, *, phase: int, epoch: int, phase_teacher: str | None) -> None:
-    """Drop ``m`` from the pack with ``exc`` (or with :class:`TransferDiverged` when its loss had already
-    become non-finite: the root cause, not its consequence); remove its hooks and release its tensors."""
-    bad = _first_bad(m)
-    if bad is not None:
-        exc = TransferDiverged(bad[1], phase=phase, epoch=epoch, step=bad[0], method=m.obj.name,
-                               teacher=phase_teacher)
-    m.failed = _released(exc)
-    if m.state is not None:
-        try:
-            m.state.close()
-        except Exception:  # noqa: BLE001 - the first failure is the one recorded
-            pass
-    m.model = m.opt = m.state = m.best_state = m.scaler = None  # type: ignore[assignment]
-
-
-def _attempt(m: _Member, fn, *args: Any, where: dict[str, Any], **kwargs: Any) -> bool:
-    """``fn(*args, **kwargs)`` as one member's work: an exception fails that member only (:func:`_fail`);
-    a pack-wide one (out of device memory) propagates."""
-    try:
-        fn(*args, **kwargs)
-        return True
-    except _PACK_WIDE:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
-        _fail(m, exc, **where)
-        return False
-
-
-def _first_bad(m: _Member) -> tuple[int, float] | None:
-    """(step, loss) of ``m``'s first non-finite loss, or None (one host read)."""
-    if m.bad_step is None:
-        return None
-    step, loss = torch.stack([m.bad_step.double(), m.bad_loss]).tolist()
-    return (int(step), loss) if step >= 0 else None
-
-
-def _check_finite(active: Sequence[_Member], *, phase: int, epoch: int, phase_teacher: str | None) -> None:
-    """Fail the members whose loss became NaN / inf, reading all their device flags in one host copy."""
-    tracked = [m for m in active if m.bad_step is not None]
-    if not tracked:
-        return
-    flags = torch.stack([torch.stack([m.bad_step.double(), m.bad_loss]) for m in tracked]).tolist()
-    for m, (step, loss) in zip(tracked, flags):
-        if step >= 0:
-            _fail(m, TransferDiverged(loss, phase=phase, epoch=epoch, step=int(step), method=m.obj.name,
-                                      teacher=phase_teacher), phase=phase, epoch=epoch, phase_teacher=phase_teacher)
-
-
-def _start_epoch(m: _Member) -> None:
-    """The member's modes and per-epoch sums at the start of an epoch, under its own RNG."""
-    m.rng.restore()
-    set_student_mode(m.model, m.config.student_mode)
-    if m.state is not None:
-        m.state.train()
-    m.rng.save()
-    m.loss_sum, m.batches, m.log_sums = 0.0, 0, {}
-    m.epoch_routes = RouteStats() if m.routes is not None else None
-
-
-def _end_epoch_routes(m: _Member) -> None:
-    m.share = None
-    if m.epoch_routes is not None:
-        m.epoch_routes.flush()
-        m.share = m.epoch_routes.shares()["teacher_share"]
-        m.routes.merge(m.epoch_routes)
-
-
-def _evaluate(active: Sequence[_Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
+def _evaluate(live: Sequence[Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
               labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int, phase_teacher: str | None,
               progress: Progress | None) -> None:
     """One eval pass per student side over the split; each member's row, best epoch and best state. A
     member whose kept model fails in the pass (or in its bookkeeping) fails alone."""
     where = dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
-    for sd in {id(m.side): m.side for m in active}.values():  # one pass per student over the eval split
-        group = [m for m in active if m.side is sd and _attempt(m, m.kept, where=where)]
+    for sd in {id(m.side): m.side for m in live}.values():  # one pass per student over the eval split
+        group = [m for m in live if m.side is sd and attempt(m, m.kept, where=where)]
         preds = _predict_many([m.kept() for m in group], eval_split, sd.pre, eval_batch, rt)
         for m, pred in zip(group, preds):
             if isinstance(pred, BaseException):
-                _fail(m, pred, **where)
+                fail(m, pred, **where)
             else:
-                _attempt(m, _record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
-                         phase_teacher=phase_teacher, progress=progress, where=where)
+                attempt(m, record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
+                        phase_teacher=phase_teacher, progress=progress, where=where)
 
 
-def _record_eval(m: _Member, pred: np.ndarray, labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int,
-                 phase_teacher: str | None, progress: Progress | None) -> None:
-    """The member's epoch row (train loss and logs read from the device here, once per evaluation)."""
-    train_loss = float(m.loss_sum) / m.batches if m.batches else None
-    logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
-    m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))
-    correct = int(np.count_nonzero(pred == labels_eval))
-    if correct > m.best_correct:
-        m.best_epoch, m.best_correct = epoch, correct
-        m.best_state = _state_cpu(m.kept()) if m.config.keep_best else None
-    if progress is not None:
-        progress(f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} {m.config.method} epoch "
-                 f"{epoch}/{epochs}: loss {train_loss if train_loss is not None else float('nan'):.4f} "
-                 f"acc {correct / len(labels_eval):.4f}")
-
-
-def _attempt_result(m: _Member, batch: int, steps: int, where: dict[str, Any]) -> PhaseResult | BaseException:
-    """The member's :class:`PhaseResult` (hooks off its models first), or the exception that ended it."""
-    out: list[PhaseResult] = []
-
-    def finish() -> None:
-        if m.state is not None:
-            m.state.close()  # hooks off the models before they are kept or dropped
-        kept = m.kept()
-        kept.eval()
-        extra = {**(m.state.extra() if m.state is not None else {}), "step_seconds": m.step_seconds}
-        out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch,
-                               steps, extra))
-
-    return out[0] if _attempt(m, finish, where=where) else m.failed
-
-
-def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
+def _member_step(m: Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
                  frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, step: int,
                  soft_targets: Tensor | None = None, teacher_maps: list[Tensor] | None = None,
                  teacher_inputs: list[Tensor] | None = None) -> None:
@@ -545,10 +380,10 @@ def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPrep
                         continue
                     try:
                         out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
-                    except _PACK_WIDE:
+                    except PACK_WIDE:
                         raise
                     except Exception as exc:  # noqa: BLE001 - that student's failure only
-                        failed[i] = _released(exc)
+                        failed[i] = released(exc)
     return [failed[i] if i in failed else torch.cat(o).numpy().astype(np.int64) for i, o in enumerate(outs)]
 
 

@@ -250,7 +250,8 @@ class _TalkingState(MethodState):
             msg = m.enc_s(h_s)
             h_t_heard = m.dec_t(to(msg, t_grid))
             if noise > 0:
-                h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator, device=h_t_heard.device)
+                h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator,
+                                                            device=h_t_heard.device)
             with _frozen(teacher):
                 feats, _ = _run_with_state(teacher, self.t_where, x_t, h_t_heard.to(x_t.dtype))
             u_t_heard = as_grid(feats).float().mean((2, 3))
