@@ -31,14 +31,20 @@ pack_size = {pack_size}
 """
 
 
-@pytest.fixture()
-def exploding_method():
+@pytest.fixture(params=["nan", "raise"])
+def exploding_method(request):
+    """A method whose loss is NaN from the first step, or whose objective raises from its second step on."""
+    calls = {"n": 0}
+
     @register_method("explodes_in_pack", label="Explodes")
     def explodes(inp, p):
-        """NaN loss from the first step."""
-        return ObjectiveOutput(inp.student.sum() * math.nan)
+        """NaN loss from the first step, or an exception from the second on."""
+        calls["n"] += 1
+        if request.param == "raise" and calls["n"] >= 2:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (a member's own crash)")
+        return ObjectiveOutput(inp.student.sum() * (math.nan if request.param == "nan" else 0.0))
 
-    yield "explodes_in_pack"
+    yield "explodes_in_pack", request.param
     unregister_method("explodes_in_pack")
 
 
@@ -57,12 +63,19 @@ def _summaries(root: Path) -> dict[str, dict]:
 
 def test_packed_pipeline_equals_unpacked_and_isolates_a_failure(tmp_path, capsys, exploding_method, caplog):
     caplog.set_level(logging.INFO)
-    methods = ["kl", exploding_method, "kl_dp", "xe_kl_mcl"]
+    name, kind = exploding_method
+    methods = ["kl", name, "kl_dp", "xe_kl_mcl"]
     code, packed_root, _ = _run(tmp_path, "packed", methods, 16, capsys)
     assert code == 1  # one job failed
     assert "transfer pack of 4" in caplog.text  # one task for the pair
     failures = pq.read_table(packed_root / "failures").to_pylist()
-    assert [f["stage"] for f in failures] == ["transfer"] and "explodes_in_pack loss is nan" in failures[0]["error"]
+    assert [f["stage"] for f in failures] == ["transfer"] and failures[0]["attempts"] == 1
+    if kind == "nan":
+        assert "explodes_in_pack loss is nan" in failures[0]["error"]
+    else:  # the member's own error and traceback, recorded for its own job id
+        assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in failures[0]["error"]
+        assert "in explodes" in failures[0]["traceback"] and "_member_step" in failures[0]["traceback"]
+    assert not (packed_root / "transfers" / failures[0]["job_id"]).exists()
     packed = _summaries(packed_root)
     assert set(packed) == {"kl", "kl_dp", "xe_kl_mcl"}
     # the same study unpacked: the same job ids and the same numbers
