@@ -142,6 +142,51 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
                    evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
 
 
+def _check_pack(configs: Sequence[TransferConfig], sides: Sequence[StudentSide] | None, start, anchor, student_pre,
+                start_pred) -> Sequence[StudentSide]:
+    """One :class:`StudentSide` per config (built from ``start`` ... when ``sides`` is None), and configs
+    that can share batches (:func:`pack_key`); a clear error otherwise."""
+    if not configs:
+        raise ValueError("a pack needs at least one transfer config")
+    if sides is None:
+        if start is None or anchor is None or student_pre is None or start_pred is None:
+            raise ValueError("a phase needs start, anchor, student_pre and start_pred, or one StudentSide per config")
+        sides = [StudentSide(start, anchor, student_pre, start_pred)] * len(configs)
+    if len(sides) != len(configs):
+        raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
+    keys = {pack_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    return sides
+
+
+def _setup_or_fail(config: TransferConfig, side: StudentSide, **kwargs: Any) -> Member | BaseException:
+    """A member, or the exception its setup raised (that member's failure: the others still run)."""
+    try:
+        return _setup(config, side, **kwargs)
+    except PACK_WIDE:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this member's result
+        return released(exc)
+
+
+@torch.no_grad()
+def _teacher_forwards(teachers: Sequence[TeacherModel], x_for, rt: Runtime, *, features: bool, maps: bool
+                      ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """The shared teacher forwards of one batch: stacked fp32 logits [K, B, C], the first teacher's
+    pre-logits features (``features``) and every teacher's last map as a grid (``maps``)."""
+    t_logits, t_feat, t_maps = [], None, None
+    with rt.autocast():
+        for i, t in enumerate(teachers):
+            logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=features and i == 0, grid=maps)
+            if grid is not None:
+                t_maps = (t_maps or []) + [grid.float()]
+            t_logits.append(logits.float())
+            if feat is not None:
+                t_feat = feat.float()
+    return torch.stack(t_logits), t_feat, t_maps
+
+
 def run_phase_pack(
     *,
     teachers: Sequence[TeacherModel],
@@ -164,20 +209,10 @@ def run_phase_pack(
     One student for all configs (``start``, ``anchor``, ``student_pre``, ``start_pred``), or ``sides``:
     one :class:`StudentSide` per config (several students of the same teachers; configs with the same
     side object share its anchor forward and eval pass). Returns, per config, its :class:`PhaseResult`
-    or the exception that ended it (a diverged loss). The configs must agree on :func:`pack_key`.
+    or the exception that ended it (in its setup, a step, its evaluation, or a diverged loss). The
+    configs must agree on :func:`pack_key`.
     """
-    if not configs:
-        raise ValueError("a pack needs at least one transfer config")
-    if sides is None:
-        if start is None or anchor is None or student_pre is None or start_pred is None:
-            raise ValueError("a phase needs start, anchor, student_pre and start_pred, or one StudentSide per config")
-        one = StudentSide(start, anchor, student_pre, start_pred)
-        sides = [one] * len(configs)
-    if len(sides) != len(configs):
-        raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
-    keys = {pack_key(c) for c in configs}
-    if len(keys) > 1:
-        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    sides = _check_pack(configs, sides, start, anchor, student_pre, start_pred)
     first = configs[0]
     if not teachers:
         raise ValueError("a transfer phase needs at least one teacher")
@@ -198,13 +233,10 @@ def run_phase_pack(
     results: list[PhaseResult | BaseException | None] = [None] * len(configs)
     members: list[Member] = []
     for slot, (c, sd) in enumerate(zip(configs, sides)):
-        try:
-            m = _setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
-                       phase_teacher=phase_teacher)
-        except PACK_WIDE:
-            raise
-        except Exception as exc:  # noqa: BLE001 - this member's failure, the others still run
-            results[slot] = released(exc)
+        m = _setup_or_fail(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
+                           phase_teacher=phase_teacher)
+        if isinstance(m, BaseException):
+            results[slot] = m
             continue
         m.slot = slot
         members.append(m)
@@ -251,19 +283,11 @@ def run_phase_pack(
                     cache[pre] = plan.images(x) if plan is not None else x
                 return cache[pre]
 
-            with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
-                t_logits, t_feat, t_maps = [], None, None
-                for i, t in enumerate(teachers):
-                    logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=need_features and i == 0,
-                                                       grid=need_maps)
-                    if grid is not None:
-                        t_maps = (t_maps or []) + [grid.float()]
-                    t_logits.append(logits.float())
-                    if feat is not None:
-                        t_feat = feat.float()
-                teacher_logits = torch.stack(t_logits)
+            teacher_logits, t_feat, t_maps = _teacher_forwards(teachers, x_for, rt, features=need_features,
+                                                               maps=need_maps)
+            with torch.no_grad(), rt.autocast():  # shared per student: its frozen anchor's forward
                 frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
-                          for sd in frozen_sides if any(m.side is sd for m in live)}  # per student
+                          for sd in frozen_sides if any(m.side is sd for m in live)}
             index = rt.to_device(positions(sample_ids)) if need_index else None
             soft = None
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
