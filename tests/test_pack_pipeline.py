@@ -123,3 +123,39 @@ def test_students_of_one_teacher_share_a_pack_and_give_the_same_results(tmp_path
         rows = [pq.read_table(p).to_pylist()[0] for p in (root / "transfers").glob("*/summary.parquet")]
         results[n] = {(r["student"], r["method"]): {k: v for k, v in r.items() if k != "runtime_s"} for r in rows}
     assert len(results[2]) == 4 and results[2] == results[1]
+
+
+def test_a_student_that_cannot_be_built_fails_only_its_own_pack_members(tmp_path, capsys, caplog, monkeypatch):
+    """pack_students = 2: the teacher's pack holds both students; building one of them fails (as a bad
+    checkpoint would). Its two transfers get failure records with its error; the other student's two
+    transfers finish with the numbers of an unpacked run."""
+    import pipelines.executors as executors
+
+    caplog.set_level(logging.INFO)
+    ref_root, root = tmp_path / "ref", tmp_path / "broken"
+    for r, n in ((ref_root, 1), (root, 2)):
+        (tmp_path / f"{r.name}.toml").write_text(MICRO_TWO_STUDENTS.format(root=r, pack_students=n))
+    assert main(["run", str(tmp_path / "ref.toml"), "--no-progress", "--stage", "zoo,predict,transfer"]) == 0
+    assert main(["run", str(tmp_path / "broken.toml"), "--no-progress", "--stage", "zoo,predict"]) == 0
+    real = executors.build_model
+
+    def build(payload, *a, **k):
+        if payload["model_id"] == "resnet18_w16_short":
+            raise OSError("checkpoint of resnet18_w16_short is truncated")
+        return real(payload, *a, **k)
+
+    monkeypatch.setattr(executors, "build_model", build)
+    caplog.clear()
+    assert main(["run", str(tmp_path / "broken.toml"), "--no-progress", "--stage", "transfer"]) == 1
+    assert "transfer pack of 2 (kl, kl_dp): resnet10t_w16 -> mixer_p8" in caplog.text
+    failures = pq.read_table(root / "failures").to_pylist()
+    assert len(failures) == 2 and all("checkpoint of resnet18_w16_short is truncated" in f["error"]
+                                      and "in build" in f["traceback"] for f in failures)
+
+    def rows(r: Path) -> dict:
+        found = [pq.read_table(p).to_pylist()[0] for p in (r / "transfers").glob("*/summary.parquet")]
+        return {(x["student"], x["method"]): {k: v for k, v in x.items() if k != "runtime_s"} for x in found}
+
+    ref, got = rows(ref_root), rows(root)
+    assert set(got) == {("mixer_p8", "kl"), ("mixer_p8", "kl_dp")}
+    assert all(got[k] == ref[k] for k in got)

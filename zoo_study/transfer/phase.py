@@ -25,6 +25,7 @@ of device memory (``torch.OutOfMemoryError``: the pack's size, not a member's fa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -275,6 +276,8 @@ def run_phase_pack(
             raw = augment_batch(augment, rt.to_device(raw), aug_gen)  # cached Views: same draws per geometry
             labels = rt.to_device(labels)
             plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), mix_rng)
+            if plan is not None:  # its [B] mask and partners copied once, not per model input
+                plan = dataclasses.replace(plan, mask=rt.to_device(plan.mask), partner=rt.to_device(plan.partner))
             cache: dict[ModelPreprocess, Tensor] = {}
 
             def x_for(pre: ModelPreprocess) -> Tensor:
