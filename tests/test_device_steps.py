@@ -240,3 +240,41 @@ def test_predict_keeps_the_top_k_on_the_device_and_equals_the_full_softmax_table
     assert tied.any()
     assert np.all(top[:, 1:][tied] > top[:, :-1][tied])
     assert copied and all(len(s) == 1 or s[-1] <= 5 for s in copied), copied  # never [B, 7]
+
+
+# ------------------------------------------------------------------------------------------ batch copies
+def test_batches_go_to_a_gpu_pinned_and_non_blocking_and_stay_plain_on_cpu(monkeypatch):
+    """The copy logic of Runtime.to_device with the tensor methods recorded (no GPU here): on CUDA an
+    unpinned batch is pinned once and copied with non_blocking=True (a cached batch's every view too);
+    an already pinned one is not pinned again; on CPU nothing is pinned."""
+    from zoo_study.data.cache_read import Views
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: getattr(self, "_pinned", False))
+
+    def pin(self):
+        calls.append(("pin", tuple(self.shape)))
+        out = self.clone()
+        out._pinned = True
+        return out
+
+    def to(self, *a, **k):
+        calls.append(("to", str(a[0]), k.get("non_blocking", False), getattr(self, "_pinned", False)))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    gpu = Runtime(torch.device("cuda:0"))
+    gpu.to_device(torch.zeros(2, 3))
+    assert calls == [("pin", (2, 3)), ("to", "cuda:0", True, True)]
+    calls.clear()
+    pinned = torch.zeros(4)
+    pinned._pinned = True
+    gpu.to_device(pinned)
+    assert calls == [("to", "cuda:0", True, True)]
+    calls.clear()
+    gpu.to_device(Views({"a": torch.zeros(1, 3, 2, 2), "b": torch.zeros(1, 3, 4, 4)}))
+    assert [c[0] for c in calls] == ["pin", "to", "pin", "to"] and all(c[2] for c in calls if c[0] == "to")
+    calls.clear()
+    Runtime.create("cpu").to_device(torch.zeros(2))
+    assert calls == [("to", "cpu", False, False)]
