@@ -231,3 +231,24 @@ def test_a_loss_that_turns_nan_mid_run_ends_its_member_at_that_step(monkeypatch)
     finally:
         unregister_method("nan_at_3")
         unregister_method("nan_then_raises")
+
+
+def test_a_student_that_cannot_start_fails_only_its_own_members():
+    """Two students of one teacher; the second one's forward raises (its before-transfer eval pass fails):
+    its members get that error, the first student's members equal their transfers alone."""
+    from zoo_study.transfer.job import run_transfer_pack_students
+
+    class Crashes(torch.nn.Module):
+        def forward(self, x):
+            raise _Boom("this student cannot run")
+
+    src = tiny_source()
+    s_a, rec_a = trained(0)
+    _, rec_b = trained(3, size=12)
+    teacher, trec = trained(2)
+    configs = [TransferConfig(method=m, **BASE) for m in ("kl", "kl_dp")] * 2
+    students = [(s_a, rec_a)] * 2 + [(Crashes(), rec_b)] * 2
+    out = run_transfer_pack_students(students, (teacher, trec), src, configs, job_ids=["a", "b", "c", "d"])
+    assert all(isinstance(r, _Boom) and str(r) == "this student cannot run" for r in out[2:])
+    for cfg, res in zip(configs[:2], out[:2]):
+        _same_result(res, run_transfer(s_a, rec_a, [(teacher, trec)], src, cfg, job_id="x"), cfg.method)

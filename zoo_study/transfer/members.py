@@ -76,7 +76,8 @@ class Member:
     loss_sum: Tensor | float = 0.0  # float64 on the device: the same sum as Python floats, without a sync
     bad_step: Tensor | None = None  # first step with a non-finite loss (-1: none yet), on the device
     bad_loss: Tensor | None = None  # that step's loss
-    step_seconds: float = 0.0  # wall time of this member's own steps (forward, objective, backward, update)
+    step_seconds: float = 0.0  # host time of its own steps (forward, objective, backward, update); on CUDA
+    # the time to queue them (steps no longer wait for the device), so compare it on CPU
     batches: int = 0
     log_sums: dict[str, Tensor] = field(default_factory=dict)
     epoch_routes: RouteStats | None = None
