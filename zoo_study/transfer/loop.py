@@ -87,9 +87,7 @@ class Runtime:
         return replace(self, eval_channels_last=bool(channels_last))
 
     def autocast(self) -> ContextManager:
-        if not self.amp:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def scaler(self) -> "torch.amp.GradScaler | None":
         """A fresh gradient scaler for one trained model under fp16 autocast, else None."""

@@ -10,6 +10,7 @@ finiteness is tracked on the device (:meth:`Member.track`) and read for all memb
 
 from __future__ import annotations
 
+import logging
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -32,6 +33,7 @@ from zoo_study.transfer.loop import (
 __all__ = ["FINITE_CHECK_EVERY", "PACK_WIDE", "Member", "RngState", "active", "attempt", "check_finite", "end_epoch_routes",
            "fail", "first_bad", "member_result", "record_eval", "released", "start_epoch"]
 
+LOG = logging.getLogger("zoo_study.transfer")
 FINITE_CHECK_EVERY = 50  # steps between host reads of the members' device-side finiteness flags
 # failures that belong to the pack, not to one member: they end the pack (a caller may split it and retry)
 PACK_WIDE: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
@@ -121,6 +123,8 @@ def fail(m: Member, exc: BaseException, *, phase: int, epoch: int, phase_teacher
         exc = TransferDiverged(bad[1], phase=phase, epoch=epoch, step=bad[0], method=m.obj.name,
                                teacher=phase_teacher)
     m.failed = released(exc)
+    LOG.warning("transfer member %s failed at phase %d, epoch %d (the pack's other members go on): %s",
+                m.config.method, phase, epoch, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if m.state is not None:
         try:
             m.state.close()
