@@ -278,3 +278,28 @@ def test_batches_go_to_a_gpu_pinned_and_non_blocking_and_stay_plain_on_cpu(monke
     calls.clear()
     Runtime.create("cpu").to_device(torch.zeros(2))
     assert calls == [("to", "cpu", False, False)]
+
+
+def test_the_fp16_path_steps_through_a_grad_scaler(monkeypatch):
+    """What a GPU without bf16 runs (fp16 autocast, one GradScaler per member), with CPU autocast standing
+    in for CUDA: every member's every step goes through its scaler, and the pack finishes."""
+    import zoo_study.transfer.job as job_mod
+    from zoo_study.transfer.job import run_transfer_pack
+
+    rt = Runtime(torch.device("cpu"), amp=True, amp_dtype=torch.float16, grad_scaler=True)
+    monkeypatch.setattr(job_mod.Runtime, "create", classmethod(lambda cls, *a, **k: rt))
+    scalers, real_step = [], torch.amp.GradScaler.step
+
+    def step(self, opt, *a, **k):
+        scalers.append(id(self))
+        return real_step(self, opt, *a, **k)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step)
+    student, srec = trained(0)
+    teacher, trec = trained(2, size=12)
+    configs = [TransferConfig(method=m, hparams={"nce_k": 64} if m == "crd" else {}, base_lr=0.05, epochs=1,
+                              batch_size=30, transfer_fraction=0.4, seed=3) for m in ("kl", "crd", "xe_kl_mcl")]
+    out = run_transfer_pack(student, srec, (teacher, trec), tiny_source(), configs, job_ids=["a", "b", "c"])
+    assert all(not isinstance(r, BaseException) for r in out), out
+    steps = out[0].info["phases"][0]["steps"]  # 120 transfer samples / batch 30 = 4 steps
+    assert steps == 4 and len(scalers) == 3 * steps and len(set(scalers)) == 3  # one scaler per member
