@@ -34,8 +34,10 @@ class TransferAugment:
         b = raw.shape[0]
         dev = raw.device
 
-        def draw(*shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=generator).to(dev)
+        gen_dev = generator.device if generator is not None else None
+
+        def draw(*shape: int) -> torch.Tensor:  # on the generator's device (the batch's, in a transfer)
+            return torch.rand(*shape, generator=generator, device=gen_dev).to(dev)
 
         x = raw.float() / 255.0
         flip = draw(b) < self.flip_p

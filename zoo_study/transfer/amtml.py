@@ -108,22 +108,32 @@ class _AMTMLState(MethodState):
         self.k = num_teachers
         self.class_weight_sum: dict[int, Tensor] = {}
         self.class_count: dict[int, int] = {}
+        self._pending: list[tuple[Tensor, Tensor]] = []  # (weights, labels) per step, still on the device
 
     def parameters(self) -> list:
         return list(self.module.parameters())
 
     def train(self) -> None:
+        self._flush()  # once per epoch
         self.module.train()
 
     def record(self, weights: Tensor, labels: Tensor) -> None:
-        w = weights.detach().float().cpu()
-        for c in labels.cpu().unique().tolist():
-            sel = labels.cpu() == c
-            self.class_weight_sum[c] = self.class_weight_sum.get(c, torch.zeros(self.k)) + w[sel].sum(0)
-            self.class_count[c] = self.class_count.get(c, 0) + int(sel.sum())
+        """Keep the step's weights and labels on the device; :meth:`_flush` reads them (no sync per step)."""
+        self._pending.append((weights.detach().float().clone(), labels.detach().clone()))
+
+    def _flush(self) -> None:
+        """Per-class sums of the pending steps, in step order (the same sums as one step at a time)."""
+        for weights, labels in self._pending:
+            w, labels = weights.cpu(), labels.cpu()
+            for c in labels.unique().tolist():
+                sel = labels == c
+                self.class_weight_sum[c] = self.class_weight_sum.get(c, torch.zeros(self.k)) + w[sel].sum(0)
+                self.class_count[c] = self.class_count.get(c, 0) + int(sel.sum())
+        self._pending.clear()
 
     def extra(self) -> dict:
         """Mean teacher weights per class over all training batches: which teacher each class listens to."""
+        self._flush()
         return {"amtml_class_weights": {str(c): (self.class_weight_sum[c] / self.class_count[c]).tolist()
                                         for c in sorted(self.class_count)}}
 

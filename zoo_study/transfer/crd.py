@@ -78,12 +78,15 @@ class CRDState(nn.Module):
 
     def _negatives(self, index: Tensor, b: int, generator: torch.Generator | None) -> Tensor:
         """[B, K] memory rows: uniform over all rows, or (with labels) uniform over the rows of the other
-        classes: draw r in [0, N - n_c) and skip the anchor class's block in the class-sorted order."""
+        classes: draw r in [0, N - n_c) and skip the anchor class's block in the class-sorted order. Drawn
+        on the memory's device (``generator`` must live there: the loop gives each member one on its
+        device), so a GPU step neither copies draws from the host nor reads anything back."""
+        dev = self.memory_s.device
         if self._other_class is None:
-            return torch.randint(0, self.n_data, (b, self.nce_k), generator=generator)
-        cls = self._labels[index.cpu()]
+            return torch.randint(0, self.n_data, (b, self.nce_k), generator=generator, device=dev)
+        cls = self._labels[index.to(dev)]
         start, count = self._start[cls].unsqueeze(1), self._count[cls].unsqueeze(1)
-        u = torch.rand((b, self.nce_k), generator=generator, dtype=torch.float64)
+        u = torch.rand((b, self.nce_k), generator=generator, dtype=torch.float64, device=dev)
         r = (u * (self.n_data - count)).long()
         return self._order[torch.where(r >= start, r + count, r)]
 
@@ -99,20 +102,24 @@ class CRDState(nn.Module):
             dots = torch.bmm(memory[idx], v.unsqueeze(-1)).squeeze(-1)
         return torch.exp(dots / self.nce_t)
 
+    @torch.no_grad()
+    def _estimate_z(self, z: Tensor, scores: Tensor) -> None:
+        """Z <- mean(scores) * N on the first batch (while Z < 0), kept on the device: no host read per
+        step. The product is rounded once to float32, as the former ``float(mean) * N`` was (N < 2**24)."""
+        z.copy_(torch.where(z < 0, scores.mean() * self.n_data, z))
+
     def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         dev = f_s.device
         with torch.autocast(device_type=dev.type, enabled=False):
             v_s = F.normalize(self.embed_s(f_s.float()), dim=-1)
             v_t = F.normalize(self.embed_t(f_t.detach().float()), dim=-1)
             b = v_s.shape[0]
-            neg = self._negatives(index, b, generator).to(dev)
+            neg = self._negatives(index, b, generator)
             idx = torch.cat([index.view(b, 1).to(dev), neg], dim=1)  # [B, K+1], positive first
             out_s = self._scores(v_s, self.memory_t.detach(), idx)  # teacher memory for student anchors
             out_t = self._scores(v_t, self.memory_s.detach(), idx)
-            if self.z_s < 0:
-                self.z_s.fill_(float(out_s.mean().detach()) * self.n_data)
-            if self.z_t < 0:
-                self.z_t.fill_(float(out_t.mean().detach()) * self.n_data)
+            self._estimate_z(self.z_s, out_s)
+            self._estimate_z(self.z_t, out_t)
             loss = self._nce(out_s / self.z_s) + self._nce(out_t / self.z_t)
             with torch.no_grad():
                 pos = index.to(dev)

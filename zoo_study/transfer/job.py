@@ -63,6 +63,7 @@ from zoo_study.transfer.loop import (
 )
 from zoo_study.transfer.mcl import soup_state_dicts
 from zoo_study.transfer.inputs import _aligned_pred, _check_inputs, order_teachers, transfer_set, versions
+from zoo_study.transfer.members import PACK_WIDE, released
 from zoo_study.transfer.phase import StudentSide, pack_key, run_phase, run_phase_pack
 
 __all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "run_transfer_pack_students", "transfer_set",
@@ -208,8 +209,19 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
             before = predict_split(anchor, eval_split, pre, batch_size=eb, rt=rt)
         return StudentSide(module, anchor, pre, before)
 
-    sides = {sid: student_side(module, rec) for sid, (module, rec) in distinct.items()}
-    member_sides = [(rec, sides[rec.model_id]) for _, rec in students]
+    sides: dict[str, StudentSide] = {}
+    side_errors: dict[str, BaseException] = {}
+    for sid, (module, rec) in distinct.items():  # a student that cannot start fails its own members only
+        try:
+            sides[sid] = student_side(module, rec)
+        except PACK_WIDE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - that student's members' result
+            if strict:
+                raise
+            side_errors[sid] = released(exc)
+    member_sides = [(rec, sides.get(rec.model_id)) for _, rec in students]
+    alive = [i for i, (rec, _) in enumerate(member_sides) if rec.model_id not in side_errors]
     teacher_preds: dict[int, np.ndarray] = {}
 
     def teacher_pred(i: int) -> np.ndarray:
@@ -230,11 +242,12 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
     names = [t.model_id for t in ordered]
     joined = "+".join(names)
 
-    packed = None
-    if len(configs) > 1:
-        packed = run_phase_pack(sides=[side for _, side in member_sides], teachers=ordered, train=train,
-                                eval_split=eval_split, configs=configs, rt=rt, phase=0, seed_phase=0,
-                                phase_teacher=joined, progress=progress)
+    packed: dict[int, Any] = {}
+    if len(configs) > 1 and alive:
+        results = run_phase_pack(sides=[member_sides[i][1] for i in alive], teachers=ordered, train=train,
+                                 eval_split=eval_split, configs=[configs[i] for i in alive], rt=rt, phase=0,
+                                 seed_phase=0, phase_teacher=joined, progress=progress)
+        packed = dict(zip(alive, results))
 
     def runtime_s() -> float:  # a packed member's share of the pack's wall time
         return (time.perf_counter() - t0) / len(configs)
@@ -390,10 +403,15 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
 
     out: list[TransferResult | BaseException] = []
     for i, (c, jid) in enumerate(zip(configs, job_ids)):
+        if member_sides[i][0].model_id in side_errors:
+            out.append(side_errors[member_sides[i][0].model_id])
+            continue
         try:
-            out.append(build(c, jid, *member_sides[i], packed[i] if packed is not None else None))
+            out.append(build(c, jid, *member_sides[i], packed.get(i)))
+        except PACK_WIDE:
+            raise
         except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
             if strict:
                 raise
-            out.append(exc)
+            out.append(released(exc))
     return out

@@ -14,8 +14,9 @@ with all teachers and a soup once per teacher. What it guarantees:
 - Seeded: shuffling, augmentation and the objective's own sampling each use a generator derived from
   ``(seed, phase)``, and ``torch.manual_seed`` covers module initialisation (CRD heads) and dropout. On
   CPU the same config gives bit-identical results (its evaluation passes run channels_last and hand the
-  weights back in NCHW, zoo_study/layout.py); on CUDA the loop uses bf16 autocast and channels_last,
-  which are fast but not bitwise reproducible.
+  weights back in NCHW, zoo_study/layout.py); on CUDA the loop uses autocast (bf16, or fp16 with a
+  gradient scaler where bf16 is not native: :func:`choose_precision`), channels_last, cuDNN autotuning
+  and TF32, which are fast but not bitwise reproducible; evaluation logits are fp32 (:meth:`Runtime.logits`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from torch import Tensor, nn
 from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.layout import channels_last_pass, pass_input
+from zoo_study.precision import Precision, choose_precision, enable_fast_kernels, fp32_logits
 
-__all__ = ["TransferDiverged", "Runtime", "TeacherModel", "PhaseResult", "RouteStats", "predict_split",
-           "phase_seeds"]
+__all__ = ["TransferDiverged", "Runtime", "choose_precision", "TeacherModel", "PhaseResult", "RouteStats",
+           "predict_split", "phase_seeds"]
 
 Progress = Callable[[str], None]
 
@@ -61,27 +63,57 @@ def _rebuild_diverged(loss, phase, epoch, step, method, teacher) -> TransferDive
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how models run: bf16 autocast and channels_last only on CUDA by default."""
+    """Where and how models run: autocast (:func:`choose_precision`) and channels_last only on CUDA by
+    default; batches go to the device through pinned memory without blocking there."""
 
     device: torch.device
     amp: bool = False
     channels_last: bool = False
     eval_channels_last: bool = True  # CPU evaluation passes only (see eval_layout)
+    amp_dtype: torch.dtype = torch.bfloat16
+    grad_scaler: bool = False  # fp16 autocast: one GradScaler per trained model
 
     @classmethod
     def create(cls, device: str | torch.device, amp: bool | None = None) -> "Runtime":
         dev = torch.device(device)
-        cuda = dev.type == "cuda"
-        return cls(dev, amp=cuda if amp is None else bool(amp), channels_last=cuda)
+        prec = choose_precision(dev, amp)  # bf16, or fp16 with a scaler where bf16 is not native
+        if prec.fast_kernels:
+            enable_fast_kernels()
+        return cls(dev, amp=prec.amp_dtype is not None, channels_last=dev.type == "cuda",
+                   amp_dtype=prec.amp_dtype or torch.bfloat16, grad_scaler=prec.grad_scaler)
 
     def replace_eval(self, channels_last: bool) -> "Runtime":
         """This runtime with CPU evaluation passes in channels_last (the default) or NCHW."""
         return replace(self, eval_channels_last=bool(channels_last))
 
     def autocast(self) -> ContextManager:
-        if not self.amp:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return self.precision.autocast()
+
+    def scaler(self) -> "torch.amp.GradScaler | None":
+        """A fresh gradient scaler for one trained model under fp16 autocast, else None."""
+        return torch.amp.GradScaler(self.device.type) if self.grad_scaler else None
+
+    def to_device(self, x: Any) -> Any:
+        """A batch (tensor or cached :class:`~zoo_study.data.cache_read.Views`) on the device: on CUDA
+        through pinned memory with ``non_blocking`` (the copy overlaps the work queued before it);
+        elsewhere a plain ``to``, unchanged."""
+        if self.device.type != "cuda":
+            return x.to(self.device)
+
+        def move(t: Tensor) -> Tensor:
+            if t.device.type == "cpu" and not t.is_pinned():
+                t = t.pin_memory()
+            return t.to(self.device, non_blocking=True)
+
+        return move(x) if isinstance(x, Tensor) else x.map(move)
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.device.type, self.amp_dtype if self.amp else None, self.grad_scaler)
+
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """fp32 logits of an evaluation forward (:func:`~zoo_study.precision.fp32_logits`)."""
+        return fp32_logits(model, x, self.precision)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
@@ -127,7 +159,8 @@ def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, 
     with rt.eval_layout([model]) as cl:
         for raw, _, _ in raw_loader(split, batch_size):
             with rt.autocast():
-                out.append(model(rt.eval_inputs(pre, raw.to(rt.device), cl)).argmax(-1).cpu())
+                x = rt.eval_inputs(pre, rt.to_device(raw), cl)
+                out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
     return torch.cat(out).numpy().astype(np.int64)
 
 

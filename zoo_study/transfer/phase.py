@@ -11,18 +11,24 @@ frozen-anchor forward; evaluation of all members runs in one pass over the eval 
 Exactness: a packed member gives bit-identical results on CPU to the same phase run alone. Its random
 streams are its own: shuffling and augmentation come from seeded generators shared by construction
 (equal seeds), the objective's generator is per member, and the global torch RNG (module init, dropout)
-is saved and restored around each member's work, so interleaving members changes nothing. A member
-whose loss becomes NaN / inf is dropped from the pack with its :class:`TransferDiverged`; the others
-finish.
+is saved and restored around each member's work, so interleaving members changes nothing.
+
+A member's failure is its own: an exception in its setup, its step, its epoch bookkeeping or its part of
+the eval pass drops that member from the pack with the exception as its result (its hooks removed, its
+model and optimiser released); the others go on and finish exactly as in a pack without it. A loss that
+becomes NaN / inf ends its member with :class:`TransferDiverged` naming the first such step: finiteness
+is tracked on the device and read every ``FINITE_CHECK_EVERY`` steps and at each epoch's end, so a step
+never waits for the host. Failures of the shared work (data, teacher or anchor forwards) and running out
+of device memory (``torch.OutOfMemoryError``: the pack's size, not a member's fault) end the whole pack.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,33 +49,28 @@ from zoo_study.transfer.loop import (
     RouteStats,
     Runtime,
     TeacherModel,
-    TransferDiverged,
-    _state_cpu,
     as_grid,
     forward_levels,
     forward_parts,
     phase_seeds,
-    set_student_mode,
+)
+from zoo_study.transfer.members import (
+    FINITE_CHECK_EVERY,
+    PACK_WIDE,
+    Member,
+    RngState,
+    active,
+    attempt,
+    check_finite,
+    end_epoch_routes,
+    fail,
+    member_result,
+    record_eval,
+    released,
+    start_epoch,
 )
 
-__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key"]
-
-class _RngState:
-    """The global torch RNG of one member (CPU, and CUDA when the phase runs there)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.save()
-
-    def save(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.gpu = torch.cuda.get_rng_state() if self.cuda else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda:
-            torch.cuda.set_rng_state(self.gpu)
-
+__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key", "FINITE_CHECK_EVERY"]
 
 @dataclass(eq=False)
 class StudentSide:
@@ -83,39 +84,8 @@ class StudentSide:
     start_pred: np.ndarray
 
 
-@dataclass
-class _Member:
-    config: TransferConfig
-    side: StudentSide
-    model: nn.Module
-    state: Any
-    opt: torch.optim.Optimizer
-    obj_gen: torch.Generator
-    rng: _RngState
-    routes: RouteStats | None
-    lr: float
-    evals: list[EpochEval]
-    best_epoch: int = 0
-    best_correct: int = -1
-    best_state: dict | None = None
-    failed: BaseException | None = None
-    loss_sum: float = 0.0
-    step_seconds: float = 0.0  # wall time of this member's own steps (forward, objective, backward, update)
-    batches: int = 0
-    log_sums: dict[str, Tensor] = field(default_factory=dict)
-    epoch_routes: RouteStats | None = None
-    share: float | None = None  # the epoch's teacher share (routing methods)
-
-    @property
-    def obj(self):
-        return self.config.method_spec
-
-    def kept(self) -> nn.Module:
-        return self.state.kept_model(self.model) if self.state is not None else self.model
-
-
 def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[TeacherModel], train: ImageSplit,
-           rt: Runtime, seeds: dict[str, int], batch: int, phase: int, phase_teacher: str | None) -> _Member:
+           rt: Runtime, seeds: dict[str, int], batch: int, phase: int, phase_teacher: str | None) -> Member:
     start, student_pre = side.start, side.pre
     obj = config.method_spec
     torch.manual_seed(seeds["torch"])
@@ -166,10 +136,56 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return _Member(config=config, side=side, model=model, state=state, opt=opt,
-                   obj_gen=torch.Generator().manual_seed(seeds["objective"]), rng=_RngState(rt.device),
-                   routes=RouteStats() if obj.routes else None, lr=lr,
-                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)])
+    # the objective's draws (CRD negatives, Talking Models' noise) happen on the device they are used on
+    obj_gen = torch.Generator(device=rt.device).manual_seed(seeds["objective"])
+    return Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
+                   rng=RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
+                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
+
+
+def _check_pack(configs: Sequence[TransferConfig], sides: Sequence[StudentSide] | None, start, anchor, student_pre,
+                start_pred) -> Sequence[StudentSide]:
+    """One :class:`StudentSide` per config (built from ``start`` ... when ``sides`` is None), and configs
+    that can share batches (:func:`pack_key`); a clear error otherwise."""
+    if not configs:
+        raise ValueError("a pack needs at least one transfer config")
+    if sides is None:
+        if start is None or anchor is None or student_pre is None or start_pred is None:
+            raise ValueError("a phase needs start, anchor, student_pre and start_pred, or one StudentSide per config")
+        sides = [StudentSide(start, anchor, student_pre, start_pred)] * len(configs)
+    if len(sides) != len(configs):
+        raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
+    keys = {pack_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    return sides
+
+
+def _setup_or_fail(config: TransferConfig, side: StudentSide, **kwargs: Any) -> Member | BaseException:
+    """A member, or the exception its setup raised (that member's failure: the others still run)."""
+    try:
+        return _setup(config, side, **kwargs)
+    except PACK_WIDE:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this member's result
+        return released(exc)
+
+
+@torch.no_grad()
+def _teacher_forwards(teachers: Sequence[TeacherModel], x_for, rt: Runtime, *, features: bool, maps: bool
+                      ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """The shared teacher forwards of one batch: stacked fp32 logits [K, B, C], the first teacher's
+    pre-logits features (``features``) and every teacher's last map as a grid (``maps``)."""
+    t_logits, t_feat, t_maps = [], None, None
+    with rt.autocast():
+        for i, t in enumerate(teachers):
+            logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=features and i == 0, grid=maps)
+            if grid is not None:
+                t_maps = (t_maps or []) + [grid.float()]
+            t_logits.append(logits.float())
+            if feat is not None:
+                t_feat = feat.float()
+    return torch.stack(t_logits), t_feat, t_maps
 
 
 def run_phase_pack(
@@ -194,20 +210,10 @@ def run_phase_pack(
     One student for all configs (``start``, ``anchor``, ``student_pre``, ``start_pred``), or ``sides``:
     one :class:`StudentSide` per config (several students of the same teachers; configs with the same
     side object share its anchor forward and eval pass). Returns, per config, its :class:`PhaseResult`
-    or the exception that ended it (a diverged loss). The configs must agree on :func:`pack_key`.
+    or the exception that ended it (in its setup, a step, its evaluation, or a diverged loss). The
+    configs must agree on :func:`pack_key`.
     """
-    if not configs:
-        raise ValueError("a pack needs at least one transfer config")
-    if sides is None:
-        if start is None or anchor is None or student_pre is None or start_pred is None:
-            raise ValueError("a phase needs start, anchor, student_pre and start_pred, or one StudentSide per config")
-        one = StudentSide(start, anchor, student_pre, start_pred)
-        sides = [one] * len(configs)
-    if len(sides) != len(configs):
-        raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
-    keys = {pack_key(c) for c in configs}
-    if len(keys) > 1:
-        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    sides = _check_pack(configs, sides, start, anchor, student_pre, start_pred)
     first = configs[0]
     if not teachers:
         raise ValueError("a transfer phase needs at least one teacher")
@@ -225,8 +231,16 @@ def run_phase_pack(
         sd.anchor.eval()
     for t in teachers:
         t.module.eval()
-    members = [_setup(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
-                      phase_teacher=phase_teacher) for c, sd in zip(configs, sides)]
+    results: list[PhaseResult | BaseException | None] = [None] * len(configs)
+    members: list[Member] = []
+    for slot, (c, sd) in enumerate(zip(configs, sides)):
+        m = _setup_or_fail(c, sd, teachers=teachers, train=train, rt=rt, seeds=seeds, batch=batch, phase=phase,
+                           phase_teacher=phase_teacher)
+        if isinstance(m, BaseException):
+            results[slot] = m
+            continue
+        m.slot = slot
+        members.append(m)
     need_features = any(m.obj.needs_features for m in members)
     need_maps = any(m.obj.needs_maps for m in members)
     frozen_sides = list({id(m.side): m.side for m in members if m.obj.needs_frozen}.values())
@@ -239,32 +253,31 @@ def run_phase_pack(
     def positions(sample_ids: Tensor) -> Tensor:
         return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
 
+    def where(epoch: int) -> dict[str, Any]:
+        return dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+
     loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
     augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[first.augment]
-    aug_gen = torch.Generator().manual_seed(seeds["augment"])
+    # augmentation draws on the device of the batch (every geometry of a cached batch redraws them)
+    aug_gen = torch.Generator(device=rt.device).manual_seed(seeds["augment"])
     mix_rng = np.random.default_rng(seeds["mixup"])  # its own stream: the other draws are unchanged by mixing
     labels_eval = eval_split.labels
     step = 0
     for epoch in range(1, first.epochs + 1):
-        active = [m for m in members if m.failed is None]
-        if not active:
+        if not active(members):
             break
-        for m in active:
-            m.rng.restore()
-            set_student_mode(m.model, m.config.student_mode)
-            if m.state is not None:
-                m.state.train()
-            m.rng.save()
-            m.loss_sum, m.batches, m.log_sums = 0.0, 0, {}
-            m.epoch_routes = RouteStats() if m.routes is not None else None
+        for m in active(members):
+            attempt(m, start_epoch, m, where=where(epoch))
         for raw, labels, sample_ids in loader:
             step += 1
-            active = [m for m in members if m.failed is None]
-            if not active:
+            live = active(members)
+            if not live:
                 break
-            raw = augment_batch(augment, raw.to(rt.device), aug_gen)  # cached Views: same draws per geometry
-            labels = labels.to(rt.device)
+            raw = augment_batch(augment, rt.to_device(raw), aug_gen)  # cached Views: same draws per geometry
+            labels = rt.to_device(labels)
             plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), mix_rng)
+            if plan is not None:  # its [B] mask and partners copied once, not per model input
+                plan = dataclasses.replace(plan, mask=rt.to_device(plan.mask), partner=rt.to_device(plan.partner))
             cache: dict[ModelPreprocess, Tensor] = {}
 
             def x_for(pre: ModelPreprocess) -> Tensor:
@@ -273,79 +286,60 @@ def run_phase_pack(
                     cache[pre] = plan.images(x) if plan is not None else x
                 return cache[pre]
 
-            with torch.no_grad(), rt.autocast():  # shared: the teachers' and the anchor's forwards
-                t_logits, t_feat, t_maps = [], None, None
-                for i, t in enumerate(teachers):
-                    logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=need_features and i == 0,
-                                                       grid=need_maps)
-                    if grid is not None:
-                        t_maps = (t_maps or []) + [grid.float()]
-                    t_logits.append(logits.float())
-                    if feat is not None:
-                        t_feat = feat.float()
-                teacher_logits = torch.stack(t_logits)
-                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float() for sd in frozen_sides}  # per student
-            index = positions(sample_ids).to(rt.device) if need_index else None
+            teacher_logits, t_feat, t_maps = _teacher_forwards(teachers, x_for, rt, features=need_features,
+                                                               maps=need_maps)
+            with torch.no_grad(), rt.autocast():  # shared per student: its frozen anchor's forward
+                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
+                          for sd in frozen_sides if any(m.side is sd for m in live)}
+            index = rt.to_device(positions(sample_ids)) if need_index else None
             soft = None
             if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
                 soft = plan.soft_targets(labels, teacher_logits.shape[-1])
                 labels = plan.hard_labels(labels)
             t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
-            for m in active:
+            for m in live:
                 t0 = time.perf_counter()
-                _member_step(m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)), labels, index,
-                             phase=phase, epoch=epoch, step=step, phase_teacher=phase_teacher, soft_targets=soft,
-                             teacher_maps=t_maps, teacher_inputs=t_inputs)
+                attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
+                        labels, index, step=step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
+                        where=where(epoch))
                 m.step_seconds += time.perf_counter() - t0
+            if step % FINITE_CHECK_EVERY == 0:
+                check_finite(active(members), **where(epoch))
+        check_finite(active(members), **where(epoch))  # a diverged member is never evaluated
         evaluate = epoch == first.epochs or epoch % first.eval_every == 0
-        active = [m for m in members if m.failed is None]
-        for m in active:
-            m.share = None
-            if m.epoch_routes is not None:
-                m.epoch_routes.flush()
-                m.share = m.epoch_routes.shares()["teacher_share"]
-                m.routes.merge(m.epoch_routes)
-        if not evaluate or not active:
-            continue  # evaluated every eval_every epochs and always after the last
-        preds: dict[int, np.ndarray] = {}
-        for sd in {id(m.side): m.side for m in active}.values():  # one pass per student over the eval split
-            group = [m for m in active if m.side is sd]
-            for m, pred in zip(group, _predict_many([m.kept() for m in group], eval_split, sd.pre,
-                                                    first.eval_batch_size, rt)):
-                preds[id(m)] = pred
-        for m in active:
-            pred = preds[id(m)]
-            train_loss = m.loss_sum / m.batches if m.batches else None
-            logs = {k: float(v) / m.batches for k, v in m.log_sums.items()}
-            m.evals.append(EpochEval(phase, phase_teacher, epoch, pred, train_loss, m.share, logs))
-            correct = int(np.count_nonzero(pred == labels_eval))
-            if correct > m.best_correct:
-                m.best_epoch, m.best_correct = epoch, correct
-                m.best_state = _state_cpu(m.kept()) if m.config.keep_best else None
-            if progress is not None:
-                progress(f"phase {phase}{f' ({phase_teacher})' if phase_teacher else ''} {m.config.method} epoch "
-                         f"{epoch}/{first.epochs}: loss {train_loss if train_loss is not None else float('nan'):.4f} "
-                         f"acc {correct / len(labels_eval):.4f}")
-    out: list[PhaseResult | BaseException] = []
+        for m in active(members):
+            attempt(m, end_epoch_routes, m, where=where(epoch))
+        if evaluate and active(members):  # evaluated every eval_every epochs and always after the last
+            _evaluate(active(members), eval_split, first.eval_batch_size, rt, labels_eval, epoch=epoch,
+                      epochs=first.epochs, phase=phase, phase_teacher=phase_teacher, progress=progress)
     for m in members:
-        if m.state is not None:
-            m.state.close()  # hooks off the models before they are kept or dropped
-        if m.failed is not None:
-            out.append(m.failed)
-            continue
-        kept = m.kept()
-        kept.eval()
-        extra = {**(m.state.extra() if m.state is not None else {}), "step_seconds": m.step_seconds}
-        out.append(PhaseResult(kept, m.evals, m.best_epoch, m.best_correct, m.best_state, m.routes, m.lr, batch, step,
-                               extra))
-    return out
+        results[m.slot] = m.failed if m.failed is not None else member_result(m, batch, step, where(first.epochs))
+    return results  # type: ignore[return-value]
 
 
-def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
-                 frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, phase: int, epoch: int, step: int,
-                 phase_teacher: str | None, soft_targets: Tensor | None = None,
-                 teacher_maps: list[Tensor] | None = None, teacher_inputs: list[Tensor] | None = None) -> None:
-    """One optimiser step of one member on the shared batch, under the member's own RNG."""
+def _evaluate(live: Sequence[Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
+              labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int, phase_teacher: str | None,
+              progress: Progress | None) -> None:
+    """One eval pass per student side over the split; each member's row, best epoch and best state. A
+    member whose kept model fails in the pass (or in its bookkeeping) fails alone."""
+    where = dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+    for sd in {id(m.side): m.side for m in live}.values():  # one pass per student over the eval split
+        group = [m for m in live if m.side is sd and attempt(m, m.kept, where=where)]
+        preds = _predict_many([m.kept() for m in group], eval_split, sd.pre, eval_batch, rt)
+        for m, pred in zip(group, preds):
+            if isinstance(pred, BaseException):
+                fail(m, pred, **where)
+            else:
+                attempt(m, record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
+                        phase_teacher=phase_teacher, progress=progress, where=where)
+
+
+def _member_step(m: Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
+                 frozen: Tensor | None, labels: Tensor, index: Tensor | None, *, step: int,
+                 soft_targets: Tensor | None = None, teacher_maps: list[Tensor] | None = None,
+                 teacher_inputs: list[Tensor] | None = None) -> None:
+    """One optimiser step of one member on the shared batch, under the member's own RNG. Nothing here
+    reads a device value on the host: the loss's finiteness and sum stay on the device."""
     obj, config = m.obj, m.config
     m.rng.restore()
     s_levels = None
@@ -374,18 +368,19 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
         generator=m.obj_gen,
     )
     out = obj.fn(inputs, config.resolved_hparams)
-    loss_value = float(out.loss.detach())
-    if not math.isfinite(loss_value):
-        m.failed = TransferDiverged(loss_value, phase=phase, epoch=epoch, step=step, method=obj.name,
-                                    teacher=phase_teacher)
-        m.rng.save()
-        return
+    loss = out.loss.detach()
+    m.track(loss, step)  # a non-finite loss ends the member at the next check (its later steps are moot)
     m.opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    m.opt.step()
+    if m.scaler is None:
+        out.loss.backward()
+        m.opt.step()
+    else:  # fp16: scaled gradients; the scaler skips steps with inf gradients
+        m.scaler.scale(out.loss).backward()
+        m.scaler.step(m.opt)
+        m.scaler.update()
     if m.state is not None:
         m.state.after_step(m.model)
-    m.loss_sum += loss_value
+    m.loss_sum = m.loss_sum + loss.double()  # float64, as the Python float sum it replaces
     m.batches += 1
     for key, value in out.logs.items():  # device tensors: summed without a sync per step
         m.log_sums[key] = m.log_sums[key] + value if key in m.log_sums else value
@@ -396,18 +391,27 @@ def _member_step(m: _Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_f
 
 @torch.inference_mode()
 def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPreprocess, batch_size: int,
-                  rt: Runtime) -> list[np.ndarray]:
-    """Top-1 predictions of several students with one preprocessing, in one pass over the split."""
+                  rt: Runtime) -> list[np.ndarray | BaseException]:
+    """Top-1 predictions of several students with one preprocessing, in one pass over the split; a model
+    that raises gets its exception instead and leaves the pass (the others' predictions are unchanged)."""
     for model in models:
         model.eval()
     outs: list[list[Tensor]] = [[] for _ in models]
+    failed: dict[int, BaseException] = {}
     with rt.eval_layout(models) as cl:
         for raw, _, _ in raw_loader(split, batch_size):
             with rt.autocast():
-                x = rt.eval_inputs(pre, raw.to(rt.device), cl)  # preprocessed once for every student
-                for model, out in zip(models, outs):
-                    out.append(model(x).argmax(-1).cpu())
-    return [torch.cat(o).numpy().astype(np.int64) for o in outs]
+                x = rt.eval_inputs(pre, rt.to_device(raw), cl)  # preprocessed once for every student
+                for i, (model, out) in enumerate(zip(models, outs)):
+                    if i in failed:
+                        continue
+                    try:
+                        out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
+                    except PACK_WIDE:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - that student's failure only
+                        failed[i] = released(exc)
+    return [failed[i] if i in failed else torch.cat(o).numpy().astype(np.int64) for i, o in enumerate(outs)]
 
 
 def run_phase(*, config: TransferConfig, **kwargs: Any) -> PhaseResult:

@@ -82,7 +82,7 @@ def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec
     m_s = enc_s(h_s)
     h_t_heard = dec_t(m_s)
     if noise > 0:
-        h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator).to(h_t_heard.device)
+        h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator, device=h_t_heard.device)
     m_t = enc_t(h_t_heard)
     h_s_heard = dec_s(m_t)
     z_s = head_s(h_s_heard)
@@ -250,7 +250,8 @@ class _TalkingState(MethodState):
             msg = m.enc_s(h_s)
             h_t_heard = m.dec_t(to(msg, t_grid))
             if noise > 0:
-                h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator).to(h_t_heard.device)
+                h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator,
+                                                            device=h_t_heard.device)
             with _frozen(teacher):
                 feats, _ = _run_with_state(teacher, self.t_where, x_t, h_t_heard.to(x_t.dtype))
             u_t_heard = as_grid(feats).float().mean((2, 3))
