@@ -171,7 +171,7 @@ def rehearsal(work: Path, dry: bool, timeout: float) -> dict[str, Any]:
                                     extra=multi if cached else ""))
         stages = [] if cached else ["--stage", "zoo,predict,score"]
         t = time.time()
-        code = _cli(["run", str(cfg), "--no-progress", *stages], timeout, work / f"rehearsal_{tag}.log")
+        code = _cli(["run", str(cfg), "--no-progress", *stages], timeout if cached else timeout / 2, work / f"rehearsal_{tag}.log")
         out[tag] = {"exit": code, "seconds": round(time.time() - t, 1), **_outcome(work / tag)}
     if out["cached"]["exit"] not in (0, 1) or out["uncached"]["exit"] != 0:
         raise RuntimeError(f"rehearsal exit codes {out['cached']['exit']}, {out['uncached']['exit']} "
