@@ -259,3 +259,23 @@ def test_a_raising_pack_member_fails_only_itself(inputs, raising_method):
     assert code == 1 and len(failures) == 1 and "injected failure" in failures[0]["error"]
     assert {r["method"] for r in _rows(root, "transfers")} == {"kl", "xe_kl"}
     assert json.loads(failures[0]["spec_json"])["config"]["method"] == raising_method
+
+
+# ------------------------------------------------------------------------------ the config a user runs
+def test_the_shipped_rehearsal_config_plans_against_a_made_tree(tmp_path, monkeypatch, capsys):
+    """``pipelines/configs/rehearsal.toml`` names the builders' archs and widths, and validates and plans
+    against the tree and checkpoints ``python -m tests.helpers.rehearsal make-tree rehearsal`` writes."""
+    import tomllib
+
+    from helpers.rehearsal import main as rehearsal_main
+
+    config = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "rehearsal.toml"
+    doc = tomllib.loads(config.read_text())
+    assert [(m["id"], m["arch"], m["model_kwargs"]) for m in doc["zoo"]["models"]] == \
+        [(a.model_id, a.arch, json.loads(json.dumps(a.kwargs))) for a in ARCHS]
+    assert doc["transfer"]["methods"] == list(method_names())
+    monkeypatch.chdir(tmp_path)
+    assert rehearsal_main(["make-tree", "rehearsal"]) == 0
+    assert rehearsal_main(["zoo-study", "run", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "transfer" in out and not (tmp_path / "runs").exists()
