@@ -173,9 +173,30 @@ def rehearsal(work: Path, dry: bool, timeout: float) -> dict[str, Any]:
         t = time.time()
         code = _cli(["run", str(cfg), "--no-progress", *stages], timeout if cached else timeout / 2, work / f"rehearsal_{tag}.log")
         out[tag] = {"exit": code, "seconds": round(time.time() - t, 1), **_outcome(work / tag)}
+    out["cached"]["vs_timm_fp32"] = _agreement(R, archs, ckpt, tree, work / "cached")
     if out["cached"]["exit"] not in (0, 1) or out["uncached"]["exit"] != 0:
         raise RuntimeError(f"rehearsal exit codes {out['cached']['exit']}, {out['uncached']['exit']} "
                            f"(logs in {work})")
+    return out
+
+
+def _agreement(R: Any, archs: tuple, ckpt: dict, tree: Path, root: Path) -> dict[str, str]:
+    """Per model, the study's top-1 on the device against timm's own CPU fp32 eval of the same files
+    ("equal / n", and the largest p_max difference): bf16 autocast may flip near-ties."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    files, out = R.eval_files(tree), {}
+    for spec in archs:
+        path = root / "predictions" / f"model={spec.model_id}.parquet"
+        if not path.exists():
+            out[spec.model_id] = "no predictions"
+            continue
+        rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["sample_id"])
+        probs = R.timm_probs(spec, ckpt[spec.model_id], files)
+        same = int(sum(r["pred"] == p for r, p in zip(rows, probs.argmax(1).tolist())))
+        dp = float(np.abs(np.array([r["p_max"] for r in rows]) - probs.max(1)).max())
+        out[spec.model_id] = f"{same}/{len(rows)} top-1 equal, max |dp| {dp:.1e}"
     return out
 
 

@@ -19,15 +19,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
-from helpers.rehearsal import ARCHS, BY_ID, build_model, make_tree, study_toml, write_checkpoints
+from helpers.rehearsal import (ARCHS, BY_ID, build_model, eval_files, make_tree, study_toml, timm_probs,
+                               write_checkpoints)
 from pipelines.cli import main
-from zoo_study.methods import ObjectiveOutput, method_names, register_method, unregister_method
+from zoo_study.methods import method_names, register_method, unregister_method
 from zoo_study.methods.registry import get_method
 
-import timm
-from timm.data import create_transform, resolve_data_config
+from timm.data import resolve_data_config
 
 pytestmark = [pytest.mark.timeout(900)]
 
@@ -175,32 +174,12 @@ def test_the_uncached_study_runs_to_the_report(uncached_run):
     assert any(root.rglob("*.html")), "the report was not written"
 
 
-def _timm_predictions(inputs: dict, spec, files: list[str]) -> np.ndarray:
-    """timm's own eval: ``create_transform(**resolve_data_config(model=...))`` and a forward (probabilities)."""
-    model = timm.create_model(spec.arch, pretrained=False, num_classes=1000, **spec.kwargs)
-    path = str(inputs["ckpt"][spec.model_id])
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
-    model.eval()
-    tf = create_transform(**resolve_data_config({}, model=model))
-    x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
-    with torch.no_grad():
-        return model(x).softmax(-1).numpy()
-
-
 def _check_predictions(inputs: dict, root: Path) -> None:
-    from zoo_study.data import ImageFolderSpec, make_imagefolder
-
-    files = make_imagefolder(ImageFolderSpec(root=str(inputs["tree"]), raw_size=32)).eval.files
+    files = eval_files(inputs["tree"])
     for spec in ARCHS:
         rows = pq.read_table(root / "predictions" / f"model={spec.model_id}.parquet").to_pylist()
         rows.sort(key=lambda r: r["sample_id"])
-        probs = _timm_predictions(inputs, spec, [str(f) for f in files])
+        probs = timm_probs(spec, inputs["ckpt"][spec.model_id], files)
         assert [r["pred"] for r in rows] == probs.argmax(1).tolist(), spec.model_id
         assert [r["topk"] for r in rows] == np.argsort(-probs, 1, kind="stable")[:, :5].tolist(), spec.model_id
         np.testing.assert_allclose([r["p_max"] for r in rows], probs.max(1), atol=1e-4, err_msg=spec.model_id)

@@ -33,7 +33,8 @@ import timm
 import torch
 from timm.models import register_model
 
-__all__ = ["ARCHS", "TinyArch", "WNIDS", "build_model", "write_checkpoints", "make_tree", "zoo_entries",
+__all__ = ["ARCHS", "TinyArch", "WNIDS", "build_model", "write_checkpoints", "make_tree", "eval_files", "timm_probs",
+           "zoo_entries",
            "study_toml", "main"]
 
 # three ImageNet-1k classes (tench, goldfish, great white shark): labels 0, 1, 2 of 1,000
@@ -153,6 +154,33 @@ def make_tree(root: Path, n_train: int = 2, n_val: int = 2, seed: int = 0) -> Pa
                     im.save(name, "JPEG", quality=90)
                 k += 1
     return root
+
+
+def eval_files(tree: Path) -> list[str]:
+    """The eval split's files in sample-id order, as the study's ImageFolder source indexes them."""
+    from zoo_study.data import ImageFolderSpec, make_imagefolder
+
+    return [str(f) for f in make_imagefolder(ImageFolderSpec(root=str(tree), raw_size=32)).eval.files]
+
+
+def timm_probs(spec: TinyArch, checkpoint: Path, files: list[str]) -> np.ndarray:
+    """timm's own eval on CPU in fp32: ``create_transform(**resolve_data_config(model=...))`` on each file
+    (PIL, converted to RGB as timm's loader does) and a forward; softmax probabilities [N, 1000]."""
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model(spec.arch, pretrained=False, num_classes=1000, **spec.kwargs)
+    if str(checkpoint).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(checkpoint))
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    model.eval()
+    tf = create_transform(**resolve_data_config({}, model=model))
+    x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        return model(x).softmax(-1).numpy()
 
 
 def zoo_entries(checkpoints: dict[str, Path], archs: tuple[TinyArch, ...] = ARCHS) -> str:
