@@ -279,3 +279,32 @@ def test_family_of():
     assert family_of("zoo_gmlp_p4") == "mlp"
     with pytest.raises(ValueError, match="'qwerty_net'"):
         family_of("qwerty_net")
+
+
+# ------------------------------------------------------------- model_kwargs of a local checkpoint (issue 21)
+def test_a_scratch_student_of_a_pth_checkpoint_keeps_its_model_kwargs(tmp_path):
+    """A .pth state_dict of a narrowed resnet18 (no zoo-study metadata): the scratch rebuild uses the
+    ModelRef's model_kwargs, not the full-width arch."""
+    path = tmp_path / "narrow.pth"
+    torch.save({"state_dict": tiny_resnet18(num_classes=7).state_dict()}, path)
+    model, rec = load_model(ModelRef("narrow", source="local", arch="resnet18", checkpoint=str(path),
+                                     model_kwargs=TINY_RESNET))
+    fresh = loading.scratch_like(model, rec, seed=3)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert not torch.equal(fresh.fc.weight, model.fc.weight)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"pretrained_cfg_overlay": {"file": "x"}}, "model_kwargs may not set ['pretrained_cfg_overlay']"),
+    ({"act_layer": object()}, "model_kwargs must be JSON values"),
+])
+def test_bad_model_kwargs_are_refused_with_one_line(kwargs, needle):
+    with pytest.raises(ValueError) as exc:
+        ModelRef("m", source="local", arch="resnet18", checkpoint="m.pth", model_kwargs=kwargs)
+    assert needle in str(exc.value)
+
+
+def test_model_kwargs_are_part_of_a_refs_identity():
+    a = ModelRef("m", source="local", arch="resnet18", checkpoint="m.pth", model_kwargs={"channels": [8, 16, 16, 16]})
+    b = ModelRef("m", source="local", arch="resnet18", checkpoint="m.pth", model_kwargs={"channels": [8, 8, 8, 8]})
+    assert a != b and hash(a) != hash(b) and len({a, b}) == 2

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +31,11 @@ from zoo_study.zoo.catalog import CatalogRecord, family_of
 from zoo_study.zoo.ref import SOURCES, ModelRef
 
 RECIPE_METADATA_KEY = "zoo_study_recipe"
+
+# the architecture kwargs each loaded model was built with (a ModelRef's model_kwargs, merged with its
+# checkpoint's metadata): scratch_like rebuilds the same widths from them, also for a local checkpoint
+# that carries no zoo-study metadata (a .pth, a foreign safetensors file)
+_BUILD_KWARGS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 class ModelLoadError(RuntimeError):
@@ -276,6 +282,7 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
         raise ModelLoadError(f"model {ref.model_id!r}: could not load {arch!r}: {name}: {_one_line(exc)}") from exc
 
     model.eval().to(device)
+    _BUILD_KWARGS[model] = {k: v for k, v in create_kwargs.items() if k != "num_classes"}
     cfg = _data_config(model, data_override)
     num_classes = int(getattr(model, "num_classes", 0) or create_kwargs.get("num_classes", 0))
     if ref.num_classes is not None and num_classes != ref.num_classes:
@@ -308,11 +315,13 @@ def scratch_like(model: nn.Module, record: CatalogRecord, seed: int) -> nn.Modul
     """The architecture of ``model`` freshly initialised by timm with ``seed`` (``transfer.student_init =
     "scratch"``), in eval mode on ``model``'s device.
 
-    Built from the record (arch, and the embedded zoo's model kwargs from its recipe), so the init is
-    timm's own, exactly as a from-scratch training run would start; its parameter names and shapes must
-    match ``model``'s, else the record cannot rebuild the model and this raises."""
-    kwargs: dict[str, Any] = {}
-    if record.recipe_json:
+    Built from the record's arch with the kwargs ``model`` was built with by :func:`load_model` (a
+    ModelRef's ``model_kwargs``: a local checkpoint of a narrowed timm arch), else the embedded zoo's model
+    kwargs from its recipe, so the init is timm's own, exactly as a from-scratch training run would start;
+    its parameter names and shapes must match ``model``'s, else the record cannot rebuild the model and
+    this raises."""
+    kwargs: dict[str, Any] = dict(_BUILD_KWARGS.get(model) or {})
+    if not kwargs and record.recipe_json:
         kwargs = dict(json.loads(record.recipe_json).get("model_kwargs") or {})
     kwargs["num_classes"] = record.num_classes
     with torch.random.fork_rng(devices=[]):

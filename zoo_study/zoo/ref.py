@@ -7,13 +7,16 @@ dumped into a job spec, is validated again in the worker that loads the model.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ModelRef", "SOURCES"]
+__all__ = ["ModelRef", "SOURCES", "RESERVED_KWARGS"]
 
 SOURCES = ("timm", "local", "embedded", "random")
+# arguments load_model passes to timm.create_model itself: a model_kwargs entry would collide with them
+RESERVED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 
 class ModelRef(BaseModel):
@@ -24,6 +27,10 @@ class ModelRef(BaseModel):
     - ``source='local'`` / ``'embedded'``: ``checkpoint`` is a local file (safetensors preferred); ``arch``
       may be omitted when the file carries zoo-study metadata.
     - ``source='random'``: a randomly initialised ``arch`` (the noise-floor teacher), seeded by ``seed``.
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``{embed_dim = 16, depths = [1, 1, 1, 1]}`` for a
+    narrowed Swin saved as a local checkpoint); they are part of the model's identity (job ids hash them)
+    and must be JSON values; the class count is ``num_classes`` or the checkpoint's.
 
     In TOML the id is written ``id = "..."``; ``ModelRef("r18", source=...)`` takes it positionally.
     """
@@ -54,8 +61,23 @@ class ModelRef(BaseModel):
             raise ValueError(f"model {self.model_id!r}: source {self.source!r} needs arch=<timm name>")
         return self
 
-    def __hash__(self) -> int:  # model_kwargs is a dict
-        return hash((self.model_id, self.source, self.arch, self.checkpoint))
+    @field_validator("model_kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Refuse keys load_model sets itself, and values a job spec could not carry (non-JSON)."""
+        bad = sorted(set(v) & set(RESERVED_KWARGS))
+        if bad:
+            raise ValueError(f"model_kwargs may not set {bad}: the loader sets {list(RESERVED_KWARGS)} "
+                             "(use checkpoint on the model entry)")
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model_kwargs must be JSON values (numbers, strings, lists, tables): {exc}") from None
+        return v
+
+    def __hash__(self) -> int:  # model_kwargs is a dict: hashed as its canonical JSON
+        return hash((self.model_id, self.source, self.arch, self.checkpoint,
+                     json.dumps(self.model_kwargs, sort_keys=True)))
 
     def entry_dict(self) -> dict[str, Any]:
         """The config entry as TOML would write it (``id``, no per-job fields left at their default)."""
