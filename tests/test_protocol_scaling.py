@@ -45,3 +45,39 @@ def test_no_lr_leaves_its_paper_grid_under_paper_ratios() -> None:
     assert TransferConfig(method="xe_kl_mcl", lr_scale=10.0).base_lr == pytest.approx(0.1)
     assert "protocol" not in TransferConfig(method="kl").to_dict()
     assert TransferConfig(method="kl", protocol="paper_ratios").to_dict()["protocol"] == "paper_ratios"
+
+
+# ------------------------------------------------------------------- through a real MCL transfer
+def _mcl_summary(protocol: str) -> dict:
+    import json as _json
+
+    from test_transfer_fixtures import tiny_source, trained
+    from zoo_study.transfer.job import run_transfer
+
+    src = tiny_source()
+    student, s_rec = trained(0)
+    teacher, t_rec = trained(1)
+    cfg = TransferConfig(method="xe_kl_mcl", epochs=2, batch_size=16, eval_batch_size=64, augment="none",
+                         transfer_fraction=1.0, protocol=protocol, hparams={"tau": 0.9999, "N": 2})
+    res = run_transfer(student, s_rec, [(teacher, t_rec)], src, cfg, device="cpu", job_id="mcl")
+    row = res.summary.to_pylist()[0]
+    return row, _json.loads(row["method_info_json"])
+
+
+def test_mcl_under_paper_ratios_uses_the_rescaled_tau_and_reports_it() -> None:
+    row, info = _mcl_summary("paper_ratios")
+    # the planned interpolations by hand: epochs x full batches of the transfer set / N
+    steps = 2 * (row["n_train"] // 16 if row["n_train"] > 16 else 1)
+    interpolations = steps // 2
+    assert info["mcl_interpolations_planned"] == interpolations
+    assert info["mcl_tau_given"] == 0.9999
+    assert info["mcl_tau_used"] == pytest.approx(0.9999 ** (5070 / interpolations), rel=1e-12)
+    assert info["mcl_slow_share"] == pytest.approx(1 - 0.9999**5070, rel=1e-9)  # the paper's 39.8%
+    assert info["mcl_updates"] == interpolations
+    assert info["mcl_fast_norm_ratio_max"] >= info["mcl_fast_norm_ratio_median"] > 0
+
+
+def test_mcl_as_given_keeps_tau_and_still_reports_the_share() -> None:
+    _, info = _mcl_summary("as_given")
+    assert info["mcl_tau_used"] == 0.9999
+    assert info["mcl_slow_share"] == pytest.approx(1 - 0.9999 ** info["mcl_interpolations_planned"], rel=1e-9)

@@ -148,6 +148,10 @@ TRANSFER_SUMMARY_SCHEMA = pa.schema(
         # the transfer.variants entry the job copied the study's transfer under (JSON); null for the study's
         # own transfers (and for files written before variants were marked)
         pa.field("variant", pa.string()),
+        # added later (null in older files): what a method's state reports about the run (JSON), e.g. MCL's
+        # tau given and used, planned interpolations, the slow model's share of the fast trajectory and the
+        # fast weights' norm ratio to the pretrained ones (zoo_study/transfer/mcl.py)
+        pa.field("method_info_json", pa.string()),
     ]
 )
 

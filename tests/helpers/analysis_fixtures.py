@@ -353,6 +353,7 @@ class RootBuilder:
             "mixup": mixup,
             "mixup_share": mixup_share,
             "variant": variant,
+            "method_info_json": None,
         }
 
     def transfer(self, student: str, teacher: str | Sequence[str], method: str, delta_last: float, **kw: Any) -> str:

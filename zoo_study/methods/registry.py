@@ -150,6 +150,8 @@ class SetupContext:
     # (student input, [per teacher input]): one training image twice, preprocessed for each model (probes)
     sample_inputs: "Callable[[], tuple[Tensor, list[Tensor]]] | None" = None
     labels: Any = None  # [n_data] labels of the transfer set, in the order of ObjectiveInputs.index
+    total_steps: int | None = None  # optimiser steps this stage will take (epochs x full batches)
+    protocol: str = "as_given"  # TransferConfig.protocol: 'paper_ratios' rescales step-count-bound settings
 
 
 class MethodState:

@@ -113,6 +113,16 @@ def run_transfer(
                           progress=progress, cached_predictions=cached_predictions, strict=True)[0]
 
 
+def _method_info(info: dict[str, Any]) -> str | None:
+    """The last phase's scalar method-state report (minus timing) as canonical JSON, or None when it has
+    none; tables a method writes (AMTML's class weights) have their own files."""
+    phases = info.get("phases") or []
+    last = {k: v for k, v in (phases[-1] if phases else {}).items()
+            if k not in ("teacher", "steps", "epoch_logs", "step_seconds")
+            and (v is None or isinstance(v, (bool, int, float, str)))}
+    return json.dumps(last, sort_keys=True) if last else None
+
+
 def run_transfer_pack(
     student: nn.Module,
     student_record,
@@ -384,6 +394,7 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
             "mixup": config.mixup,
             "mixup_share": {"none": 0.0, "fmu": 1.0}.get(config.mixup, config.mixup_share),
             "variant": config.variant or None,
+            "method_info_json": _method_info(info),
         }
         pred_rows = {
             "job_id": [job_id] * n_eval,

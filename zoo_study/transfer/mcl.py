@@ -14,10 +14,12 @@ from __future__ import annotations
 import copy
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.transfer.protocol import scaled_tau, slow_share
 
 __all__ = ["SlowWeights", "interpolate_", "soup_state_dicts", "setup_slow_weights"]
 
@@ -88,11 +90,24 @@ def soup_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor
     return out
 
 
-class _SlowWeightsState(MethodState):
-    """MCL's hooks in the transfer loop: interpolate after every step, evaluate and keep the slow model."""
+def _norms(model: nn.Module) -> list[float]:
+    return [float(p.detach().float().norm()) for p in model.parameters()]
 
-    def __init__(self, slow: SlowWeights) -> None:
+
+class _SlowWeightsState(MethodState):
+    """MCL's hooks in the transfer loop: interpolate after every step, evaluate and keep the slow model.
+
+    What it reports (``extra``, the summary's ``method_info_json``): the tau given and the tau used, the
+    planned interpolations and the share of the fast trajectory the slow model takes (1 - tau^I), and how far
+    the fast weights moved: the per-tensor norm ratio fast / pretrained (median and max). A fast model whose
+    stem grew 15x shows here even when the kept slow model hides it."""
+
+    def __init__(self, slow: SlowWeights, fast: nn.Module, tau_given: float, interpolations: int | None) -> None:
         self.slow = slow
+        self.fast = fast
+        self.tau_given = tau_given
+        self.interpolations = interpolations
+        self.start_norms = _norms(fast)
 
     def after_step(self, model: nn.Module) -> None:
         self.slow.step(model)
@@ -101,9 +116,21 @@ class _SlowWeightsState(MethodState):
         return self.slow.model
 
     def extra(self) -> dict:
-        return {"mcl_updates": self.slow.updates}
+        ratios = [n / s for n, s in zip(_norms(self.fast), self.start_norms) if s > 0]
+        out = {"mcl_updates": self.slow.updates, "mcl_tau_given": self.tau_given, "mcl_tau_used": self.slow.tau,
+               "mcl_fast_norm_ratio_median": float(np.median(ratios)) if ratios else None,
+               "mcl_fast_norm_ratio_max": max(ratios) if ratios else None}
+        if self.interpolations is not None:
+            out["mcl_interpolations_planned"] = self.interpolations
+            out["mcl_slow_share"] = slow_share(self.slow.tau, self.interpolations)
+        return out
 
 
 def setup_slow_weights(ctx: SetupContext) -> MethodState:
-    """The ``setup`` hook of ``xe_kl_mcl`` (params ``tau`` and ``N``)."""
-    return _SlowWeightsState(SlowWeights(ctx.model, ctx.params["tau"], ctx.params["N"]))
+    """The ``setup`` hook of ``xe_kl_mcl`` (params ``tau`` and ``N``). Under ``protocol = 'paper_ratios'``
+    tau is rescaled so that the slow model takes the paper's share of the fast trajectory over this stage's
+    interpolations (:func:`zoo_study.transfer.protocol.scaled_tau`)."""
+    tau, every = float(ctx.params["tau"]), int(ctx.params["N"])
+    interpolations = max(1, ctx.total_steps // every) if ctx.total_steps else None
+    used = scaled_tau(tau, interpolations) if ctx.protocol == "paper_ratios" and interpolations else tau
+    return _SlowWeightsState(SlowWeights(ctx.model, used, every), ctx.model, tau, interpolations)

@@ -132,7 +132,9 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     state = obj.make_state(SetupContext(model=model, params=params, n_data=len(train), device=rt.device,
                                         feature_dims=feature_dims, labels=train.labels, map_shapes=map_shapes,
                                         native_shapes=native_shapes, teachers=[t.module for t in teachers],
-                                        level_shapes=level_shapes, sample_inputs=sample_inputs))
+                                        level_shapes=level_shapes, sample_inputs=sample_inputs,
+                                        total_steps=config.epochs * _steps_per_epoch(len(train), batch),
+                                        protocol=config.protocol))
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -141,6 +143,11 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     return Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
                    rng=RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
                    evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
+
+
+def _steps_per_epoch(n: int, batch: int) -> int:
+    """Optimiser steps per epoch: full batches only, or the one batch when the set fits in it."""
+    return n // batch if n > batch else 1
 
 
 def _check_pack(configs: Sequence[TransferConfig], sides: Sequence[StudentSide] | None, start, anchor, student_pre,
@@ -224,7 +231,7 @@ def run_phase_pack(
     if n == 0:
         raise ValueError("the transfer set is empty; raise transfer_fraction")
     batch = min(first.batch_size, n)
-    drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one)
+    drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one): _steps_per_epoch
     seeds = phase_seeds(first.seed, seed_phase)
     distinct_sides = list({id(sd): sd for sd in sides}.values())
     for sd in distinct_sides:
