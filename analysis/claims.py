@@ -40,6 +40,12 @@ table.claims td.v-nodata { background: #f1f3f4; color: #5f6368; }
 table.claims .note { color: #666; font-size: 0.85em; }
 """
 
+#: claims whose content is the budget-selection criterion itself (KL-Dist forgets from weaker teachers,
+#: pipelines/select_budget.py): where the budget was chosen by that criterion, they hold partly by choice
+CONDITIONAL_ON_BUDGET: frozenset[str] = frozenset({"3a", "3b", "4c", "6a"})
+CONDITIONAL_NOTE = ("conditional on the budget selection: its criterion (KL-Dist forgets from weaker teachers, "
+                    "judged on pairs disjoint from these) is part of what this claim says")
+
 HOW_VERDICTS = (
     "Each claim is tested with a 95% interval against the claim's threshold: it holds when the whole "
     "interval lies on the claim's side, does not hold when the whole interval lies on the other side, and "
@@ -231,6 +237,8 @@ def claims_html(claims: Claims) -> str:
         if r.get("n_failed"):
             n += f" ({r['n_failed']:,} failed run(s) counted as harmed)"
         note = f'<div class="note">{html.escape(r["note"])}</div>' if r.get("note") else ""
+        if r["claim_id"] in CONDITIONAL_ON_BUDGET:
+            note += f'<div class="note conditional">† {html.escape(CONDITIONAL_NOTE)}</div>' 
         cells = [
             f'<td>{html.escape(r["claim_id"] or "")}</td>',
             f"<td>{html.escape(claim_text(r['claim'] or ''))}{note}</td>",

@@ -458,3 +458,13 @@ def test_a_failed_transfer_enters_means_as_a_student_broken_to_chance(tmp_path: 
     assert (five["value"], five["ci_low"], five["ci_high"]) == pytest.approx((100 * m, 100 * lo, 100 * hi))
     html_text = claims_html(collect_claims_of(tmp_path))
     assert "1 failed run(s) counted as harmed" in html_text
+
+
+def test_claims_that_are_the_budget_criterion_are_marked_conditional(full_root: Path) -> None:
+    from analysis.claims import CONDITIONAL_ON_BUDGET
+
+    page = claims_html(collect_claims_of(full_root))
+    rows = {chunk.split('"', 1)[0]: chunk for chunk in page.split('<tr data-claim="')[1:]}
+    assert CONDITIONAL_ON_BUDGET == {"3a", "3b", "4c", "6a"}
+    for cid, row in rows.items():
+        assert ("conditional on the budget selection" in row) == (cid in CONDITIONAL_ON_BUDGET), cid

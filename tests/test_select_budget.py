@@ -34,3 +34,30 @@ def test_misuse_is_one_line_and_exit_2(tmp_path, capsys):
         main_cli([str(cfg)])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and "scores/pairs.parquet is missing" in err and len(err.splitlines()) == 1
+
+
+def test_candidates_try_every_step_count_at_the_papers_lr_before_any_lr_scaling():
+    from pipelines.select_budget import CANDIDATES
+
+    scales = [b.lr_scale for b in CANDIDATES]
+    first_scaled = next(i for i, s in enumerate(scales) if s != 1.0)
+    assert all(s == 1.0 for s in scales[:first_scaled]) and all(s != 1.0 for s in scales[first_scaled:])
+    # the paper's 20 epochs over the transfer set are among the 1x candidates
+    assert any(b.epochs == 20 and b.lr_scale == 1.0 for b in CANDIDATES)
+    assert all("transfer.protocol=paper_ratios" in b.overrides() for b in CANDIDATES)
+
+
+def test_weak_teacher_pairs_are_disjoint_from_the_studys_pairs(tmp_path):
+    from helpers.analysis_fixtures import RootBuilder
+    from pipelines.select_budget import weak_teacher_pairs
+
+    b = RootBuilder(tmp_path)
+    for i in range(6):
+        b.pair_row(f"T{i}", "S", acc_t=0.4 - 0.02 * i, acc_s=0.7, rho_pos=0.05)  # all >= 10 points weaker
+    b.write_scores()
+    study = {("T0", "S"), ("T1", "S"), ("T2", "S")}
+    picks = weak_teacher_pairs(tmp_path, 3, exclude=study)
+    assert len(picks) == 3 and not ({(t, s) for t, s, _ in picks} & study)
+    with pytest.raises(SystemExit) as info:
+        weak_teacher_pairs(tmp_path, 3, exclude={(f"T{i}", "S") for i in range(6)})
+    assert info.value.code == 2
