@@ -159,7 +159,7 @@ def test_a_state_vector_reaches_swins_nhwc_head_exactly():
         assert torch.allclose(out, m.head.fc(v), atol=1e-5)  # Swin's head: NHWC average pool, then fc
 
 
-def _step(method: str, params: dict, student, teacher, x) -> dict[str, float]:
+def _step(method: str, params: dict, student, teacher, x) -> tuple[dict[str, float], object]:
     """One objective step the way the loop runs it (setup from the loop's probes, grids from forward_parts)."""
     from zoo_study.methods import get_method
     from zoo_study.methods.registry import ObjectiveInputs, SetupContext
@@ -173,7 +173,9 @@ def _step(method: str, params: dict, student, teacher, x) -> dict[str, float]:
     with torch.no_grad():
         ctx = SetupContext(model=student, params=hp, n_data=len(x), device=torch.device("cpu"),
                            feature_dims=lambda: (0, 0), map_shapes=shapes, teachers=[teacher], level_shapes=levels,
-                           sample_inputs=lambda: (x[:2], [x[:2]]))
+                           sample_inputs=lambda: (x[:2], [x[:2]]), native_shapes=lambda: (
+                               tuple(student.forward_features(x[:1]).shape[1:]),
+                               [tuple(teacher.forward_features(x[:1]).shape[1:])]))
         state = spec.make_state(ctx)
     student.train()
     try:
@@ -190,7 +192,7 @@ def _step(method: str, params: dict, student, teacher, x) -> dict[str, float]:
         out.loss.backward()
         grads = [p.grad for p in student.parameters() if p.grad is not None]
         assert torch.isfinite(out.loss) and grads and any(float(g.abs().sum()) > 0 for g in grads)
-        return {k: float(v) for k, v in out.logs.items()}
+        return {k: float(v) for k, v in out.logs.items()}, state
     finally:
         state.close()
         student.zero_grad(set_to_none=True)
@@ -200,7 +202,7 @@ def _step(method: str, params: dict, student, teacher, x) -> dict[str, float]:
 @pytest.mark.parametrize("split", [0, 1])
 def test_talking_models_runs_with_a_swin_student_and_teacher(split):
     student, teacher = model("swin"), _build_teacher("swin")
-    logs = _step("talking_models", {"split": split, "msg_dim": 8}, student, teacher, _x())
+    logs, _ = _step("talking_models", {"split": split, "msg_dim": 8}, student, teacher, _x())
     assert set(logs) == {"ce", "interact", "mc", "sc"}
 
 
@@ -208,7 +210,7 @@ def test_amtml_runs_with_a_swin_student_and_teacher_on_real_channels():
     from zoo_study.transfer.amtml import AMTMLModule  # noqa: F401
 
     student, teacher = model("swin"), _build_teacher("swin")
-    logs = _step("amtml_kd", {}, student, teacher, _x())
+    logs, _ = _step("amtml_kd", {}, student, teacher, _x())
     assert set(logs) == {"kl", "ce", "angle", "hint"}
 
 
@@ -296,3 +298,16 @@ def test_validation_refuses_a_talking_split_deeper_than_a_models_levels(tmp_path
     for arch in ("swin_s3_base_224", "twins_svt_large", "coat_lite_mini", "pit_xs_distilled_224", "volo_d2_224"):
         validate_study(_zoo_cfg(tmp_path, arch, {}, ["talking_models", "amtml_kd"], {"talking_models": {"split": 1}},
                                 size=None))
+
+
+@pytest.mark.parametrize("student,teacher", [("twins_svt", "coat_lite"), ("coat_lite", "twins_pcpvt"),
+                                             ("volo", "pit_distilled"), ("pit", "swin")])
+def test_talking_models_at_split_1_runs_between_the_papers_token_architectures(student, teacher):
+    """Old code: Twins' feature_info names ``block.3`` (no such attribute), CoaT's ``serial_blocks4`` never
+    runs (IndexError), VOLO's stage is NHWC and PiT's last map was its class token."""
+    s, t, x = model(student), _build_teacher(teacher), _x()
+    logs, state = _step("talking_models", {"split": 1, "msg_dim": 8}, s, t, x)
+    assert set(logs) == {"ce", "interact", "mc", "sc"}
+    with torch.no_grad():  # the messages are sized by the split levels' real channels
+        c_s, c_t = (m.forward_intermediates(x[:1], intermediates_only=True)[-2].shape[1] for m in (s, t))
+    assert (state.module.enc_s.in_channels, state.module.enc_t.in_channels) == (c_s, c_t)
