@@ -114,12 +114,15 @@ def _probing(model: nn.Module, x: Tensor) -> Iterator[None]:
     """Eval mode (every module's flag restored after), no gradients, fp32: a probe changes nothing a step
     sees (no BatchNorm statistics, no RNG draws) however often it runs."""
     flags = [(m, m.training) for m in model.modules()]
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     model.eval()
     amp = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else contextlib.nullcontext()
     try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # passes compared by value
         with torch.no_grad(), amp:
             yield
     finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         for m, flag in flags:
             m.training = flag
 
@@ -228,6 +231,9 @@ def _split_module(model: nn.Module, x: Tensor, target: Tensor) -> tuple[str, Map
     a replaced output is what every later layer reads. Modules called more than once are never chosen;
     containers that never run (ModuleLists) are looked through."""
     exact = x.device.type != "meta"
+    # two passes of the same layers agree to rounding (GPU kernels may differ between calls); other
+    # layers' outputs differ at the scale of the values
+    tol = 1e-3 * float(target.float().abs().max()) + 1e-6 if exact else 0.0
     calls: dict[str, int] = {}
     hits: dict[str, tuple[int, MapFormat]] = {}
 
@@ -238,7 +244,7 @@ def _split_module(model: nn.Module, x: Tensor, target: Tensor) -> tuple[str, Map
             if name in hits or not torch.is_tensor(t):
                 return
             for fmt in _readings(t, tuple(target.shape[1:])):
-                if not exact or torch.allclose(fmt.grid(t).float(), target.float(), rtol=1e-4, atol=1e-5):
+                if not exact or torch.allclose(fmt.grid(t).float(), target.float(), rtol=1e-3, atol=tol):
                     hits[name] = (len(calls), fmt)
                     return
         return fn
