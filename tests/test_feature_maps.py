@@ -311,3 +311,24 @@ def test_talking_models_at_split_1_runs_between_the_papers_token_architectures(s
     with torch.no_grad():  # the messages are sized by the split levels' real channels
         c_s, c_t = (m.forward_intermediates(x[:1], intermediates_only=True)[-2].shape[1] for m in (s, t))
     assert (state.module.enc_s.in_channels, state.module.enc_t.in_channels) == (c_s, c_t)
+
+
+@pytest.mark.parametrize("method,hparams", [("talking_models", {"split": 1, "msg_dim": 8}), ("amtml_kd", {})])
+def test_a_transfer_between_swins_runs_through_the_loop(method, hparams):
+    """The whole phase (its setup probe, packed teacher forwards, steps, eval) with NHWC models at 56 px."""
+    from test_transfer_fixtures import NUM_CLASSES, record, tiny_source
+    from zoo_study.transfer import TransferConfig, run_transfer
+
+    def swin(seed: int):
+        torch.manual_seed(seed)
+        return timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=16, depths=(1, 1),
+                                 num_heads=(1, 1), num_classes=NUM_CLASSES).eval()
+
+    student, teacher = swin(0), swin(1)
+    cfg = TransferConfig(method=method, hparams=hparams, epochs=1, batch_size=30, transfer_fraction=0.2, seed=2,
+                         base_lr=0.05, mode="parallel" if method == "amtml_kd" else "single")
+    res = run_transfer(student, record("swin_s", 56), [(teacher, record("swin_t", 56))], tiny_source(), cfg,
+                       job_id="swin")
+    logs = res.info["phases"][0]["epoch_logs"][0]
+    assert logs and all(v == v for v in logs.values())  # finite means, no NaN
+    assert set(res.model.state_dict()) == set(student.state_dict())
