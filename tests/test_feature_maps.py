@@ -332,3 +332,14 @@ def test_a_transfer_between_swins_runs_through_the_loop(method, hparams):
     logs = res.info["phases"][0]["epoch_logs"][0]
     assert logs and all(v == v for v in logs.values())  # finite means, no NaN
     assert set(res.model.state_dict()) == set(student.state_dict())
+
+
+def test_a_map_whose_declared_layout_does_not_fit_its_levels_is_refused_not_misread():
+    """Swin declaring NCHW would read (7, 7, 128) as 7 channels on a 7x128 grid; its levels say 7x7."""
+    from zoo_study.transfer.feature_maps import maps_problem
+
+    liar = _build("swin").eval()
+    liar.output_fmt = "NCHW"
+    why = maps_problem(liar, (3, SIZE, SIZE))
+    assert why is not None and "only the other layout fits" in why and "7x7" in why
+    assert maps_problem(_build("swin").eval(), (3, SIZE, SIZE), split=1) is None

@@ -177,6 +177,12 @@ def _probe(model: nn.Module, x: Tensor) -> ModelMaps:
         raise MapsUnreadable(f"forward_features gives shape {native}, which holds no grid, and the model has no "
                              f"forward_intermediates to read its maps from")
     shape = tuple(fmt.grid(f).shape[1:]) if fmt is not None else tuple(last.shape[1:])
+    if fmt is not None and fmt.kind != "tokens" and last is not None:
+        other = MapFormat("nchw" if fmt.kind == "nhwc" else "nhwc").grid(f).shape[2:]
+        if shape[1:] != tuple(last.shape[2:]) and tuple(other) == tuple(last.shape[2:]):
+            raise MapsUnreadable(f"forward_features {native} reads as a {shape[1]}x{shape[2]} grid in its declared "
+                                 f"{fmt.kind.upper()} layout, but only the other layout fits the last level of "
+                                 f"forward_intermediates ({last.shape[2]}x{last.shape[3]})")
     return ModelMaps(shape, native, fmt, tuple(tuple(t.shape[1:]) for t in levels or ()))
 
 
