@@ -20,8 +20,6 @@ with all teachers and a soup once per teacher. What it guarantees:
 
 from __future__ import annotations
 
-import math
-
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ContextManager, Sequence
