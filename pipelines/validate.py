@@ -100,5 +100,9 @@ def validate_study(cfg: StudyConfig, stages: list[str] | None = None) -> None:
         _known_ids("multi_teacher.students", mt.students, ids)
         _known_ids("multi_teacher.teachers", mt.teachers, ids)
     _check_transfer_configs(cfg)
+    if stages is None or any(s in stages for s in ("transfer", "multi_teacher", "hparam")):
+        from pipelines.validate_maps import check_map_methods
+
+        check_map_methods(cfg)  # models whose feature maps (or Talking Models split) a map method cannot read
     if stages is None or any(s in stages for s in ("zoo", "predict", "transfer", "multi_teacher", "hparam")):
         _check_data(cfg)

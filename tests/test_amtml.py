@@ -65,7 +65,7 @@ def test_hint_shapes_for_a_cnn_and_a_vit():
     assert [tuple(r.shape) for r in reg] == [(3, 24, 4, 4), tuple(m_cnn.shape)]
     assert hint_loss(reg, [m_vit, m_cnn]).dim() == 0
     assert module.weights(m_cnn).shape == (3, 2)
-    assert as_grid(torch.randn(2, 7, 5)).shape == (2, 5, 1, 1)  # no square grid: pooled
+    assert torch.equal(as_grid(vit.forward_features(x), vit, x), m_vit)  # the loop's probe reads the same grid
 
 
 def test_multi_group_hints_one_student_group_per_teacher_shallow_to_deep():

@@ -83,53 +83,57 @@ def test_a_state_vector_reaches_cnn_and_token_heads_exactly():
     import zoo_study  # noqa: F401
     import timm
 
+    from zoo_study.transfer.feature_maps import model_maps
     from zoo_study.transfer.talking import head_on_vector
 
     torch.manual_seed(0)
     cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2,
                             num_classes=6).eval()
+    x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         v = torch.randn(3, 64)
-        assert torch.allclose(head_on_vector(cnn, v, (64, 1, 1)), cnn.fc(v), atol=1e-6)
+        assert torch.allclose(head_on_vector(cnn, v, model_maps(cnn, x)), cnn.fc(v), atol=1e-6)
         w = torch.randn(3, 24)
-        assert torch.allclose(head_on_vector(vit, w, (17, 24)), vit.head(vit.fc_norm(w)), atol=1e-6)
+        assert torch.allclose(head_on_vector(vit, w, model_maps(vit, x)), vit.head(vit.fc_norm(w)), atol=1e-6)
 
 
 def test_a_deep_split_runs_the_teachers_upper_layers_on_the_state_it_heard():
     import zoo_study  # noqa: F401
     import timm
 
-    from zoo_study.transfer.loop import as_grid
-    from zoo_study.transfer.talking import _run_with_state, grid_to_native, split_module
+    from zoo_study.transfer.feature_maps import MapsUnreadable, split_point
+    from zoo_study.transfer.talking import _run_with_state, grid_to_native
 
     torch.manual_seed(0)
     cnn = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64)).eval()
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2,
                             num_classes=6).eval()
     x = torch.randn(2, 3, 16, 16)
-    assert split_module(cnn, 1) is cnn.layer3 and split_module(cnn, 0) is cnn.layer4
-    assert split_module(vit, 2) is vit.blocks[0]
-    with pytest.raises(ValueError, match="valid: 0 to 4"):
-        split_module(cnn, 5)
-    # CNN: the state after layer3 replaced by H -> the features are layer4(H)
+    c1, c0, v2 = split_point(cnn, x, 1), split_point(cnn, x, 0), split_point(vit, x, 2)
+    assert c1.module is cnn.layer3 and c0.module is cnn.layer4 and v2.module is vit.blocks[0]
+    with pytest.raises(MapsUnreadable, match="valid: 0 to 4"):
+        split_point(cnn, x, 5)
+    # CNN: the state after layer3 replaced by H -> the last map is layer4(H)
     h = torch.randn(2, 32, 1, 1, requires_grad=True)
-    feats, real = _run_with_state(cnn, cnn.layer3, x, h)
-    assert torch.allclose(feats, cnn.layer4(h)) and real.shape == (2, 32, 1, 1)
-    feats.sum().backward()
+    last, real = _run_with_state(cnn, c1, x, h)
+    assert torch.allclose(last, cnn.layer4(h)) and real.shape == (2, 32, 1, 1)
+    last.sum().backward()
     assert h.grad is not None and h.grad.abs().sum() > 0  # the gradient reaches what the teacher heard
     # ViT: the patch grid becomes the patch tokens, the class token the grid mean
-    _, tokens = _run_with_state(vit, vit.blocks[1], x, None)
-    grid = as_grid(tokens)
+    v1 = split_point(vit, x, 1)
+    _, tokens = _run_with_state(vit, v1, x, None)
+    grid = v1.fmt.grid(tokens)
     assert grid.shape == (2, 24, 4, 4)
-    back = grid_to_native(grid, tokens)
+    back = grid_to_native(grid, tokens, v1.fmt)
     assert torch.equal(back[:, 1:], tokens[:, 1:]) and torch.allclose(back[:, 0], tokens[:, 1:].mean(1))
     g2 = torch.randn(2, 24, 4, 4)
-    feats, _ = _run_with_state(vit, vit.blocks[1], x, g2)
-    assert torch.allclose(feats, vit.norm(vit.blocks[2](grid_to_native(g2, tokens))))
+    last, _ = _run_with_state(vit, v1, x, g2)
+    feats = vit.norm(vit.blocks[2](grid_to_native(g2, tokens, v1.fmt)))
+    assert torch.allclose(last, feats[:, 1:].transpose(1, 2).reshape(2, 24, 4, 4))
     # a tuple state (PiT stages) keeps its other parts
     pair = (torch.zeros(2, 24, 4, 4), torch.ones(2, 1, 24))
-    out = grid_to_native(g2, pair)
+    out = grid_to_native(g2, pair, c1.fmt)
     assert torch.equal(out[0], g2) and torch.equal(out[1], pair[1])
 
 
@@ -140,18 +144,18 @@ def test_a_deep_split_holds_the_students_real_upper_state_as_the_sc_target(sc_st
     import zoo_study  # noqa: F401
     import timm
 
-    from zoo_study.transfer.loop import as_grid
+    from zoo_study.transfer.feature_maps import model_maps, split_point
     from zoo_study.transfer.talking import TalkingModule, _TalkingState
 
     torch.manual_seed(0)
     student = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 64))
     teacher = timm.create_model("resnet10t", num_classes=6, channels=(8, 16, 32, 48)).eval()
+    x = torch.randn(4, 3, 16, 16)
     module = TalkingModule(32, 32, 8, up_student=64, up_teacher=48)
-    state = _TalkingState(module, student, (64, 1, 1), split=1, teacher=teacher)
+    points = (split_point(student, x, 1), split_point(teacher, x, 1))
+    state = _TalkingState(module, student, model_maps(student, x), split=1, teacher=teacher, points=points)
     try:
-        x = torch.randn(4, 3, 16, 16)
-        feats = student.forward_features(x)  # the loop's forward: the hook captures the split state
-        s_map = as_grid(feats)
+        s_map = student.forward_features(x)  # the loop's forward (NCHW): the hook captures the split state
         _, _, sc = state.losses(student, s_map, s_map.detach(), torch.zeros(4, 6), rounds=1, temperature=1.0,
                                 noise=0.0, generator=None, teacher_input=x, sc_student=bool(sc_student))
         (grad,) = torch.autograd.grad(sc, s_map, allow_unused=True)

@@ -179,7 +179,7 @@ def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
 @register_method("talking_models", label="Talking Models", needs_labels=True, needs_maps=True,
                  params={"rounds": Param(1, int, 1, 3, doc="interaction rounds N"),
                          "split": Param(1, int, 0, 8, doc="split point: 0 = the last feature map (upper layers = "
-                                        "the head); k = before the last k feature levels (timm feature_info)"),
+                                        "the head); k = before the last k levels of timm's forward_intermediates"),
                          "msg_dim": Param(64, int, 1, None, doc="size of the shared message space"),
                          "w_interact": Param(1.0, float, 0.0, None, doc="weight of L_interact"),
                          "w_mc": Param(1.0, float, 0.0, None, doc="weight of L_MC (message consistency)"),

@@ -5,8 +5,9 @@ a global vector v in R^d, which weigh the teachers per instance, and one 1x1-con
 for the hint loss. The kept model is the plain student.
 
 - Instance representation b_i: channel-wise max pool of the student's last feature map (d = its
-  channels). For token models the map is the patch grid (:func:`zoo_study.transfer.loop.as_grid`), so the
-  max runs over tokens.
+  channels, timm's ``num_features``). The map is read in the model's declared format
+  (:mod:`zoo_study.transfer.feature_maps`: Swin's NHWC permuted, token models' patch grid without prefix
+  tokens, PiT's last stage), so the max runs over positions.
 - gamma_{t,i} = v . (theta_t * b_i); w_{t,i} = softmax_t gamma_{t,i}; integrated target
   p_i = sum_t w_{t,i} softmax(z_{t,i} / T).
 - L = alpha T^2 KL(p_i || softmax(z_s / T)) + (1 - alpha) CE + angle * RKD-angle(p, softmax(z_s / T))
@@ -21,7 +22,7 @@ with the multi-teacher stage's default ascending order (weakest teacher first) s
 deeper groups, as the paper's default. A student with fewer than K levels (or no
 ``forward_intermediates``) repeats its last map for the missing shallow groups. Spatial sizes that
 differ are matched by adaptive average pooling of the student map to the teacher's grid (token models:
-their patch grid; a model with a class token only has a 1x1 grid).
+their patch grid).
 """
 
 from __future__ import annotations

@@ -21,8 +21,6 @@ with all teachers and a soup once per teacher. What it guarantees:
 
 from __future__ import annotations
 
-import math
-
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ContextManager, Sequence
@@ -35,6 +33,7 @@ from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.layout import channels_last_pass, pass_input
 from zoo_study.precision import Precision, choose_precision, enable_fast_kernels, fp32_logits
+from zoo_study.transfer.feature_maps import MapsUnreadable, forward_map, level_maps, model_maps
 
 __all__ = ["TransferDiverged", "Runtime", "choose_precision", "TeacherModel", "PhaseResult", "RouteStats",
            "predict_split", "phase_seeds"]
@@ -166,30 +165,30 @@ def predict_split(model: nn.Module, split: ImageSplit, pre: ModelPreprocess, *, 
 
 def forward_parts(model: nn.Module, x: Tensor, *, features: bool = False,
                   grid: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Logits, and from the same ``forward_features`` pass the pre-logits (penultimate) features when
-    ``features`` and the last feature map as a grid (:func:`as_grid`) when ``grid``."""
+    """Logits, and from the same pass the pre-logits (penultimate) features when ``features`` and the last
+    feature map as an NCHW grid in the model's declared format (:func:`feature_maps.forward_map`) when
+    ``grid``."""
     if not (features or grid):
         return model(x), None, None
-    f = model.forward_features(x)
-    return (model.forward_head(f), model.forward_head(f, pre_logits=True) if features else None,
-            as_grid(f) if grid else None)
+    if grid:
+        f, g = forward_map(model, x)
+    else:
+        f, g = model.forward_features(x), None
+    return model.forward_head(f), model.forward_head(f, pre_logits=True) if features else None, g
 
 
 def forward_levels(model: nn.Module, x: Tensor, k: int, *, features: bool = False
                    ) -> tuple[Tensor, Tensor | None, Tensor, list[Tensor]]:
     """Logits, pre-logits (``features``), the last map as a grid and the maps of the last ``k`` stages /
-    blocks, shallow to deep, as grids, from one pass of timm's ``forward_intermediates``. A model without
-    intermediates (or fewer than ``k`` levels) repeats its last map, so every group still gets a hint."""
-    final, inter = None, []
-    if k > 0 and hasattr(model, "forward_intermediates"):
-        try:
-            final, inter = model.forward_intermediates(x, indices=k)
-        except (NotImplementedError, TypeError, AssertionError, ValueError, IndexError):
-            final, inter = None, []
-    if final is None:
-        final = model.forward_features(x)
-    last = as_grid(final)
-    levels = [as_grid(t) for t in inter][-k:] if k > 0 else []
+    blocks, shallow to deep, as NCHW grids, from one pass of timm's ``forward_intermediates``
+    (:func:`feature_maps.level_maps`). A model without intermediates (or fewer than ``k`` levels) repeats
+    its last map, so every group still gets a hint."""
+    levels: list[Tensor] = []
+    try:
+        final, last, levels = level_maps(model, x, k) if k > 0 else (*forward_map(model, x), [])
+    except MapsUnreadable:
+        final, last = forward_map(model, x)
+    levels = levels[-k:] if k > 0 else []
     levels = [last] * (k - len(levels)) + levels if len(levels) < k else levels
     logits = model.forward_head(final)
     return logits, (model.forward_head(final, pre_logits=True) if features else None), last, levels
@@ -201,26 +200,16 @@ def _forward(model: nn.Module, x: Tensor, features: bool) -> tuple[Tensor, Tenso
     return logits, feat
 
 
-def as_grid(f: Tensor) -> Tensor:
-    """A last feature map as [B, C, H, W]: CNN maps as they are; token sequences [B, N, D] (ViT, Mixer,
-    XCiT) without their prefix tokens (class / distillation: 0-2 leading tokens, whichever leaves a square
-    grid) reshaped to the patch grid; other shapes pooled to [B, C, 1, 1]."""
-    if f.dim() == 4:
-        return f
-    if f.dim() == 3:
-        b, n, d = f.shape
-        for prefix in (0, 1, 2):
-            side = math.isqrt(max(n - prefix, 0))
-            if n - prefix > 0 and side * side == n - prefix:
-                return f[:, prefix:].transpose(1, 2).reshape(b, d, side, side)
-        return f.mean(1).view(b, d, 1, 1)
-    if f.dim() == 2:
-        return f.view(*f.shape, 1, 1)
-    raise ValueError(f"cannot read a feature map of shape {tuple(f.shape)} as a grid")
+def as_grid(f: Tensor, model: nn.Module, x: Tensor) -> Tensor:
+    """``model``'s ``forward_features`` output ``f`` on input ``x`` as its last map, NCHW, read in the format
+    the model declares (:mod:`zoo_study.transfer.feature_maps`). A model whose features hold no grid (PiT's
+    class tokens) has its map from ``forward_intermediates`` on ``x`` instead."""
+    maps = model_maps(model, x)
+    return maps.fmt.grid(f) if maps.fmt is not None else forward_map(model, x)[1]
 
 
 def forward_with_map(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits and the last feature map (timm's forward_features, as a grid: :func:`as_grid`)."""
+    """Logits and the last feature map as an NCHW grid (:func:`feature_maps.forward_map`)."""
     logits, _, g = forward_parts(model, x, grid=True)
     return logits, g
 

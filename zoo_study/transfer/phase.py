@@ -110,7 +110,7 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
             for module, x in [(model, x_s)] + [(t.module, x_t) for t, x_t in zip(teachers, x_ts)]:
                 f = module.forward_features(x)
                 pre_logits = module.forward_head(f, pre_logits=True)
-                out.append((tuple(f.shape[1:]), tuple(as_grid(f).shape[1:]), pre_logits.flatten(1).shape[1]))
+                out.append((tuple(f.shape[1:]), tuple(as_grid(f, module, x).shape[1:]), pre_logits.flatten(1).shape[1]))
         return out
 
     def feature_dims() -> tuple[int, int]:

@@ -7,19 +7,22 @@ time).
 
 Split point (hyper-parameter ``split``, the same depth counted from the top in both models):
 
-- ``split = 0``: the last feature map (timm's ``forward_features``). The "lower layers" are the feature
-  extractor, the "upper layers" the head. States are exchanged as their spatial / token means (vectors
-  of C channels); a decoded state is handed to a head as a 1x1 map (CNN) or as every token (token
-  models), which the head's pooling reads as exactly that vector. The teacher's upper layers would only
-  turn what it heard into logits no loss uses, so they are not run.
-- ``split = k >= 1``: before the last k feature levels of each model (timm's ``feature_info``: ResNet
-  ``layer1-4``, ConvNeXt ``stages``, ViT / Mixer / XCiT ``blocks``, PiT ``transformers``). The split
-  state is the output of that module as a grid (tokens: the patch grid, prefix tokens dropped). Messages
-  are per position (1x1 convolutions) on the student's grid, resized to the teacher's grid where they
-  differ. The teacher really runs its upper layers on the state it heard: a forward hook replaces its
-  split module's output (token models: patch tokens from the grid, prefix tokens set to the grid mean,
-  so nothing of the teacher's own view of the input leaks in) and its frozen weights carry the
-  gradient back to the messages.
+- ``split = 0``: the last feature map (:func:`zoo_study.transfer.feature_maps.forward_map`: timm's
+  ``forward_features`` in its declared layout, NCHW or Swin's NHWC; PiT's grid from its last stage). The
+  "lower layers" are the feature extractor, the "upper layers" the head. States are exchanged as their
+  spatial / token means (vectors of C channels); a decoded state is handed to the head in the form of
+  ``forward_features`` (a 1x1 map in the declared layout, or every token), which the head's pooling reads
+  as exactly that vector. The teacher's upper layers would only turn what it heard into logits no loss
+  uses, so they are not run.
+- ``split = k >= 1``: before the last k levels of each model's ``forward_intermediates`` (ResNet
+  ``layer1-4``, ConvNeXt ``stages``, ViT / Mixer / XCiT ``blocks``, Swin ``layers``, Twins / CoaT stages,
+  PiT ``transformers``). The split state is the output of the module that produces that level, found by a
+  forward-hook probe of the modules that really run (:func:`feature_maps.split_point`), read as a grid in
+  its own format (NCHW, NHWC or tokens without their prefix). Messages are per position (1x1
+  convolutions) on the student's grid, resized to the teacher's grid where they differ. The teacher
+  really runs its upper layers on the state it heard: a forward hook replaces its split module's output
+  (tokens: patch tokens from the grid, prefix tokens set to the grid mean, so nothing of the teacher's
+  own view of the input leaks in) and its frozen weights carry the gradient back to the messages.
 
 One round r (N rounds, 1-3), ``split = k >= 1``:
     M_s = enc_s(H_s)                    the student speaks from its split state (grid)
@@ -54,10 +57,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo_study.methods.registry import MethodState, SetupContext
-from zoo_study.transfer.loop import as_grid
+from zoo_study.transfer.feature_maps import (
+    MapFormat,
+    ModelMaps,
+    SplitPoint,
+    forward_map,
+    model_maps,
+    split_point,
+    vector_as_features,
+)
 
-__all__ = ["RoundLosses", "talking_round", "TalkingModule", "setup_talking", "head_on_vector", "split_module",
-           "grid_to_native"]
+__all__ = ["RoundLosses", "talking_round", "TalkingModule", "setup_talking", "head_on_vector", "grid_to_native"]
 
 
 @dataclass
@@ -92,49 +102,24 @@ def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec
     return RoundLosses(interact, mc, sc, h_s_heard)
 
 
-def head_on_vector(model: nn.Module, v: Tensor, native_shape: tuple[int, ...]) -> Tensor:
-    """``model.forward_head`` on a state vector: as a 1x1 map for CNN features ``(C, H, W)``, as every token
-    of a token sequence ``(N, D)`` (so class-token and mean pooling both read back exactly ``v``)."""
-    if len(native_shape) == 3:
-        x = v.view(*v.shape, 1, 1)
-    elif len(native_shape) == 2:
-        x = v.unsqueeze(1).expand(-1, native_shape[0], -1)
-    else:
-        x = v
-    return model.forward_head(x)
-
-
-def split_module(model: nn.Module, split: int, who: str = "model") -> nn.Module:
-    """The module whose output is the state ``split`` feature levels below the top (timm feature_info)."""
-    info = getattr(model, "feature_info", None)
-    names = [f["module"] for f in info] if info else []
-    if len(names) < split + 1:
-        raise ValueError(f"talking_models split = {split}: the {who} ({type(model).__name__}) has "
-                         f"{len(names)} feature level(s) in timm's feature_info; valid: 0 to {max(len(names) - 1, 0)}")
-    return model.get_submodule(names[-(split + 1)])
+def head_on_vector(model: nn.Module, v: Tensor, maps: ModelMaps) -> Tensor:
+    """``model.forward_head`` on a state vector [B, C], handed over in the form of its ``forward_features``
+    (:func:`feature_maps.vector_as_features`: a 1x1 map in the declared NCHW / NHWC layout, or ``v`` as every
+    token), so that its pooling (average, class token, Swin's NHWC pool) reads back exactly ``v``."""
+    return model.forward_head(vector_as_features(model, v, maps))
 
 
 def _state_tensor(out: Any) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def grid_to_native(grid: Tensor, like: Any) -> Any:
-    """A [B, C, H, W] grid back in the form of a module output ``like``: a map as it is; a token sequence
-    [B, N, D] with the grid as its patch tokens and the grid mean in each prefix token (all tokens the
-    mean when the grid was pooled from a non-square sequence); a tuple with its first element replaced."""
+def grid_to_native(grid: Tensor, like: Any, fmt: MapFormat) -> Any:
+    """A [B, C, H, W] grid back in the form of a module output ``like`` read with ``fmt`` (the split point's
+    format): a map in its declared layout; a token sequence with the grid as its patch tokens and the grid
+    mean in each prefix token; a tuple with its first element replaced."""
     if isinstance(like, (tuple, list)):
-        return type(like)([grid_to_native(grid, like[0]), *like[1:]])
-    if like.dim() == 4:
-        return grid
-    if like.dim() == 3:
-        b, n, d = like.shape
-        hw = grid.shape[2] * grid.shape[3]
-        tokens = grid.flatten(2).transpose(1, 2)
-        mean = tokens.mean(1, keepdim=True)
-        if hw > n or (hw == 1 and n > 1):
-            return mean.expand(b, n, d)
-        return torch.cat([mean.expand(b, n - hw, d), tokens], dim=1)
-    raise ValueError(f"cannot put a grid back into a state of shape {tuple(like.shape)}")
+        return type(like)([grid_to_native(grid, like[0], fmt), *like[1:]])
+    return fmt.native(grid, like)
 
 
 @contextlib.contextmanager
@@ -150,21 +135,22 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _run_with_state(model: nn.Module, where: nn.Module, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
-    """``model.forward_features(x)``; the output of ``where`` is captured and, given ``state`` (a grid),
-    replaced by it. Returns (the last features, what ``where`` produced before any replacement)."""
+def _run_with_state(model: nn.Module, where: SplitPoint, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
+    """The last map of ``model`` on ``x`` (:func:`feature_maps.forward_map`) while the output of the split
+    point ``where`` is captured and, given ``state`` (a grid), replaced by it. Returns (the last map, what
+    ``where`` produced before any replacement)."""
     seen: list[Any] = []
 
     def hook(_m, _inp, out):
         seen.append(out)
-        return grid_to_native(state, out) if state is not None else None
+        return grid_to_native(state, out, where.fmt) if state is not None else None
 
-    handle = where.register_forward_hook(hook)
+    handle = where.module.register_forward_hook(hook)
     try:
-        feats = model.forward_features(x)
+        _, grid = forward_map(model, x)
     finally:
         handle.remove()
-    return feats, seen[0]
+    return grid, seen[0]
 
 
 class TalkingModule(nn.Module):
@@ -184,16 +170,17 @@ class TalkingModule(nn.Module):
 
 
 class _TalkingState(MethodState):
-    def __init__(self, module: TalkingModule, student: nn.Module, native: tuple[int, ...], split: int = 0,
-                 teacher: nn.Module | None = None) -> None:
-        self.module, self.student, self.native = module, student, native  # native: the student's feature shape
+    def __init__(self, module: TalkingModule, student: nn.Module, maps: ModelMaps, split: int = 0,
+                 teacher: nn.Module | None = None, points: tuple[SplitPoint, SplitPoint] | None = None) -> None:
+        self.module, self.student, self.maps = module, student, maps  # maps: how the student's features read
         self.split, self.teacher = split, teacher
         self.captured: Any = None
         self._hook = None
         if split > 0:  # the student's split state, from the loop's own forward (with its gradients)
-            self.s_where = split_module(student, split, "student")
-            self.t_where = split_module(teacher, split, "teacher")
-            self._hook = self.s_where.register_forward_hook(self._capture)
+            if points is None:
+                raise ValueError("talking_models with split > 0 needs the student's and teacher's split points")
+            self.s_where, self.t_where = points
+            self._hook = self.s_where.module.register_forward_hook(self._capture)
 
     def _capture(self, _m, _inp, out) -> None:
         self.captured = out
@@ -213,7 +200,7 @@ class _TalkingState(MethodState):
     def losses(self, student: nn.Module, s_map: Tensor, t_map: Tensor, z_t: Tensor, *, rounds: int,
                temperature: float, noise: float, generator: torch.Generator | None,
                teacher_input: Tensor | None = None, sc_student: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Summed round losses from the loop's feature grids (:func:`zoo_study.transfer.loop.as_grid`)."""
+        """Summed round losses from the loop's last maps as NCHW grids (:func:`feature_maps.forward_map`)."""
         if self.split > 0:
             if teacher_input is None or self.captured is None:
                 raise ValueError("talking_models with split > 0 needs the teacher's input and the student's split state")
@@ -224,7 +211,7 @@ class _TalkingState(MethodState):
         total = [h_s.new_zeros(()) for _ in range(3)]
         for _ in range(rounds):
             r = talking_round(h_s, h_t, z_t, enc_s=m.enc_s, dec_s=m.dec_s, enc_t=m.enc_t, dec_t=m.dec_t,
-                              head_s=lambda v: head_on_vector(student, v, self.native),
+                              head_s=lambda v: head_on_vector(student, v, self.maps),
                               temperature=temperature, noise=noise, generator=generator, sc_student=sc_student)
             total = [total[0] + r.interact, total[1] + r.mc, total[2] + r.sc]
             h_s = r.h_s_next
@@ -234,11 +221,11 @@ class _TalkingState(MethodState):
                      noise: float, generator: torch.Generator | None,
                      sc_student: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         m, teacher = self.module, self.teacher
-        h_s = as_grid(_state_tensor(self.captured)).float()
+        h_s = self.s_where.fmt.grid(_state_tensor(self.captured)).float()
         u_s = s_map.mean((2, 3))  # the student's real upper state (pooled last features)
         with torch.no_grad():  # the teacher's real split state
             _, real = _run_with_state(teacher, self.t_where, x_t, None)
-        h_t = as_grid(_state_tensor(real)).float()
+        h_t = self.t_where.fmt.grid(_state_tensor(real)).float()
         t_grid = h_t.shape[-2:]
 
         def to(grid: Tensor, size) -> Tensor:
@@ -253,11 +240,11 @@ class _TalkingState(MethodState):
                 h_t_heard = h_t_heard + noise * torch.randn(h_t_heard.shape, generator=generator,
                                                             device=h_t_heard.device)
             with _frozen(teacher):
-                feats, _ = _run_with_state(teacher, self.t_where, x_t, h_t_heard.to(x_t.dtype))
-            u_t_heard = as_grid(feats).float().mean((2, 3))
+                t_last, _ = _run_with_state(teacher, self.t_where, x_t, h_t_heard.to(x_t.dtype))
+            u_t_heard = t_last.float().mean((2, 3))
             m_t = m.enc_up_t(u_t_heard)
             u_s_heard = m.dec_up_s(m_t)
-            z_s = head_on_vector(self.student, u_s_heard, self.native)
+            z_s = head_on_vector(self.student, u_s_heard, self.maps)
             interact = _kl(z_t, z_s, temperature)
             mc = F.mse_loss(msg, to(m.enc_t(h_t), h_s.shape[-2:]))
             sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(u_s_heard, u_s if sc_student else u_s.detach())
@@ -267,30 +254,23 @@ class _TalkingState(MethodState):
 
 
 def setup_talking(ctx: SetupContext) -> MethodState:
-    """The ``setup`` hook of ``talking_models``: encoders / decoders sized by a probe of the models' states."""
-    if ctx.map_shapes is None or ctx.teachers is None or ctx.native_shapes is None:
-        raise ValueError("talking_models needs the loop's feature probe and its teacher (SetupContext)")
+    """The ``setup`` hook of ``talking_models``: encoders / decoders sized by a probe of the models' states
+    (:mod:`zoo_study.transfer.feature_maps`: last maps in the declared format, split points at modules
+    that really run)."""
+    if ctx.map_shapes is None or ctx.teachers is None or ctx.sample_inputs is None:
+        raise ValueError("talking_models needs the loop's feature probe, sample inputs and its teacher (SetupContext)")
     if len(ctx.teachers) != 1:
         raise ValueError(f"talking_models talks with one teacher at a time, got {len(ctx.teachers)}")
     (c_s, _, _), ((c_t, _, _),) = ctx.map_shapes()
-    s_shape, _ = ctx.native_shapes()
     split = int(ctx.params.get("split", 0))
     msg_dim = int(ctx.params["msg_dim"])
+    x_s, (x_t,) = ctx.sample_inputs()
+    s_maps = model_maps(ctx.model, x_s)
     if split == 0:
         module = TalkingModule(c_s, c_t, msg_dim).to(ctx.device)
-        return _TalkingState(module, ctx.model, s_shape)
+        return _TalkingState(module, ctx.model, s_maps)
     teacher = ctx.teachers[0]
-    s_where, t_where = split_module(ctx.model, split, "student"), split_module(teacher, split, "teacher")
-    if ctx.sample_inputs is None:
-        raise ValueError("talking_models with split > 0 needs the loop's sample inputs (SetupContext.sample_inputs)")
-    x_s, (x_t,) = ctx.sample_inputs()
-    channels = []
-    for model, where, x in ((ctx.model, s_where, x_s), (teacher, t_where, x_t)):  # the split states' channels
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            _, out = _run_with_state(model, where, x, None)
-        model.train(was)
-        channels.append(as_grid(_state_tensor(out)).shape[1])
-    module = TalkingModule(channels[0], channels[1], msg_dim, up_student=c_s, up_teacher=c_t).to(ctx.device)
-    return _TalkingState(module, ctx.model, s_shape, split, teacher)
+    points = (split_point(ctx.model, x_s, split, "student"), split_point(teacher, x_t, split, "teacher"))
+    module = TalkingModule(points[0].shape[0], points[1].shape[0], msg_dim, up_student=c_s,
+                           up_teacher=c_t).to(ctx.device)
+    return _TalkingState(module, ctx.model, s_maps, split, teacher, points)
