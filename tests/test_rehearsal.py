@@ -5,8 +5,10 @@ predict -> score -> every registered transfer method -> multi-teacher -> report,
 decoded-image cache.
 
 Why: the embedded zoo's 16-32 px models cannot show what breaks at real shapes (NHWC maps, prefix
-tokens, feature_info names, 256-px / 0.9-crop geometry). Each known defect is its own test or
-parametrisation, so an ``xfail`` names exactly one pending fix (branches ``maps``, ``steps``, ``data``).
+tokens, feature_info names, 256-px / 0.9-crop geometry). Each defect found this way is its own test or
+parametrisation (Swin/VOLO NHWC maps, PiT tokens, Twins/CoaT split points, a pack member's failure
+spreading to its pack, timm-exact preprocessing without the cache, a class subset's class count), so a
+regression names the one thing that broke.
 """
 
 from __future__ import annotations
@@ -36,15 +38,6 @@ LOGIT_METHODS = [m for m in method_names() if m not in MAP_METHODS]
 UNCACHED_METHODS = ["kl", "crd"]
 
 
-def pending(branch: str, *ids: str) -> dict[str, pytest.MarkDecorator]:
-    """xfail marks for the given arch ids, naming the branch whose merge fixes them."""
-    return {i: pytest.mark.xfail(strict=True, reason=f"pending: {branch}") for i in ids}
-
-
-def arch_params(marks: dict[str, pytest.MarkDecorator]) -> list:
-    return [pytest.param(i, marks=marks[i]) if i in marks else i for i in IDS]
-
-
 # ------------------------------------------------------------------------------------------- inputs
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
@@ -68,7 +61,7 @@ def test_the_archs_keep_their_own_data_configs():
 
 
 # --------------------------------------------------------------------------------- feature-map shapes
-@pytest.mark.parametrize("arch", arch_params(pending("maps", "swin", "pit")))
+@pytest.mark.parametrize("arch", IDS)
 def test_last_map_has_num_features_channels_on_a_grid(arch):
     """The map AMTML-KD and Talking Models read: [B, num_features, H, W] with a real grid (H * W > 1), not
     Swin's NHWC read as 7 channels or PiT's class token as a 1x1 map."""
@@ -92,20 +85,22 @@ def test_levels_have_feature_info_channels(arch):
     assert [t.shape[1] for t in levels] == [f["num_chs"] for f in model.feature_info][-2:]
 
 
-@pytest.mark.parametrize("arch", arch_params(pending("maps", "swin", "twins", "coat", "volo")))
+@pytest.mark.parametrize("arch", IDS)
 def test_split_state_has_feature_info_channels_and_grid(arch):
-    """Talking Models' split-1 state: feature_info[-2]'s channels on the input / reduction grid."""
-    from zoo_study.transfer.loop import as_grid
-    from zoo_study.transfer.talking import _run_with_state, _state_tensor, split_module
+    """Talking Models' split-1 state: the module found by the probe outputs feature_info[-2]'s channels on
+    the input / reduction grid, read in its own format (NHWC for Swin and VOLO, tokens for ViTs)."""
+    from zoo_study.transfer.feature_maps import split_point
+    from zoo_study.transfer.talking import _run_with_state, _state_tensor
 
     model = build_model(BY_ID[arch])
     x = _sample_input(model)
     info = model.feature_info[-2]
     with torch.no_grad():
-        _, out = _run_with_state(model, split_module(model, 1), x, None)
-    grid = as_grid(_state_tensor(out))
+        where = split_point(model, x, 1)
+        _, out = _run_with_state(model, where, x, None)
+    grid = where.fmt.grid(_state_tensor(out))
     side = x.shape[-1] // info["reduction"]
-    assert tuple(grid.shape[1:]) == (info["num_chs"], side, side)
+    assert tuple(grid.shape[1:]) == (info["num_chs"], side, side) == where.shape
 
 
 # ------------------------------------------------------------------------------------- the pipeline
@@ -207,7 +202,7 @@ def test_a_class_subset_of_imagenet_counts_its_own_classes(cached_run):
 
 # ---------------------------------------------------------------------- map methods, one arch at a time
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", arch_params(pending("maps", "swin", "twins", "coat")))
+@pytest.mark.parametrize("arch", IDS)
 def test_map_methods_with_the_arch_as_student_and_as_teacher(inputs, arch):
     """AMTML-KD and Talking Models (split 1) with ``arch`` on both sides, each transfer its own job."""
     other = "convnext" if arch == "resnet" else "resnet"
