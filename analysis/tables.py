@@ -42,17 +42,6 @@ def num(value: Any, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def mean_std(mean: Any, std: Any, n: Any = None) -> str:
-    """Paper style 'mean (±std)', with the number of teachers when given."""
-    if mean is None:
-        return "–"
-    s = f"{mean:+.2f}"
-    s += " (±–)" if std is None else f" (±{std:.2f})"
-    if n is not None:
-        s += f" [n={n}]"
-    return s
-
-
 OPTIMISTIC = "optimistic (best epoch chosen on the eval split)"
 
 

@@ -211,14 +211,6 @@ class Job:
         base = f"{self.stage}:{self.job_id[:8]}"
         return f"{base} ({self.name})" if self.name else base
 
-    def with_resources(self, *, num_cpus: float | None = None, num_gpus: float | None = None) -> "Job":
-        """The same job (same id) with other resources, e.g. GPU jobs when a GPU is present."""
-        return dataclasses.replace(
-            self,
-            num_cpus=self.num_cpus if num_cpus is None else num_cpus,
-            num_gpus=self.num_gpus if num_gpus is None else num_gpus,
-        )
-
 
 @dataclass(frozen=True)
 class JobContext:
@@ -242,13 +234,8 @@ class JobContext:
 
 # --------------------------------------------------------------------------------------- done detection
 def schema_for_path(rel: str) -> pa.Schema | None:
-    """The schema of the result table at results-root relative path ``rel``, or None (not a study table).
-
-    ``store.schema_for_path`` when the store offers it, else the first of ``store.TABLES`` whose glob matches.
-    """
-    catalogue = getattr(store, "schema_for_path", None)
-    if catalogue is not None:
-        return catalogue(rel)
+    """The schema of the result table at results-root relative path ``rel`` (the first of ``store.TABLES``
+    whose glob matches), or None (not a study table)."""
     return next((t.schema for t in store.TABLES.values() if fnmatch.fnmatchcase(rel, t.glob)), None)
 
 

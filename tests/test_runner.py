@@ -7,6 +7,8 @@ them (passed with ``executors=``); faults are injected through the spec (see tha
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -291,7 +293,7 @@ def test_worker_that_always_dies_fails_after_max_retries(ray_local, tmp_path):
 
 
 def test_gpu_jobs_get_a_fresh_worker_and_infeasible_ones_are_skipped(ray_local, tmp_path):
-    gpu = [j.with_resources(num_gpus=1, num_cpus=0) for j in emit_jobs(2)]
+    gpu = [dataclasses.replace(j, num_gpus=1, num_cpus=0) for j in emit_jobs(2)]
     too_big = Job(T.EMIT, {"value": 5}, {"out": "a/big.parquet"}, num_gpus=2)
     report = run(gpu + [too_big], tmp_path)
     assert (report.ran, report.skipped) == (2, 1), report.summary()

@@ -19,7 +19,6 @@ from zoo_study.store import (
     PAIR_CLASS_SCHEMA,
     PREDICTION_SCHEMA,
     ResultsLayout,
-    is_complete,
     read_parquet_checked,
     safe_name,
     table_from_rows,
@@ -151,13 +150,6 @@ def test_missing_garbage_and_wrong_schema_read_as_none(tmp_path):
     assert read_parquet_checked(tmp_path) is None  # a folder is not a result file
 
 
-def test_is_complete(tmp_path):
-    good = write_parquet_atomic(table_from_rows(pair_rows(), PAIR_CLASS_SCHEMA), tmp_path / "a.parquet")
-    (tmp_path / "b.parquet").write_bytes(good.read_bytes()[:20])
-    assert is_complete([good]) and not is_complete([good, tmp_path / "b.parquet"])
-    assert not is_complete([tmp_path / "missing.parquet"])
-
-
 # --------------------------------------------------------------------------------------------- tables
 def test_table_from_rows_rejects_extra_and_missing_columns():
     rows = pair_rows(2)
@@ -227,7 +219,6 @@ def test_every_table_path_matches_its_view_glob_and_nothing_else(tmp_path):
         assert spec.pattern == spec.glob and spec.description and spec.what and spec.stage
     assert TABLES["transfers"].shown == "transfers/<job_id>/summary.parquet"
     assert TABLES["transfers"].folder == "transfers" and TABLES["models"].folder == "zoo/models"
-    assert layout.transfer_dir("j1") == tmp_path / "transfers" / "j1"
     assert layout.path("weights", model="a/b") == layout.weights("a/b") == tmp_path / "zoo/weights/a_b.safetensors"
     with pytest.raises(KeyError, match="no table or file 'nope'"):
         layout.path("nope")

@@ -227,10 +227,6 @@ class ResultsLayout:
     job_record = _keyed("job_record")  # which spec produced a job's outputs: part of "done"
     failure = _keyed("failures")
 
-    def transfer_dir(self, job_id: str) -> Path:
-        return self.transfer_summary(job_id).parent
-
-
 # ----------------------------------------------------------------------------------------------- tables
 def table_from_rows(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
     """Build a table with exactly ``schema``; a missing or extra column is an error, not a surprise."""
@@ -346,8 +342,3 @@ def read_parquet_checked(path: str | os.PathLike[str], schema: pa.Schema | None 
         except (ValueError, pa.ArrowException):
             return None
     return table
-
-
-def is_complete(paths: Iterable[str | os.PathLike[str]]) -> bool:
-    """True when every path exists and reads back as Parquet."""
-    return all(read_parquet_checked(p) is not None for p in paths)

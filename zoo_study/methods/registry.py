@@ -286,24 +286,17 @@ def unregister_method(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtins() -> None:
-    import zoo_study.methods.builtin  # noqa: F401  (registers the study's methods)
-
-
 def methods() -> list[Method]:
     """Every registered method in registration order (the report's order)."""
-    _load_builtins()
     return sorted(_REGISTRY.values(), key=lambda m: m.order)
 
 
 def method_names() -> list[str]:
     """Registered names, sorted alphabetically."""
-    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> Method:
-    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -317,14 +310,12 @@ def multi_teacher_methods() -> list[str]:
 
 def method_label(name: str) -> str:
     """The paper's name for a method key (the key itself when unknown, e.g. results of an old study)."""
-    _load_builtins()
     m = _REGISTRY.get(name)
     return m.label if m is not None else name
 
 
 def method_sort_key(name: str) -> tuple[int, str]:
     """Known methods in registration order (weakest baseline first), then the rest alphabetically."""
-    _load_builtins()
     m = _REGISTRY.get(name)
     return (m.order, "") if m is not None else (len(_REGISTRY), name)
 
