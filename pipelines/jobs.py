@@ -24,7 +24,6 @@ This module does not import Ray, so planning and status work in a notebook or th
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import importlib
