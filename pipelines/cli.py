@@ -11,7 +11,8 @@
                                          list (and move aside) results that no given config plans
 
 Exit codes: 0 success, 1 some jobs failed, 2 misuse (bad arguments, config, results root or Ray address,
-or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
+or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume),
+143 terminated (SIGTERM, handled like Ctrl-C: finished jobs kept; rerun to resume).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import argparse
 import json
 import logging
 import platform
+import signal
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +31,44 @@ from typing import NoReturn
 
 LOG = logging.getLogger("zoo_study")
 EXIT_MISUSE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+
+
+class _Termination:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops a command the way Ctrl-C does: the handler
+    hands the signal to whatever handles SIGINT at that moment (the runner's graceful stop during a run,
+    KeyboardInterrupt elsewhere), so finished jobs are kept and one "interrupted" line is printed instead
+    of Ray's SIGTERM exit, and the exit code says which signal it was."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous = None
+
+    def handle(self, signum, frame) -> None:
+        self.received = True
+        on_int = signal.getsignal(signal.SIGINT)
+        if callable(on_int):
+            on_int(signal.SIGINT, frame)
+        else:  # SIGINT ignored or left to C (a background job): stop at once
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        self.received = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self.handle)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.received else EXIT_INTERRUPTED
+
+
+TERMINATION = _Termination()
 
 
 def _die(msg: str) -> NoReturn:
@@ -113,29 +154,32 @@ def cmd_run(args) -> int:
     """Plan, check the results root and the Ray address, take the root's lock, run stage by stage.
 
     Exit 2 (nothing written) for a bad config, results root or Ray address, or a root in use by another
-    run (unless ``--wait``); 130 after Ctrl-C (finished jobs kept); 1 when a job failed or was skipped.
+    run (unless ``--wait``); 130 after Ctrl-C, 143 after SIGTERM (finished jobs kept); 1 when a job failed or was skipped.
     """
     import os
 
     from pipelines import backends
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
     from pipelines.stages import parse_stages
-    from pipelines.validate import validate_study
+    from pipelines.validate import check_stage_inputs, validate_study
     from zoo_study.config import ConfigError
     from zoo_study.store import ResultsLayout
 
+    if args.bench is not None and not args.dry_run:
+        _die(f"--bench {args.bench} estimates a plan and needs --dry-run; add --dry-run (nothing runs) or drop --bench")
     cfg = _load(args)
+    address = args.address if args.address is not None else (cfg.ray.address or None)
     try:
         stages = parse_stages(args.stage)
-        validate_study(cfg, stages)  # the whole study against its inputs: ids, configs, data root
+        validate_study(cfg, stages, address)  # the whole study against its inputs and this machine
         plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
+        check_stage_inputs(cfg, stages, plans)
     except ConfigError as err:
         _die(str(err))
     if args.dry_run:
         _print_plan(cfg, stages, plans, args.bench)
         return 0
     layout = ResultsLayout(cfg.results_root())
-    address = args.address if args.address is not None else (cfg.ray.address or None)
     if problem := check_results_root(layout.root):
         _die(problem)
     ray_was_up = backends.ray_is_initialized()
@@ -221,7 +265,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
         except RunInterrupted as stop:
             print(f"interrupted: {finished + stop.report.ran} job(s) finished, {stop.cancelled} cancelled; "
                   "rerun to resume", file=sys.stderr)
-            return 130
+            return TERMINATION.exit_code
         except RayUnavailable as err:
             _die(str(err))
         print(report.summary())
@@ -458,11 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    TERMINATION.install()
     try:
         return int(args.fn(args) or 0)
-    except KeyboardInterrupt:  # Ctrl-C outside a run's job loop (which reports itself)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a run's job loop (which reports itself)
         print("zoo-study: interrupted", file=sys.stderr)
-        return 130
+        return TERMINATION.exit_code
+    finally:
+        TERMINATION.uninstall()
 
 
 if __name__ == "__main__":

@@ -100,11 +100,37 @@ CONFIG_CASES = [
     ("bad-device", ["study.device=tpu"], "tpu"),
     ("negative-cpus-per-job", ["ray.cpus_per_job=-1"], "cpus_per_job"),
     ("bad-set-syntax", ["transfer.epochs"], "key=value"),
+    # issue 22: inputs that used to pass validation and fail after Ray started (exit 1, failures/ written)
+    ("clip-encoder-not-a-folder", ["semantics.encoder='clip:/nonexistent'"], "'/nonexistent' is not a local CLIP"),
+    ("talking-split-deeper-than-student", ["transfer.methods=['talking_models']", "transfer.pairs=explicit",
+                                           "transfer.explicit=[['resnet10t_w16', 'convnext_atto_p2']]",
+                                           "transfer.hparams.talking_models.split=4"],
+     "model 'convnext_atto_p2' has 4 feature level(s) in timm's feature_info; valid: 0 to 3"),
+    ("adapt-imagefolder-without-root", ["zoo.adapt.enabled=true", "zoo.adapt.pretrain_data.kind=imagefolder"],
+     "zoo.adapt.pretrain_data.kind='imagefolder' needs a dataset root"),
+    ("unknown-timm-arch", ["zoo.models=[{id = 'x', source = 'timm', arch = 'resnet5000'}]"],
+     "arch 'resnet5000' is not a timm architecture"),
+    ("variant-lr-overflow", ["transfer.variants=[{lr_scale = 1e308}]"], "transfer.lr_scale 1e+308"),
+    ("hparam-lr-beyond-sane", ["transfer.hparams.kl.lr=1e6"], "lr 1e+06"),
+    # issue 22: silently accepted before
+    ("repeated-variant", ["transfer.variants=[{temperature = 4.0}, {lr_scale = 0.5}, {temperature = 4.0}]"],
+     "repeats a variant: [0] and [2]"),
+    ("robustness-method-not-transferred", ["robustness.enabled=true", "robustness.methods=['std_kd']"],
+     "robustness.methods ['std_kd']: no transfer of these methods is planned"),
+    ("cache-dir-with-generated-data", ["data.cache_dir=cache"], "only ImageFolder data is cached"),
 ]
 
 CLI_CASES = [
     ("unknown-stage", ["--stage", "zoo,bake"], "bake"),
     ("bad-ray-address", ["--address", "nonsense:1"], "nonsense:1"),
+    # issue 22: `--stage ''` ran every stage; --bench without --dry-run started a real run; a stage planned
+    # from the scores on an empty root was skipped after the root was created
+    ("empty-stage", ["--stage", ""], "--stage '' names no stage"),
+    ("blank-stage-list", ["--stage", " , "], "names no stage"),
+    ("bench-without-dry-run", ["--bench", "bench.json"], "needs --dry-run"),
+    ("transfer-stage-on-empty-root", ["--stage", "transfer"], "run stage(s) zoo, predict, score first"),
+    ("robustness-stage-on-empty-root", ["--stage", "robustness", "--set", "robustness.enabled=true"],
+     "run stage(s) zoo, predict, score first"),
 ]
 
 
@@ -120,6 +146,8 @@ def _files_under(path: Path) -> set[str]:
 
 def _refused(tmp_path, monkeypatch, capsys, argv: list[str], expect: str) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_STUDY_IMAGENET", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = _files_under(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(argv)

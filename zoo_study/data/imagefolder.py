@@ -71,16 +71,21 @@ def raw_square(im, raw_size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def load_raw_image(path: str | Path, raw_size: int) -> torch.Tensor:
-    """Decode an image file to uint8 [3, raw_size, raw_size] (short-side resize, centre crop)."""
+def load_raw_image(path: str | Path, raw_size: int, cached: bool = False) -> torch.Tensor:
+    """Decode an image file to uint8 [3, raw_size, raw_size] (short-side resize, centre crop).
+
+    ``cached``: whether the split has a decoded-image cache configured, so the error's hint fits: with one,
+    ``data.on_bad_image = 'skip'`` is the remedy; without one, setting ``data.cache_dir`` comes first."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             arr = raw_square(im.convert("RGB"), raw_size).copy()
     except (OSError, SyntaxError, ValueError) as exc:  # truncated, corrupt or not an image
-        raise OSError(f"unreadable image {str(path)!r}: {exc}; set data.cache_dir to check every image once "
-                      f"when the cache is built (data.on_bad_image = 'skip' drops and counts unreadable ones)") from exc
+        hint = ("data.on_bad_image = 'skip' drops and counts unreadable ones when the cache is built" if cached else
+                "set data.cache_dir to check every image once when the cache is built (data.on_bad_image = "
+                "'skip' drops and counts unreadable ones)")
+        raise OSError(f"unreadable image {str(path)!r}: {exc}; remove or replace it, or {hint}") from exc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -129,7 +134,7 @@ def make_imagefolder(spec: ImageFolderSpec) -> DataSource:
         class_names, index = folders, {f: i for i, f in enumerate(folders)}
         label_space = "folders"
 
-    loader = partial(_loader_entry)
+    loader = partial(_loader_entry, cached=spec.cache_dir is not None)
     splits: dict[str, ImageSplit] = {}
     empty: dict[str, list[str]] = {}
     present: dict[str, set[str]] = {}
@@ -194,6 +199,6 @@ def _some(names: list[str], k: int = 10) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
 
-def _loader_entry(path: str | Path, raw_size: int) -> torch.Tensor:
+def _loader_entry(path: str | Path, raw_size: int, cached: bool = False) -> torch.Tensor:
     # a module-level function so DataLoader workers can pickle it
-    return load_raw_image(path, raw_size)
+    return load_raw_image(path, raw_size, cached)
