@@ -218,3 +218,66 @@ def test_non_finite_and_empty_values_never_show_a_traceback(tmp_path, monkeypatc
             assert info.value.code == 2 and "Traceback" not in err and key in err, (key, value, err)
     assert not (tmp_path / "runs").exists()
     assert os.listdir(tmp_path) == ["micro.toml"]
+
+
+def _no_gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("case", ["device-cuda", "gpus-per-job", "cpus-per-job", "cpus-per-job-over-num-cpus"])
+def test_local_run_beyond_this_machine_is_refused(tmp_path, monkeypatch, capsys, case):
+    # on a machine without a GPU (made so here); Ray used to skip every such job, or the first job failed
+    _no_gpu(monkeypatch)
+    cpus = os.cpu_count() or 1
+    overrides, expect = {
+        "device-cuda": (["study.device=cuda"], "study.device='cuda' but this machine has no usable CUDA GPU"),
+        "gpus-per-job": (["ray.gpus_per_job=1"], "ray.gpus_per_job=1 is more than this machine's 0 GPU(s)"),
+        "cpus-per-job": ([f"ray.cpus_per_job={cpus + 1}"], f"ray.cpus_per_job={cpus + 1} is more than this run's "
+                                                            f"{cpus} CPU(s) (os.cpu_count())"),
+        "cpus-per-job-over-num-cpus": (["ray.num_cpus=2", "ray.cpus_per_job=3"], "this run's 2 CPU(s) (ray.num_cpus)"),
+    }[case]
+    argv = ["run", str(_micro(tmp_path)), "--set", "ray.address="]  # a local Ray instance
+    for item in overrides:
+        argv += ["--set", item]
+    _refused(tmp_path, monkeypatch, capsys, argv, expect)
+
+
+def test_machine_checks_are_left_to_a_cluster(tmp_path, monkeypatch, capsys):
+    # joining a cluster, its nodes decide: validation passes and the run gets as far as the (bad) address
+    _no_gpu(monkeypatch)
+    argv = ["run", str(_micro(tmp_path)), "--set", "study.device=cuda", "--set", "ray.gpus_per_job=1",
+            "--address", "nonsense:1"]
+    _refused(tmp_path, monkeypatch, capsys, argv, "nonsense:1")
+
+
+def _imagefolder(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        (data / split / "a").mkdir(parents=True)
+    return data
+
+
+@pytest.mark.parametrize("case", ["is-a-file", "under-a-file", "read-only-mount"])
+def test_unwritable_cache_dir_is_refused(tmp_path, monkeypatch, capsys, case):
+    # used to fail in the first job that built the cache, after the zoo had trained
+    data = _imagefolder(tmp_path)
+    (tmp_path / "cache-file").write_text("x")
+    cache, expect = {"is-a-file": (tmp_path / "cache-file", "cache-file is a file, not a folder"),
+                     "under-a-file": (tmp_path / "cache-file" / "sub", "cache-file is a file, not a folder"),
+                     "read-only-mount": (Path("/proc/zoo-study-cache"), "cannot write in /proc")}[case]
+    argv = ["run", str(_micro(tmp_path)), "--set", "data.kind=imagefolder", "--set", f"data.root={data}",
+            "--set", f"data.cache_dir={cache}"]
+    _refused(tmp_path, monkeypatch, capsys, argv, expect)
+
+
+def test_writable_cache_dir_passes_and_the_probe_leaves_nothing(tmp_path, monkeypatch, capsys):
+    data = _imagefolder(tmp_path)
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(_micro(tmp_path)), "--set", "data.kind=imagefolder", "--set", f"data.root={data}",
+                 "--set", f"data.cache_dir={tmp_path / 'cache' / 'new'}", "--dry-run"])
+    assert code == 0, capsys.readouterr().err
+    assert os.listdir(tmp_path / "cache") == [] and not (tmp_path / "runs").exists()
