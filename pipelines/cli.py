@@ -162,6 +162,7 @@ def cmd_run(args) -> int:
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
     from pipelines.stages import parse_stages
     from pipelines.validate import check_stage_inputs, validate_study
+    from pipelines.validate_resources import check_machine
     from zoo_study.config import ConfigError
     from zoo_study.store import ResultsLayout
 
@@ -171,13 +172,21 @@ def cmd_run(args) -> int:
     address = args.address if args.address is not None else (cfg.ray.address or None)
     try:
         stages = parse_stages(args.stage)
-        validate_study(cfg, stages, address)  # the whole study against its inputs and this machine
+        # the whole study against its inputs, and against this machine unless it only plans
+        validate_study(cfg, stages, address, machine=not args.dry_run)
         plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
-        check_stage_inputs(cfg, stages, plans)
+        if not args.dry_run:
+            check_stage_inputs(cfg, stages, plans)
     except ConfigError as err:
         _die(str(err))
     if args.dry_run:
         _print_plan(cfg, stages, plans, args.bench)
+        # a plan for another machine (a cluster, a GPU node) or a later root is fine; say what a run would refuse
+        for check in (lambda: check_stage_inputs(cfg, stages, plans), lambda: check_machine(cfg, address)):
+            try:
+                check()
+            except ConfigError as err:
+                print(f"zoo-study: warning: a run now would be refused: {err}", file=sys.stderr)
         return 0
     layout = ResultsLayout(cfg.results_root())
     if problem := check_results_root(layout.root):

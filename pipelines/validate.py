@@ -164,28 +164,25 @@ def _check_robustness(cfg: StudyConfig) -> None:
                           f"transfer.methods or multi_teacher ({', '.join(dict.fromkeys(planned)) or 'none planned'})")
 
 
-def _check_inputs(cfg: StudyConfig, stages: list[str], address: str | None) -> None:
-    """Data, cache, encoder and machine checks of the stages that will run (pipelines/validate_resources.py)."""
-    training = any(s in stages for s in ("zoo", "predict", "semantics", "transfer", "multi_teacher", "hparam",
-                                          "robustness"))
-    res.check_cache_dir(cfg.data)
-    if training:
+def _check_inputs(cfg: StudyConfig, stages: list[str]) -> None:
+    """Data, cache and encoder checks of the stages that will run (pipelines/validate_resources.py)."""
+    res.check_cache_kind(cfg.data)
+    res.check_cache_kind(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")
+    if any(s in stages for s in ("zoo", "predict", "semantics", "transfer", "multi_teacher", "hparam", "robustness")):
         res.check_imagefolder(cfg.data)
     if cfg.zoo.adapt.enabled and "zoo" in stages:
         res.check_imagefolder(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")
-        res.check_cache_dir(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")
     if cfg.semantics.enabled and "semantics" in stages:
         res.check_text_encoder(cfg)
-    local = res.runs_locally(address)
-    res.check_device(cfg, local)
-    res.check_job_resources(cfg, local)
 
 
-def validate_study(cfg: StudyConfig, stages: list[str] | None = None, address: str | None = None) -> None:
+def validate_study(cfg: StudyConfig, stages: list[str] | None = None, address: str | None = None, *,
+                   machine: bool = True) -> None:
     """Raise ConfigError for the first problem of the study (see the module docstring).
 
-    ``address``: the Ray address the run will use (None: a local instance, or ``RAY_ADDRESS``); checks of
-    what the machine has are skipped when it joins a cluster."""
+    ``address``: the Ray address the run will use (None: a local instance, or ``RAY_ADDRESS``); what this
+    machine has (GPU, CPUs, a writable cache folder) is checked only for a local run, and only with
+    ``machine`` (a dry run plans for any machine: the CLI shows those problems as a warning)."""
     from pipelines.stages import STAGES
 
     stages = list(STAGES) if stages is None else stages
@@ -205,7 +202,9 @@ def validate_study(cfg: StudyConfig, stages: list[str] | None = None, address: s
     for tconf in configs:
         _check_lr(tconf)
     _check_robustness(cfg)
-    _check_inputs(cfg, stages, address)
+    _check_inputs(cfg, stages)
+    if machine:
+        res.check_machine(cfg, address)
     if any(s in stages for s in ("transfer", "multi_teacher", "hparam")):
         _check_talking_split(cfg, configs)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from zoo_study.config import ConfigError, StudyConfig
 from zoo_study.data.spec import IMAGENET_ENV, DataSpec
 
-__all__ = ["runs_locally", "check_device", "check_job_resources", "check_cache_dir", "check_imagefolder",
-           "check_text_encoder"]
+__all__ = ["runs_locally", "check_machine", "check_device", "check_job_resources", "check_cache_kind",
+           "check_cache_dir", "check_imagefolder", "check_text_encoder"]
 
 CLUSTER_HINT = "or give --address of a Ray cluster that has them"
 
@@ -67,16 +67,21 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def check_cache_kind(data: DataSpec, key: str = "data") -> None:
+    """Only ImageFolder data is cached: a cache_dir with generated data would be ignored without a word."""
+    if data.cache_dir is not None and data.kind != "imagefolder":
+        raise ConfigError(f"{key}.cache_dir={data.cache_dir!r} is set but {key}.kind={data.kind!r}: only ImageFolder "
+                          f"data is cached (generated images are made in memory); unset {key}.cache_dir or use "
+                          "kind 'imagefolder'")
+
+
 def check_cache_dir(data: DataSpec, key: str = "data") -> None:
-    """The decoded-image cache folder is usable: only ImageFolder data is cached (generated images live
-    in memory), and the folder, or its nearest existing parent, is a folder this process can write in
-    (a probe file is created and removed there; nothing else is written)."""
-    if data.cache_dir is None:
+    """The decoded-image cache folder, or its nearest existing parent, is a folder this process can write
+    in (a probe file is created and removed there; nothing else is written). The folder is node-local: on
+    a cluster the workers' disks count, so this is checked for local runs only (:func:`check_machine`)."""
+    if data.cache_dir is None or data.kind != "imagefolder":
         return
     shown = f"{key}.cache_dir={data.cache_dir!r}"
-    if data.kind != "imagefolder":
-        raise ConfigError(f"{shown} is set but {key}.kind={data.kind!r}: only ImageFolder data is cached "
-                          f"(generated images are made in memory); unset {key}.cache_dir or use kind 'imagefolder'")
     path = Path(data.cache_dir).expanduser()
     probe_in = _nearest_existing(path.absolute())
     if not probe_in.is_dir():
@@ -123,3 +128,15 @@ def check_text_encoder(cfg: StudyConfig) -> None:
     if importlib.util.find_spec("transformers") is None:
         raise ConfigError(f"semantics.encoder={enc!r} needs the transformers package, which is not installed; "
                           "valid without it: \"lexical\"")
+
+
+def check_machine(cfg: StudyConfig, address: str | None) -> None:
+    """What this machine must have for a local run (nothing when the run joins a cluster): a GPU for
+    ``study.device = "cuda"``, the per-job CPUs and GPUs, writable image-cache folders."""
+    if not runs_locally(address):
+        return
+    check_device(cfg, True)
+    check_job_resources(cfg, True)
+    check_cache_dir(cfg.data)
+    if cfg.zoo.adapt.enabled:
+        check_cache_dir(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")

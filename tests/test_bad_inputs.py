@@ -281,3 +281,17 @@ def test_writable_cache_dir_passes_and_the_probe_leaves_nothing(tmp_path, monkey
                  "--set", f"data.cache_dir={tmp_path / 'cache' / 'new'}", "--dry-run"])
     assert code == 0, capsys.readouterr().err
     assert os.listdir(tmp_path / "cache") == [] and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_plans_for_another_machine_and_warns(tmp_path, monkeypatch, capsys):
+    # a plan made on a laptop for a GPU cluster, or before the scores exist, is printed; what a run here and
+    # now would refuse is one warning line each, and nothing is written
+    _no_gpu(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(_micro(tmp_path)), "--set", "ray.gpus_per_job=1", "--stage", "transfer", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0 and "transfer" in captured.out
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("zoo-study: warning: a run now would be refused: ") for w in warnings)
+    assert "run stage(s) zoo, predict, score first" in warnings[0] and "ray.gpus_per_job=1" in warnings[1]
+    assert os.listdir(tmp_path) == ["micro.toml"]
