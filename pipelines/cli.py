@@ -21,54 +21,16 @@ import argparse
 import json
 import logging
 import platform
-import signal
 import sys
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+from pipelines.signals import TERMINATION
+
 LOG = logging.getLogger("zoo_study")
 EXIT_MISUSE = 2
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
-
-
-class _Termination:
-    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops a command the way Ctrl-C does: the handler
-    hands the signal to whatever handles SIGINT at that moment (the runner's graceful stop during a run,
-    KeyboardInterrupt elsewhere), so finished jobs are kept and one "interrupted" line is printed instead
-    of Ray's SIGTERM exit, and the exit code says which signal it was."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self.previous = None
-
-    def handle(self, signum, frame) -> None:
-        self.received = True
-        on_int = signal.getsignal(signal.SIGINT)
-        if callable(on_int):
-            on_int(signal.SIGINT, frame)
-        else:  # SIGINT ignored or left to C (a background job): stop at once
-            raise KeyboardInterrupt
-
-    def install(self) -> None:
-        self.received = False
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self.handle)
-
-    def uninstall(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.received else EXIT_INTERRUPTED
-
-
-TERMINATION = _Termination()
 
 
 def _die(msg: str) -> NoReturn:
