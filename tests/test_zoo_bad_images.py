@@ -35,8 +35,9 @@ def _tree(root: Path, n: int = 4) -> Path:
 
 
 def _recipe():
-    # one optimiser step of the smallest embedded CNN at 16 px: this is about data, not learning
-    return replace(recipe_by_id("resnet10t_w16"), input_size=16, epochs=1.0, batch_size=4)
+    # the smallest embedded CNN at 16 px, one batch of the whole split (so every image is read, the broken one
+    # too, whatever the shuffle): this is about data, not learning
+    return replace(recipe_by_id("resnet10t_w16"), input_size=16, epochs=1.0, batch_size=64)
 
 
 def test_skip_applies_to_zoo_training(tmp_path):
@@ -69,3 +70,23 @@ def test_lazy_read_error_hint_fits_the_config(tmp_path, cache):
     msg = str(err.value)
     assert str(bad) in msg and "on_bad_image = 'skip'" in msg
     assert ("set data.cache_dir" in msg) is (not cache)
+
+
+def test_skip_applies_to_adaptation(tmp_path):
+    # Fig 9 / 10's fine-tuning reads its train split the same way as zoo training
+    import timm
+    import torch
+
+    from zoo_study.zoo.adapt import adapt_model
+
+    bad = _tree(tmp_path / "ds")
+    src = make_imagefolder(ImageFolderSpec(root=str(tmp_path / "ds"), raw_size=16, cache_dir=str(tmp_path / "cache"),
+                                           on_bad_image="skip"))
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3, channels=(8, 16, 32, 64))
+    data_config = {"input_size": [3, 16, 16], "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3,
+                   "std": [0.5] * 3}
+    blob, info = adapt_model(model, data_config, src, {"mode": "finetune", "epochs": 1.0, "lr": 1e-2, "batch_size": 64,
+                                                       "seed": 0}, meta={"data_config": data_config}, new_head=True)
+    assert blob and info["steps"] >= 1 and np.isfinite(info["final_loss"])
+    assert str(bad) in next((tmp_path / "cache").rglob("manifest.json")).read_text()
