@@ -90,3 +90,18 @@ def test_skip_applies_to_adaptation(tmp_path):
                                                        "seed": 0}, meta={"data_config": data_config}, new_head=True)
     assert blob and info["steps"] >= 1 and np.isfinite(info["final_loss"])
     assert str(bad) in next((tmp_path / "cache").rglob("manifest.json")).read_text()
+
+
+@pytest.mark.parametrize("n_per_class, batch", [(4, 8), (4, 4), (3, 4)])
+def test_cached_batches_match_the_data_loader_when_the_split_divides_into_batches(tmp_path, n_per_class, batch):
+    # with drop_last the cache's loader used to drop the last full batch when len(split) % batch == 0: zero
+    # batches for a one-batch split, which made zoo training loop forever once it read through the cache
+    from zoo_study.data import raw_loader
+    from zoo_study.data.cache import cached_split
+
+    _tree(tmp_path / "ds", n=n_per_class).unlink()  # no broken image here
+    src = make_imagefolder(ImageFolderSpec(root=str(tmp_path / "ds"), raw_size=16, cache_dir=str(tmp_path / "cache")))
+    lazy = [ids.tolist() for _, _, ids in raw_loader(src.train, batch, shuffle=True, seed=1, drop_last=True)]
+    cached = [ids.tolist() for _, _, ids in raw_loader(cached_split(src.train), batch, shuffle=True, seed=1,
+                                                      drop_last=True)]
+    assert cached == lazy and len(lazy) == (2 * n_per_class) // batch
