@@ -89,6 +89,7 @@ def train_recipe(
     step, losses = 0, []
     model.train()
     while step < total_steps:
+        epoch_start = step
         for raw, labels, _ in loader:
             if step >= total_steps:
                 break
@@ -109,6 +110,9 @@ def train_recipe(
             sched.step()
             losses.append(loss.item())
             step += 1
+        if step == epoch_start:  # a loader without batches would otherwise loop here forever
+            raise RuntimeError(f"recipe {recipe.model_id}: the training loader yielded no batch ({len(split)} samples, "
+                               f"batch {batch_size})")
         if progress:
             progress(f"{recipe.model_id}: step {step}/{total_steps} loss {np.mean(losses[-steps_per_epoch:]):.3f}")
     model.eval()
