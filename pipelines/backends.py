@@ -202,7 +202,7 @@ class RayBackend:
         for key, need in (("CPU", job.num_cpus), ("GPU", job.num_gpus)):
             if need > self._node_max[key]:
                 return (f"needs {need:g} {key}(s) but no node of this Ray instance has more than "
-                        f"{self._node_max[key]:g}; change the job's resources or join a cluster that has them")
+                        f"{self._node_max[key]:g}; lower ray.{key.lower()}s_per_job or join a cluster that has them")
         return None
 
     def device_memory(self, timeout: float = 120.0) -> float:
@@ -308,6 +308,7 @@ def ensure_ray(
         kwargs: dict[str, Any] = {"ignore_reinit_error": True}
         if runtime_env is not None:
             kwargs["runtime_env"] = dict(runtime_env)
+        on_term = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with sys.exit: keep the caller's
         try:
             if joining:
                 check_address(address)
@@ -322,6 +323,9 @@ def ensure_ray(
             if isinstance(exc, RayUnavailable):
                 raise
             raise RayUnavailable(f"cannot {'join' if joining else 'start'} Ray: {one_line(exc)}") from None
+        finally:
+            if on_term is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_term)
     res = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return f"Ray with {nodes} node(s), {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)"

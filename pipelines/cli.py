@@ -12,7 +12,8 @@
 
 Exit codes: 0 success, 1 some jobs failed (or a report, an ``sql --out`` file or a ``prefetch`` download
 could not be written or fetched: one line), 2 misuse (bad arguments, config, results root or Ray address,
-or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume).
+or a results root in use by another run; nothing was written), 130 interrupted (Ctrl-C; rerun to resume),
+143 terminated (SIGTERM, handled like Ctrl-C: finished jobs kept; rerun to resume).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
+
+from pipelines.signals import TERMINATION
 
 LOG = logging.getLogger("zoo_study")
 EXIT_MISUSE = 2
@@ -117,7 +120,7 @@ def cmd_run(args) -> int:
     """Plan, check the results root and the Ray address, take the root's lock, run stage by stage.
 
     Exit 2 (nothing written) for a bad config, results root or Ray address, or a root in use by another
-    run (unless ``--wait``); 130 after Ctrl-C (finished jobs kept); 1 when a job failed or was skipped.
+    run (unless ``--wait``); 130 after Ctrl-C, 143 after SIGTERM (finished jobs kept); 1 when a job failed or was skipped.
     """
     import os
 
@@ -125,15 +128,22 @@ def cmd_run(args) -> int:
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
     from pipelines.results_root import claim as claim_results_root
     from pipelines.stages import parse_stages
-    from pipelines.validate import validate_study
+    from pipelines.validate import check_stage_inputs, validate_study
+    from pipelines.validate_resources import check_machine
     from zoo_study.config import ConfigError
     from zoo_study.store import ResultsLayout
 
+    if args.bench is not None and not args.dry_run:
+        _die(f"--bench {args.bench} estimates a plan and needs --dry-run; add --dry-run (nothing runs) or drop --bench")
     cfg = _load(args)
+    address = args.address if args.address is not None else (cfg.ray.address or None)
     try:
         stages = parse_stages(args.stage)
-        validate_study(cfg, stages)  # the whole study against its inputs: ids, configs, data root
+        # the whole study against its inputs, and against this machine unless it only plans
+        validate_study(cfg, stages, address, machine=not args.dry_run)
         plans = _plans(cfg, stages)  # every plan validated (model ids, pairs) before anything is written
+        if not args.dry_run:
+            check_stage_inputs(cfg, stages, plans)
     except ConfigError as err:
         _die(str(err))
     layout = ResultsLayout(cfg.results_root())
@@ -141,8 +151,13 @@ def cmd_run(args) -> int:
         _die(problem)
     if args.dry_run:
         _print_plan(cfg, stages, plans, args.bench)
+        # a plan for another machine (a cluster, a GPU node) or a later root is fine; say what a run would refuse
+        for check in (lambda: check_stage_inputs(cfg, stages, plans), lambda: check_machine(cfg, address)):
+            try:
+                check()
+            except ConfigError as err:
+                print(f"zoo-study: warning: a run now would be refused: {err}", file=sys.stderr)
         return 0
-    address = args.address if args.address is not None else (cfg.ray.address or None)
     ray_was_up = backends.ray_is_initialized()
     lock = ResultsLock(layout.root)
     try:
@@ -240,7 +255,7 @@ def _run_stages(args, cfg, stages, plans, layout, address) -> int:
         except RunInterrupted as stop:
             print(f"interrupted: {finished + stop.report.ran} job(s) finished, {stop.cancelled} cancelled; "
                   "rerun to resume", file=sys.stderr)
-            return 130
+            return TERMINATION.exit_code
         except RayUnavailable as err:
             _die(str(err))
         print(report.summary())
@@ -523,11 +538,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    TERMINATION.install()
     try:
         return int(args.fn(args) or 0)
-    except KeyboardInterrupt:  # Ctrl-C outside a run's job loop (which reports itself)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a run's job loop (which reports itself)
         print("zoo-study: interrupted", file=sys.stderr)
-        return 130
+        return TERMINATION.exit_code
+    finally:
+        TERMINATION.uninstall()
 
 
 if __name__ == "__main__":

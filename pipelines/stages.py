@@ -519,9 +519,11 @@ def plan_stage(cfg: StudyConfig, stage: str) -> list[Job] | None:
 
 def parse_stages(text: str | None) -> list[str]:
     """'--stage score,transfer' -> ordered list; None = all stages."""
-    if not text:
+    if text is None:
         return list(STAGES)
     wanted = [s.strip() for s in text.split(",") if s.strip()]
+    if not wanted:  # `--stage ''` (an unset shell variable) must not mean every stage
+        raise ConfigError(f"--stage {text!r} names no stage; valid: a comma-separated subset of {', '.join(STAGES)}")
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown stage(s) {bad}; valid: {', '.join(STAGES)}")

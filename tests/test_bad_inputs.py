@@ -100,11 +100,37 @@ CONFIG_CASES = [
     ("bad-device", ["study.device=tpu"], "tpu"),
     ("negative-cpus-per-job", ["ray.cpus_per_job=-1"], "cpus_per_job"),
     ("bad-set-syntax", ["transfer.epochs"], "key=value"),
+    # issue 22: inputs that used to pass validation and fail after Ray started (exit 1, failures/ written)
+    ("clip-encoder-not-a-folder", ["semantics.encoder='clip:/nonexistent'"], "'/nonexistent' is not a local CLIP"),
+    ("talking-split-deeper-than-student", ["transfer.methods=['talking_models']", "transfer.pairs=explicit",
+                                           "transfer.explicit=[['resnet10t_w16', 'convnext_atto_p2']]",
+                                           "transfer.hparams.talking_models.split=4"],
+     "model 'convnext_atto_p2' has 4 feature level(s) in timm's feature_info; valid: 0 to 3"),
+    ("adapt-imagefolder-without-root", ["zoo.adapt.enabled=true", "zoo.adapt.pretrain_data.kind=imagefolder"],
+     "zoo.adapt.pretrain_data.kind='imagefolder' needs a dataset root"),
+    ("unknown-timm-arch", ["zoo.models=[{id = 'x', source = 'timm', arch = 'resnet5000'}]"],
+     "arch 'resnet5000' is not a timm architecture"),
+    ("variant-lr-overflow", ["transfer.variants=[{lr_scale = 1e308}]"], "transfer.lr_scale 1e+308"),
+    ("hparam-lr-beyond-sane", ["transfer.hparams.kl.lr=1e6"], "lr 1e+06"),
+    # issue 22: silently accepted before
+    ("repeated-variant", ["transfer.variants=[{temperature = 4.0}, {lr_scale = 0.5}, {temperature = 4.0}]"],
+     "repeats a variant: [0] and [2]"),
+    ("robustness-method-not-transferred", ["robustness.enabled=true", "robustness.methods=['std_kd']"],
+     "robustness.methods ['std_kd']: no transfer of these methods is planned"),
+    ("cache-dir-with-generated-data", ["data.cache_dir=cache"], "only ImageFolder data is cached"),
 ]
 
 CLI_CASES = [
     ("unknown-stage", ["--stage", "zoo,bake"], "bake"),
     ("bad-ray-address", ["--address", "nonsense:1"], "nonsense:1"),
+    # issue 22: `--stage ''` ran every stage; --bench without --dry-run started a real run; a stage planned
+    # from the scores on an empty root was skipped after the root was created
+    ("empty-stage", ["--stage", ""], "--stage '' names no stage"),
+    ("blank-stage-list", ["--stage", " , "], "names no stage"),
+    ("bench-without-dry-run", ["--bench", "bench.json"], "needs --dry-run"),
+    ("transfer-stage-on-empty-root", ["--stage", "transfer"], "run stage(s) zoo, predict, score first"),
+    ("robustness-stage-on-empty-root", ["--stage", "robustness", "--set", "robustness.enabled=true"],
+     "run stage(s) zoo, predict, score first"),
 ]
 
 
@@ -120,6 +146,8 @@ def _files_under(path: Path) -> set[str]:
 
 def _refused(tmp_path, monkeypatch, capsys, argv: list[str], expect: str) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_STUDY_IMAGENET", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = _files_under(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -189,4 +217,81 @@ def test_non_finite_and_empty_values_never_show_a_traceback(tmp_path, monkeypatc
             err = capsys.readouterr().err
             assert info.value.code == 2 and "Traceback" not in err and key in err, (key, value, err)
     assert not (tmp_path / "runs").exists()
+    assert os.listdir(tmp_path) == ["micro.toml"]
+
+
+def _no_gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("case", ["device-cuda", "gpus-per-job", "cpus-per-job", "cpus-per-job-over-num-cpus"])
+def test_local_run_beyond_this_machine_is_refused(tmp_path, monkeypatch, capsys, case):
+    # on a machine without a GPU (made so here); Ray used to skip every such job, or the first job failed
+    _no_gpu(monkeypatch)
+    cpus = os.cpu_count() or 1
+    overrides, expect = {
+        "device-cuda": (["study.device=cuda"], "study.device='cuda' but this machine has no usable CUDA GPU"),
+        "gpus-per-job": (["ray.gpus_per_job=1"], "ray.gpus_per_job=1 is more than this machine's 0 GPU(s)"),
+        "cpus-per-job": ([f"ray.cpus_per_job={cpus + 1}"], f"ray.cpus_per_job={cpus + 1} is more than this run's "
+                                                            f"{cpus} CPU(s) (os.cpu_count())"),
+        "cpus-per-job-over-num-cpus": (["ray.num_cpus=2", "ray.cpus_per_job=3"], "this run's 2 CPU(s) (ray.num_cpus)"),
+    }[case]
+    argv = ["run", str(_micro(tmp_path)), "--set", "ray.address="]  # a local Ray instance
+    for item in overrides:
+        argv += ["--set", item]
+    _refused(tmp_path, monkeypatch, capsys, argv, expect)
+
+
+def test_machine_checks_are_left_to_a_cluster(tmp_path, monkeypatch, capsys):
+    # joining a cluster, its nodes decide: validation passes and the run gets as far as the (bad) address
+    _no_gpu(monkeypatch)
+    argv = ["run", str(_micro(tmp_path)), "--set", "study.device=cuda", "--set", "ray.gpus_per_job=1",
+            "--address", "nonsense:1"]
+    _refused(tmp_path, monkeypatch, capsys, argv, "nonsense:1")
+
+
+def _imagefolder(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        (data / split / "a").mkdir(parents=True)
+    return data
+
+
+@pytest.mark.parametrize("case", ["is-a-file", "under-a-file", "read-only-mount"])
+def test_unwritable_cache_dir_is_refused(tmp_path, monkeypatch, capsys, case):
+    # used to fail in the first job that built the cache, after the zoo had trained
+    data = _imagefolder(tmp_path)
+    (tmp_path / "cache-file").write_text("x")
+    cache, expect = {"is-a-file": (tmp_path / "cache-file", "cache-file is a file, not a folder"),
+                     "under-a-file": (tmp_path / "cache-file" / "sub", "cache-file is a file, not a folder"),
+                     "read-only-mount": (Path("/proc/zoo-study-cache"), "cannot write in /proc")}[case]
+    argv = ["run", str(_micro(tmp_path)), "--set", "data.kind=imagefolder", "--set", f"data.root={data}",
+            "--set", f"data.cache_dir={cache}"]
+    _refused(tmp_path, monkeypatch, capsys, argv, expect)
+
+
+def test_writable_cache_dir_passes_and_the_probe_leaves_nothing(tmp_path, monkeypatch, capsys):
+    data = _imagefolder(tmp_path)
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(_micro(tmp_path)), "--set", "data.kind=imagefolder", "--set", f"data.root={data}",
+                 "--set", f"data.cache_dir={tmp_path / 'cache' / 'new'}", "--dry-run"])
+    assert code == 0, capsys.readouterr().err
+    assert os.listdir(tmp_path / "cache") == [] and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_plans_for_another_machine_and_warns(tmp_path, monkeypatch, capsys):
+    # a plan made on a laptop for a GPU cluster, or before the scores exist, is printed; what a run here and
+    # now would refuse is one warning line each, and nothing is written
+    _no_gpu(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(_micro(tmp_path)), "--set", "ray.gpus_per_job=1", "--stage", "transfer", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0 and "transfer" in captured.out
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("zoo-study: warning: a run now would be refused: ") for w in warnings)
+    assert "run stage(s) zoo, predict, score first" in warnings[0] and "ray.gpus_per_job=1" in warnings[1]
     assert os.listdir(tmp_path) == ["micro.toml"]

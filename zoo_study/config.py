@@ -209,6 +209,12 @@ class TransferSection(TransferSettings):
                 from zoo_study.transfer.config import first_error
 
                 raise ValueError(f"transfer.variants[{i}]: {first_error(err)}") from None
+        seen: dict[str, int] = {}
+        for i, variant in enumerate(v):  # like methods and seeds: a repeat would silently merge into one job
+            key = json.dumps(variant, sort_keys=True)
+            if key in seen:
+                raise ValueError(f"transfer.variants repeats a variant: [{seen[key]}] and [{i}] are both {key}")
+            seen[key] = i
         return v
 
     @field_validator("hparams")

@@ -122,7 +122,7 @@ class CachedBatches:
     def __iter__(self):
         order = self._order()
         b = self.batch_size
-        stops = range(b, len(order) + (0 if self.drop_last else b), b)
+        stops = range(b, len(order) + (1 if self.drop_last else b), b)  # drop_last: every full batch, the last too
         chunks = [order[i - b : min(i, len(order))] for i in stops]
         if not self.prefetch or len(chunks) < 2:
             for idx in chunks:

@@ -15,8 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["GeneratedSpec", "DataSpec", "IMAGENET_ENV", "CACHE_ENV", "NO_CACHE", "MAX_SHAPES", "MAX_COLOURS",
-           "default_cache_dir", "resolve_data_paths", "resolved_cache_dir",
-           "cache_dir_problem"]
+           "default_cache_dir", "resolve_data_paths", "resolved_cache_dir"]
 
 IMAGENET_ENV = "ZOO_STUDY_IMAGENET"
 CACHE_ENV = "ZOO_STUDY_CACHE"  # the decoded-image cache folder when data.cache_dir is not set
@@ -166,21 +165,3 @@ def resolved_cache_dir(spec: DataSpec) -> str | None:
         return None
     cache = spec.cache_dir if spec.cache_dir is not None else default_cache_dir()
     return os.path.abspath(os.path.expanduser(cache))
-
-
-def cache_dir_problem(spec: DataSpec) -> str | None:
-    """One line saying why the resolved cache folder cannot be used (a file, or under a folder this user
-    cannot write), or None: checked on the driver before anything runs."""
-    cache = resolved_cache_dir(spec)
-    if cache is None:
-        return None
-    shown = f"data.cache_dir={spec.cache_dir!r}" if spec.cache_dir is not None else f"the image cache folder {cache!r}"
-    if os.path.exists(cache) and not os.path.isdir(cache):
-        return f"{shown} is a file; name a folder on a local disk, or \"none\" to decode images on the fly"
-    parent = cache
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return (f"{shown} cannot be created or written ({parent!r} is not writable); name a writable folder "
-                f"(or set {CACHE_ENV}), or \"none\" to decode images on the fly")
-    return None

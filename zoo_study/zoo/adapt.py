@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo_study.data.base import DataSource, raw_loader
+from zoo_study.data.cache import cached_split
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.zoo.loading import RECIPE_METADATA_KEY
 
@@ -78,7 +79,7 @@ def adapt_model(model: nn.Module, data_config: Mapping[str, Any], source: DataSo
         params = [p for p in model.parameters()]
         for p in params:
             p.requires_grad_(True)
-    split = source.train
+    split = cached_split(source.train)  # the image cache when configured (on_bad_image applies), as in train.py
     batch = min(int(settings["batch_size"]), len(split))
     loader = raw_loader(split, batch, shuffle=True, seed=seed, drop_last=True)
     total = max(1, int(math.ceil(float(settings["epochs"]) * max(1, len(loader)))))

@@ -20,6 +20,7 @@ import zoo_study  # noqa: F401
 import timm
 
 from zoo_study.data.base import DataSource, raw_loader
+from zoo_study.data.cache import cached_split
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.data.subsets import stratified_indices
 from zoo_study.zoo import archs as _archs  # noqa: F401
@@ -69,7 +70,10 @@ def train_recipe(
     num_classes = source.num_classes
     model = timm.create_model(recipe.arch, pretrained=False, **recipe.model_kwargs_for(num_classes)).to(device)
     pre = ModelPreprocess.from_data_config(recipe.data_config)
-    split = source.train
+    # with data.cache_dir set, read through the decoded-image cache at the lazy path's raw size (the same
+    # pixels): every image is checked once when it is built, and data.on_bad_image = 'skip' leaves
+    # unreadable ones out of training as it does for every other stage. Unchanged without a cache.
+    split = cached_split(source.train)
     if recipe.train_fraction < 1:
         split = split.subset(stratified_indices(split.labels, fraction=recipe.train_fraction, seed=recipe.seed))
     if len(split) == 0:
@@ -85,6 +89,7 @@ def train_recipe(
     step, losses = 0, []
     model.train()
     while step < total_steps:
+        epoch_start = step
         for raw, labels, _ in loader:
             if step >= total_steps:
                 break
@@ -105,6 +110,9 @@ def train_recipe(
             sched.step()
             losses.append(loss.item())
             step += 1
+        if step == epoch_start:  # a loader without batches would otherwise loop here forever
+            raise RuntimeError(f"recipe {recipe.model_id}: the training loader yielded no batch ({len(split)} samples, "
+                               f"batch {batch_size})")
         if progress:
             progress(f"{recipe.model_id}: step {step}/{total_steps} loss {np.mean(losses[-steps_per_epoch:]):.3f}")
     model.eval()
