@@ -105,7 +105,8 @@ CONFIG_CASES = [
     ("talking-split-deeper-than-student", ["transfer.methods=['talking_models']", "transfer.pairs=explicit",
                                            "transfer.explicit=[['resnet10t_w16', 'convnext_atto_p2']]",
                                            "transfer.hparams.talking_models.split=4"],
-     "model 'convnext_atto_p2' has 4 feature level(s) in timm's feature_info; valid: 0 to 3"),
+     "model 'convnext_atto_p2' (convnext_atto) cannot give them: talking_models split = 4: the model (ConvNeXt) "
+     "has 4 feature level(s) in timm's forward_intermediates; valid: 0 to 3"),
     ("adapt-imagefolder-without-root", ["zoo.adapt.enabled=true", "zoo.adapt.pretrain_data.kind=imagefolder"],
      "zoo.adapt.pretrain_data.kind='imagefolder' needs a dataset root"),
     ("unknown-timm-arch", ["zoo.models=[{id = 'x', source = 'timm', arch = 'resnet5000'}]"],
