@@ -63,7 +63,7 @@ def _kappa_figure(db: ResultsDB) -> str:
     y = np.asarray(t.column("kappa").to_numpy(zero_copy_only=False), float)
     uri = _scatter(x, y, "rho_pos [% of eval samples]", "Cohen's kappa of correctness",
                    "Agreement beyond chance vs complementary knowledge", False)
-    return (f'<figure><img alt="kappa vs rho_pos" src="{uri}"><figcaption>Each scored pair: how much the two '
+    return (f'<figure><img data-figure="which_teacher_kappa" alt="kappa vs rho_pos" src="{uri}"><figcaption>Each scored pair: how much the two '
             f"models agree beyond chance on which samples they get right, against the share the teacher gets "
             f"right and the student wrong ({t.num_rows} pairs).</figcaption></figure>")
 
@@ -90,7 +90,8 @@ def which_teacher_html(db: ResultsDB) -> str:
             obs = np.array([100 * o for _, _, _, o in q.held_out])
             uri = _scatter(pred, obs, "predicted delta [pp] (student held out)", "observed delta [pp]",
                            f"{method}: held-out predictions", True)
-            parts.append(f'<figure><img alt="{html.escape(method)} predicted vs observed" src="{uri}"><figcaption>'
+            parts.append(f'<figure><img data-figure="which_teacher_{html.escape(method)}" '
+                         f'alt="{html.escape(method)} predicted vs observed" src="{uri}"><figcaption>'
                          f"Every finished pair predicted by a model that never saw its student "
                          f"({len(q.held_out)} pairs); the dashed line is perfect prediction.</figcaption></figure>")
         rows = []
