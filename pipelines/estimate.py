@@ -38,6 +38,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from zoo_study.data.spec import resolved_cache_dir
+
 __all__ = ["Bench", "DataSizes", "Estimate", "Overheads", "batch_note", "data_sizes", "epoch_images", "estimate",
            "format_estimate", "load_bench", "transfer_images"]
 
@@ -163,8 +165,9 @@ def data_sizes(cfg) -> DataSizes:
         g = cfg.data.generated
         return DataSizes(_balanced(g.n_train, g.num_classes), g.n_eval)
     root = Path(cfg.data.resolved_root()).expanduser()
+    # the image cache is on unless data.cache_dir = "none" (unset: the node-local default folder)
     return DataSizes(tuple(_count_images(root / "train")), sum(_count_images(root / "val")), decoded=True,
-                     cached=cfg.data.cache_dir is not None)
+                     cached=resolved_cache_dir(cfg.data) is not None)
 
 
 def transfer_images(config: Mapping[str, Any], sizes: DataSizes) -> int:

@@ -46,7 +46,7 @@ def _bench(tmp_path, names=lambda m: ARCH[m], models=("s", "t", "u"), overheads=
 
 
 def _config(tmp_path, *, methods=("kl",), pairs=(("t", "s"),), per_class=1, pack_size=1, pack_students=1,
-            cache=False) -> str:
+            cache: bool | None = False) -> str:
     models = "".join(f'[[zoo.models]]\nid = "{m}"\narch = "{a}"\n' for m, a in ARCH.items())
     text = f"""
 [study]
@@ -54,7 +54,7 @@ results_root = "{tmp_path / 'r'}"
 [data]
 kind = "imagefolder"
 root = "{tmp_path / 'data'}"
-{f'cache_dir = "{tmp_path / "cache"}"' if cache else ''}
+{'' if cache is None else f'cache_dir = "{tmp_path / "cache" if cache else "none"}"'}
 [zoo]
 embedded = "none"
 {models}
@@ -267,3 +267,13 @@ def test_a_bench_measured_at_another_batch_is_said(study, capsys):
     assert "the rates were measured at batch 256, the jobs train at batch 4" in out
     path.write_text(json.dumps({**bench, "batch": 4}))
     assert "measured at batch" not in _dry_run(capsys, _config(study), str(path))[1]
+
+
+def test_the_image_cache_is_on_by_default_for_imagefolder_data(study, capsys, monkeypatch):
+    """data.cache_dir unset means the node-local default cache, not on-the-fly decoding: the estimate
+    charges each image's decode once, as with an explicit folder."""
+    monkeypatch.setenv("ZOO_STUDY_CACHE", str(study / "default_cache"))
+    default, _ = _dry_run(capsys, _config(study, per_class=130, cache=None), _bench(study))
+    explicit, _ = _dry_run(capsys, _config(study, per_class=130, cache=True), _bench(study))
+    off, _ = _dry_run(capsys, _config(study, per_class=130, cache=False), _bench(study))
+    assert default == pytest.approx(explicit) and off > default
