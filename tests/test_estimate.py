@@ -277,3 +277,55 @@ def test_the_image_cache_is_on_by_default_for_imagefolder_data(study, capsys, mo
     explicit, _ = _dry_run(capsys, _config(study, per_class=130, cache=True), _bench(study))
     off, _ = _dry_run(capsys, _config(study, per_class=130, cache=False), _bench(study))
     assert default == pytest.approx(explicit) and off > default
+
+
+def test_the_shipped_imagenet_10pct_estimate_by_hand(tmp_path, capsys, monkeypatch):
+    """`imagenet_10pct.toml --dry-run --bench` on an ImageNet-style tree of the 1,000 WordNet ids (1 train
+    and 1 val file each: planning only counts them), every paper model at 500 train / 2,000 eval img/s.
+    By hand: Table 5's 20 students x 20 teachers share one model, so 399 pairs x 6 methods = 2,394 transfers,
+    one pack of 6 per pair; 130 images x 1,000 classes = 130,000 per transfer set, 507 full batches of 256 =
+    129,792 images per epoch, 20 epochs; eval every epoch over the 1,000 val images."""
+    from zoo_study.zoo.catalog import paper_models
+
+    from zoo_study.data.imagefolder import _imagenet_names
+
+    names, index = _imagenet_names()
+    wnids = sorted(index, key=index.get)
+    assert len(wnids) == 1000
+    for split in ("train", "val"):
+        for w in wnids:
+            d = tmp_path / "imagenet" / split / w
+            d.mkdir(parents=True)
+            (d / "a.JPEG").touch()
+    rows = [r for r in paper_models() if r["study"] == "imagenet_10pct"]
+    students = {r["timm_name"] for r in rows if r["role"] == "student"}
+    teachers = {r["timm_name"] for r in rows if r["role"] == "teacher"}
+    train_r, eval_r, startup = 500.0, 2000.0, 30.0
+    models = sorted(students | teachers | {"resnet50"})
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"device": "cuda", "device_name": "hand GPU", "startup_s": startup,
+                                 "models": [{"model": m, "train_img_s": train_r, "eval_img_s": eval_r} for m in models]}))
+    monkeypatch.setenv("ZOO_STUDY_CACHE", str(tmp_path / "cache"))
+    cfg = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "imagenet_10pct.toml")
+    argv = ["run", cfg, "--dry-run", "--bench", str(bench), "--stage", "transfer",
+            "--set", f"study.results_root={tmp_path / 'r'}", "--set", f"data.root={tmp_path / 'imagenet'}"]
+    # transfer pairs of "paper" are known without scores; the transfer stage alone is estimated
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    pairs = sum(1 for s in students for t in teachers if s != t)
+    members, packs, epochs, per_epoch, n_eval = 6 * pairs, pairs, 20, 507 * 256, 1000
+    assert (pairs, members) == (399, 2394)
+    train_h = members * epochs * per_epoch / train_r / 3600
+    eval_h = members * epochs * n_eval / eval_r / 3600
+    # per pack: the teacher forward on every batch, and one frozen-student forward (kl_dp, kl_dp_unsup need it)
+    shared_h = packs * 2 * epochs * per_epoch / eval_r / 3600
+    startup_h = packs * startup / 3600
+    m = re.search(r"train ([\d.]+) h, eval ([\d.]+) h, shared forwards \(teacher, frozen student; once per pack\) "
+                  r"([\d.]+) h, predict ([\d.]+) h, decode ([\d.]+) h, start-up ([\d.]+) h", out)
+    assert m, out
+    got = [float(g) for g in m.groups()]
+    assert got[0] == pytest.approx(train_h, abs=0.006)  # 3,452.5 h
+    assert got[1] == pytest.approx(eval_h, abs=0.006)
+    assert got[2] == pytest.approx(shared_h, abs=0.006)
+    assert got[5] == pytest.approx(startup_h, abs=0.006)
+    assert f"({members} job(s) in {packs} task(s))" in out
