@@ -11,7 +11,7 @@ import torch
 import zoo_study  # noqa: F401  (torchvision compat before timm)
 import timm
 
-from test_transfer_fixtures import tiny_source, trained
+from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.transfer import TransferConfig, run_transfer
 from zoo_study.transfer.amtml import AMTMLModule, hint_loss, instance_weights, integrated_target, rkd_angle_loss
 from zoo_study.transfer.loop import as_grid, forward_with_map

@@ -381,7 +381,7 @@ def test_summary_uncertainty_columns_are_consistent(full_root: Path) -> None:
 def test_run_transfer_writes_the_uncertainty_columns() -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_transfer_fixtures import tiny_source, trained
+    from helpers.transfer_fixtures import tiny_source, trained
 
     from zoo_study.transfer import TransferConfig, run_transfer
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_transfer_fixtures import tiny_source, trained
+from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.precision import Precision, choose_precision, fp32_logits
 from zoo_study.transfer import Runtime, TransferConfig
 

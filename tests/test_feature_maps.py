@@ -316,7 +316,7 @@ def test_talking_models_at_split_1_runs_between_the_papers_token_architectures(s
 @pytest.mark.parametrize("method,hparams", [("talking_models", {"split": 1, "msg_dim": 8}), ("amtml_kd", {})])
 def test_a_transfer_between_swins_runs_through_the_loop(method, hparams):
     """The whole phase (its setup probe, packed teacher forwards, steps, eval) with NHWC models at 56 px."""
-    from test_transfer_fixtures import NUM_CLASSES, record, tiny_source
+    from helpers.transfer_fixtures import NUM_CLASSES, record, tiny_source
     from zoo_study.transfer import TransferConfig, run_transfer
 
     def swin(seed: int):

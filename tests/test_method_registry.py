@@ -95,7 +95,7 @@ def test_toy_method_end_to_end(toy_method, tmp_path):
     tc = _transfer_config(cfg, "toy_kd", 0)
     assert tc["hparams"] == {"alpha": 0.25} and tc["base_lr"] == get_method("toy_kd").lr
     # the loop runs it, with its state hook called after every optimiser step
-    from test_transfer_fixtures import tiny_source, trained
+    from helpers.transfer_fixtures import tiny_source, trained
     from zoo_study.transfer import TransferConfig, run_transfer
 
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_transfer_fixtures import tiny_source, trained
+from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.methods import losses as L
 from zoo_study.methods.builtin import std_kd
 from zoo_study.methods.registry import ObjectiveInputs

@@ -19,7 +19,7 @@ from zoo_study.transfer import (
     soup_state_dicts,
 )
 
-from test_transfer_fixtures import state_equal, tiny_model, tiny_source, trained
+from helpers.transfer_fixtures import state_equal, tiny_model, tiny_source, trained
 
 torch.set_num_threads(1)
 

@@ -77,7 +77,7 @@ def test_transfer_set_per_class_and_budget_knobs():
 
 
 def test_eval_every_evaluates_only_some_epochs_and_the_last():
-    from test_transfer_fixtures import tiny_source, trained
+    from helpers.transfer_fixtures import tiny_source, trained
     from zoo_study.transfer import run_transfer
 
     student, srec = trained(0)

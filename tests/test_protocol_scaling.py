@@ -51,7 +51,7 @@ def test_no_lr_leaves_its_paper_grid_under_paper_ratios() -> None:
 def _mcl_summary(protocol: str) -> dict:
     import json as _json
 
-    from test_transfer_fixtures import tiny_source, trained
+    from helpers.transfer_fixtures import tiny_source, trained
     from zoo_study.transfer.job import run_transfer
 
     src = tiny_source()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_transfer_fixtures import tiny_model, tiny_source, trained
+from helpers.transfer_fixtures import tiny_model, tiny_source, trained
 from zoo_study.data import ModelPreprocess
 from zoo_study.robustness import (
     InputBounds, clustering_scores, evaluate_robustness, feature_clustering, fgsm, ifgsm, stratified_subset,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from test_transfer_fixtures import tiny_source, trained
+from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.transfer import TransferConfig, run_transfer
 from zoo_study.transfer.talking import talking_round
 

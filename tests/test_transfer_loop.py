@@ -29,7 +29,7 @@ from zoo_study.transfer import (
     transfer_set,
 )
 
-from test_transfer_fixtures import record, state_equal, tiny_source, trained
+from helpers.transfer_fixtures import record, state_equal, tiny_source, trained
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import torch
 
 from zoo_study.transfer import SlowWeights, TransferConfig, interpolate_, run_transfer
 
-from test_transfer_fixtures import state_equal, tiny_model, tiny_source, trained
+from helpers.transfer_fixtures import state_equal, tiny_model, tiny_source, trained
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import traceback
 import pytest
 import torch
 
-from test_transfer_fixtures import tiny_source, trained
+from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.methods import ObjectiveOutput, register_method, unregister_method
 from zoo_study.methods.registry import MethodState
 from zoo_study.transfer import TransferConfig, TransferDiverged, run_transfer
