@@ -387,6 +387,15 @@ def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False,
     return outputs
 
 
+def method_pair_indices(n_pairs: int, k: int | None) -> set[int]:
+    """Which of ``n_pairs`` pairs (in delta_acc order when sampled) a method with ``k`` pairs runs on:
+    ``k`` indices spread evenly from the first to the last, so a claim's subset spans the whole range
+    of delta_acc; every pair when ``k`` is None or not smaller."""
+    if k is None or k >= n_pairs:
+        return set(range(n_pairs))
+    return {int(i) for i in np.linspace(0, n_pairs - 1, k).round()}
+
+
 def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     if not cfg.transfer.enabled:
         return []
@@ -399,6 +408,8 @@ def plan_transfer(cfg: StudyConfig, layout: ResultsLayout) -> list[Job] | None:
     jobs = []
     for i, (teacher, student) in enumerate(pairs):
         for method in t.methods:
+            if i not in method_pair_indices(len(pairs), t.method_pairs.get(method)):
+                continue
             seeds = list(t.seeds)
             if i < rep.n_pairs and (not rep.methods or method in rep.methods):  # extra seeds on the first pairs
                 seeds += [s for s in rep.seeds if s not in seeds]

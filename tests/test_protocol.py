@@ -102,3 +102,43 @@ def test_replicate_seeds_are_planned_on_the_first_pairs(tmp_path):
                   for j in jobs)
     assert runs == [("mixer_p8", "kl", 0), ("mixer_p8", "kl_dp", 0), ("mixer_p8", "kl_dp", 1), ("mixer_p8", "kl_dp", 2),
                     ("pit_p8", "kl", 0), ("pit_p8", "kl_dp", 0)]
+
+
+def test_method_pair_indices_spread_a_claims_subset_over_the_delta_acc_order():
+    from pipelines.stages import method_pair_indices
+
+    assert method_pair_indices(30, 12) == {0, 3, 5, 8, 11, 13, 16, 18, 21, 24, 26, 29}  # 29 * j / 11, rounded
+    assert method_pair_indices(5, 2) == {0, 4}
+    assert method_pair_indices(5, 1) == {0}
+    assert method_pair_indices(5, None) == method_pair_indices(5, 5) == method_pair_indices(5, 9) == set(range(5))
+
+
+def test_method_pairs_plans_a_method_on_its_share_of_the_pairs(tmp_path):
+    from pipelines.stages import plan_transfer
+    from zoo_study.config import load_config
+    from zoo_study.store import ResultsLayout
+
+    pairs = [["mixer_p8", "vit_p8_d96"], ["pit_p8", "vit_p8_d96"], ["mixer_p8", "pit_p8"]]
+    cfg = load_config(None, [f"study.results_root={tmp_path}", "transfer.pairs=explicit",
+                             f"transfer.explicit={pairs}", "transfer.methods=['kl', 'xe_kl']",
+                             "transfer.method_pairs={xe_kl = 2}"])
+    runs = sorted((j.spec["teachers"][0]["model_id"], j.spec["student"]["model_id"], j.spec["config"]["method"])
+                  for j in plan_transfer(cfg, ResultsLayout(tmp_path)))
+    assert runs == sorted([("mixer_p8", "vit_p8_d96", "kl"), ("pit_p8", "vit_p8_d96", "kl"), ("mixer_p8", "pit_p8", "kl"),
+                           ("mixer_p8", "vit_p8_d96", "xe_kl"), ("mixer_p8", "pit_p8", "xe_kl")])
+
+
+@pytest.mark.parametrize("override, words", [("{crd = 2}", "not in transfer.methods"),
+                                             ("{kl = 0}", "greater than or equal to 1")])
+def test_method_pairs_refuses_a_method_not_run_or_a_count_below_one(override, words):
+    from zoo_study.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, ["transfer.methods=['kl']", f"transfer.method_pairs={override}"])
+
+
+def test_method_pairs_refuses_more_pairs_than_sampled():
+    from zoo_study.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"more pairs than transfer.n_pairs = 4"):
+        load_config(None, ["transfer.methods=['kl']", "transfer.n_pairs=4", "transfer.method_pairs={kl = 5}"])

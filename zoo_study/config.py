@@ -179,6 +179,9 @@ class TransferSection(TransferSettings):
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
     hparams: dict[str, dict[str, Any]] = {}  # per-method overrides, e.g. {kl_dp = {lr = 1e-4}}
     replicate: ReplicateSection = ReplicateSection()
+    # a study designed per claim: a method listed here runs on only that many of the pairs, spread evenly
+    # over their delta_acc order (e.g. {xe_kl = 12, xe_kl_mcl = 12} of 30 pairs); unlisted methods run on all
+    method_pairs: dict[str, Annotated[int, Field(ge=1)]] = {}
     # further copies of every single-teacher transfer with some settings changed, e.g. the mixup-KD grid
     # [{mixup = "pmu", mixup_share = 0.1}, {mixup = "fmu"}, {student_init = "scratch"}, {temperature = 4.0}];
     # each key must be a transfer setting (TransferSettings) or temperature, each variant is validated like
@@ -233,6 +236,12 @@ class TransferSection(TransferSettings):
             raise ValueError("transfer.pairs='grid' needs transfer.students and transfer.teachers (non-empty lists)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"transfer.seeds repeats a seed: {self.seeds}")
+        stray = sorted(set(self.method_pairs) - set(self.methods))
+        if stray:
+            raise ValueError(f"transfer.method_pairs names {stray}, which are not in transfer.methods {self.methods}")
+        too_many = {m: k for m, k in self.method_pairs.items() if self.pairs == "sample" and k > self.n_pairs}
+        if too_many:
+            raise ValueError(f"transfer.method_pairs {too_many} asks for more pairs than transfer.n_pairs = {self.n_pairs}")
         stray = [m for m in self.replicate.methods if m not in self.methods]
         if stray and self.replicate.n_pairs and self.replicate.seeds:
             raise ValueError(f"transfer.replicate.methods {stray} are not in transfer.methods {self.methods}")
