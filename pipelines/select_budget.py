@@ -107,17 +107,23 @@ def _link_root(study_root: Path, target: Path) -> None:
         os.link(rec, target / "_jobs" / rec.name)
 
 
+def candidate_overrides(root: Path, budget: Budget, pairs: list[tuple[str, str, float]]) -> list[str]:
+    """The ``--set`` arguments that turn the study's config into one candidate's run: KL-Dist alone on the
+    weak-teacher pairs, nothing else (no multi-teacher, hparam, replicate seeds or per-method pair counts)."""
+    explicit = "[" + ", ".join(f"['{t}', '{s}']" for t, s, _ in pairs) + "]"
+    sets = [f"study.results_root={root}", "transfer.methods=['kl']", "transfer.pairs=explicit",
+            f"transfer.explicit={explicit}", "multi_teacher.enabled=false", "hparam_search.enabled=false",
+            "transfer.replicate.n_pairs=0", "transfer.replicate.methods=[]", "transfer.method_pairs={}",
+            *budget.overrides()]
+    return [arg for item in sets for arg in ("--set", item)]
+
+
 def run_budget(config: str, study_root: Path, budget: Budget, pairs: list[tuple[str, str, float]]) -> list[dict]:
     from pipelines.cli import main
 
     root = study_root.parent / f"{study_root.name}_budget" / budget.label.split()[0]
     _link_root(study_root, root)
-    explicit = "[" + ", ".join(f"['{t}', '{s}']" for t, s, _ in pairs) + "]"
-    argv = ["run", config, "--stage", "transfer", "--no-progress",
-            "--set", f"study.results_root={root}", "--set", "transfer.methods=['kl']",
-            "--set", "transfer.pairs=explicit", "--set", f"transfer.explicit={explicit}",
-            "--set", "multi_teacher.enabled=false", "--set", "hparam_search.enabled=false",
-            "--set", "transfer.replicate.n_pairs=0", "--set", "transfer.replicate.methods=[]", *sum((["--set", o] for o in budget.overrides()), [])]
+    argv = ["run", config, "--stage", "transfer", "--no-progress", *candidate_overrides(root, budget, pairs)]
     t0 = time.perf_counter()
     code = main(argv)
     wall = time.perf_counter() - t0

@@ -61,3 +61,18 @@ def test_weak_teacher_pairs_are_disjoint_from_the_studys_pairs(tmp_path):
     with pytest.raises(SystemExit) as info:
         weak_teacher_pairs(tmp_path, 3, exclude={(f"T{i}", "S") for i in range(6)})
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("config", ["claims.toml", "demo.toml"])
+def test_every_candidates_overrides_load_with_the_shipped_config(tmp_path, config):
+    """The claims config runs some methods on a share of the pairs (transfer.method_pairs); a candidate
+    runs KL-Dist alone, so its overrides must clear what would name the other methods."""
+    from pipelines.select_budget import CANDIDATES, candidate_overrides
+    from zoo_study.config import load_config
+
+    pairs = [("mixer_p8", "vit_p8_d96", -0.2), ("pit_p8", "vit_p8_d96", -0.15)]
+    for budget in CANDIDATES:
+        argv = candidate_overrides(tmp_path / "b", budget, pairs)
+        cfg = load_config(f"pipelines/configs/{config}", argv[1::2])
+        assert cfg.transfer.methods == ["kl"] and cfg.transfer.method_pairs == {}
+        assert cfg.transfer.epochs == budget.epochs and cfg.transfer.explicit == [tuple(p[:2]) for p in pairs]
