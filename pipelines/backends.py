@@ -294,7 +294,8 @@ def ensure_ray(
 ) -> str:
     """Start or join Ray unless it is already initialised; return a one-line description of it.
 
-    ``address=None`` starts a local instance, unless ``RAY_ADDRESS`` is set (then Ray joins that);
+    ``address=None`` starts a new local instance of its own (never one that a ``ray start`` on this machine left
+    running), unless ``RAY_ADDRESS`` is set (then Ray joins that);
     ``"auto"`` joins the cluster of this node; ``"ray://host:10001"`` uses Ray Client. ``num_cpus`` and
     ``object_store_memory`` size a *local* instance only (a cluster has its own sizes, so they are ignored
     with a warning when joining). The dashboard is off: nothing here needs it. Raises
@@ -316,9 +317,10 @@ def ensure_ray(
                     log.warning("joining Ray at %s: num_cpus / object_store_memory are ignored",
                                 address or "$RAY_ADDRESS")
                 ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
-                         **kwargs)
+            else:  # "local": a new instance of our own; with no address Ray would join the cluster that the
+                # last `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (somebody else's)
+                ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                         include_dashboard=False, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             if isinstance(exc, RayUnavailable):
                 raise
