@@ -319,63 +319,56 @@ def hparam_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) 
     return {"summary": _run_transfer_spec(spec, inputs, ctx).summary}
 
 
-def _member_error(exc: BaseException) -> str:
-    """A failed pack member's ``__error__`` text: its one-line error, a newline, its own traceback."""
-    import traceback
-
-    from pipelines.backends import one_line
-
-    return f"{one_line(exc)}\n{''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))}"
+def _pack_students(members, inputs: dict[str, bytes], num_classes: int, device: str):
+    """Each distinct student of a pack built once: ``(students, broken, cached)``: (model, record) by model
+    id, the exception of each student that could not be built (its members fail, the others run), and the
+    cached eval predictions of the students built."""
+    students: dict[str, Any] = {}
+    broken: dict[str, BaseException] = {}
+    cached: dict[str, Any] = {}
+    for m in members:
+        sid = m.spec["student"]["model_id"]
+        if sid in students or sid in broken:
+            continue
+        try:
+            students[sid] = build_model(m.spec["student"], inputs, num_classes, device)
+        except Exception as exc:  # noqa: BLE001 - that student's members fail, the others run
+            broken[sid] = exc
+            continue
+        cached.update(_cached_predictions(m.spec, inputs))
+    return students, broken, cached
 
 
 def transfer_pack_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, Any]:
     """Several single-teacher transfers of one teacher (into one student, or several with
-    ``ray.pack_students`` > 1) in one pass (pipelines/packs.py): every member's
-    outputs under ``"<job_id>:<name>"``, a failed member's error under ``"<job_id>:__error__"``. A member's
-    failure is its own: a student that cannot be built fails its members only, and a member that fails in
-    training or evaluation leaves the others' results unchanged (zoo_study/transfer/members.py)."""
-    from pipelines.packs import ERROR_KEY
+    ``ray.pack_students`` > 1) in one pass (pipelines/packs.py): one
+    :class:`~pipelines.packs.MemberResult` per member, keyed by its job id. A member's failure is its own: a
+    student that cannot be built fails its members only, and a member that fails in training or
+    evaluation leaves the others' results unchanged (zoo_study/transfer/members.py)."""
+    from pipelines.packs import MemberResult, carrier_members
     from zoo_study.transfer import TransferConfig
     from zoo_study.transfer.job import run_transfer_pack_students
 
-    members, job_ids = spec["members"], spec["job_ids"]
-    first = members[0]
+    members = carrier_members(spec)
+    first = members[0].spec
     source = _source(first["data"], ctx)
     device = _device(first.get("device", "auto"))
     teacher = build_model(first["teachers"][0], inputs, source.num_classes, device)  # shared: fails the pack
-    students: dict[str, Any] = {}  # each distinct student built once
-    broken: dict[str, BaseException] = {}
-    cached: dict[str, Any] = {}
-    for m in members:
-        sid = m["student"]["model_id"]
-        if sid in students or sid in broken:
-            continue
-        try:
-            students[sid] = build_model(m["student"], inputs, source.num_classes, device)
-        except Exception as exc:  # noqa: BLE001 - that student's members fail, the others run
-            broken[sid] = exc
-            continue
-        cached.update(_cached_predictions(m, inputs))
-    out: dict[str, Any] = {}
-    run = [i for i, m in enumerate(members) if m["student"]["model_id"] in students]
-    for i, m in enumerate(members):
-        if i not in run:
-            out[f"{job_ids[i]}:{ERROR_KEY}"] = _member_error(broken[m["student"]["model_id"]])
+    students, broken, cached = _pack_students(members, inputs, source.num_classes, device)
+    out = {m.job_id: MemberResult.failed(m.job_id, broken[m.spec["student"]["model_id"]])
+           for m in members if m.spec["student"]["model_id"] in broken}
+    run = [m for m in members if m.job_id not in out]
     if not run:
         return out
-    configs = [TransferConfig.from_dict(members[i]["config"]) for i in run]
+    configs = [TransferConfig.from_dict(m.spec["config"]) for m in run]
     LOG.info("transfer pack of %d (%s): %s -> %s", len(run), ", ".join(c.method for c in configs),
              teacher[1].model_id, ", ".join(students))
-    results = run_transfer_pack_students([students[members[i]["student"]["model_id"]] for i in run], teacher,
-                                         source, configs, device=device, job_ids=[job_ids[i] for i in run],
+    results = run_transfer_pack_students([students[m.spec["student"]["model_id"]] for m in run], teacher,
+                                         source, configs, device=device, job_ids=[m.job_id for m in run],
                                          cached_predictions=cached)
-    for jid, res in zip([job_ids[i] for i in run], results):
-        if isinstance(res, BaseException):
-            out[f"{jid}:{ERROR_KEY}"] = _member_error(res)
-            continue
-        names = [k.split(":", 1)[1] for k in ctx.outputs if k.startswith(f"{jid}:")]
-        for name, content in _transfer_tables(res, names).items():
-            out[f"{jid}:{name}"] = content
+    for m, res in zip(run, results):
+        out[m.job_id] = (MemberResult.failed(m.job_id, res) if isinstance(res, BaseException)
+                         else MemberResult(m.job_id, _transfer_tables(res, m.outputs)))
     return out
 
 

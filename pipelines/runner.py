@@ -34,7 +34,7 @@ import traceback as _tb
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines.backends import (LOCAL, OOM_ERROR, Outcome, RayBackend, SerialBackend, ensure_ray, one_line,
+from pipelines.backends import (LOCAL, Outcome, RayBackend, SerialBackend, ensure_ray, one_line,
                                 record_local_session)
 from pipelines.jobs import Job, done_flags, executor_for, unique
 from pipelines.outputs import write_outputs
@@ -428,13 +428,11 @@ class _Wave:
                         for member in group:
                             settle(member, attempt, outcome)
                     else:
-                        for member, outputs, error, tb in member_outcomes(group, outcome.outputs or {}):
-                            if outputs is None and error.startswith(OOM_ERROR):
-                                self.member_oom(member, attempt, error)
-                                continue
-                            settle(member, attempt, Outcome("ok" if outputs is not None else "error", outputs=outputs,
-                                                            error=error, traceback=tb, where=outcome.where,
-                                                            seconds=outcome.seconds))
+                        for member, own in member_outcomes(group, outcome):  # typed: pipelines/packs.py
+                            if own.kind == "oom":
+                                self.member_oom(member, attempt, own.error)
+                            else:
+                                settle(member, attempt, own)
 
             while (todo or inflight) and not self.stop.requested:
                 while todo and len(inflight) < window and not self.stop.requested:

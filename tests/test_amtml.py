@@ -14,7 +14,7 @@ import timm
 from helpers.transfer_fixtures import tiny_source, trained
 from zoo_study.transfer import TransferConfig, run_transfer
 from zoo_study.transfer.amtml import AMTMLModule, hint_loss, instance_weights, integrated_target, rkd_angle_loss
-from zoo_study.transfer.loop import as_grid, forward_with_map
+from zoo_study.transfer.loop import as_grid, forward_parts
 
 torch.set_num_threads(1)
 
@@ -55,8 +55,8 @@ def test_hint_shapes_for_a_cnn_and_a_vit():
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2,
                             num_classes=6).eval()
     x = torch.randn(3, 3, 16, 16)
-    _, m_cnn = forward_with_map(cnn, x)
-    _, m_vit = forward_with_map(vit, x)
+    _, _, m_cnn = forward_parts(cnn, x, grid=True)
+    _, _, m_vit = forward_parts(vit, x, grid=True)
     assert m_cnn.dim() == 4 and m_cnn.shape[:2] == (3, 64)
     assert m_vit.shape == (3, 24, 4, 4)  # class token dropped, 16 patch tokens on a 4 x 4 grid
     # the student (the CNN) regresses onto each teacher's grid

@@ -17,7 +17,7 @@ import zoo_study  # noqa: F401  (torchvision compat before timm)
 import timm
 from timm.models.volo import VOLO
 
-from zoo_study.transfer.loop import forward_levels, forward_with_map
+from zoo_study.transfer.loop import forward_levels, forward_parts
 
 torch.set_num_threads(1)
 
@@ -86,7 +86,7 @@ def _expected_map(name: str, m: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
 def test_last_map_is_nchw_with_num_features_channels_on_the_patch_grid(name):
     m, x = model(name), _x()
     with torch.no_grad():
-        logits, grid = forward_with_map(m, x)
+        logits, _, grid = forward_parts(m, x, grid=True)
         side = GRIDS[name]
         assert tuple(grid.shape) == (2, m.num_features, side, side)
         assert torch.allclose(logits, m(x), atol=1e-5)  # the head saw the model's own features
@@ -98,7 +98,7 @@ def test_pooled_map_is_timms_own_pooled_pre_logits(name):
     """Where the head is a plain average pool (no norm after it), the map's spatial mean is the pre-logits."""
     m, x = model(name), _x()
     with torch.no_grad():
-        _, grid = forward_with_map(m, x)
+        _, _, grid = forward_parts(m, x, grid=True)
         pre = m.forward_head(m.forward_features(x), pre_logits=True)
     assert torch.allclose(grid.mean((2, 3)), pre, atol=1e-5)
 
@@ -167,8 +167,8 @@ def _step(method: str, params: dict, student, teacher, x) -> tuple[dict[str, flo
 
     spec = get_method(method)
     hp = spec.resolve_params(params)
-    shapes = lambda: (tuple(forward_with_map(student, x[:1])[1].shape[1:]),  # noqa: E731
-                      [tuple(forward_with_map(teacher, x[:1])[1].shape[1:])])
+    shapes = lambda: (tuple(forward_parts(student, x[:1], grid=True)[2].shape[1:]),  # noqa: E731
+                      [tuple(forward_parts(teacher, x[:1], grid=True)[2].shape[1:])])
     levels = lambda: [tuple(g.shape[1:]) for g in forward_levels(student, x[:1], 1)[3]]  # noqa: E731
     with torch.no_grad():
         ctx = SetupContext(model=student, params=hp, n_data=len(x), device=torch.device("cpu"),
@@ -219,8 +219,8 @@ def test_amtml_sizes_its_instance_vector_and_regressors_from_the_real_channels()
     from zoo_study.methods.registry import SetupContext
 
     student, teacher, x = model("swin"), _build_teacher("swin"), _x(1)
-    shapes = lambda: (tuple(forward_with_map(student, x)[1].shape[1:]),  # noqa: E731
-                      [tuple(forward_with_map(teacher, x)[1].shape[1:])])
+    shapes = lambda: (tuple(forward_parts(student, x, grid=True)[2].shape[1:]),  # noqa: E731
+                      [tuple(forward_parts(teacher, x, grid=True)[2].shape[1:])])
     with torch.no_grad():
         state = setup_amtml(SetupContext(model=student, params={"groups": 0}, n_data=1, device="cpu",
                                          feature_dims=lambda: (0, 0), map_shapes=shapes))

@@ -13,7 +13,7 @@ import pytest
 
 from helpers.micro import micro_study
 from pipelines.jobs import Job, JobContext
-from pipelines.packs import ERROR_KEY
+from pipelines.packs import MemberResult
 from pipelines.runner import run_jobs
 
 torch = pytest.importorskip("torch")
@@ -44,9 +44,9 @@ def test_oom_splits_packs_then_checkpoints_then_fails_only_what_never_fits(tmp_p
         out = {}
         for m, jid in zip(spec["members"], spec["job_ids"]):
             if m.get("member_oom") or m.get("never_fits"):  # a member's own OOM, its pack going on
-                out[f"{jid}:{ERROR_KEY}"] = f"OutOfMemoryError: value {m['value']} (injected)\ntraceback"
+                out[jid] = MemberResult.failed(jid, _oom(f"value {m['value']}"))
             else:
-                out[f"{jid}:row"] = _row(m, ctx)
+                out[jid] = MemberResult(jid, {"row": _row(m, ctx)})
         return out
 
     flags = {1: {"member_oom": True}, 3: {"never_fits": True}}
@@ -115,9 +115,7 @@ def test_a_pack_that_runs_out_of_memory_finishes_with_the_results_of_an_unsplit_
         out = real(spec, inputs, ctx)
         if len(sizes) == 2:
             jid = spec["job_ids"][1]
-            for key in [k for k in out if k.startswith(f"{jid}:")]:
-                del out[key]
-            out[f"{jid}:{ERROR_KEY}"] = "OutOfMemoryError: CUDA out of memory (injected)\ntraceback"
+            out[jid] = MemberResult.failed(jid, _oom("a member (injected)"))
         return out
 
     monkeypatch.setattr(executors, "transfer_pack_job", first_pack_oom)
@@ -147,7 +145,7 @@ def test_packs_of_gpu_jobs_are_sized_by_the_devices_memory_when_no_budget_is_set
 
     def packed(spec, inputs, ctx):
         sizes.append(len(spec["members"]))
-        return {f"{jid}:row": _row(m, ctx) for m, jid in zip(spec["members"], spec["job_ids"])}
+        return {jid: MemberResult(jid, {"row": _row(m, ctx)}) for m, jid in zip(spec["members"], spec["job_ids"])}
 
     jobs = [Job(STAGE, {"value": i}, {"row": f"m/{i}.parquet"}, num_gpus=1, pack="k", pack_group="s",
                 pack_cost=30.0, pack_activation=20.0, pack_shared=10.0) for i in range(11)]

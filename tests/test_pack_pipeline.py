@@ -61,14 +61,29 @@ def _summaries(root: Path) -> dict[str, dict]:
     return {r["method"]: {k: v for k, v in r.items() if k not in ("runtime_s",)} for r in rows}
 
 
-def test_packed_pipeline_equals_unpacked_and_isolates_a_failure(tmp_path, capsys, exploding_method, caplog):
+def test_packed_pipeline_equals_unpacked_and_isolates_a_failure(tmp_path, capsys, exploding_method, caplog,
+                                                                monkeypatch):
+    from pipelines import executors, jobs
+    from pipelines.packs import MemberResult
+
     caplog.set_level(logging.INFO)
     name, kind = exploding_method
     methods = ["kl", name, "kl_dp", "xe_kl_mcl"]
+    returned: list[dict] = []  # what the pack's executor hands the runner: one typed result per member
+    real = executors.transfer_pack_job
+    monkeypatch.setattr(executors, "transfer_pack_job", lambda *a: returned.append(real(*a)) or returned[-1])
+    monkeypatch.setattr(jobs, "_RESOLVED", {})
     code, packed_root, _ = _run(tmp_path, "packed", methods, 16, capsys)
     assert code == 1  # one job failed
     assert "transfer pack of 4" in caplog.text  # one task for the pair
+    (result,) = returned
+    assert len(result) == 4 and all(isinstance(r, MemberResult) and r.job_id == jid for jid, r in result.items())
+    failed = [r for r in result.values() if not r.ok]
+    assert len(failed) == 1 and not failed[0].oom and failed[0].error.startswith(
+        "TransferDiverged" if kind == "nan" else "RuntimeError: mat1 and mat2")
+    assert all(set(r.outputs) == {"summary", "epochs", "predictions"} for r in result.values() if r.ok)
     failures = pq.read_table(packed_root / "failures").to_pylist()
+    assert failures[0]["job_id"] == failed[0].job_id and failures[0]["error"] == failed[0].error
     assert [f["stage"] for f in failures] == ["transfer"] and failures[0]["attempts"] == 1
     if kind == "nan":
         assert "explodes_in_pack loss is nan" in failures[0]["error"]

@@ -158,3 +158,128 @@ def test_planning_reads_only_the_pairs_of_the_studys_own_models(tmp_path):
     kept = scored_pairs(layout, cfg)
     assert list(zip(kept.column("teacher").to_pylist(), kept.column("student").to_pylist())) == [
         ("resnet10t_w16", "mixer_p8")]
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as torch's: pipelines.backends.is_oom tells it by name (the driver never imports torch)."""
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:  # noqa: BLE001 - with its traceback, as a worker hands it over
+        return caught
+
+
+def test_each_member_of_a_pack_gets_its_own_typed_outcome():
+    """A pack's result is one MemberResult per member id: an ok member its outputs by name, a failed one its
+    own error line and traceback, an OOM member kind 'oom' (the runner retries it alone); a member the
+    result lacks, or holds untyped, fails with a line that says so."""
+    from pipelines.backends import Outcome
+    from pipelines.packs import MemberResult, member_outcomes
+
+    jobs = [_job(i, "a") for i in range(5)]
+    ids = [j.job_id for j in jobs]
+    results = {ids[0]: MemberResult(ids[0], {"summary": b"row"}),
+               ids[1]: MemberResult.failed(ids[1], _raised(RuntimeError("mat1 and mat2 shapes (its own crash)"))),
+               ids[2]: MemberResult.failed(ids[2], _raised(OutOfMemoryError("CUDA out of memory"))),
+               ids[3]: {"summary": b"row"}}  # untyped; ids[4] missing
+    got = member_outcomes(jobs, Outcome("ok", outputs=results, where="host pid 1", seconds=3.0))
+    assert [j for j, _ in got] == jobs
+    kinds = [(o.kind, o.outputs, o.error) for _, o in got]
+    assert kinds[0] == ("ok", {"summary": b"row"}, "")
+    assert kinds[1] == ("error", None, "RuntimeError: mat1 and mat2 shapes (its own crash)")
+    assert "in _raised" in got[1][1].traceback and "its own crash" in got[1][1].traceback
+    assert kinds[2] == ("oom", None, "OutOfMemoryError: CUDA out of memory")
+    assert kinds[3][:2] == ("error", None) and "dict instead of a MemberResult" in kinds[3][2]
+    assert kinds[4][:2] == ("error", None) and "returned no result for this member" in kinds[4][2]
+    assert all(o.where == "host pid 1" and o.seconds == 3.0 for _, o in got)  # the pack's, for every member
+
+
+def test_a_member_that_fails_in_a_pack_is_recorded_alone_and_the_others_are_written(tmp_path):
+    """Through the runner: a pack of 3 whose middle member raises; the others' outputs are written, its
+    failure record holds its own error and traceback, and a rerun runs only that member (alone)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.packs import MemberResult, carrier_members
+    from pipelines.runner import run_jobs
+
+    calls: list[list[int]] = []
+
+    def member(spec: dict) -> dict:
+        if spec["value"] == 1:
+            raise ValueError(f"value {spec['value']} is refused by its own objective")
+        return {"row": pa.table({"value": [spec["value"]]})}
+
+    def alone(spec, inputs, ctx):
+        calls.append([spec["value"]])
+        return member(spec)
+
+    def packed(spec, inputs, ctx):
+        members = carrier_members(spec)
+        calls.append([m.spec["value"] for m in members])
+        out = {}
+        for m in members:
+            assert m.outputs == ["row"]  # each member's own output names travel with the carrier
+            try:
+                out[m.job_id] = MemberResult(m.job_id, member(m.spec))
+            except ValueError as exc:
+                out[m.job_id] = MemberResult.failed(m.job_id, exc)
+        return out
+
+    jobs = [Job("_t.packed", {"value": i}, {"row": f"m/{i}.parquet"}, pack="k", pack_group="s") for i in range(3)]
+    executors = {"_t.packed": alone, "_t.packed_pack": packed}
+    report = run_jobs(jobs, tmp_path, use_ray=False, executors=executors, pack_size=8, progress=False)
+    assert calls == [[0, 1, 2]] and report.ran == 2 and report.failed == 1
+    (failure,) = report.failures
+    assert failure.job_id == jobs[1].job_id
+    assert failure.error == "ValueError: value 1 is refused by its own objective"
+    assert "in member" in failure.traceback and "in packed" in failure.traceback
+    assert [pq.read_table(tmp_path / f"m/{i}.parquet").to_pylist() for i in (0, 2)] == [[{"value": 0}], [{"value": 2}]]
+    assert not (tmp_path / "m/1.parquet").exists()
+    calls.clear()
+    run_jobs(jobs, tmp_path, use_ray=False, executors=executors, pack_size=8, progress=False)
+    assert calls == [[1]]  # only the failed member, and alone: a pack of one is a job
+
+
+def test_pack_compatibility_is_decided_once_by_the_planner_and_only_read_after(tmp_path, monkeypatch):
+    """pack_key runs once per transfer job, at planning (Job.pack); the estimate and the runner form packs
+    from Job.pack and never compute it again."""
+    pytest.importorskip("torch")
+    import zoo_study.transfer.config as tconfig
+    from pipelines.estimate import Bench, DataSizes, estimate
+    from pipelines.packs import MemberResult, carrier_members
+    from pipelines.runner import run_jobs
+    from pipelines.stages import plan_stage
+    from zoo_study.config import load_config
+
+    calls = []
+    real = tconfig.pack_key
+    monkeypatch.setattr(tconfig, "pack_key", lambda c: calls.append(c) or real(c))
+    cfg = load_config(None, [f"study.results_root='{tmp_path}'", "transfer.pairs='explicit'",
+                             "transfer.methods=['kl', 'kl_dp']",
+                             "transfer.explicit=[['resnet10t_w16', 'mixer_p8'], ['resnet10t_w16', 'vit_p8_d96']]"])
+    jobs = plan_stage(cfg, "transfer")
+    assert len(jobs) == 4 and len(calls) == 4 and len({j.pack for j in jobs}) == 1
+
+    def refuse(c):
+        raise AssertionError("pack compatibility computed again after planning")
+
+    monkeypatch.setattr(tconfig, "pack_key", refuse)
+    bench = Bench({m: {"train_img_s": 10.0, "eval_img_s": 40.0} for m in ("resnet10t_w16", "mixer_p8", "vit_p8_d96")},
+                  "cuda")
+    assert estimate(jobs, bench, DataSizes((60, 60), 40), pack_size=16, pack_students=2).tasks == 1
+    assert estimate(jobs, bench, DataSizes((60, 60), 40), pack_size=16, pack_students=1).tasks == 2
+    for rel in {rel for j in jobs for rel in j.inputs}:  # the runner only needs the inputs to exist
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    packs = []
+
+    def packed(spec, inputs, ctx):
+        packs.append(sorted(m.job_id for m in carrier_members(spec)))
+        return {m.job_id: MemberResult(m.job_id, error="stub: not trained") for m in carrier_members(spec)}
+
+    report = run_jobs(jobs, tmp_path, use_ray=False, pack_size=16, pack_students=2, progress=False,
+                      executors={"transfer": lambda *a: {}, "transfer_pack": packed})
+    assert packs == [sorted(j.job_id for j in jobs)] and report.failed == 4

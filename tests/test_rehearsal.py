@@ -65,11 +65,11 @@ def test_the_archs_keep_their_own_data_configs():
 def test_last_map_has_num_features_channels_on_a_grid(arch):
     """The map AMTML-KD and Talking Models read: [B, num_features, H, W] with a real grid (H * W > 1), not
     Swin's NHWC read as 7 channels or PiT's class token as a 1x1 map."""
-    from zoo_study.transfer.loop import forward_with_map
+    from zoo_study.transfer.loop import forward_parts
 
     model = build_model(BY_ID[arch])
     with torch.no_grad():
-        _, grid = forward_with_map(model, _sample_input(model))
+        _, _, grid = forward_parts(model, _sample_input(model), grid=True)
     assert grid.dim() == 4 and grid.shape[1] == model.num_features, tuple(grid.shape)
     assert grid.shape[2] * grid.shape[3] > 1, tuple(grid.shape)
 

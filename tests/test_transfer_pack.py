@@ -69,6 +69,35 @@ def test_a_failing_member_fails_alone_and_the_others_finish():
         unregister_method("explodes")
 
 
+def test_a_packs_shared_settings_are_compared_once_in_the_worker(monkeypatch):
+    """The planner keys a pack's jobs by pack_key (Job.pack); in the worker its configs are compared once
+    (zoo_study.transfer.config.check_pack from run_phase_pack), not again in each layer: one call per
+    config. A lone transfer compares nothing."""
+    import zoo_study.transfer.config as tconfig
+    import zoo_study.transfer.job as job_mod
+    import zoo_study.transfer.phase as phase_mod
+
+    calls = []
+    real = tconfig.pack_key
+
+    def counted(c):
+        calls.append(c)
+        return real(c)
+
+    for module in (tconfig, job_mod, phase_mod):  # wherever the name is bound
+        monkeypatch.setattr(module, "pack_key", counted, raising=False)
+    src = tiny_source()
+    student, srec = trained(0)
+    teacher, trec = trained(1)
+    configs = [TransferConfig(method=m, **{**BASE, "epochs": 1}) for m in ("kl", "kl_dp", "xe_kl")]
+    out = run_transfer_pack(student, srec, (teacher, trec), src, configs, job_ids=["a", "b", "c"])
+    assert not any(isinstance(r, BaseException) for r in out)
+    assert len(calls) == 3
+    calls.clear()
+    run_transfer(student, srec, [(teacher, trec)], src, configs[0], job_id="d")
+    assert calls == []
+
+
 def test_configs_that_cannot_share_batches_are_refused():
     src = tiny_source()
     student, srec = trained(0)

@@ -2,10 +2,12 @@
 
 - :mod:`zoo_study.methods`: the registry of methods (objectives, parameters, labels, grids); torch-free.
 - :mod:`~zoo_study.transfer.config`: :class:`TransferConfig`, validated and resolved; torch-free.
-- :mod:`~zoo_study.transfer.loop`: one training phase (augment once, per-model preprocessing, SGD,
-  per-epoch evaluation, the method's state hooks, divergence check).
+- :mod:`~zoo_study.transfer.phase`: one training phase, alone or as a pack sharing its batches (augment
+  once, per-model preprocessing, SGD, per-epoch evaluation, the method's state hooks, divergence check);
+  :mod:`~zoo_study.transfer.members`: one pack member and its own failure; :mod:`~zoo_study.transfer.loop`:
+  the runtime, forwards and per-epoch records they run on.
 - :mod:`~zoo_study.transfer.job`: :func:`run_transfer`, single and multi-teacher modes (sequential,
-  parallel, soup) -> summary / epoch / prediction tables.
+  parallel, soup), packs; :mod:`~zoo_study.transfer.result`: the summary / epoch / prediction tables.
 - :mod:`~zoo_study.transfer.hparams`: grid expansion and the best setting per method.
 
 The pipeline calls::
@@ -46,13 +48,12 @@ _EXPORTS = {
     "predict_split": "zoo_study.transfer.loop",
     "run_phase": "zoo_study.transfer.phase",
     "run_phase_pack": "zoo_study.transfer.phase",
-    "pack_key": "zoo_study.transfer.phase",
     "phase_seeds": "zoo_study.transfer.loop",
-    "TransferResult": "zoo_study.transfer.job",
+    "TransferResult": "zoo_study.transfer.result",
     "run_transfer_pack": "zoo_study.transfer.job",
-    "order_teachers": "zoo_study.transfer.job",
+    "order_teachers": "zoo_study.transfer.inputs",
     "run_transfer": "zoo_study.transfer.job",
-    "transfer_set": "zoo_study.transfer.job",
+    "transfer_set": "zoo_study.transfer.inputs",
     "BEST_SCHEMA": "zoo_study.transfer.hparams",
     "best_configs": "zoo_study.transfer.hparams",
     "default_grids": "zoo_study.transfer.hparams",

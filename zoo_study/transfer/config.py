@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,7 +24,8 @@ from zoo_study.methods.registry import Method, get_method, multi_teacher_methods
 from zoo_study.transfer.protocol import check_lr_in_grid
 
 __all__ = ["TransferSettings", "TransferConfig", "MODES", "TEACHER_ORDERS", "STUDY_PARTS", "STUDENT_MODES",
-           "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error", "PACK_SHARED", "pack_key"]
+           "AUGMENTS", "REFERENCE_BATCH", "split_method_hparams", "first_error", "PACK_SHARED", "pack_key",
+           "check_pack"]
 
 MODES = ("single", "sequential", "parallel", "soup")
 TEACHER_ORDERS = ("given", "ascending", "descending")
@@ -263,6 +264,15 @@ def pack_key(config: TransferConfig | Mapping[str, Any]) -> tuple:
     """Configs (or their dumps) with equal keys see the same batches and may run in one pack."""
     d = config if isinstance(config, Mapping) else config.to_dict()
     return (d.get("mode", "single"),) + tuple(d.get(k, _PACK_DEFAULTS.get(k)) for k in PACK_SHARED)
+
+
+def check_pack(configs: Sequence[TransferConfig | Mapping[str, Any]]) -> None:
+    """Refuse, with one clear error, configs that cannot share their batches in one pack (unequal
+    :func:`pack_key`). The worker's one check of a pack (the pipeline's planner already keyed its jobs by
+    the same function, ``Job.pack``); a lone config needs none."""
+    if len(configs) > 1 and len({pack_key(c) for c in configs}) > 1:
+        raise ValueError(f"transfers packed together must share seed, batch size, epochs, evaluation and transfer "
+                         f"set ({', '.join(PACK_SHARED)}) and mode (zoo_study.transfer.config.pack_key)")
 
 
 def first_error(err: ValidationError) -> str:

@@ -32,58 +32,26 @@ passes besides training (E when both are cached).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
 
-from zoo_study import metrics, stats
-from zoo_study.data.base import DataSource
+from zoo_study.data.base import DataSource, ImageSplit
 from zoo_study.data.cache import cached_split
 from zoo_study.data.preprocess import ModelPreprocess
-from zoo_study.store import (
-    TRANSFER_EPOCH_SCHEMA,
-    TRANSFER_PREDICTION_SCHEMA,
-    TRANSFER_SUMMARY_SCHEMA,
-    table_from_rows,
-)
 from zoo_study.transfer.config import TransferConfig
-from zoo_study.transfer.loop import (
-    EpochEval,
-    RouteStats,
-    Runtime,
-    TeacherModel,
-    _state_cpu,
-    predict_split,
-)
+from zoo_study.transfer.inputs import _aligned_pred, _check_inputs, order_teachers, transfer_set
+from zoo_study.transfer.loop import EpochEval, Progress, RouteStats, Runtime, TeacherModel, _state_cpu, predict_split
 from zoo_study.transfer.mcl import soup_state_dicts
-from zoo_study.transfer.inputs import _aligned_pred, _check_inputs, order_teachers, transfer_set, versions
 from zoo_study.transfer.members import PACK_WIDE, released
-from zoo_study.transfer.phase import StudentSide, pack_key, run_phase, run_phase_pack
+from zoo_study.transfer.phase import StudentSide, run_phase, run_phase_pack
+from zoo_study.transfer.result import Trained, TransferResult, result_tables
 
-__all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "run_transfer_pack_students", "transfer_set",
-           "order_teachers", "versions"]
-
-
-@dataclass
-class TransferResult:
-    """Tables for the store plus the kept model (MCL: slow weights; soup: the soup) for checkpoints."""
-
-    summary: pa.Table  # one row, TRANSFER_SUMMARY_SCHEMA
-    epochs: pa.Table  # TRANSFER_EPOCH_SCHEMA
-    predictions: pa.Table  # TRANSFER_PREDICTION_SCHEMA
-    model: nn.Module
-    best_state: dict[str, torch.Tensor] | None  # CPU state dict of the best epoch (keep_best)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def row(self) -> dict[str, Any]:
-        return self.summary.to_pylist()[0]
+__all__ = ["TransferResult", "run_transfer", "run_transfer_pack", "run_transfer_pack_students"]
 
 
 def run_transfer(
@@ -111,16 +79,6 @@ def run_transfer(
     """
     return _run_transfers([(student, student_record)], teachers, source, [config], device=device, job_ids=[job_id],
                           progress=progress, cached_predictions=cached_predictions, strict=True)[0]
-
-
-def _method_info(info: dict[str, Any]) -> str | None:
-    """The last phase's scalar method-state report (minus timing) as canonical JSON, or None when it has
-    none; tables a method writes (AMTML's class weights) have their own files."""
-    phases = info.get("phases") or []
-    last = {k: v for k, v in (phases[-1] if phases else {}).items()
-            if k not in ("teacher", "steps", "epoch_logs", "step_seconds")
-            and (v is None or isinstance(v, (bool, int, float, str)))}
-    return json.dumps(last, sort_keys=True) if last else None
 
 
 def run_transfer_pack(
@@ -171,254 +129,156 @@ def run_transfer_pack_students(
                           progress=progress, cached_predictions=cached_predictions, strict=False)
 
 
-def _run_transfers(students, teachers, source, configs, *, device, job_ids, progress,
-                   cached_predictions, strict: bool) -> list[TransferResult | BaseException]:
-    t0 = time.perf_counter()
+@dataclass
+class _Shared:
+    """What every transfer of one call shares: the runtime, the splits, the teachers (in phase order once
+    :meth:`order` ran), the cached and computed teacher predictions, the settings of ``configs[0]``."""
+
+    config: TransferConfig  # data, runtime and evaluation settings every member shares
+    rt: Runtime
+    teachers: list[TeacherModel]
+    train: ImageSplit
+    eval_split: ImageSplit
+    cached: dict[str, Any]
+    progress: Progress | None
+    t0: float
+    n_members: int
+    order: list[int] = field(default_factory=list)
+    preds: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.eval_split.labels
+
+    @property
+    def ordered(self) -> list[TeacherModel]:
+        return [self.teachers[i] for i in self.order]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.model_id for t in self.ordered]
+
+    def teacher_pred(self, i: int) -> np.ndarray:
+        """Teacher ``i``'s eval predictions: cached by the predict stage, else one pass (once)."""
+        if i not in self.preds:
+            t = self.teachers[i]
+            if t.model_id in self.cached:
+                self.preds[i] = _aligned_pred(self.cached[t.model_id], self.eval_split, t.model_id)
+            else:
+                self.preds[i] = predict_split(t.module, self.eval_split, t.pre, batch_size=self.config.eval_batch_size,
+                                              rt=self.rt)
+        return self.preds[i]
+
+    def order_teachers(self) -> None:
+        """The phase order: by eval accuracy for a multi-teacher job that asks for it, else as given."""
+        c = self.config
+        if c.mode != "single" and c.teacher_order != "given":
+            accs = [float(np.mean(self.teacher_pred(i) == self.labels)) for i in range(len(self.teachers))]
+            self.order = order_teachers(accs, c.teacher_order)
+        else:
+            self.order = list(range(len(self.teachers)))
+
+    def runtime_s(self) -> float:
+        """A member's share of the wall time so far (a lone transfer: all of it)."""
+        return (time.perf_counter() - self.t0) / self.n_members
+
+
+def _checked(students, teachers, source: DataSource, configs, job_ids) -> list[TransferConfig]:
+    """The configs validated, with one job id and one student each; a pack's must be single-teacher (their
+    shared batch settings are checked once, by :func:`~zoo_study.transfer.phase.run_phase_pack`)."""
     configs = [c if isinstance(c, TransferConfig) else TransferConfig.from_dict(c) for c in configs]
     if len(configs) != len(job_ids) or not configs:
         raise ValueError(f"a pack needs one job id per config, got {len(configs)} configs and {len(job_ids)} ids")
     if len(students) != len(configs):
         raise ValueError(f"a pack needs one student per config, got {len(students)} for {len(configs)} configs")
-    if len(configs) > 1:
-        if len({pack_key(c) for c in configs}) > 1 or configs[0].mode != "single":
-            raise ValueError("transfers packed together must be single-teacher and share seed, batch size, epochs, "
-                             "evaluation and transfer set (zoo_study.transfer.phase.pack_key)")
+    if len(configs) > 1 and any(c.mode != "single" for c in configs):
+        raise ValueError("transfers packed together must be single-teacher (mode 'single')")
     for (_, s_rec), c, jid in zip(students, configs, job_ids):
         _check_inputs(s_rec, teachers, source, c, jid)
-    config = configs[0]  # the settings every member shares (data, runtime, evaluation)
-    scratch = config.student_init == "scratch"
-    rt = Runtime.create(device, config.amp)
-    tms = [TeacherModel(rec.model_id, rt.prepare(mod).eval(), ModelPreprocess.from_data_config(rec.data_config))
-           for mod, rec in teachers]
+    return configs
+
+
+def _distinct(students) -> dict[str, tuple[nn.Module, Any]]:
+    """Each student once, by model id (one module per id)."""
     distinct: dict[str, tuple[nn.Module, Any]] = {}
     for module, rec in students:
         if rec.model_id in distinct and distinct[rec.model_id][0] is not module:
             raise ValueError(f"two different modules for student {rec.model_id!r} in one pack")
         distinct.setdefault(rec.model_id, (module, rec))
-    # read through the decoded-image cache when the source has one (ImageFolder with data.cache_dir):
-    # one array per distinct geometry of the job's models; unchanged otherwise
+    return distinct
+
+
+def _shared(config: TransferConfig, distinct, teachers, source: DataSource, device, cached_predictions,
+            progress, t0: float, n_members: int) -> _Shared:
+    """The runtime, the teachers on it and the splits, read through the decoded-image cache when the
+    source has one (ImageFolder with data.cache_dir: one array per distinct geometry of the models)."""
+    rt = Runtime.create(device, config.amp)
+    tms = [TeacherModel(rec.model_id, rt.prepare(mod).eval(), ModelPreprocess.from_data_config(rec.data_config))
+           for mod, rec in teachers]
     data_configs = [rec.data_config for _, rec in distinct.values()] + [r.data_config for _, r in teachers]
     train = cached_split(transfer_set(source, config), data_configs)
     eval_split = cached_split(source.eval, data_configs)  # teachers too: their eval pass when not cached
-    labels = eval_split.labels
-    eb = config.eval_batch_size
-    cached = dict(cached_predictions or {})
+    return _Shared(config, rt, tms, train, eval_split, dict(cached_predictions or {}), progress, t0, n_members)
 
-    def student_side(module: nn.Module, rec) -> StudentSide:
-        """The model transfers into ``rec`` start from (scratch: rebuilt), its preprocessing, frozen anchor
-        and before-transfer eval predictions."""
-        if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
-            from zoo_study.zoo.loading import scratch_like
 
-            module = scratch_like(module, rec, config.seed)
-        pre = ModelPreprocess.from_data_config(rec.data_config)
-        anchor = rt.prepare(module).eval()
-        if rec.model_id in cached and not scratch:
-            before = _aligned_pred(cached[rec.model_id], eval_split, rec.model_id)
-        else:
-            before = predict_split(anchor, eval_split, pre, batch_size=eb, rt=rt)
-        return StudentSide(module, anchor, pre, before)
+def _student_side(sh: _Shared, module: nn.Module, rec) -> StudentSide:
+    """The model transfers into ``rec`` start from (scratch: rebuilt), its preprocessing, frozen anchor and
+    before-transfer eval predictions."""
+    scratch = sh.config.student_init == "scratch"
+    if scratch:  # the architecture untrained, from the job's seed: gain / loss are counted against it
+        from zoo_study.zoo.loading import scratch_like
 
+        module = scratch_like(module, rec, sh.config.seed)
+    pre = ModelPreprocess.from_data_config(rec.data_config)
+    anchor = sh.rt.prepare(module).eval()
+    if rec.model_id in sh.cached and not scratch:
+        before = _aligned_pred(sh.cached[rec.model_id], sh.eval_split, rec.model_id)
+    else:
+        before = predict_split(anchor, sh.eval_split, pre, batch_size=sh.config.eval_batch_size, rt=sh.rt)
+    return StudentSide(module, anchor, pre, before)
+
+
+def _student_sides(sh: _Shared, distinct, strict: bool) -> tuple[dict[str, StudentSide], dict[str, BaseException]]:
+    """Every student's side; a student that cannot start fails its own members only (unless ``strict``)."""
     sides: dict[str, StudentSide] = {}
-    side_errors: dict[str, BaseException] = {}
-    for sid, (module, rec) in distinct.items():  # a student that cannot start fails its own members only
+    errors: dict[str, BaseException] = {}
+    for sid, (module, rec) in distinct.items():
         try:
-            sides[sid] = student_side(module, rec)
+            sides[sid] = _student_side(sh, module, rec)
         except PACK_WIDE:
             raise
         except Exception as exc:  # noqa: BLE001 - that student's members' result
             if strict:
                 raise
-            side_errors[sid] = released(exc)
-    member_sides = [(rec, sides.get(rec.model_id)) for _, rec in students]
-    alive = [i for i, (rec, _) in enumerate(member_sides) if rec.model_id not in side_errors]
-    teacher_preds: dict[int, np.ndarray] = {}
+            errors[sid] = released(exc)
+    return sides, errors
 
-    def teacher_pred(i: int) -> np.ndarray:
-        if i not in teacher_preds:
-            t = tms[i]
-            if t.model_id in cached:
-                teacher_preds[i] = _aligned_pred(cached[t.model_id], eval_split, t.model_id)
-            else:
-                teacher_preds[i] = predict_split(t.module, eval_split, t.pre, batch_size=eb, rt=rt)
-        return teacher_preds[i]
 
-    if config.mode != "single" and config.teacher_order != "given":
-        accs = [float(np.mean(teacher_pred(i) == labels)) for i in range(len(tms))]
-        order = order_teachers(accs, config.teacher_order)
-    else:
-        order = list(range(len(tms)))
-    ordered = [tms[i] for i in order]
-    names = [t.model_id for t in ordered]
-    joined = "+".join(names)
-
+def _run_transfers(students, teachers, source, configs, *, device, job_ids, progress,
+                   cached_predictions, strict: bool) -> list[TransferResult | BaseException]:
+    """Transfers of one teacher set sharing batches: one result (or, unless ``strict``, exception) each."""
+    t0 = time.perf_counter()
+    configs = _checked(students, teachers, source, configs, job_ids)
+    distinct = _distinct(students)
+    sh = _shared(configs[0], distinct, teachers, source, device, cached_predictions, progress, t0, len(configs))
+    sides, side_errors = _student_sides(sh, distinct, strict)
+    sh.order_teachers()
+    alive = [i for i, (_, rec) in enumerate(students) if rec.model_id not in side_errors]
     packed: dict[int, Any] = {}
     if len(configs) > 1 and alive:
-        results = run_phase_pack(sides=[member_sides[i][1] for i in alive], teachers=ordered, train=train,
-                                 eval_split=eval_split, configs=[configs[i] for i in alive], rt=rt, phase=0,
-                                 seed_phase=0, phase_teacher=joined, progress=progress)
+        results = run_phase_pack(sides=[sides[students[i][1].model_id] for i in alive], teachers=sh.ordered,
+                                 train=sh.train, eval_split=sh.eval_split, configs=[configs[i] for i in alive],
+                                 rt=sh.rt, phase=0, seed_phase=0, phase_teacher="+".join(sh.names),
+                                 progress=progress)
         packed = dict(zip(alive, results))
-
-    def runtime_s() -> float:  # a packed member's share of the pack's wall time
-        return (time.perf_counter() - t0) / len(configs)
-
-    def build(config: TransferConfig, job_id: str, student_record, side: StudentSide,
-              packed_res: Any = None) -> TransferResult:
-        student, student_pre, anchor, before_pred = side.start, side.pre, side.anchor, side.start_pred
-        before_correct = before_pred == labels
-        common = dict(student_pre=student_pre, train=train, eval_split=eval_split, config=config, rt=rt, progress=progress)
-        routes = RouteStats() if config.method_spec.routes else None
-        evals: list[EpochEval] = []
-        E = config.epochs
-        best_index, best_correct, best_state = 0, -1, None
-        info: dict[str, Any] = {"teachers": names, "phases": []}
-
-        def absorb(res, offset: int) -> None:
-            nonlocal best_index, best_correct, best_state
-            evals.extend(res.evals)  # every phase starts with its epoch-0 row
-            if res.best_correct > best_correct:
-                best_index, best_correct, best_state = offset + res.best_epoch, res.best_correct, res.best_state
-            if routes is not None and res.routes is not None:
-                routes.merge(res.routes)
-            info["phases"].append({"teacher": res.evals[0].phase_teacher, "steps": res.steps,
-                                   "epoch_logs": [ev.logs for ev in res.evals[1:]], **res.extra})
-            info["lr"], info["batch"] = res.lr, res.batch
-
-        if config.mode in ("single", "parallel"):
-            if packed_res is not None:  # this transfer's phase ran in a pack with its pair's others
-                if isinstance(packed_res, BaseException):
-                    raise packed_res
-                res = packed_res
-            else:
-                res = run_phase(start=student, anchor=anchor, teachers=ordered, phase=0, seed_phase=0,
-                                start_pred=before_pred, phase_teacher=joined, **common)
-            absorb(res, 0)
-            final, final_pred = res.model, res.evals[-1].pred
-        elif config.mode == "sequential":
-            current, current_pred, frozen = student, before_pred, anchor
-            for k, t in enumerate(ordered):
-                res = run_phase(start=current, anchor=frozen, teachers=[t], phase=k, seed_phase=k,
-                                start_pred=current_pred, phase_teacher=t.model_id, **common)
-                absorb(res, k * E)
-                # run_phase trained a copy, so the phase's result can serve as the next frozen anchor as is
-                current = frozen = res.model
-                current_pred = res.evals[-1].pred
-            final, final_pred = current, current_pred
-        elif config.mode == "soup":
-            members = []
-            for k, t in enumerate(ordered):
-                res = run_phase(start=student, anchor=anchor, teachers=[t], phase=k, seed_phase=0,
-                                start_pred=before_pred, phase_teacher=t.model_id, **common)
-                absorb(res, k * E)
-                members.append(_state_cpu(res.model))
-                del res
-            soup_state = soup_state_dicts(members)
-            final = copy.deepcopy(student)
-            final.load_state_dict(soup_state)
-            final = rt.prepare(final).eval()
-            final_pred = predict_split(final, eval_split, student_pre, batch_size=eb, rt=rt)
-            evals.append(EpochEval(len(ordered), joined, E, final_pred))
-            # the soup is the job's one result: last == best
-            best_index, best_correct = E, int(np.count_nonzero(final_pred == labels))
-            best_state = soup_state if config.keep_best else None
-        else:  # pragma: no cover - TransferConfig validates the mode
-            raise ValueError(f"unknown mode {config.mode!r}")
-
-        # ---------------------------------------------------------------------------------------- tables
-        n_eval = len(labels)
-        epoch_rows = []
-        for ev in evals:
-            m = metrics.transfer_metrics(before_correct, ev.pred == labels)
-            epoch_rows.append({
-                "job_id": job_id, "stage": ev.phase, "stage_teacher": ev.phase_teacher, "epoch": ev.epoch,
-                "acc": m.acc_after, "delta": m.delta, "gain": m.gain, "loss": m.loss,
-                "train_loss": ev.train_loss, "teacher_share": ev.teacher_share,
-            })
-        teacher_correct = teacher_pred(order[0]) == labels
-        final_m = metrics.transfer_metrics(before_correct, final_pred == labels, teacher_correct)
-        acc_best = best_correct / n_eval
-        if config.mode == "soup":
-            delta_best = final_m.delta
-        else:  # the first trained epoch with the highest accuracy, as best_index tracked it
-            delta_best = max((r for r in epoch_rows if r["epoch"] > 0), key=lambda r: r["acc"])["delta"]
-        shares = routes.shares() if routes is not None else {"teacher_share": None, "teacher_share_pos": None,
-                                                              "teacher_share_neg": None}
-        if routes is not None:
-            info["route_counts"] = dict(zip(RouteStats.FIELDS, routes.counts.tolist()))
-        # paired counts of the last model vs the student before transfer: the uncertainty of delta_last
-        after_correct = final_pred == labels
-        n_gain = int(np.count_nonzero(~before_correct & after_correct))
-        n_loss = int(np.count_nonzero(before_correct & ~after_correct))
-        if abs(final_m.gain * n_eval - n_gain) > 1e-6 or abs(final_m.loss * n_eval - n_loss) > 1e-6:
-            raise AssertionError(f"gain/loss counts disagree: {final_m.gain} * {n_eval} vs {n_gain}, "
-                                 f"{final_m.loss} * {n_eval} vs {n_loss}")
-        delta_ci = stats.paired_delta_ci(n_gain, n_loss, n_eval)
-        summary_row = {
-            "job_id": job_id,
-            "study_part": config.resolved_study_part,
-            "method": config.method,
-            "mode": config.mode,
-            "student": student_record.model_id,
-            "teacher": joined,
-            "teachers": names,
-            "hparams_json": config.hparams_json,
-            "lr": float(info["lr"]),
-            "temperature": config.resolved_temperature,
-            "epochs": E,
-            "batch_size": int(info["batch"]),
-            "seed": config.seed,
-            "n_train": len(train),
-            "n_eval": n_eval,
-            "acc_before": final_m.acc_before,
-            "acc_last": final_m.acc_after,
-            "acc_best": acc_best,
-            "best_epoch": int(best_index),
-            "delta_last": final_m.delta,
-            "delta_best": delta_best,
-            "gain": final_m.gain,
-            "loss": final_m.loss,
-            "n_gain": n_gain,
-            "n_loss": n_loss,
-            "p_mcnemar": stats.mcnemar_exact_p(n_gain, n_loss),
-            "delta_ci_low": delta_ci[0],
-            "delta_ci_high": delta_ci[1],
-            "rho_pos_before": final_m.rho_pos_before,
-            "rho_pos_after": final_m.rho_pos_after,
-            "rho_neg_before": final_m.rho_neg_before,
-            "rho_neg_after": final_m.rho_neg_after,
-            **shares,
-            "runtime_s": runtime_s(),
-            "device": rt.describe(),
-            "versions_json": json.dumps(versions(), sort_keys=True),
-            "student_init": config.student_init,
-            "mixup": config.mixup,
-            "mixup_share": {"none": 0.0, "fmu": 1.0}.get(config.mixup, config.mixup_share),
-            "variant": config.variant or None,
-            "method_info_json": _method_info(info),
-        }
-        pred_rows = {
-            "job_id": [job_id] * n_eval,
-            "sample_id": eval_split.sample_ids.tolist(),
-            "label": labels.tolist(),
-            "pred_before": before_pred.tolist(),
-            "pred_after": final_pred.tolist(),
-        }
-        return TransferResult(
-            summary=table_from_rows([summary_row], TRANSFER_SUMMARY_SCHEMA),
-            epochs=table_from_rows(epoch_rows, TRANSFER_EPOCH_SCHEMA),
-            predictions=pa.table(pred_rows, schema=TRANSFER_PREDICTION_SCHEMA),
-            model=final,
-            best_state=best_state,
-            info=info,
-        )
-
     out: list[TransferResult | BaseException] = []
     for i, (c, jid) in enumerate(zip(configs, job_ids)):
-        if member_sides[i][0].model_id in side_errors:
-            out.append(side_errors[member_sides[i][0].model_id])
+        rec = students[i][1]
+        if rec.model_id in side_errors:
+            out.append(side_errors[rec.model_id])
             continue
         try:
-            out.append(build(c, jid, *member_sides[i], packed.get(i)))
+            out.append(_transfer(sh, c, jid, rec, sides[rec.model_id], packed.get(i)))
         except PACK_WIDE:
             raise
         except Exception as exc:  # noqa: BLE001 - one member's failure is that member's result
@@ -426,3 +286,72 @@ def _run_transfers(students, teachers, source, configs, *, device, job_ids, prog
                 raise
             out.append(released(exc))
     return out
+
+
+def _transfer(sh: _Shared, config: TransferConfig, job_id: str, student_record, side: StudentSide,
+              packed_res: Any = None) -> TransferResult:
+    """One transfer trained by its mode (or its packed phase's result taken) and turned into its tables."""
+    t = Trained(evals=[], routes=RouteStats() if config.method_spec.routes else None,
+                info={"teachers": sh.names, "phases": []})
+    if config.mode not in _MODES:  # pragma: no cover - TransferConfig validates the mode
+        raise ValueError(f"unknown mode {config.mode!r}")
+    _MODES[config.mode](sh, config, side, t, packed_res)
+    return result_tables(t, config=config, job_id=job_id, student_id=student_record.model_id,
+                         before_pred=side.start_pred, labels=sh.labels, sample_ids=sh.eval_split.sample_ids,
+                         teacher_pred=sh.teacher_pred(sh.order[0]), n_train=len(sh.train),
+                         runtime_s=sh.runtime_s(), device=sh.rt.describe())
+
+
+def _phase_kwargs(sh: _Shared, config: TransferConfig, side: StudentSide) -> dict[str, Any]:
+    return dict(student_pre=side.pre, train=sh.train, eval_split=sh.eval_split, config=config, rt=sh.rt,
+                progress=sh.progress)
+
+
+def _one_phase(sh: _Shared, config: TransferConfig, side: StudentSide, t: Trained, packed_res: Any) -> None:
+    """``single`` and ``parallel``: one phase with every teacher (run in a pack: its result as given)."""
+    if isinstance(packed_res, BaseException):
+        raise packed_res
+    res = packed_res
+    if res is None:
+        res = run_phase(start=side.start, anchor=side.anchor, teachers=sh.ordered, phase=0, seed_phase=0,
+                        start_pred=side.start_pred, phase_teacher="+".join(sh.names),
+                        **_phase_kwargs(sh, config, side))
+    t.absorb(res, 0)
+    t.final, t.final_pred = res.model, res.evals[-1].pred
+
+
+def _sequential(sh: _Shared, config: TransferConfig, side: StudentSide, t: Trained, packed_res: Any = None) -> None:
+    """One phase per teacher; each phase's result is the next one's start and frozen anchor."""
+    current, current_pred, frozen = side.start, side.start_pred, side.anchor
+    for k, teacher in enumerate(sh.ordered):
+        res = run_phase(start=current, anchor=frozen, teachers=[teacher], phase=k, seed_phase=k,
+                        start_pred=current_pred, phase_teacher=teacher.model_id, **_phase_kwargs(sh, config, side))
+        t.absorb(res, k * config.epochs)
+        # run_phase trained a copy, so the phase's result can serve as the next frozen anchor as is
+        current = frozen = res.model
+        current_pred = res.evals[-1].pred
+    t.final, t.final_pred = current, current_pred
+
+
+def _soup(sh: _Shared, config: TransferConfig, side: StudentSide, t: Trained, packed_res: Any = None) -> None:
+    """One single-teacher phase per teacher from the original student, then their uniform average."""
+    members = []
+    for k, teacher in enumerate(sh.ordered):
+        res = run_phase(start=side.start, anchor=side.anchor, teachers=[teacher], phase=k, seed_phase=0,
+                        start_pred=side.start_pred, phase_teacher=teacher.model_id, **_phase_kwargs(sh, config, side))
+        t.absorb(res, k * config.epochs)
+        members.append(_state_cpu(res.model))
+        del res
+    soup_state = soup_state_dicts(members)
+    final = copy.deepcopy(side.start)
+    final.load_state_dict(soup_state)
+    t.final = sh.rt.prepare(final).eval()
+    t.final_pred = predict_split(t.final, sh.eval_split, side.pre, batch_size=config.eval_batch_size, rt=sh.rt)
+    t.evals.append(EpochEval(len(sh.ordered), "+".join(sh.names), config.epochs, t.final_pred))
+    # the soup is the job's one result: last == best
+    t.best_index, t.best_correct = config.epochs, int(np.count_nonzero(t.final_pred == sh.labels))
+    t.best_state = soup_state if config.keep_best else None
+
+
+_MODES: dict[str, Callable[..., None]] = {"single": _one_phase, "parallel": _one_phase, "sequential": _sequential,
+                                          "soup": _soup}

@@ -1,7 +1,10 @@
-"""The transfer loop: one training phase of a student against a frozen anchor and K teachers.
+"""What every training phase runs on: the :class:`Runtime` (device, precision, layouts), the models'
+forwards (logits, features, maps, the teachers' shared forwards), evaluation passes, seeds, routing
+counts and the per-epoch records. The phase itself (one student copy, or a pack of them) is
+:mod:`zoo_study.transfer.phase`; a transfer job's modes are :mod:`zoo_study.transfer.job`.
 
 A phase is what a single-teacher job runs once, a sequential job once per teacher, a parallel job once
-with all teachers and a soup once per teacher. What it guarantees:
+with all teachers and a soup once per teacher. What the phase and these helpers guarantee:
 
 - Teachers and the frozen anchor (the initial student, or the previous phase's result) run in eval mode
   under ``no_grad``; only a deep copy of the start model trains, so callers' modules never change.
@@ -36,7 +39,7 @@ from zoo_study.precision import Precision, choose_precision, enable_fast_kernels
 from zoo_study.transfer.feature_maps import MapsUnreadable, forward_map, level_maps, model_maps
 
 __all__ = ["TransferDiverged", "Runtime", "choose_precision", "TeacherModel", "PhaseResult", "RouteStats",
-           "predict_split", "phase_seeds"]
+           "predict_split", "phase_seeds", "teacher_forwards"]
 
 Progress = Callable[[str], None]
 
@@ -194,6 +197,23 @@ def forward_levels(model: nn.Module, x: Tensor, k: int, *, features: bool = Fals
     return logits, (model.forward_head(final, pre_logits=True) if features else None), last, levels
 
 
+@torch.no_grad()
+def teacher_forwards(teachers: Sequence[TeacherModel], x_for, rt: Runtime, *, features: bool, maps: bool
+                     ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """The shared teacher forwards of one batch: stacked fp32 logits [K, B, C], the first teacher's
+    pre-logits features (``features``) and every teacher's last map as a grid (``maps``)."""
+    t_logits, t_feat, t_maps = [], None, None
+    with rt.autocast():
+        for i, t in enumerate(teachers):
+            logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=features and i == 0, grid=maps)
+            if grid is not None:
+                t_maps = (t_maps or []) + [grid.float()]
+            t_logits.append(logits.float())
+            if feat is not None:
+                t_feat = feat.float()
+    return torch.stack(t_logits), t_feat, t_maps
+
+
 def _forward(model: nn.Module, x: Tensor, features: bool) -> tuple[Tensor, Tensor | None]:
     """Logits, and with ``features`` the pre-logits (penultimate) features via timm's forward_head."""
     logits, feat, _ = forward_parts(model, x, features=features)
@@ -206,12 +226,6 @@ def as_grid(f: Tensor, model: nn.Module, x: Tensor) -> Tensor:
     class tokens) has its map from ``forward_intermediates`` on ``x`` instead."""
     maps = model_maps(model, x)
     return maps.fmt.grid(f) if maps.fmt is not None else forward_map(model, x)[1]
-
-
-def forward_with_map(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits and the last feature map as an NCHW grid (:func:`feature_maps.forward_map`)."""
-    logits, _, g = forward_parts(model, x, grid=True)
-    return logits, g
 
 
 def set_student_mode(model: nn.Module, mode: str) -> None:

@@ -5,7 +5,8 @@ Everything it does runs through :func:`attempt`: an exception fails that member 
 exception is its result, its hooks are removed, its model, optimiser and state released, its traceback
 kept without the frames' tensors), while a pack-wide failure (out of device memory) propagates. Its loss
 finiteness is tracked on the device (:meth:`Member.track`) and read for all members at once
-(:func:`check_finite`) every ``FINITE_CHECK_EVERY`` steps and at each epoch's end.
+(:func:`check_finite`) every ``FINITE_CHECK_EVERY`` steps and at each epoch's end. The eval pass of a pack
+(:func:`evaluate_members`: one pass per student over the split) keeps a member's failure there its own too.
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from zoo_study.data.base import ImageSplit, raw_loader
+from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.transfer.config import TransferConfig
 from zoo_study.transfer.loop import (
     EpochEval,
     PhaseResult,
     Progress,
     RouteStats,
+    Runtime,
     TransferDiverged,
     _state_cpu,
     set_student_mode,
 )
 
 __all__ = ["FINITE_CHECK_EVERY", "PACK_WIDE", "Member", "RngState", "active", "attempt", "check_finite", "end_epoch_routes",
-           "fail", "first_bad", "member_result", "record_eval", "released", "start_epoch"]
+           "evaluate_members", "fail", "first_bad", "member_result", "record_eval", "released", "start_epoch"]
 
 LOG = logging.getLogger("zoo_study.transfer")
 FINITE_CHECK_EVERY = 50  # steps between host reads of the members' device-side finiteness flags
@@ -218,3 +222,43 @@ def member_result(m: Member, batch: int, steps: int, where: dict[str, Any]) -> P
     return out[0] if attempt(m, finish, where=where) else m.failed
 
 
+def evaluate_members(live: Sequence[Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
+                     labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int, phase_teacher: str | None,
+                     progress: Progress | None) -> None:
+    """One eval pass per student side over the split; each member's row, best epoch and best state. A
+    member whose kept model fails in the pass (or in its bookkeeping) fails alone."""
+    where = dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
+    for sd in {id(m.side): m.side for m in live}.values():  # one pass per student over the eval split
+        group = [m for m in live if m.side is sd and attempt(m, m.kept, where=where)]
+        preds = _predict_many([m.kept() for m in group], eval_split, sd.pre, eval_batch, rt)
+        for m, pred in zip(group, preds):
+            if isinstance(pred, BaseException):
+                fail(m, pred, **where)
+            else:
+                attempt(m, record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
+                        phase_teacher=phase_teacher, progress=progress, where=where)
+
+
+@torch.inference_mode()
+def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPreprocess, batch_size: int,
+                  rt: Runtime) -> list[np.ndarray | BaseException]:
+    """Top-1 predictions of several students with one preprocessing, in one pass over the split; a model
+    that raises gets its exception instead and leaves the pass (the others' predictions are unchanged)."""
+    for model in models:
+        model.eval()
+    outs: list[list[Tensor]] = [[] for _ in models]
+    failed: dict[int, BaseException] = {}
+    with rt.eval_layout(models) as cl:
+        for raw, _, _ in raw_loader(split, batch_size):
+            with rt.autocast():
+                x = rt.eval_inputs(pre, rt.to_device(raw), cl)  # preprocessed once for every student
+                for i, (model, out) in enumerate(zip(models, outs)):
+                    if i in failed:
+                        continue
+                    try:
+                        out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
+                    except PACK_WIDE:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - that student's failure only
+                        failed[i] = released(exc)
+    return [failed[i] if i in failed else torch.cat(o).numpy().astype(np.int64) for i, o in enumerate(outs)]

@@ -40,7 +40,7 @@ from zoo_study.data.base import ImageSplit, raw_loader
 from zoo_study.data.cache import augment_batch
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.methods.registry import ObjectiveInputs, SetupContext
-from zoo_study.transfer.config import PACK_SHARED as _SHARED, TransferConfig, pack_key
+from zoo_study.transfer.config import TransferConfig, check_pack
 from zoo_study.transfer.mixup import draw_mix_plan
 from zoo_study.transfer.loop import (
     EpochEval,
@@ -53,6 +53,7 @@ from zoo_study.transfer.loop import (
     forward_levels,
     forward_parts,
     phase_seeds,
+    teacher_forwards,
 )
 from zoo_study.transfer.members import (
     FINITE_CHECK_EVERY,
@@ -63,14 +64,13 @@ from zoo_study.transfer.members import (
     attempt,
     check_finite,
     end_epoch_routes,
-    fail,
+    evaluate_members,
     member_result,
-    record_eval,
     released,
     start_epoch,
 )
 
-__all__ = ["StudentSide", "run_phase", "run_phase_pack", "pack_key", "FINITE_CHECK_EVERY"]
+__all__ = ["StudentSide", "run_phase", "run_phase_pack", "FINITE_CHECK_EVERY"]
 
 @dataclass(eq=False)
 class StudentSide:
@@ -151,9 +151,10 @@ def _steps_per_epoch(n: int, batch: int) -> int:
 
 
 def _check_pack(configs: Sequence[TransferConfig], sides: Sequence[StudentSide] | None, start, anchor, student_pre,
-                start_pred) -> Sequence[StudentSide]:
-    """One :class:`StudentSide` per config (built from ``start`` ... when ``sides`` is None), and configs
-    that can share batches (:func:`pack_key`); a clear error otherwise."""
+                start_pred, teachers: Sequence[TeacherModel], train: ImageSplit) -> Sequence[StudentSide]:
+    """One :class:`StudentSide` per config (built from ``start`` ... when ``sides`` is None), configs that
+    can share batches (:func:`~zoo_study.transfer.config.check_pack`), teachers each method can take, and
+    a non-empty transfer set; a clear error otherwise."""
     if not configs:
         raise ValueError("a pack needs at least one transfer config")
     if sides is None:
@@ -162,9 +163,14 @@ def _check_pack(configs: Sequence[TransferConfig], sides: Sequence[StudentSide] 
         sides = [StudentSide(start, anchor, student_pre, start_pred)] * len(configs)
     if len(sides) != len(configs):
         raise ValueError(f"a pack needs one student side per config, got {len(sides)} for {len(configs)} configs")
-    keys = {pack_key(c) for c in configs}
-    if len(keys) > 1:
-        raise ValueError(f"configs of one pack must share {', '.join(_SHARED)} and mode; got {sorted(keys)}")
+    check_pack(configs)
+    if not teachers:
+        raise ValueError("a transfer phase needs at least one teacher")
+    for c in configs:
+        if len(teachers) > 1 and not c.method_spec.multi_teacher:
+            raise ValueError(f"method {c.method!r} takes one teacher per phase, got {len(teachers)}")
+    if len(train) == 0:
+        raise ValueError("the transfer set is empty; raise transfer_fraction")
     return sides
 
 
@@ -176,23 +182,6 @@ def _setup_or_fail(config: TransferConfig, side: StudentSide, **kwargs: Any) -> 
         raise
     except Exception as exc:  # noqa: BLE001 - this member's result
         return released(exc)
-
-
-@torch.no_grad()
-def _teacher_forwards(teachers: Sequence[TeacherModel], x_for, rt: Runtime, *, features: bool, maps: bool
-                      ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
-    """The shared teacher forwards of one batch: stacked fp32 logits [K, B, C], the first teacher's
-    pre-logits features (``features``) and every teacher's last map as a grid (``maps``)."""
-    t_logits, t_feat, t_maps = [], None, None
-    with rt.autocast():
-        for i, t in enumerate(teachers):
-            logits, feat, grid = forward_parts(t.module, x_for(t.pre), features=features and i == 0, grid=maps)
-            if grid is not None:
-                t_maps = (t_maps or []) + [grid.float()]
-            t_logits.append(logits.float())
-            if feat is not None:
-                t_feat = feat.float()
-    return torch.stack(t_logits), t_feat, t_maps
 
 
 def run_phase_pack(
@@ -218,23 +207,14 @@ def run_phase_pack(
     one :class:`StudentSide` per config (several students of the same teachers; configs with the same
     side object share its anchor forward and eval pass). Returns, per config, its :class:`PhaseResult`
     or the exception that ended it (in its setup, a step, its evaluation, or a diverged loss). The
-    configs must agree on :func:`pack_key`.
+    configs must agree on :func:`~zoo_study.transfer.config.pack_key`.
     """
-    sides = _check_pack(configs, sides, start, anchor, student_pre, start_pred)
+    sides = _check_pack(configs, sides, start, anchor, student_pre, start_pred, teachers, train)
     first = configs[0]
-    if not teachers:
-        raise ValueError("a transfer phase needs at least one teacher")
-    for c in configs:
-        if len(teachers) > 1 and not c.method_spec.multi_teacher:
-            raise ValueError(f"method {c.method!r} takes one teacher per phase, got {len(teachers)}")
     n = len(train)
-    if n == 0:
-        raise ValueError("the transfer set is empty; raise transfer_fraction")
     batch = min(first.batch_size, n)
-    drop_last = n > batch  # full batches only (BatchNorm cannot train on a batch of one): _steps_per_epoch
     seeds = phase_seeds(first.seed, seed_phase)
-    distinct_sides = list({id(sd): sd for sd in sides}.values())
-    for sd in distinct_sides:
+    for sd in {id(sd): sd for sd in sides}.values():
         sd.anchor.eval()
     for t in teachers:
         t.module.eval()
@@ -248,97 +228,101 @@ def run_phase_pack(
             continue
         m.slot = slot
         members.append(m)
-    need_features = any(m.obj.needs_features for m in members)
-    need_maps = any(m.obj.needs_maps for m in members)
-    frozen_sides = list({id(m.side): m.side for m in members if m.obj.needs_frozen}.values())
-    need_index = any(m.obj.needs_index for m in members)
-
-    # per-sample positions in the transfer set (CRD memory bank rows)
-    order = np.argsort(train.sample_ids, kind="stable")
-    sorted_ids = train.sample_ids[order]
-
-    def positions(sample_ids: Tensor) -> Tensor:
-        return torch.from_numpy(order[np.searchsorted(sorted_ids, sample_ids.numpy())])
-
-    def where(epoch: int) -> dict[str, Any]:
-        return dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
-
-    loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=drop_last)
-    augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0), "none": None}[first.augment]
-    # augmentation draws on the device of the batch (every geometry of a cached batch redraws them)
-    aug_gen = torch.Generator(device=rt.device).manual_seed(seeds["augment"])
-    mix_rng = np.random.default_rng(seeds["mixup"])  # its own stream: the other draws are unchanged by mixing
-    labels_eval = eval_split.labels
-    step = 0
+    run = _PackRun(first, teachers, rt, members, train, seeds, phase, phase_teacher)
+    # full batches only (BatchNorm cannot train on a batch of one): _steps_per_epoch
+    loader = raw_loader(train, batch, shuffle=True, seed=seeds["shuffle"], drop_last=n > batch)
     for epoch in range(1, first.epochs + 1):
         if not active(members):
             break
-        for m in active(members):
-            attempt(m, start_epoch, m, where=where(epoch))
-        for raw, labels, sample_ids in loader:
-            step += 1
-            live = active(members)
-            if not live:
-                break
-            raw = augment_batch(augment, rt.to_device(raw), aug_gen)  # cached Views: same draws per geometry
-            labels = rt.to_device(labels)
-            plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), mix_rng)
-            if plan is not None:  # its [B] mask and partners copied once, not per model input
-                plan = dataclasses.replace(plan, mask=rt.to_device(plan.mask), partner=rt.to_device(plan.partner))
-            cache: dict[ModelPreprocess, Tensor] = {}
-
-            def x_for(pre: ModelPreprocess) -> Tensor:
-                if pre not in cache:  # mixing the preprocessed input = preprocessing the mixed picture
-                    x = rt.inputs(pre, raw)
-                    cache[pre] = plan.images(x) if plan is not None else x
-                return cache[pre]
-
-            teacher_logits, t_feat, t_maps = _teacher_forwards(teachers, x_for, rt, features=need_features,
-                                                               maps=need_maps)
-            with torch.no_grad(), rt.autocast():  # shared per student: its frozen anchor's forward
-                frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
-                          for sd in frozen_sides if any(m.side is sd for m in live)}
-            index = rt.to_device(positions(sample_ids)) if need_index else None
-            soft = None
-            if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
-                soft = plan.soft_targets(labels, teacher_logits.shape[-1])
-                labels = plan.hard_labels(labels)
-            t_inputs = [x_for(t.pre) for t in teachers]  # cached: what the teachers saw
-            for m in live:
-                t0 = time.perf_counter()
-                attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
-                        labels, index, step=step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
-                        where=where(epoch))
-                m.step_seconds += time.perf_counter() - t0
-            if step % FINITE_CHECK_EVERY == 0:
-                check_finite(active(members), **where(epoch))
-        check_finite(active(members), **where(epoch))  # a diverged member is never evaluated
-        evaluate = epoch == first.epochs or epoch % first.eval_every == 0
-        for m in active(members):
-            attempt(m, end_epoch_routes, m, where=where(epoch))
-        if evaluate and active(members):  # evaluated every eval_every epochs and always after the last
-            _evaluate(active(members), eval_split, first.eval_batch_size, rt, labels_eval, epoch=epoch,
+        run.train_epoch(loader, epoch)
+        if (epoch == first.epochs or epoch % first.eval_every == 0) and active(members):
+            # evaluated every eval_every epochs and always after the last
+            evaluate_members(active(members), eval_split, first.eval_batch_size, rt, eval_split.labels, epoch=epoch,
                       epochs=first.epochs, phase=phase, phase_teacher=phase_teacher, progress=progress)
     for m in members:
-        results[m.slot] = m.failed if m.failed is not None else member_result(m, batch, step, where(first.epochs))
+        results[m.slot] = m.failed if m.failed is not None else member_result(m, batch, run.step, run.where(first.epochs))
     return results  # type: ignore[return-value]
 
 
-def _evaluate(live: Sequence[Member], eval_split: ImageSplit, eval_batch: int, rt: Runtime,
-              labels_eval: np.ndarray, *, epoch: int, epochs: int, phase: int, phase_teacher: str | None,
-              progress: Progress | None) -> None:
-    """One eval pass per student side over the split; each member's row, best epoch and best state. A
-    member whose kept model fails in the pass (or in its bookkeeping) fails alone."""
-    where = dict(phase=phase, epoch=epoch, phase_teacher=phase_teacher)
-    for sd in {id(m.side): m.side for m in live}.values():  # one pass per student over the eval split
-        group = [m for m in live if m.side is sd and attempt(m, m.kept, where=where)]
-        preds = _predict_many([m.kept() for m in group], eval_split, sd.pre, eval_batch, rt)
-        for m, pred in zip(group, preds):
-            if isinstance(pred, BaseException):
-                fail(m, pred, **where)
-            else:
-                attempt(m, record_eval, m, pred, labels_eval, epoch=epoch, epochs=epochs, phase=phase,
-                        phase_teacher=phase_teacher, progress=progress, where=where)
+class _PackRun:
+    """The training loop of one pack phase: what its members need of each shared batch (teacher features
+    and maps, frozen-anchor logits, sample positions), drawn once per batch, and every member's step."""
+
+    def __init__(self, first: TransferConfig, teachers: Sequence[TeacherModel], rt: Runtime, members: list[Member],
+                 train: ImageSplit, seeds: dict[str, int], phase: int, phase_teacher: str | None) -> None:
+        self.first, self.teachers, self.rt, self.members = first, teachers, rt, members
+        self.phase, self.phase_teacher = phase, phase_teacher
+        self.step = 0
+        self.need_features = any(m.obj.needs_features for m in members)
+        self.need_maps = any(m.obj.needs_maps for m in members)
+        self.frozen_sides = list({id(m.side): m.side for m in members if m.obj.needs_frozen}.values())
+        self.need_index = any(m.obj.needs_index for m in members)
+        # per-sample positions in the transfer set (CRD memory bank rows)
+        self.order = np.argsort(train.sample_ids, kind="stable")
+        self.sorted_ids = train.sample_ids[self.order]
+        self.augment = {"paper": TransferAugment(), "flip": TransferAugment(color_p=0.0, gray_p=0.0),
+                        "none": None}[first.augment]
+        # augmentation draws on the device of the batch (every geometry of a cached batch redraws them)
+        self.aug_gen = torch.Generator(device=rt.device).manual_seed(seeds["augment"])
+        self.mix_rng = np.random.default_rng(seeds["mixup"])  # its own stream: the other draws are unchanged
+
+    def where(self, epoch: int) -> dict[str, Any]:
+        return dict(phase=self.phase, epoch=epoch, phase_teacher=self.phase_teacher)
+
+    def positions(self, sample_ids: Tensor) -> Tensor:
+        return torch.from_numpy(self.order[np.searchsorted(self.sorted_ids, sample_ids.numpy())])
+
+    def train_epoch(self, loader, epoch: int) -> None:
+        """One epoch of every live member over the shared batches; a diverged member is never evaluated."""
+        members, where = self.members, self.where(epoch)
+        for m in active(members):
+            attempt(m, start_epoch, m, where=where)
+        for raw, labels, sample_ids in loader:
+            self.step += 1
+            live = active(members)
+            if not live:
+                break
+            self.train_batch(live, raw, labels, sample_ids, where)
+            if self.step % FINITE_CHECK_EVERY == 0:
+                check_finite(active(members), **where)
+        check_finite(active(members), **where)
+        for m in active(members):
+            attempt(m, end_epoch_routes, m, where=where)
+
+    def train_batch(self, live: list[Member], raw, labels: Tensor, sample_ids: Tensor, where: dict[str, Any]) -> None:
+        """The batch's shared work (augmentation, mixing, each preprocessing, teacher and anchor forwards)
+        once, then each live member's own step on it."""
+        rt, first = self.rt, self.first
+        raw = augment_batch(self.augment, rt.to_device(raw), self.aug_gen)  # cached Views: same draws per geometry
+        labels = rt.to_device(labels)
+        plan = draw_mix_plan(first.mixup, first.mixup_share, first.mixup_alpha, len(labels), self.mix_rng)
+        if plan is not None:  # its [B] mask and partners copied once, not per model input
+            plan = dataclasses.replace(plan, mask=rt.to_device(plan.mask), partner=rt.to_device(plan.partner))
+        cache: dict[ModelPreprocess, Tensor] = {}
+
+        def x_for(pre: ModelPreprocess) -> Tensor:
+            if pre not in cache:  # mixing the preprocessed input = preprocessing the mixed picture
+                x = rt.inputs(pre, raw)
+                cache[pre] = plan.images(x) if plan is not None else x
+            return cache[pre]
+
+        teacher_logits, t_feat, t_maps = teacher_forwards(self.teachers, x_for, rt, features=self.need_features,
+                                                           maps=self.need_maps)
+        with torch.no_grad(), rt.autocast():  # shared per student: its frozen anchor's forward
+            frozen = {id(sd): sd.anchor(x_for(sd.pre)).float()
+                      for sd in self.frozen_sides if any(m.side is sd for m in live)}
+        index = rt.to_device(self.positions(sample_ids)) if self.need_index else None
+        soft = None
+        if plan is not None:  # CE terms see the mixed labels, routing the larger component's label
+            soft = plan.soft_targets(labels, teacher_logits.shape[-1])
+            labels = plan.hard_labels(labels)
+        t_inputs = [x_for(t.pre) for t in self.teachers]  # cached: what the teachers saw
+        for m in live:
+            t0 = time.perf_counter()
+            attempt(m, _member_step, m, rt, x_for(m.side.pre), teacher_logits, t_feat, frozen.get(id(m.side)),
+                    labels, index, step=self.step, soft_targets=soft, teacher_maps=t_maps, teacher_inputs=t_inputs,
+                    where=where)
+            m.step_seconds += time.perf_counter() - t0
 
 
 def _member_step(m: Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_feat: Tensor | None,
@@ -394,31 +378,6 @@ def _member_step(m: Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_fe
     if m.epoch_routes is not None and out.route is not None:
         m.epoch_routes.add(out.route, frozen, teacher_logits, labels)
     m.rng.save()
-
-
-@torch.inference_mode()
-def _predict_many(models: Sequence[nn.Module], split: ImageSplit, pre: ModelPreprocess, batch_size: int,
-                  rt: Runtime) -> list[np.ndarray | BaseException]:
-    """Top-1 predictions of several students with one preprocessing, in one pass over the split; a model
-    that raises gets its exception instead and leaves the pass (the others' predictions are unchanged)."""
-    for model in models:
-        model.eval()
-    outs: list[list[Tensor]] = [[] for _ in models]
-    failed: dict[int, BaseException] = {}
-    with rt.eval_layout(models) as cl:
-        for raw, _, _ in raw_loader(split, batch_size):
-            with rt.autocast():
-                x = rt.eval_inputs(pre, rt.to_device(raw), cl)  # preprocessed once for every student
-                for i, (model, out) in enumerate(zip(models, outs)):
-                    if i in failed:
-                        continue
-                    try:
-                        out.append(rt.logits(model, x).argmax(-1).cpu())  # only [B] indices leave the device
-                    except PACK_WIDE:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - that student's failure only
-                        failed[i] = released(exc)
-    return [failed[i] if i in failed else torch.cat(o).numpy().astype(np.int64) for i, o in enumerate(outs)]
 
 
 def run_phase(*, config: TransferConfig, **kwargs: Any) -> PhaseResult:
