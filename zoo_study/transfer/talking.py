@@ -32,6 +32,7 @@ One round r (N rounds, 1-3), ``split = k >= 1``:
     u_s' = dec_up_s(m_t) -> z_s'        the student hears the answer as its upper state and predicts
     H_s <- dec_s(m_t)                   (broadcast over its grid) the state it speaks from next round
     L_interact = T^2 KL(softmax(z_t / T) || softmax(z_s' / T))      (z_t: the teacher's real logits)
+                 or CE(z_s', y) with interact = "label"          (y: the downstream labels)
     L_MC = MSE(M_s, enc_t(H_t))         both models' messages about the same input agree
     L_SC = MSE(H_t', H_t) + MSE(u_s', sg(u_s))   decoded states match the real ones
 With ``split = 0`` the two levels coincide: H = u, the teacher's upper layers are the identity,
@@ -56,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo_study.methods.losses import cross_entropy
 from zoo_study.methods.registry import MethodState, SetupContext
 from zoo_study.transfer.feature_maps import (
     MapFormat,
@@ -67,7 +69,8 @@ from zoo_study.transfer.feature_maps import (
     vector_as_features,
 )
 
-__all__ = ["RoundLosses", "talking_round", "TalkingModule", "setup_talking", "head_on_vector", "grid_to_native"]
+__all__ = ["RoundLosses", "talking_round", "interact_loss", "INTERACT_TARGETS", "TalkingModule", "setup_talking",
+           "head_on_vector", "grid_to_native"]
 
 
 @dataclass
@@ -78,17 +81,38 @@ class RoundLosses:
     h_s_next: Tensor
 
 
+INTERACT_TARGETS = ("teacher", "label")
+
+
 def _kl(z_t: Tensor, z_s: Tensor, t: float) -> Tensor:
     p_t = torch.softmax(z_t / t, dim=-1)
     return t * t * (p_t * (torch.log(p_t.clamp_min(1e-12)) - torch.log_softmax(z_s / t, dim=-1))).sum(-1).mean()
 
 
+def interact_loss(z_s: Tensor, z_t: Tensor, labels: Tensor | None, temperature: float,
+                  target: str = "teacher") -> Tensor:
+    """L_interact of one round: the student's prediction ``z_s`` made from the teacher's decoded answer, scored
+    against the teacher's real logits (``"teacher"``: T^2 KL(softmax(z_t / T) || softmax(z_s / T)), METHOD.md's
+    "vs the teacher") or against the downstream labels (``"label"``: CE(z_s, y), the reading open to the
+    paper's own setting, where the pre-trained teacher's classes are not the downstream task's; ``labels``
+    are class indices [B] or a distribution [B, K]). docs/DESIGN_NOTES.md, "Talking Models and AMTML-KD
+    against their papers", says why both are kept."""
+    if target == "teacher":
+        return _kl(z_t, z_s, temperature)
+    if target == "label":
+        if labels is None:
+            raise ValueError("talking_models with interact = 'label' needs the batch's labels")
+        return cross_entropy(z_s, labels)
+    raise ValueError(f"talking_models interact = {target!r}: valid are {', '.join(INTERACT_TARGETS)}")
+
+
 def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec_s: Callable, enc_t: Callable,
                   dec_t: Callable, head_s: Callable, temperature: float = 1.0,
                   noise: float = 0.0, generator: torch.Generator | None = None,
-                  sc_student: bool = False) -> RoundLosses:
+                  sc_student: bool = False, labels: Tensor | None = None,
+                  interact: str = "teacher") -> RoundLosses:
     """One exchange at ``split = 0`` (see the module docstring); ``h_*`` are state vectors [B, C_*],
-    ``z_t`` [B, K]."""
+    ``z_t`` [B, K]; ``interact`` / ``labels``: what L_interact scores against (:func:`interact_loss`)."""
     m_s = enc_s(h_s)
     h_t_heard = dec_t(m_s)
     if noise > 0:
@@ -96,10 +120,10 @@ def talking_round(h_s: Tensor, h_t: Tensor, z_t: Tensor, *, enc_s: Callable, dec
     m_t = enc_t(h_t_heard)
     h_s_heard = dec_s(m_t)
     z_s = head_s(h_s_heard)
-    interact = _kl(z_t, z_s, temperature)
+    inter = interact_loss(z_s, z_t, labels, temperature, interact)
     mc = F.mse_loss(m_s, enc_t(h_t))
     sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(h_s_heard, h_s if sc_student else h_s.detach())
-    return RoundLosses(interact, mc, sc, h_s_heard)
+    return RoundLosses(inter, mc, sc, h_s_heard)
 
 
 def head_on_vector(model: nn.Module, v: Tensor, maps: ModelMaps) -> Tensor:
@@ -199,27 +223,31 @@ class _TalkingState(MethodState):
 
     def losses(self, student: nn.Module, s_map: Tensor, t_map: Tensor, z_t: Tensor, *, rounds: int,
                temperature: float, noise: float, generator: torch.Generator | None,
-               teacher_input: Tensor | None = None, sc_student: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Summed round losses from the loop's last maps as NCHW grids (:func:`feature_maps.forward_map`)."""
+               teacher_input: Tensor | None = None, sc_student: bool = False, labels: Tensor | None = None,
+               interact: str = "teacher") -> tuple[Tensor, Tensor, Tensor]:
+        """Summed round losses from the loop's last maps as NCHW grids (:func:`feature_maps.forward_map`);
+        ``interact`` / ``labels``: what L_interact scores against (:func:`interact_loss`)."""
         if self.split > 0:
             if teacher_input is None or self.captured is None:
                 raise ValueError("talking_models with split > 0 needs the teacher's input and the student's split state")
             return self._deep_losses(s_map, z_t, teacher_input, rounds=rounds, temperature=temperature,
-                                     noise=noise, generator=generator, sc_student=sc_student)
+                                     noise=noise, generator=generator, sc_student=sc_student, labels=labels,
+                                     interact=interact)
         m = self.module
         h_s, h_t = s_map.mean((2, 3)), t_map.mean((2, 3)).detach()  # spatial / token means of the grids
         total = [h_s.new_zeros(()) for _ in range(3)]
         for _ in range(rounds):
             r = talking_round(h_s, h_t, z_t, enc_s=m.enc_s, dec_s=m.dec_s, enc_t=m.enc_t, dec_t=m.dec_t,
                               head_s=lambda v: head_on_vector(student, v, self.maps),
-                              temperature=temperature, noise=noise, generator=generator, sc_student=sc_student)
+                              temperature=temperature, noise=noise, generator=generator, sc_student=sc_student,
+                              labels=labels, interact=interact)
             total = [total[0] + r.interact, total[1] + r.mc, total[2] + r.sc]
             h_s = r.h_s_next
         return total[0], total[1], total[2]
 
     def _deep_losses(self, s_map: Tensor, z_t: Tensor, x_t: Tensor, *, rounds: int, temperature: float,
-                     noise: float, generator: torch.Generator | None,
-                     sc_student: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                     noise: float, generator: torch.Generator | None, sc_student: bool = False,
+                     labels: Tensor | None = None, interact: str = "teacher") -> tuple[Tensor, Tensor, Tensor]:
         m, teacher = self.module, self.teacher
         h_s = self.s_where.fmt.grid(_state_tensor(self.captured)).float()
         u_s = s_map.mean((2, 3))  # the student's real upper state (pooled last features)
@@ -245,10 +273,10 @@ class _TalkingState(MethodState):
             m_t = m.enc_up_t(u_t_heard)
             u_s_heard = m.dec_up_s(m_t)
             z_s = head_on_vector(self.student, u_s_heard, self.maps)
-            interact = _kl(z_t, z_s, temperature)
+            inter = interact_loss(z_s, z_t, labels, temperature, interact)
             mc = F.mse_loss(msg, to(m.enc_t(h_t), h_s.shape[-2:]))
             sc = F.mse_loss(h_t_heard, h_t) + F.mse_loss(u_s_heard, u_s if sc_student else u_s.detach())
-            total = [total[0] + interact, total[1] + mc, total[2] + sc]
+            total = [total[0] + inter, total[1] + mc, total[2] + sc]
             h_s = m.dec_s(m_t.view(*m_t.shape, 1, 1)).expand(-1, -1, *h_s.shape[-2:])
         return total[0], total[1], total[2]
 
