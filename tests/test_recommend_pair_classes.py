@@ -113,3 +113,25 @@ def test_the_default_keeps_the_score_job_spec_and_id(tmp_path: Path) -> None:
 def test_a_bad_value_names_the_key_and_the_valid_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"score.pair_classes.*'all', 'transfer_pairs' or 'none'"):
         _cfg(tmp_path, pair_classes="some")
+
+
+def _bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def test_semantics_reads_only_the_pairs_that_kept_per_class_counts() -> None:
+    from pipelines.executors import semantics_job
+
+    chosen = [("a", "d"), ("c", "b")]
+    scores = score_job(_spec({"keep": "transfer_pairs", "explicit": [list(p) for p in chosen]}), _inputs(), None)
+    layout = ResultsLayout("")
+    inputs = {str(layout.pairs): _bytes(scores["pairs"]), str(layout.pair_classes): _bytes(scores["pair_classes"])}
+    spec = {"data": {"kind": "generated", "generated": {"num_superclasses": 1, "classes_per_superclass": 3}},
+            "settings": {"encoder": "lexical", "random_sets": 5, "seed": 0}}
+    everything = semantics_job(spec, inputs, None)["pair_semantics"]
+    assert _pairs_of(everything) == _pairs_of(scores["pairs"])  # as before: pairs without counts read as zero
+    kept = semantics_job({**spec, "pair_classes": "transfer_pairs"}, inputs, None)["pair_semantics"]
+    assert _pairs_of(kept) == set(chosen)
+    assert kept.equals(_only(everything, chosen))
