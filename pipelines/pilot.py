@@ -40,6 +40,7 @@ class PilotPlan:
     steps: int  # optimizer steps each pilot takes (epochs x batches per epoch)
     images: int  # transfer-set images each pilot trains on per epoch
     epochs: int
+    config: StudyConfig  # the shortened study the jobs were planned from (its data step builds their images)
 
 
 def study_config(root: str | Path, config: str | None = None) -> StudyConfig:
@@ -60,8 +61,9 @@ def pilot_size(cfg: StudyConfig, steps: int) -> tuple[float, int, int, int]:
     """``(transfer_fraction, epochs, images, steps)`` of a pilot of about ``steps`` optimizer steps.
 
     Why a fraction: the transfer set is a stratified share of the train split; one epoch over
-    ``steps x batch_size`` of its images is ``steps`` steps (the loader drops a last partial batch).
-    A pilot longer than one pass over the split trains more epochs of all of it."""
+    ``steps x batch_size`` of its images is ``steps`` steps (the loader drops a last partial batch; when
+    rounding per class falls short, one more image per class until it does not). A pilot longer than
+    one pass over the split trains more epochs of all of it."""
     from pipelines.estimate import data_sizes, epoch_images, transfer_images
 
     sizes = data_sizes(cfg)
@@ -73,10 +75,15 @@ def pilot_size(cfg: StudyConfig, steps: int) -> tuple[float, int, int, int]:
     if want >= total:
         fraction, per_epoch = 1.0, max(1, epoch_images(total, batch) // batch)
         epochs = max(1, math.ceil(steps / per_epoch))
-    else:
-        fraction, epochs = round(want / total, 9), 1
-    images = transfer_images({"transfer_fraction": fraction}, sizes)
-    return fraction, epochs, images, epochs * max(1, epoch_images(images, batch) // batch)
+        images = transfer_images({"transfer_fraction": fraction}, sizes)
+        return fraction, epochs, images, epochs * max(1, epoch_images(images, batch) // batch)
+    classes = len(sizes.train_per_class)
+    for extra in range(0, total, classes):  # per-class rounding may fall short: one more image per class
+        fraction = min(1.0, round((want + extra) / total, 9))
+        images = transfer_images({"transfer_fraction": fraction}, sizes)
+        if epoch_images(images, batch) // batch >= steps or fraction == 1.0:
+            break
+    return fraction, 1, images, max(1, epoch_images(images, batch) // batch)
 
 
 def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], steps: int) -> PilotPlan:
@@ -93,9 +100,10 @@ def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], step
     t.pop("transfer_per_class", None)
     raw.setdefault("robustness", {})["enabled"] = False  # a pilot keeps no student weights
     layout = ResultsLayout(cfg.results_root())
-    planned = (plan_transfer(validate_config(raw), layout) or []) if pairs else []
+    short = validate_config(raw)
+    planned = (plan_transfer(short, layout) or []) if pairs else []
     jobs = [_as_pilot(job, steps) for job in planned]
-    return PilotPlan(jobs, list(pairs), real_steps, images, epochs)
+    return PilotPlan(jobs, list(pairs), real_steps, images, epochs, short)
 
 
 def _as_pilot(job: Job, steps: int) -> Job:
@@ -113,15 +121,18 @@ def missing_inputs(plan: PilotPlan, root: str | Path) -> list[str]:
 
 
 def run_pilot(cfg: StudyConfig, plan: PilotPlan, *, progress: bool = False):
-    """Run the pilot jobs not yet done under the root's lock (raises LockHeld when a run holds it);
-    returns the runner's report."""
+    """Run the pilot jobs not yet done under the root's lock (raises LockHeld when a run holds it), after
+    the data step that ``zoo-study run`` takes (the image cache of the pilots' transfer sets); returns
+    the runner's report."""
     from pipelines.lock import ResultsLock
+    from pipelines.prepare import prepare_study_data
     from pipelines.runner import run_jobs
 
     root = cfg.results_root()
     lock = ResultsLock(root)
     lock.acquire()
     try:
+        prepare_study_data(plan.config, ResultsLayout(root), {"transfer": plan.jobs})
         r = cfg.ray
         return run_jobs([plan.jobs], root, address=r.address or None, num_cpus=r.num_cpus, pack_size=r.pack_size,
                         pack_students=r.pack_students, pack_memory_bytes=r.pack_gpu_memory_gb * 1e9,

@@ -154,6 +154,11 @@ def test_pilot_size_by_hand(tmp_path: Path) -> None:
     assert pilot_size(cfg, 2) == (round(64 / 240, 9), 1, 66, 2)
     # 20 steps: more than the split's 7 full batches: all of it, ceil(20 / 7) = 3 epochs = 21 steps
     assert pilot_size(cfg, 20) == (1.0, 3, 240, 21)
+    # the demo's data: 100 classes x 120 images, batch 128. 5 steps = 640 images = 6.4 per class, rounded to
+    # 6 = 600 = 4 steps: short, so one more per class: 740 / 12,000 -> 7 per class = 700 = 5 steps
+    demo = validate_config({"data": {"generated": {"num_superclasses": 10, "classes_per_superclass": 10,
+                                                   "n_train": 12000}}, "transfer": {"batch_size": 128}})
+    assert pilot_size(demo, 5) == (round(740 / 12000, 9), 1, 700, 5)
 
 
 def test_pilot_jobs_are_the_studys_shortened_under_pilot(tmp_path: Path) -> None:
