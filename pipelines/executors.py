@@ -178,7 +178,7 @@ def predict_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext)
 
 def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """All selected pairs from the cached predictions -> scores/pairs.parquet, scores/pair_classes.parquet."""
-    from zoo_study.scoring import PairSelection, score_pairs
+    from zoo_study.scoring import PairSelection
 
     layout = ResultsLayout("")
     ids = list(spec["models"]) + list(spec["random_teachers"])

@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.db import connect
-from analysis.recommend import recommend
-from analysis.recommend_pilot import cross_validate_pilot, pilot_lines, rerank, _join
-from analysis.recommend import training_table
+from analysis.recommend import recommend, training_table
+from analysis.recommend_pilot import _join, cross_validate_pilot, pilot_lines, rerank
 from helpers.analysis_fixtures import RootBuilder
 from helpers.micro import micro_study
 from pipelines.cli import main
