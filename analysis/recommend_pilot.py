@@ -176,9 +176,11 @@ def pilot_lines(out: PilotOutcome) -> list[str]:
              f"in all; this student's {c['student_pilots']}: {c['student_s']:.1f} s"]
     if c["matched"]:
         share = c["matched_pilot_s"] / c["matched_full_s"] if c["matched_full_s"] > 0 else math.nan
-        lines.append(f"  the {c['matched']} piloted pair(s) with a full transfer: pilots {c['matched_pilot_s']:.1f} s vs "
-                     f"full transfers {c['matched_full_s']:.1f} s (~{c['full_steps']:.0f} steps each): "
-                     f"{100 * share:.1f}% of their compute")
+        steps = c["steps_per_pilot"] / c["full_steps"] if c["full_steps"] > 0 else math.nan
+        lines.append(f"  the {c['matched']} piloted pair(s) with a full transfer: ~{c['steps_per_pilot']:.0f} vs "
+                     f"~{c['full_steps']:.0f} steps each ({100 * steps:.1f}% of their steps); {c['matched_pilot_s']:.1f} s vs "
+                     f"{c['matched_full_s']:.1f} s ({100 * share:.1f}% of their compute; seconds compare only when both "
+                     "ran on one machine under one load, and full transfers may have run in packs)")
     if out.quality is None:
         lines.append("  no held-out comparison: too few piloted finished transfers")
         return lines

@@ -124,6 +124,7 @@ def test_compute_against_the_full_transfers(tmp_path: Path) -> None:
     assert c["matched_full_s"] == pytest.approx(54.0) and c["full_steps"] == 9
     text = "\n".join(pilot_lines(out))
     assert "6.7% of their compute" in text and "per 1,000 pilot steps of a new student (3 pilots)" in text
+    assert "~2 vs ~9 steps each (22.2% of their steps)" in text
 
 
 # ----------------------------------------------------------------------------------------- the plan
