@@ -298,10 +298,11 @@ def _fmt(m: Metric, pct: bool) -> str:
 
 def quality_lines(q: Quality) -> list[str]:
     """The ranking-quality table as text lines (held-out students, 95% intervals)."""
+    w = max([15, *(len(name) for name in q.rows)])
     lines = [f"held-out ranking quality (leave one student out: {q.n_students} students, {q.n_transfers} pairs):",
-             f"{'ranker':<15} {'Spearman r':<26} {'top-1 hit':<24} {'top-3 hit':<24}"]
+             f"{'ranker':<{w}} {'Spearman r':<26} {'top-1 hit':<24} {'top-3 hit':<24}"]
     for name, m in q.rows.items():
-        lines.append(f"{name:<15} {_fmt(m['spearman'], False):<26} {_fmt(m['top1'], True):<24} {_fmt(m['top3'], True):<24}")
+        lines.append(f"{name:<{w}} {_fmt(m['spearman'], False):<26} {_fmt(m['top1'], True):<24} {_fmt(m['top3'], True):<24}")
     return lines
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from analysis.db import ResultsDB
 from analysis.recommend import (FEATURES, MIN_STUDENTS, MIN_TRANSFERS, Metric, Quality, Recommendation,
                                 _conformal_quantile, _drivers, _matrix, _metric_mean, _pipeline, cross_validate, fit,
-                                quality_lines, recommend, student_pairs, training_table)
+                                recommend, student_pairs, training_table)
 
 __all__ = ["PILOT_FEATURES", "PilotOutcome", "candidates", "rerank", "cross_validate_pilot", "pilot_lines"]
 
@@ -102,7 +102,10 @@ def _paired_gain(q: Quality, a: str, b: str, index: int) -> Metric:
     """Mean over held-out students of ranker ``a``'s Spearman r (index 0) or top-1 hit (1) minus ``b``'s."""
     diffs = [float(q.by_student[a][s][index]) - float(q.by_student[b][s][index])
              for s in q.by_student.get(a, {}) if s in q.by_student.get(b, {})]
-    return _metric_mean([d for d in diffs if math.isfinite(d)])
+    m = _metric_mean([d for d in diffs if math.isfinite(d)])
+    if index == 1 and math.isfinite(m.low):  # a difference of two hit rates lies in [-1, 1]
+        m = Metric(m.value, max(m.low, -1.0), min(m.high, 1.0), m.n)
+    return m
 
 
 def _compute(db: ResultsDB, method: str, pilots: pa.Table, first: list[tuple[str, str]]) -> dict[str, float]:
@@ -184,16 +187,17 @@ def pilot_lines(out: PilotOutcome) -> list[str]:
     if out.quality is None:
         lines.append("  no held-out comparison: too few piloted finished transfers")
         return lines
-    k_steps = out.top_k * c["steps_per_pilot"]
+    k_steps = out.top_k * c["steps_per_pilot"]  # what one new student's pilots cost
+    full = k_steps / c["full_steps"] if c["full_steps"] > 0 else math.nan  # in full transfers' steps
+    lines.append(f"  a new student's {out.top_k} pilots: ~{k_steps:.0f} steps"
+                 + (f" = {full:.2f} full transfer(s) of steps" if math.isfinite(full) else ""))
     for label, g, scale in (("Spearman r", out.spearman_gain, 1.0), ("top-1 hit", out.top1_gain, 100.0)):
         if g is None or not math.isfinite(g.value):
             continue
-        unit = "pp" if scale == 100 else ""
+        unit = " pp" if scale == 100 else ""
         ci = f" [{scale * g.low:+.2f}, {scale * g.high:+.2f}]" if math.isfinite(g.low) else ""
-        per = scale * g.value / (k_steps / 1000) if k_steps > 0 else math.nan
-        lines.append(f"  pilot effect on {label} (model + pilot minus model, paired over {g.n} held-out students): "
-                     f"{scale * g.value:+.2f}{unit}{ci}; {per:+.3f}{unit} per 1,000 pilot steps of a new student "
-                     f"({out.top_k} pilots)")
-    lines.append("")
-    lines += quality_lines(out.quality)
+        per = (f"{scale * g.value / full:+.2f}{unit} per full transfer's steps of pilots" if math.isfinite(full) and full > 0
+               else f"{scale * g.value / (k_steps / 1000):+.3f}{unit} per 1,000 pilot steps")
+        lines.append(f"  pilot effect on {label} (model + pilot (top {out.top_k}) minus model, paired over {g.n} held-out "
+                     f"students): {scale * g.value:+.2f}{unit}{ci}; {per}")
     return lines

@@ -123,7 +123,12 @@ def test_compute_against_the_full_transfers(tmp_path: Path) -> None:
     assert c["pilots"] == 36 and c["pilot_s"] == pytest.approx(3.6) and c["student_s"] == pytest.approx(0.3)
     assert c["matched_full_s"] == pytest.approx(54.0) and c["full_steps"] == 9
     text = "\n".join(pilot_lines(out))
-    assert "6.7% of their compute" in text and "per 1,000 pilot steps of a new student (3 pilots)" in text
+    assert "6.7% of their compute" in text
+    # 3 pilots x 2 steps = 6 steps = 6 / 9 of a full transfer: the gain per full transfer's steps is 1.5 x it
+    assert "a new student's 3 pilots: ~6 steps = 0.67 full transfer(s) of steps" in text
+    g = out.spearman_gain.value
+    assert f"{g:+.2f} [" in text and f"{g * 1.5:+.2f} per full transfer's steps of pilots" in text
+    assert -1 <= out.top1_gain.low <= out.top1_gain.high <= 1
     assert "~2 vs ~9 steps each (22.2% of their steps)" in text
 
 
