@@ -85,7 +85,9 @@ FIGURES: tuple[FigureSpec, ...] = (
         "fig2a", "Fig 2a — per-class positive flips for a weak, an equal and a strong teacher", "fig2a_class_histograms",
         "Bars are classes sorted by how many samples the teacher gets right and the student wrong. A steep "
         "drop means complementary knowledge concentrated in few classes.",
-        ("pairs", "pair_classes"), "no trained (non-random) teacher has per-class flips for any student",
+        ("pairs", "pair_classes"),
+        "no trained (non-random) teacher has per-class flips for any student (the score stage keeps them only "
+        "for the pairs score.pair_classes names: 'all' (default), 'transfer_pairs' or 'none')",
         draw_fig2a,
     ),
     FigureSpec(
@@ -122,7 +124,8 @@ FIGURES: tuple[FigureSpec, ...] = (
         "teacher's top-X% classes, the share the student gets right afterwards. Higher at small X means "
         "knowledge moves first where the teacher's expertise is concentrated.",
         ("transfers", "transfer_predictions", "predictions", "pair_classes"),
-        "no single-teacher transfer has per-sample predictions, teacher predictions and per-class flips for its pair",
+        ("no single-teacher transfer has per-sample predictions, teacher predictions and per-class flips for its pair "
+         "(per-class flips are kept for transfer pairs unless score.pair_classes = 'none')"),
         draw_fig5a,
     ),
     FigureSpec(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,8 @@ from analysis.db import ResultsDB
 from zoo_study.stats import t_quantile_975, wilson_interval
 
 __all__ = ["FEATURES", "MIN_TRANSFERS", "MIN_STUDENTS", "Quality", "Recommendation", "recommend",
-           "cross_validate", "score_only_order", "training_table", "quality_lines", "render_text"]
+           "cross_validate", "fit", "score_only_order", "student_pairs", "training_table", "quality_lines",
+           "render_text"]
 
 FEATURES: tuple[str, ...] = ("rho_pos", "rho_neg", "delta_acc", "acc_t", "acc_s", "entropy_corrected", "kappa")
 #: a method needs this many finished transfers over this many students before a model is fitted
@@ -80,6 +81,8 @@ class Quality:
     alpha: float
     # (student, teacher, predicted, observed) of every held-out pair, delta units
     held_out: list[tuple[str, str, float, float]] = field(default_factory=list)
+    # ranker -> held-out student -> (its Spearman r, top-1 hit): for paired comparisons of two models
+    by_student: dict[str, dict[str, tuple[float, bool]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,12 +98,18 @@ class Recommendation:
 
 
 # ------------------------------------------------------------------------------------------ features
-def _matrix(table: pa.Table) -> np.ndarray:
+def _matrix(table: pa.Table, features: tuple[str, ...] = FEATURES) -> np.ndarray:
     cols = []
-    for f in FEATURES:
+    for f in features:
         col = table.column(f).to_numpy(zero_copy_only=False)
         cols.append(np.asarray(col, dtype=np.float64))
     return np.stack(cols, axis=1) if cols else np.zeros((table.num_rows, 0))
+
+
+def fit(train: pa.Table, features: tuple[str, ...] = FEATURES):
+    """The ranking model fitted on every finished transfer of ``train`` (its ``delta`` column)."""
+    y = np.asarray(train.column("delta").to_numpy(zero_copy_only=False), dtype=float)
+    return _pipeline().fit(_matrix(train, features), y)
 
 
 def _pipeline():
@@ -145,19 +154,21 @@ def _metric_rate(hits: list[bool]) -> Metric:
 
 
 # ---------------------------------------------------------------------------------- cross-validation
-def cross_validate(train: pa.Table, alpha: float = 0.1) -> Quality:
+def cross_validate(train: pa.Table, alpha: float = 0.1, features: tuple[str, ...] = FEATURES,
+                   extra: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]] | None = None) -> Quality:
     """Leave-one-student-out ranking quality of the model and of both baselines, and the conformal width.
 
     A held-out student counts for ranking when it has at least 2 teachers (top-1 / top-3) and 3 with
-    distinct deltas (rank correlation)."""
+    distinct deltas (rank correlation). ``extra(train_rows, test_rows, predicted)`` adds rankers fitted
+    in the same fold (the pilot's re-ranking, analysis/recommend_pilot.py): name -> order of the test rows."""
     students = np.asarray(train.column("student").to_pylist())
     teachers = np.asarray(train.column("teacher").to_pylist())
     held_out: list[tuple[str, str, float, float]] = []
-    x, y = _matrix(train), np.asarray(train.column("delta").to_numpy(zero_copy_only=False), dtype=float)
-    acc_t = x[:, FEATURES.index("acc_t")]
-    rho_pos = x[:, FEATURES.index("rho_pos")]
-    per: dict[str, dict[str, list]] = {r: {"spearman": [], "top1": [], "top3": []}
-                                       for r in ("model", "score-only", "most accurate")}
+    x, y = _matrix(train, features), np.asarray(train.column("delta").to_numpy(zero_copy_only=False), dtype=float)
+    acc_t = x[:, features.index("acc_t")]
+    rho_pos = x[:, features.index("rho_pos")]
+    per: dict[str, dict[str, list]] = {}
+    by_student: dict[str, dict[str, tuple[float, bool]]] = {}
     residuals: list[float] = []
     for s in sorted(set(students)):
         test = students == s
@@ -169,23 +180,31 @@ def cross_validate(train: pa.Table, alpha: float = 0.1) -> Quality:
         held_out += [(str(s), str(t), float(p), float(o)) for t, p, o in zip(teachers[test], pred, y[test])]
         if test.sum() < 2:
             continue
-        observed = y[test]
-        best = int(np.argmax(observed))
         orders = {
             "model": np.argsort(-pred, kind="stable"),
             "score-only": score_only_order(rho_pos[test], acc_t[test]),
             "most accurate": np.argsort(-acc_t[test], kind="stable"),
         }
-        for name, order in orders.items():
-            ranks = np.empty(len(order))
-            ranks[order] = -np.arange(len(order))  # higher = ranked earlier
-            per[name]["spearman"].append(_spearman(ranks, observed))
-            per[name]["top1"].append(bool(order[0] == best))
-            per[name]["top3"].append(bool(best in order[:3]))
+        if extra is not None:
+            orders.update(extra(~test, test, pred))
+        _tally(per, by_student, str(s), orders, y[test])
     rows = {name: {"spearman": _metric_mean(m["spearman"]), "top1": _metric_rate(m["top1"]),
                    "top3": _metric_rate(m["top3"])} for name, m in per.items()}
     q = _conformal_quantile(np.asarray(residuals), alpha)
-    return Quality(len(set(students)), train.num_rows, rows, q, alpha, held_out)
+    return Quality(len(set(students)), train.num_rows, rows, q, alpha, held_out, by_student)
+
+
+def _tally(per: dict, by_student: dict, student: str, orders: dict[str, np.ndarray], observed: np.ndarray) -> None:
+    """Score each ranker's order of one held-out student's teachers against the observed deltas."""
+    best = int(np.argmax(observed))
+    for name, order in orders.items():
+        ranks = np.empty(len(order))
+        ranks[order] = -np.arange(len(order))  # higher = ranked earlier
+        m = per.setdefault(name, {"spearman": [], "top1": [], "top3": []})
+        m["spearman"].append(_spearman(ranks, observed))
+        m["top1"].append(bool(order[0] == best))
+        m["top3"].append(bool(best in order[:3]))
+        by_student.setdefault(name, {})[student] = (m["spearman"][-1], m["top1"][-1])
 
 
 def _conformal_quantile(residuals: np.ndarray, alpha: float) -> float:
@@ -198,7 +217,7 @@ def _conformal_quantile(residuals: np.ndarray, alpha: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------ ranking
-def _drivers(model, x: np.ndarray) -> list[str]:
+def _drivers(model, x: np.ndarray, features: tuple[str, ...] = FEATURES) -> list[str]:
     """The two features that moved each prediction most from the average (coefficient x standardised
     value, in pp)."""
     imputer, scaler, ridge = model.named_steps.values()
@@ -207,8 +226,13 @@ def _drivers(model, x: np.ndarray) -> list[str]:
     out = []
     for row in contrib:
         top = np.argsort(-np.abs(row))[:2]
-        out.append(", ".join(f"{FEATURES[j]} {100 * row[j]:+.2f} pp" for j in top))
+        out.append(", ".join(f"{features[j]} {100 * row[j]:+.2f} pp" for j in top))
     return out
+
+
+def student_pairs(db: ResultsDB, student: str) -> pa.Table:
+    """The scored pairs of ``student`` with a trained teacher, with their features, by teacher."""
+    return db.query(_PAIRS_SQL + " AND student = $student ORDER BY teacher", {"student": student})
 
 
 def training_table(db: ResultsDB, method: str) -> pa.Table:
@@ -219,7 +243,7 @@ def training_table(db: ResultsDB, method: str) -> pa.Table:
 def recommend(db: ResultsDB, student: str, method: str = "kl_dp", top: int | None = 10,
               alpha: float = 0.1) -> Recommendation:
     """Every scored teacher of ``student`` ranked for ``method``; raises ValueError for an unknown student."""
-    mine = db.query(_PAIRS_SQL + " AND student = $student ORDER BY teacher", {"student": student})
+    mine = student_pairs(db, student)
     if mine.num_rows == 0:
         students = [r["student"] for r in db.query(
             "SELECT DISTINCT student FROM pairs WHERE NOT teacher_is_random ORDER BY student LIMIT 21").to_pylist()]
@@ -239,7 +263,7 @@ def recommend(db: ResultsDB, student: str, method: str = "kl_dp", top: int | Non
     else:
         rec.basis = "model"
         rec.quality = cross_validate(train, alpha)
-        model = _pipeline().fit(_matrix(train), np.asarray(train.column("delta").to_numpy(zero_copy_only=False), float))
+        model = fit(train)
         predicted = model.predict(x)
         q = rec.quality.conformal_q
         lo, hi = predicted - q, predicted + q
@@ -274,10 +298,11 @@ def _fmt(m: Metric, pct: bool) -> str:
 
 def quality_lines(q: Quality) -> list[str]:
     """The ranking-quality table as text lines (held-out students, 95% intervals)."""
+    w = max([15, *(len(name) for name in q.rows)])
     lines = [f"held-out ranking quality (leave one student out: {q.n_students} students, {q.n_transfers} pairs):",
-             f"{'ranker':<15} {'Spearman r':<26} {'top-1 hit':<24} {'top-3 hit':<24}"]
+             f"{'ranker':<{w}} {'Spearman r':<26} {'top-1 hit':<24} {'top-3 hit':<24}"]
     for name, m in q.rows.items():
-        lines.append(f"{name:<15} {_fmt(m['spearman'], False):<26} {_fmt(m['top1'], True):<24} {_fmt(m['top3'], True):<24}")
+        lines.append(f"{name:<{w}} {_fmt(m['spearman'], False):<26} {_fmt(m['top1'], True):<24} {_fmt(m['top3'], True):<24}")
     return lines
 
 
@@ -285,15 +310,20 @@ def render_text(rec: Recommendation) -> str:
     """The recommendation as a plain-text table with its notes and, when a model was fitted, its quality."""
     lines = [f"teachers for {rec.student} ({rec.method}; basis: {rec.basis})"]
     lines += [f"  {n}" for n in rec.notes]
-    lines.append(f"{'#':>3} {'teacher':<28} {'predicted delta [PI]':<28} {'acc_t':>6} {'rho_pos':>8} {'kappa':>6}  drivers")
+    piloted = "pilot_delta_pp" in rec.table.column_names
+    lines.append(f"{'#':>3} {'teacher':<28} {'predicted delta [PI]':<28} {'acc_t':>6} {'rho_pos':>8} {'kappa':>6}"
+                 + (f" {'pilot':>9}" if piloted else "") + "  drivers")
     for r in rec.table.to_pylist():
         if math.isnan(r["predicted_delta_pp"]):
             pred = "–"
         else:
             pred = f"{r['predicted_delta_pp']:+.2f} pp [{r['pi_low_pp']:+.2f}, {r['pi_high_pp']:+.2f}]"
         kappa = "–" if r["kappa"] is None or math.isnan(r["kappa"]) else f"{r['kappa']:.2f}"
+        pilot = ""
+        if piloted:
+            pilot = " " + (f"{r['pilot_delta_pp']:+.2f} pp" if r["pilot_delta_pp"] is not None else "–").rjust(9)
         lines.append(f"{r['rank']:>3} {r['teacher']:<28} {pred:<28} {100 * r['acc_t']:>5.1f}% "
-                     f"{100 * r['rho_pos']:>7.2f}% {kappa:>6}  {r['drivers']}")
+                     f"{100 * r['rho_pos']:>7.2f}% {kappa:>6}{pilot}  {r['drivers']}")
     if rec.quality is not None:
         lines.append("")
         lines += quality_lines(rec.quality)

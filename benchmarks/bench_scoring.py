@@ -18,6 +18,8 @@ Usage::
     python benchmarks/bench_scoring.py --models 50 --samples 10000 --classes 100
     python benchmarks/bench_scoring.py --naive             # plus the naive comparison
     python benchmarks/bench_scoring.py --naive --skip-scale --naive-models 6 --naive-images 4000
+    # a whole zoo with score.pair_classes = transfer_pairs (issue 25: < 2 min, <= 5 GB on disk)
+    python benchmarks/bench_scoring.py --models 1500 --lean --pair-classes transfer_pairs --target-s 120
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from zoo_study.store import PREDICTION_SCHEMA
 
 # ------------------------------------------------------------------------------------ synthetic zoo
 def synthetic_predictions(
-    n_models: int, n_samples: int, n_classes: int, seed: int = 0, shuffle_fraction: float = 0.1
+    n_models: int, n_samples: int, n_classes: int, seed: int = 0, shuffle_fraction: float = 0.1,
+    lean: bool = False,
 ) -> dict[str, pa.Table]:
     """Prediction tables with realistic structure, built with a Gaussian copula.
 
@@ -50,7 +53,9 @@ def synthetic_predictions(
     each model its own areas of expertise (non-uniform per-class flips). A wrong prediction is a
     random other class. Tables list the samples in one loader order, as a prediction stage writes
     them, except a ``shuffle_fraction`` of them whose rows are shuffled, so that alignment by sample id
-    is exercised (1.0 = every table shuffled, the worst case).
+    is exercised (1.0 = every table shuffled, the worst case). ``lean``: only the columns scoring reads
+    (sample_id, label, pred), the loader-order tables sharing one sample_id and label array, so a whole
+    zoo (1,500 x 50,000) fits in a few hundred MB instead of ~4 GB; the scores are the same.
     """
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(n_classes), -(-n_samples // n_classes))[:n_samples]
@@ -62,6 +67,7 @@ def synthetic_predictions(
     tables: dict[str, pa.Table] = {}
     sample_ids = np.arange(n_samples, dtype=np.int64) + 1_000_000
     loader_order = rng.permutation(n_samples)
+    lean_shared: list[pa.Array] = []
     for m in range(n_models):
         skill = rng.standard_normal(n_classes).astype(np.float32)
         z = (
@@ -73,7 +79,14 @@ def synthetic_predictions(
         wrong = (labels + rng.integers(1, n_classes, n_samples)) % n_classes
         pred = np.where(correct, labels, wrong).astype(np.int32)
         order = rng.permutation(n_samples) if m < round(shuffle_fraction * n_models) else loader_order
-        model_id = f"synthetic_{m:03d}.zoo"
+        model_id = f"synthetic_{m:04d}.zoo" if n_models > 1000 else f"synthetic_{m:03d}.zoo"
+        if lean:
+            shared = order is loader_order
+            if shared and not lean_shared:
+                lean_shared[:] = [pa.array(sample_ids[loader_order]), pa.array(labels[loader_order])]
+            sid, lab = lean_shared if shared else (pa.array(sample_ids[order]), pa.array(labels[order]))
+            tables[model_id] = pa.table({"sample_id": sid, "label": lab, "pred": pa.array(pred[order])})
+            continue
         tables[model_id] = pa.Table.from_arrays(
             [
                 pa.array([model_id] * n_samples, pa.string()),
@@ -112,7 +125,7 @@ def run_scale(args: argparse.Namespace) -> None:
           f"(other users' work slows every timing below)")
     t0 = time.perf_counter()
     preds = synthetic_predictions(args.models, args.samples, args.classes, seed=args.seed,
-                                  shuffle_fraction=args.shuffle_fraction)
+                                  shuffle_fraction=args.shuffle_fraction, lean=args.lean)
     print(f"synthetic predictions built in {time.perf_counter() - t0:.1f} s (not timed); "
           f"{args.shuffle_fraction:.0%} of the tables have their rows shuffled")
 
@@ -121,6 +134,9 @@ def run_scale(args: argparse.Namespace) -> None:
     t_align = time.perf_counter() - t0
     del preds
     accs = aligned.correct.mean(axis=1)
+    if args.pair_classes != "all":
+        run_kept_classes(aligned, args, t_align)
+        return
 
     t_pairs, n_pairs, _, rho = _stream(aligned, args, with_classes=False)
     if args.materialize:
@@ -147,6 +163,58 @@ def run_scale(args: argparse.Namespace) -> None:
           f"the {args.target_s:g} s target")
     print(f"{k} random pairs (paper setting), both tables in memory: {t_sparse:.2f} s "
           f"({sparse_classes.num_rows} pair_classes rows)")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
+
+
+def run_kept_classes(aligned, args: argparse.Namespace, t_align: float) -> None:
+    """The score stage with ``score.pair_classes`` = transfer_pairs | none, as pipelines/executors.py runs
+    it: every pair's row (no per-class counts), streamed to a Parquet file as it is scored, then
+    per-class counts for the transfer pairs only (``--transfer-pairs`` drawn over delta_acc like the
+    transfer planner); prints the times and the tables' sizes on disk."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from pipelines.stages import sample_pairs_by_delta
+    from zoo_study.store import PAIR_CLASS_SCHEMA, PAIR_SCHEMA
+
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
+        pairs_file, classes_file = Path(tmp) / "pairs.parquet", Path(tmp) / "pair_classes.parquet"
+        t0 = time.perf_counter()
+        chunks, t_write = [], 0.0
+        with pq.ParquetWriter(pairs_file, PAIR_SCHEMA) as writer:
+            for pairs, _ in iter_pair_scores(aligned, chunk_elements=args.chunk_elements, with_classes=False):
+                t1 = time.perf_counter()
+                writer.write_table(pairs)
+                t_write += time.perf_counter() - t1
+                chunks.append(pairs.select(["teacher", "student", "teacher_is_random", "delta_acc"]))
+        t_pairs = time.perf_counter() - t0
+        table = pa.concat_tables(chunks)
+        t0 = time.perf_counter()
+        n_class_rows = 0
+        if args.pair_classes == "transfer_pairs":
+            chosen = sample_pairs_by_delta(table, args.transfer_pairs, args.seed)
+            classes = score_pairs(aligned, chosen)[1]
+            n_class_rows = classes.num_rows
+        else:
+            classes = PAIR_CLASS_SCHEMA.empty_table()
+        pq.write_table(classes, classes_file)
+        t_classes = time.perf_counter() - t0
+        size_pairs, size_classes = pairs_file.stat().st_size, classes_file.stat().st_size
+    total = t_align + t_pairs + t_classes
+    n_pairs = table.num_rows
+    print(f"score.pair_classes = {args.pair_classes!r}: pairs {n_pairs}; pair_classes rows {n_class_rows}"
+          + (f" ({args.transfer_pairs} transfer pairs)" if args.pair_classes == "transfer_pairs" else ""))
+    print(f"align predictions                      : {t_align:6.2f} s")
+    print(f"score all pairs + write pairs.parquet  : {t_pairs:6.2f} s  ({t_pairs / n_pairs * 1e6:.1f} us per pair; "
+          f"{t_write:.2f} s of it writing)")
+    print(f"per-class counts of the kept pairs     : {t_classes:6.2f} s")
+    print(f"total (align + pairs + kept classes)   : {total:6.2f} s  -> {'UNDER' if total < args.target_s else 'OVER'} "
+          f"the {args.target_s:g} s target")
+    size = size_pairs + size_classes
+    print(f"on disk: pairs.parquet {size_pairs / 1e6:.1f} MB + pair_classes.parquet {size_classes / 1e6:.2f} MB = "
+          f"{size / 1e9:.3f} GB -> {'UNDER' if size <= args.target_gb * 1e9 else 'OVER'} the {args.target_gb:g} GB target")
     print(f"peak RSS: {peak_rss_mb():.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
 
 
@@ -296,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--materialize", action="store_true",
                     help="build the full tables with score_pairs instead of streaming chunks (needs GBs at full scale)")
     ap.add_argument("--target-s", type=float, default=10.0, help="time target printed against (default 10 s)")
+    ap.add_argument("--pair-classes", choices=("all", "transfer_pairs", "none"), default="all",
+                    help="score.pair_classes: 'all' (default) counts every pair's classes; 'transfer_pairs' / 'none' "
+                    "write pairs.parquet and the kept pairs' counts to disk and print their sizes")
+    ap.add_argument("--transfer-pairs", type=int, default=30, help="pairs keeping per-class counts (default 30)")
+    ap.add_argument("--out-dir", help="folder for the Parquet files of --pair-classes runs (default: the temp folder)")
+    ap.add_argument("--target-gb", type=float, default=5.0, help="size target of the pair tables (default 5 GB)")
+    ap.add_argument("--lean", action="store_true",
+                    help="synthetic tables with only the columns scoring reads (a 1,500-model zoo in ~0.5 GB)")
     ap.add_argument("--skip-scale", action="store_true", help="only run the naive comparison")
     ap.add_argument("--naive", action="store_true", help="also compare against re-running both models per pair")
     ap.add_argument("--naive-models", type=int, default=4, help="tiny models in the naive comparison (default 4)")
@@ -305,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", metavar="RESULTS", help="also compare naive vs cached on the trained zoo of a results "
                     "root (e.g. runs/demo after `zoo-study run --stage zoo`)")
     args = ap.parse_args(argv)
+    if args.transfer_pairs < 1 or args.models < 2:
+        ap.error(f"--transfer-pairs must be >= 1 and --models >= 2, got {args.transfer_pairs} and {args.models}")
     if not args.skip_scale:
         run_scale(args)
     if args.naive:

@@ -178,7 +178,7 @@ def predict_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext)
 
 def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
     """All selected pairs from the cached predictions -> scores/pairs.parquet, scores/pair_classes.parquet."""
-    from zoo_study.scoring import PairSelection, score_pairs
+    from zoo_study.scoring import PairSelection
 
     layout = ResultsLayout("")
     ids = list(spec["models"]) + list(spec["random_teachers"])
@@ -186,14 +186,38 @@ def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -
     selection = PairSelection.model_validate(spec["pairs"])  # the [score] section, dumped to JSON
     trained = {m: preds[m] for m in spec["models"]}
     pairs = selection.resolve(list(trained))
+    keep = spec.get("pair_classes", {"keep": "all"})  # score.pair_classes; absent = every scored pair
     if spec.get("classes") == "present":  # a subset of a larger label space: count the study's classes
         from zoo_study.data.labels import class_ids_back, present_classes, to_dense
 
         classes = present_classes(preds)
-        pairs_table, classes_table = score_pairs(to_dense(preds, classes), pairs, random_teachers=spec["random_teachers"])
+        pairs_table, classes_table = _score_tables(to_dense(preds, classes), pairs, spec["random_teachers"], keep)
         return {"pairs": pairs_table, "pair_classes": class_ids_back(classes_table, classes)}
-    pairs_table, classes_table = score_pairs(preds, pairs, random_teachers=spec["random_teachers"])
+    pairs_table, classes_table = _score_tables(preds, pairs, spec["random_teachers"], keep)
     return {"pairs": pairs_table, "pair_classes": classes_table}
+
+
+def _score_tables(preds, pairs, random_teachers, keep: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """The pair table of every selected pair and per-class counts only for the pairs ``keep`` names
+    (``score.pair_classes``): all of them, none, or the transfer stage's pairs, given or drawn from this
+    very pair table as the transfer planner draws them (:func:`pipelines.stages.sample_pairs_by_delta`)."""
+    from zoo_study.scoring import align_predictions, score_pairs
+
+    if keep["keep"] == "all":
+        return score_pairs(preds, pairs, random_teachers=random_teachers)
+    aligned = align_predictions(preds)  # once for both calls
+    pairs_table, no_classes = score_pairs(aligned, pairs, random_teachers=random_teachers, with_classes=False)
+    if keep["keep"] == "none":
+        return pairs_table, no_classes
+    if "sample" in keep:
+        from pipelines.stages import sample_pairs_by_delta
+
+        chosen = sample_pairs_by_delta(pairs_table, int(keep["sample"]["n"]), int(keep["sample"]["seed"]))
+    else:
+        chosen = [tuple(p) for p in keep["explicit"]]
+    if not chosen:
+        return pairs_table, no_classes
+    return pairs_table, score_pairs(aligned, chosen)[1]
 
 
 def semantics_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
@@ -210,6 +234,12 @@ def semantics_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContex
     st = spec["settings"]
     encoder = text_encoder(st["encoder"])
     LOG.info("semantics of %d pair(s) over %d classes with the %s encoder", pairs.num_rows, len(names), encoder.name)
+    if spec.get("pair_classes"):  # score.pair_classes kept per-class counts only for some pairs: just those
+        import pyarrow.compute as pc
+
+        kept = pc.binary_join_element_wise(pair_classes.column("teacher"), pair_classes.column("student"), "\x1f")
+        both = pc.binary_join_element_wise(pairs.column("teacher"), pairs.column("student"), "\x1f")
+        pairs = pairs.filter(pc.is_in(both, value_set=pc.unique(kept)))
     emb, sem = semantic_tables(pairs, pair_classes, names, superclass_of, superclass_names, encoder,
                                random_sets=int(st["random_sets"]), seed=int(st["seed"]))
     return {"embeddings": emb, "pair_semantics": sem}

@@ -20,6 +20,7 @@ from pipelines.jobs import Job, job_id_for
 from pydantic import ValidationError
 
 from zoo_study.config import ConfigError, StudyConfig
+from zoo_study.scoring.pairs import PairSelection
 from zoo_study.store import ResultsLayout
 
 STAGES = ("zoo", "predict", "score", "semantics", "transfer", "multi_teacher", "hparam", "robustness", "report")
@@ -220,8 +221,10 @@ def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     spec = {
         "models": [m.model_id for m in models if m.kind != "random"],
         "random_teachers": [m.model_id for m in models if m.kind == "random"],
-        "pairs": cfg.score.model_dump(mode="json"),
+        "pairs": cfg.score.model_dump(mode="json", include=set(PairSelection.model_fields)),
     }
+    if cfg.score.pair_classes != "all":  # only then: the default spec (and job id) stays as it was
+        spec["pair_classes"] = class_pairs_spec(cfg, layout)
     if cfg.data.kind == "imagefolder":  # labels may be a subset of ImageNet's ids: count the present classes
         spec["classes"] = "present"
     inputs = tuple(_rel(layout.predictions(m.model_id), layout.root) for m in models)
@@ -229,11 +232,28 @@ def plan_score(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     return [Job("score", spec, outputs, inputs=inputs, num_cpus=cfg.ray.cpus_per_job, name="all pairs")]
 
 
+def class_pairs_spec(cfg: StudyConfig, layout: ResultsLayout) -> dict[str, Any]:
+    """Which pairs keep per-class counts (``score.pair_classes`` other than ``all``), as the score job's
+    spec holds it: ``{"keep": "none"}``, or ``{"keep": "transfer_pairs"}`` with the transfer stage's pairs
+    (``explicit``) or, for sampled pairs, the draw the score job repeats on its own pair table
+    (``sample``: n and seed of :func:`sample_pairs_by_delta`, which the transfer planner also calls)."""
+    keep = cfg.score.pair_classes
+    if keep == "none":
+        return {"keep": keep}
+    if not cfg.transfer.enabled:
+        return {"keep": keep, "explicit": []}
+    if cfg.transfer.pairs == "sample":
+        return {"keep": keep, "sample": {"n": cfg.transfer.n_pairs, "seed": cfg.study.seed}}
+    return {"keep": keep, "explicit": [list(p) for p in transfer_pairs(cfg, layout) or []]}
+
+
 def plan_semantics(cfg: StudyConfig, layout: ResultsLayout) -> list[Job]:
     """Fig 2b's tables from the score stage's: one job (class embeddings, per-pair similarities)."""
     if not cfg.semantics.enabled or not plan_score(cfg, layout):
         return []
     spec = {"data": data_spec_dict(cfg), "settings": cfg.semantics.model_dump(mode="json")}
+    if cfg.score.pair_classes != "all":  # only the pairs that kept per-class counts (default id unchanged)
+        spec["pair_classes"] = cfg.score.pair_classes
     inputs = (_rel(layout.pairs, layout.root), _rel(layout.pair_classes, layout.root))
     outputs = {"embeddings": _rel(layout.class_embeddings, layout.root),
                "pair_semantics": _rel(layout.pair_semantics, layout.root)}

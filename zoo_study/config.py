@@ -377,12 +377,22 @@ class RaySection(_Strict):
     pack_gpu_memory_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
+class ScoreSection(PairSelection):
+    """``[score]``: which pairs to score (:class:`PairSelection`) and which of them keep per-class flip
+    counts (``scores/pair_classes.parquet``). ``all`` (the default) keeps them for every scored pair; for
+    a whole zoo that is ~N^2 x C rows, so ``transfer_pairs`` keeps them only for the transfer stage's
+    pairs (what Fig 2a, 2b and 5a read) and ``none`` for no pair. The default adds nothing to the score
+    job's spec, so its job id is unchanged."""
+
+    pair_classes: Literal["all", "transfer_pairs", "none"] = "all"
+
+
 class StudyConfig(_Strict):
     study: StudySection = StudySection()
     data: DataSpec = DataSpec()
     zoo: ZooSection = ZooSection()
     predict: PredictSection = PredictSection()
-    score: PairSelection = PairSelection()
+    score: ScoreSection = ScoreSection()
     semantics: SemanticsSection = SemanticsSection()
     transfer: TransferSection = TransferSection()
     multi_teacher: MultiTeacherSection = MultiTeacherSection()
