@@ -214,11 +214,11 @@ class ResultsDB:
         self.views = FileViews(self.con, self.root)
         self.con.execute(METHOD_MACROS)
         self.con.execute(stats_macros())
-        self.views.create_empty_tables()
+        self.views.create_empty()
         self._sandbox()
-        self.views.refresh(force=True)
         for sql in DERIVED_VIEWS:
             self.con.execute(sql)
+        self.views.refresh(force=True)
 
     def _sandbox(self) -> None:
         """Let DuckDB read files under the root and nothing else, then lock every setting.

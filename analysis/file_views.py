@@ -52,14 +52,19 @@ class FileViews:
         self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
         self.outside: set[Path] = set()  # the skipped files that are links leading outside the root
 
-    def create_empty_tables(self) -> None:
+    def create_empty(self) -> None:
         """One empty table per view with its schema's columns and types (before the sandbox locks DuckDB:
-        registering an Arrow table is not possible afterwards)."""
+        registering an Arrow table is not possible afterwards), and every view over it for now.
+
+        Why the empty views first: views derived from these (``per_pair``) are bound when created, so they
+        are created over the declared types; a file with a clashing type then fails only the queries that
+        read it, not the connection."""
         for src in VIEW_SOURCES:
             tmp = f"__arrow_empty_{src.name}"
             self.con.register(tmp, pa.Table.from_batches([], schema=src.schema))
             self.con.execute(f"CREATE TABLE {identifier('_empty_' + src.name)} AS SELECT * FROM {identifier(tmp)}")
             self.con.unregister(tmp)
+            self.con.execute(self.view_sql(src.name, glob=False))
 
     def files(self, view: str) -> list[Path]:
         """The files of ``view`` that exist right now, sorted."""
