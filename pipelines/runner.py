@@ -9,6 +9,7 @@ Why it is shaped like this:
 * **Waves.** Jobs run in dependency order, one wave after another (by default one wave per stage, in
   the order stages first appear). A job reads only files of earlier waves; a job whose input is missing
   (its upstream job failed) is skipped and the reason recorded, instead of crashing inside a worker.
+  One wave's submit / wait / write loop is :class:`pipelines.wave.Wave`.
 * **Failures are data** (:mod:`pipelines.records`). A job that raises is written to
   ``failures/<job_id>.parquet`` and the others go on. A worker that dies is a *system* failure, retried
   up to ``max_retries`` times by the driver; an exception raised by the executor is not retried.

@@ -26,7 +26,7 @@ from pipelines.packs import carrier_for, member_outcomes, take_pack
 from pipelines.records import FailureRecord, RunReport
 from zoo_study import store
 
-__all__ = ["POLL_S", "RunInterrupted", "StopOnSigint", "Wave", "WaveInputs", "largest_packs_first"]
+__all__ = ["POLL_S", "RunInterrupted", "StopOnSigint", "Wave", "WaveInputs", "WaveRecords", "largest_packs_first"]
 
 POLL_S = 0.5  # how often the driver looks up from waiting to notice a Ctrl-C
 
@@ -91,8 +91,77 @@ def largest_packs_first(jobs: Sequence[Job]) -> list[Job]:
     sizes = collections.Counter((j.pack, j.pack_group) for j in jobs if j.pack)  # per pair (pack group)
     return sorted(jobs, key=lambda j: -sizes[j.pack, j.pack_group] if j.pack else -1)
 
+class WaveRecords:
+    """What a wave's outcomes leave: outputs written, failure records, counts in ``report``, retries.
+    Mutates ``report`` and ``failed`` (job id -> its record, shared by all waves of a run)."""
+
+    def __init__(self, root: Path, producer: Mapping[str, tuple[int, Job]], failed: dict[str, FailureRecord],
+                 report: RunReport, max_retries: int, log: logging.Logger, stop: StopOnSigint):
+        self.root, self.producer, self.failed, self.report = root, producer, failed, report
+        self.max_retries, self.log, self.stop = max_retries, log, stop
+        self.retried: set[str] = set()
+        self.n_failed = 0
+
+    def fail(self, job: Job, error: str, tb: str, attempts: int) -> None:
+        self.n_failed += 1
+        rec = FailureRecord.now(job, error, tb, attempts)
+        try:
+            path = rec.write(self.root).relative_to(self.root)
+        except OSError as exc:  # keep going: the report still carries the record
+            path = "none"
+            self.log.error("could not write failure record of %s: %s", job.label, exc)
+        self.failed[job.job_id] = rec
+        counts = self.report.stages[job.stage]
+        if attempts == 0:
+            counts.skipped += 1
+            self.log.warning("skipped %s: %s", job.label, error)
+        else:
+            counts.failed += 1
+            self.log.warning("FAILED %s after %d attempt(s): %s (record: %s)", job.label, attempts, error, path)
+
+    def missing_reason(self, job: Job) -> str | None:
+        parts = []
+        for rel in (rel for rel in job.inputs if not (self.root / rel).is_file()):
+            prod = self.producer.get(rel)
+            if prod is None:
+                parts.append(f"{rel} (no job in this run writes it)")
+            elif prod[1].job_id in self.failed:
+                parts.append(f"{rel} (its job {prod[1].label} failed: {self.failed[prod[1].job_id].error})")
+            else:
+                parts.append(f"{rel} (its job {prod[1].label} did not produce it)")
+        return "missing input(s): " + "; ".join(parts) if parts else None
+
+    def finish(self, job: Job, attempt: int, outcome: Any) -> str:
+        """Handle one outcome: 'done' (written, failed or skipped), 'retry' or 'cancelled'."""
+        if outcome.kind == "cancelled" or (outcome.kind == "system" and self.stop.requested):
+            return "cancelled"
+        if outcome.kind == "system":
+            if attempt > self.max_retries:
+                self.fail(job, outcome.error, outcome.traceback, attempt)
+                return "done"
+            if job.job_id not in self.retried:
+                self.retried.add(job.job_id)
+                self.report.stages[job.stage].retried += 1
+            self.log.warning("%s: %s (attempt %d of %d); retrying", job.label, outcome.error, attempt,
+                             self.max_retries + 1)
+            return "retry"
+        if outcome.kind == "error":
+            self.fail(job, outcome.error, outcome.traceback, attempt)
+            return "done"
+        try:
+            written = write_outputs(job, outcome.outputs or {}, self.root)
+        except Exception as exc:  # noqa: BLE001 - a bad result fails this job only
+            self.fail(job, f"invalid result: {one_line(exc)}", _tb.format_exc(), attempt)
+            return "done"
+        store.ResultsLayout(self.root).failure(job.job_id).unlink(missing_ok=True)
+        self.failed.pop(job.job_id, None)
+        self.report.stages[job.stage].ran += 1
+        self.log.debug("done %s in %.2f s on %s -> %s", job.label, outcome.seconds, outcome.where, ", ".join(written))
+        return "done"
+
+
 class Wave:
-    """Submit, wait, write, record: one wave. Mutates ``report`` and ``failed``."""
+    """Submit, wait, settle: one wave. What the outcomes leave is :class:`WaveRecords`' part."""
 
     def __init__(self, jobs: list[Job], root: Path, backend: Any, fns: Mapping[str, Any],
                  producer: Mapping[str, tuple[int, Job]], failed: dict[str, FailureRecord], report: RunReport,
@@ -100,11 +169,9 @@ class Wave:
                  pack_groups: int = 1, pack_memory: float = 0.0):
         self.jobs, self.root, self.backend, self.fns = jobs, root, backend, fns
         self.pack_size, self.pack_groups, self.pack_memory = pack_size, pack_groups, pack_memory
-        self.producer, self.failed, self.report = producer, failed, report
-        self.max_retries, self.log, self.stop = max_retries, log, stop
+        self.failed, self.report, self.log, self.stop = failed, report, log, stop
+        self.records = WaveRecords(root, producer, failed, report, max_retries, log, stop)
         self.inputs = WaveInputs(root, backend, jobs)
-        self.retried: set[str] = set()
-        self.n_failed = 0
         self.cancelled = 0
         self.fixed: dict[str, list[Job]] = {}  # first member's id -> the group it runs with (after an OOM)
         self.todo: collections.deque[tuple[Job, int]] = collections.deque()  # (job, attempt), filled by run
@@ -135,7 +202,7 @@ class Wave:
         """Submit ``job`` (with the pending jobs of its pack on a first attempt), or fail it at once when
         its inputs are missing or no node can run it."""
         group = self.fixed.pop(job.job_id, None)  # a part of a pack that ran out of memory
-        reason = self.backend.infeasible(job) or self.missing_reason(job)
+        reason = self.backend.infeasible(job) or self.records.missing_reason(job)
         handles = None
         if reason is None:
             try:
@@ -144,7 +211,7 @@ class Wave:
                 reason = f"cannot read input: {exc}"
         if reason is not None:
             for member in group or [job]:
-                self.fail(member, reason, "", 0)
+                self.records.fail(member, reason, "", 0)
                 self.inputs.release(member)
                 self.bar.update(1)
             return
@@ -188,7 +255,7 @@ class Wave:
 
     def settle(self, job: Job, attempt: int, outcome: Any) -> None:
         """One job's outcome: queued again (retry), or done (written, failed, cancelled) and counted."""
-        verdict = self.finish(job, attempt, outcome)
+        verdict = self.records.finish(job, attempt, outcome)
         if verdict == "retry":
             self.todo.appendleft((job, attempt + 1))
             return
@@ -197,8 +264,8 @@ class Wave:
             self.stop.requested = True
         self.inputs.release(job)
         self.bar.update(1)
-        if self.n_failed:
-            self.bar.set_postfix(failed=self.n_failed, refresh=False)
+        if self.records.n_failed:
+            self.bar.set_postfix(failed=self.records.n_failed, refresh=False)
 
     def interrupt(self) -> None:
         """Ctrl-C: keep what finished meanwhile, cancel the rest, raise :class:`RunInterrupted`."""
@@ -211,26 +278,9 @@ class Wave:
         self.log.debug("interrupted: %d job(s) in flight cancelled", self.cancelled)
         raise RunInterrupted(self.report, self.cancelled)
 
-    def fail(self, job: Job, error: str, tb: str, attempts: int) -> None:
-        self.n_failed += 1
-        rec = FailureRecord.now(job, error, tb, attempts)
-        try:
-            path = rec.write(self.root).relative_to(self.root)
-        except OSError as exc:  # keep going: the report still carries the record
-            path = "none"
-            self.log.error("could not write failure record of %s: %s", job.label, exc)
-        self.failed[job.job_id] = rec
-        counts = self.report.stages[job.stage]
-        if attempts == 0:
-            counts.skipped += 1
-            self.log.warning("skipped %s: %s", job.label, error)
-        else:
-            counts.failed += 1
-            self.log.warning("FAILED %s after %d attempt(s): %s (record: %s)", job.label, attempts, error, path)
-
     def ready(self, job: Job) -> bool:
         """Whether a job may join another's pack now: its inputs exist and can be read."""
-        if self.backend.infeasible(job) or self.missing_reason(job):
+        if self.backend.infeasible(job) or self.records.missing_reason(job):
             return False
         try:
             for rel in job.inputs:
@@ -238,46 +288,6 @@ class Wave:
         except OSError:
             return False
         return True
-
-    def missing_reason(self, job: Job) -> str | None:
-        parts = []
-        for rel in (rel for rel in job.inputs if not (self.root / rel).is_file()):
-            prod = self.producer.get(rel)
-            if prod is None:
-                parts.append(f"{rel} (no job in this run writes it)")
-            elif prod[1].job_id in self.failed:
-                parts.append(f"{rel} (its job {prod[1].label} failed: {self.failed[prod[1].job_id].error})")
-            else:
-                parts.append(f"{rel} (its job {prod[1].label} did not produce it)")
-        return "missing input(s): " + "; ".join(parts) if parts else None
-
-    def finish(self, job: Job, attempt: int, outcome: Any) -> str:
-        """Handle one outcome: 'done' (written, failed or skipped), 'retry' or 'cancelled'."""
-        if outcome.kind == "cancelled" or (outcome.kind == "system" and self.stop.requested):
-            return "cancelled"
-        if outcome.kind == "system":
-            if attempt > self.max_retries:
-                self.fail(job, outcome.error, outcome.traceback, attempt)
-                return "done"
-            if job.job_id not in self.retried:
-                self.retried.add(job.job_id)
-                self.report.stages[job.stage].retried += 1
-            self.log.warning("%s: %s (attempt %d of %d); retrying", job.label, outcome.error, attempt,
-                             self.max_retries + 1)
-            return "retry"
-        if outcome.kind == "error":
-            self.fail(job, outcome.error, outcome.traceback, attempt)
-            return "done"
-        try:
-            written = write_outputs(job, outcome.outputs or {}, self.root)
-        except Exception as exc:  # noqa: BLE001 - a bad result fails this job only
-            self.fail(job, f"invalid result: {one_line(exc)}", _tb.format_exc(), attempt)
-            return "done"
-        store.ResultsLayout(self.root).failure(job.job_id).unlink(missing_ok=True)
-        self.failed.pop(job.job_id, None)
-        self.report.stages[job.stage].ran += 1
-        self.log.debug("done %s in %.2f s on %s -> %s", job.label, outcome.seconds, outcome.where, ", ".join(written))
-        return "done"
 
     def after_oom(self, group: list[Job], attempt: int, outcome: Outcome) -> bool:
         """Queue, to run next, what replaces ``group``, which ran out of accelerator memory: a pack in two
