@@ -1,19 +1,15 @@
 """DuckDB views over a results root: the only way the analysis layer reads results.
 
-Why views over Parquet globs instead of loading tables: the pipeline keeps adding files while a study
-runs (one summary per transfer job, one prediction file per model). A view over
-``read_parquet('<root>/transfers/*/summary.parquet', union_by_name=true)`` re-lists the folder on every
-query, so a report or an ad-hoc ``zoo-study sql`` sees new jobs without any rebuild step, and files
-written by an older schema (a missing nullable column) still line up by name.
-
 There is one view per table of the catalogue :data:`zoo_study.store.TABLES` (its ``name``, over its
 ``glob`` under the root, with its ``schema``): models, predictions, pairs, pair_classes, transfers, epochs,
-transfer_predictions, hparams, failures. A view whose files do not exist yet (a partial root) is still
-created, empty, with the columns and types of its schema, so every query runs on any root and simply
-returns no rows. :class:`ResultsDB` re-checks before each query whether such a folder gained files and
-then swaps the empty view for the real one. A file that is not readable Parquet (truncated, foreign)
-would make DuckDB reject the whole view; such files are left out, listed with the reason in
-``ResultsDB.skipped`` / :meth:`ResultsDB.skipped_lines`, and named by ``zoo-study sql`` and the report.
+transfer_predictions, hparams, failures, ... They follow the files as the pipeline writes them, exist
+(empty, typed) before their first file, and leave out unreadable files, named with the reason in
+``ResultsDB.skipped`` / :meth:`ResultsDB.skipped_lines` (:mod:`analysis.file_views`).
+
+Derived views, defined here once so the queries do not repeat them: ``paper_transfers`` (pretrained
+students, no batch mixing, no variant), ``paper_outcomes`` (those plus the failed paper transfers, counted
+as harmed), ``per_pair`` and ``per_pair_outcomes`` (one row per (method key, student, teacher) of the
+single-teacher paper transfers: the runs (seeds) of a pair averaged, see :data:`PER_PAIR_VIEW`).
 
 Sandbox: the connection is a read-only window on one results root. DuckDB may read files under the root
 only (``allowed_directories`` with ``enable_external_access = false``; no spill files, no extension
@@ -33,12 +29,12 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from analysis.file_views import VIEW_SOURCES, VIEWS, FileViews  # noqa: F401  (VIEWS, VIEW_SOURCES re-exported)
 from analysis.macros import METHOD_MACROS, stats_macros
 
 PAPER_TRANSFERS_VIEW = (
@@ -90,6 +86,55 @@ FROM failed_paper_transfers f
 LEFT JOIN (SELECT student, any_value(acc_s) AS acc_s, any_value(num_classes) AS num_classes
            FROM pairs GROUP BY student) s ON s.student = f.student
 """
+# One row per (method key, student, teacher) of the single-teacher paper transfers: the runs of a pair (its
+# seeds) averaged first, so that each pair counts once in a figure, table or claim. sig_pos / sig_neg: every
+# run significantly above / below the student's start (exact McNemar p < 0.05 and more gains than losses, or
+# the reverse; zoo_study/stats.py); run_ci_low/high: the paired score interval of the pair's run (the
+# lowest, with several runs); pair_ci_low/high: that interval with one run, else the 95% t interval over the
+# runs; seed_sd: the sample sd of delta_last over the runs.
+PER_PAIR_VIEW = """
+CREATE OR REPLACE VIEW per_pair AS
+SELECT method_key(method, hparams_json) AS method, student, teacher,
+       count(*)                AS n_runs,
+       avg(delta_last)         AS delta_last,
+       avg(delta_best)         AS delta_best,
+       stddev_samp(delta_last) AS seed_sd,
+       avg(acc_before)         AS acc_before,
+       avg(gain)               AS gain,
+       avg(loss)               AS loss,
+       avg(teacher_share)      AS teacher_share,
+       avg(teacher_share_pos)  AS teacher_share_pos,
+       avg(teacher_share_neg)  AS teacher_share_neg,
+       coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
+       coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg,
+       min(delta_ci_low)       AS run_ci_low,
+       min(delta_ci_high)      AS run_ci_high,
+       CASE WHEN count(*) = 1 THEN min(delta_ci_low)
+            ELSE mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*)) END  AS pair_ci_low,
+       CASE WHEN count(*) = 1 THEN min(delta_ci_high)
+            ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_high
+FROM paper_transfers
+WHERE study_part = 'transfer' AND mode = 'single'
+GROUP BY method_key(method, hparams_json), student, teacher
+"""
+# The same pairs for the claims, with no survivorship (paper_outcomes): a failed run counts as harmed;
+# n_failed says how many of a pair's runs did. share_pos / share_neg: its mean teacher routing shares.
+PER_PAIR_OUTCOMES_VIEW = """
+CREATE OR REPLACE VIEW per_pair_outcomes AS
+SELECT method_key(method, hparams_json) AS method, student, teacher,
+       avg(delta_last)                  AS delta_last,
+       avg(loss)                        AS loss,
+       avg(teacher_share_pos)           AS share_pos,
+       avg(teacher_share_neg)           AS share_neg,
+       count(*) FILTER (WHERE failed)   AS n_failed
+FROM paper_outcomes
+WHERE study_part = 'transfer' AND mode = 'single'
+GROUP BY method_key(method, hparams_json), student, teacher
+"""
+# In dependency order. The paper's analyses read pretrained students without batch mixing; mixup and
+# scratch variants (transfer.variants) are their own experiment (the Mixup-KD table), never pooled as seeds.
+DERIVED_VIEWS = (PAPER_TRANSFERS_VIEW, FAILED_PAPER_TRANSFERS_VIEW, PAPER_OUTCOMES_VIEW, PER_PAIR_VIEW,
+                 PER_PAIR_OUTCOMES_VIEW)
 from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these from analysis.db)
     ALLOWED,
     Params,
@@ -100,12 +145,9 @@ from analysis.sandbox import (  # noqa: F401  (re-exported: callers import these
     identifier,
     sql_string_literal,
 )
-from zoo_study.store import TABLES, ResultsLayout, TableSpec
+from zoo_study.store import ResultsLayout
 
 QUERIES_DIR = Path(__file__).with_name("queries")
-
-VIEW_SOURCES: tuple[TableSpec, ...] = tuple(TABLES.values())
-VIEWS: dict[str, TableSpec] = TABLES
 
 
 def _to_arrow(rel: Any) -> pa.Table:
@@ -169,25 +211,14 @@ class ResultsDB:
         if threads is not None:
             config["threads"] = int(threads)
         self.con = duckdb.connect(database=":memory:", config=config)
-        self._state: dict[str, tuple] = {}
-        self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
-        self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
-        self.outside: set[Path] = set()  # the skipped files that are links leading outside the root
+        self.views = FileViews(self.con, self.root)
         self.con.execute(METHOD_MACROS)
         self.con.execute(stats_macros())
-        for src in VIEW_SOURCES:
-            empty = pa.Table.from_batches([], schema=src.schema)
-            tmp = f"__arrow_empty_{src.name}"
-            self.con.register(tmp, empty)
-            self.con.execute(f"CREATE TABLE {identifier('_empty_' + src.name)} AS SELECT * FROM {identifier(tmp)}")
-            self.con.unregister(tmp)
+        self.views.create_empty()
         self._sandbox()
-        self.refresh(force=True)
-        # The paper's analyses read pretrained students without batch mixing; mixup and scratch variants
-        # (transfer.variants) are their own experiment (the Mixup-KD table), never pooled as extra seeds.
-        self.con.execute(PAPER_TRANSFERS_VIEW)
-        self.con.execute(FAILED_PAPER_TRANSFERS_VIEW)
-        self.con.execute(PAPER_OUTCOMES_VIEW)
+        for sql in DERIVED_VIEWS:
+            self.con.execute(sql)
+        self.views.refresh(force=True)
 
     def _sandbox(self) -> None:
         """Let DuckDB read files under the root and nothing else, then lock every setting.
@@ -207,95 +238,24 @@ class ResultsDB:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    # -- views
-    def files(self, view: str) -> list[Path]:
-        """The files of ``view`` that exist right now, sorted."""
-        return sorted(self.root.glob(VIEWS[view].pattern))
+    # -- the file views (analysis.file_views)
+    @property
+    def skipped(self) -> dict[str, list[Path]]:
+        """View -> its files left out because they are not readable Parquet (or lead outside the root)."""
+        return self.views.skipped
 
-    def has_files(self, view: str) -> bool:
-        """Whether at least one file of ``view`` exists right now."""
-        return next(iter(self.root.glob(VIEWS[view].pattern)), None) is not None
-
-    def view_sql(self, view: str, files: Sequence[Path] | None = None, *, glob: bool = True) -> str:
-        """The ``CREATE VIEW`` statement for ``view``: over its glob, over an explicit file list, or
-        (no glob, no files) over the empty typed table."""
-        src = VIEWS[view]
-        empty = f"SELECT * FROM {identifier('_empty_' + src.name)}"
-        if glob:
-            source = sql_string_literal(duckdb_glob_escape(self.root.as_posix()) + "/" + src.pattern)
-        elif files:
-            source = "[" + ", ".join(sql_string_literal(duckdb_glob_escape(Path(f).as_posix())) for f in files) + "]"
-        else:
-            return f"CREATE OR REPLACE VIEW {identifier(src.name)} AS {empty}"
-        # The empty typed table first: every schema column exists with its declared type even when all
-        # files predate a column; hive_partitioning off so a root like runs/lr=0.1/ adds no column.
-        return (
-            f"CREATE OR REPLACE VIEW {identifier(src.name)} AS {empty} UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet({source}, union_by_name = true, hive_partitioning = false)"
-        )
-
-    def _install(self, view: str) -> None:
-        """(Re)create one view from the files present now, leaving out files that are not Parquet and
-        files reached through a symlink that leads outside the root (DuckDB may not read those)."""
-        files = self.files(view)
-        for f in self.skipped.pop(view, []):
-            self.skip_reasons.pop(f, None)
-            self.outside.discard(f)
-        if not files:
-            self.con.execute(self.view_sql(view, glob=False))
-            self._state[view] = ("empty",)
-            return
-        reasons = {f: why for f in files if (why := self._leads_outside(f)) is not None}
-        self.outside.update(reasons)
-        try:
-            if reasons:  # the glob would reach them: go straight to the list of the others
-                raise _LeftOut
-            self.con.execute(self.view_sql(view))
-            self._state[view] = ("glob",)
-            return
-        except (duckdb.Error, _LeftOut):
-            reasons.update({f: why for f in files if f not in reasons and (why := _unreadable(f)) is not None})
-            if not reasons:
-                raise  # not a broken file (say, clashing column types): let the caller see it
-        good = [f for f in files if f not in reasons]
-        # An explicit list of the readable files; re-listed before every query, so it still follows
-        # new files, and goes back to the glob once the broken file is replaced.
-        self.con.execute(self.view_sql(view, good, glob=False))
-        self._state[view] = ("files", tuple(files))
-        self.skipped[view] = list(reasons)
-        self.skip_reasons.update(reasons)
-
-    def _leads_outside(self, path: Path) -> str | None:
-        """Why ``path`` (under the root by name) may not be read: a symlink on its way leads outside the
-        root; None when its real location is inside."""
-        try:
-            real = path.resolve(strict=True)
-        except (OSError, RuntimeError) as exc:  # a dangling or looping link
-            return f"a broken symlink ({type(exc).__name__})"
-        if real == self.root or self.root in real.parents:
-            return None
-        return f"a symlink that leads outside the results root (to {real})"
+    @property
+    def skip_reasons(self) -> dict[Path, str]:
+        """Each left-out file -> why it could not be read."""
+        return self.views.skip_reasons
 
     def skipped_lines(self) -> list[str]:
-        """One line per file left out: 'skipped unreadable file transfers/ab/summary.parquet: <reason>', or
-        'skipped transfers/evil/summary.parquet: a symlink that leads outside the results root (to ...)'."""
-        return [f"skipped {'' if f in self.outside else 'unreadable file '}{f.relative_to(self.root).as_posix()}: "
-                f"{self.skip_reasons.get(f, '?')}" for files in self.skipped.values() for f in files]
+        """One line per file left out, with the reason (see :meth:`FileViews.skipped_lines`)."""
+        return self.views.skipped_lines()
 
     def refresh(self, force: bool = False) -> None:
-        """Point each view at its files, or at the empty typed table while it has none.
-
-        Cheap when nothing changed: one directory listing per view.
-        """
-        for src in VIEW_SOURCES:
-            state = self._state.get(src.name)
-            if force or state is None:
-                self._install(src.name)
-            elif state[0] == "files":
-                if tuple(self.files(src.name)) != state[1]:
-                    self._install(src.name)
-            elif (state[0] == "glob") != self.has_files(src.name):
-                self._install(src.name)
+        """Point each view at its files (cheap when nothing changed: one listing per view)."""
+        self.views.refresh(force)
 
     # -- queries
     def query(self, sql: str, params: Params = None) -> pa.Table:
@@ -308,7 +268,7 @@ class ResultsDB:
         except (duckdb.Error, RefusedQuery):
             # A broken file, or a symlink leading outside, may have appeared under a glob view since it
             # was created: leave it out and try once more; any other error is the query's own.
-            if not self._reinstall_broken_views():
+            if not self.views.reinstall_broken():
                 raise
             return self._run(sql, bound)
 
@@ -324,22 +284,6 @@ class ResultsDB:
         except duckdb.PermissionException as exc:  # the sandbox said no (a file outside the root ...)
             why = str(exc).splitlines()[0].removeprefix("Permission Error: ")
             raise RefusedQuery(f"refused: only files under the results root {self.root} can be read ({why})") from exc
-
-    def _reinstall_broken_views(self) -> bool:
-        """Re-create the glob views that now fail or reach a link leading outside; whether any did."""
-        changed = False
-        for src in VIEW_SOURCES:
-            if self._state.get(src.name, ("",))[0] != "glob":
-                continue
-            try:
-                self.con.execute(f"SELECT * FROM {identifier(src.name)} LIMIT 0")
-                broken = any(self._leads_outside(f) for f in self.files(src.name))
-            except duckdb.Error:
-                broken = True
-            if broken:
-                self._install(src.name)
-                changed = True
-        return changed
 
     def named(self, name: str, params: Params = None) -> pa.Table:
         """Run a shipped query from ``analysis/queries/<name>.sql``."""
@@ -362,10 +306,6 @@ class ResultsDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _LeftOut(Exception):
-    """Some of a view's files must be left out before DuckDB sees the glob (links leading outside)."""
 
 
 def _interruptible(con: duckdb.DuckDBPyConnection, fn: Callable[[], pa.Table]) -> pa.Table:
@@ -399,15 +339,6 @@ def _interruptible(con: duckdb.DuckDBPyConnection, fn: Callable[[], pa.Table]) -
     if "exc" in box:
         raise box["exc"]
     return box["out"]
-
-
-def _unreadable(path: Path) -> str | None:
-    """Why ``path`` has no readable Parquet footer (a truncated or foreign file), or None when it has one."""
-    try:
-        pq.read_schema(path)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
 
 
 def connect(root: str | os.PathLike[str], *, threads: int | None = None) -> ResultsDB:

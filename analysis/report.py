@@ -28,19 +28,9 @@ from analysis.claims import render_claims
 from analysis.which_teacher import which_teacher_html
 from analysis.db import ResultsDB
 from analysis.figures import FIGURES, Rendered, render_figure
-from analysis.sql_cli import make_readable, table_to_csv_bytes
+from analysis.sql_cli import table_to_csv_bytes
 from analysis.tables import TABLES, RenderedTable, render_table, table_html
-from zoo_study.store import ResultsLayout, temp_name
-from zoo_study.store import write_bytes_atomic as _write_bytes_atomic
-from zoo_study.store import write_text_atomic as _write_text_atomic
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    return make_readable(_write_bytes_atomic(data, path))
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    return make_readable(_write_text_atomic(text, path))
+from zoo_study.store import ResultsLayout, temp_name, write_bytes_atomic, write_text_atomic
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;

@@ -170,24 +170,14 @@ def check_out(out: str | os.PathLike[str] | None, root: str | os.PathLike[str]) 
     return path
 
 
-def make_readable(path: str | os.PathLike[str]) -> Path:
-    """Give a written file the usual 0644 mode.
-
-    Why: the store's atomic writes go through ``mkstemp``, which creates files readable by their owner
-    only; a report or an export is meant to be shared (a web server, a colleague on the cluster).
-    """
-    path = Path(path)
-    os.chmod(path, 0o644)
-    return path
-
-
 def write_table(table: pa.Table, out: str | os.PathLike[str]) -> Path:
-    """Write ``table`` to a ``.csv`` or ``.parquet`` file atomically (temp file + rename)."""
+    """Write ``table`` to a ``.csv`` or ``.parquet`` file atomically (temp file + rename), with the mode
+    of a new file under this umask like every file the store writes (0644 under the usual 022)."""
     path = _check_out(out)
     assert path is not None
     if path.suffix.lower() == ".parquet":
-        return make_readable(write_parquet_atomic(table, path))
-    return make_readable(write_bytes_atomic(table_to_csv_bytes(table), path))
+        return write_parquet_atomic(table, path)
+    return write_bytes_atomic(table_to_csv_bytes(table), path)
 
 
 def table_to_csv_bytes(table: pa.Table) -> bytes:

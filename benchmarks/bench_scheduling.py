@@ -23,16 +23,19 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from functools import partial
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the trivial executors: test code
+from helpers import runner_executors as T  # noqa: E402
 
-from pipelines import _testing as T
-from pipelines.backends import ensure_ray
-from pipelines.jobs import Job, plan
-from pipelines.runner import run_jobs as _run_jobs
+T.importable_by_workers()  # Ray workers import them by module path
+from pipelines.backends import ensure_ray  # noqa: E402
+from pipelines.jobs import Job, plan  # noqa: E402
+from pipelines.runner import run_jobs as _run_jobs  # noqa: E402
 
 run_jobs = partial(_run_jobs, executors=T.EXECUTORS)
 

@@ -207,21 +207,8 @@ class RayBackend:
 
     def device_memory(self, timeout: float = 120.0) -> float:
         """The smallest GPU memory over the alive GPU nodes, in bytes (0: no GPU node, or none answered):
-        one small task per node reads it there (Ray's resources do not carry it). Packs formed on the
-        driver may land on any node, so the smallest card bounds them."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        ray = self._ray
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
-        probe = ray.remote(max_retries=0, max_calls=1)(gpu_total_memory)  # no worker keeps a CUDA context
-        refs = [probe.options(num_cpus=0, num_gpus=0.01, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node, soft=False)).remote() for node in nodes]
-        try:
-            sizes = [s for s in ray.get(refs, timeout=timeout) if s > 0]
-        except Exception as exc:  # noqa: BLE001 - busy or lost GPUs: packs are then bounded by pack_size alone
-            LOG.warning("could not read the GPUs' memory (%s); set ray.pack_gpu_memory_gb", one_line(exc))
-            return 0.0
-        return float(min(sizes, default=0.0))
+        see :func:`_smallest_gpu_memory`."""
+        return _smallest_gpu_memory(self._ray, timeout)
 
     def default_window(self) -> int:
         res = self._ray.cluster_resources()
@@ -262,6 +249,24 @@ class RayBackend:
         for ref in handles:
             with contextlib.suppress(Exception):
                 self._ray.cancel(ref, force=True)
+
+
+def _smallest_gpu_memory(ray: Any, timeout: float) -> float:
+    """The smallest GPU memory over the alive GPU nodes, in bytes (0: no GPU node, or none answered):
+    one small task per node reads it there (Ray's resources do not carry it). Packs formed on the
+    driver may land on any node, so the smallest card bounds them."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    probe = ray.remote(max_retries=0, max_calls=1)(gpu_total_memory)  # no worker keeps a CUDA context
+    refs = [probe.options(num_cpus=0, num_gpus=0.01, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=False)).remote() for node in nodes]
+    try:
+        sizes = [s for s in ray.get(refs, timeout=timeout) if s > 0]
+    except Exception as exc:  # noqa: BLE001 - busy or lost GPUs: packs are then bounded by pack_size alone
+        LOG.warning("could not read the GPUs' memory (%s); set ray.pack_gpu_memory_gb", one_line(exc))
+        return 0.0
+    return float(min(sizes, default=0.0))
 
 
 # ------------------------------------------------------------------------------------------------- Ray

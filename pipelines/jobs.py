@@ -86,7 +86,7 @@ EXECUTORS: dict[str, str] = {
     "hparam_pack": "pipelines.executors:transfer_pack_job",
     "multi_teacher_pack": "pipelines.executors:transfer_pack_job",
 }
-"""The study's executors by stage. Other executors (the runner's tests: ``pipelines._testing.EXECUTORS``; a
+"""The study's executors by stage. Other executors (the runner's tests: ``tests/helpers/runner_executors.py``; a
 notebook's own function) are passed to ``run_jobs(..., executors=)``, which merges them over this map:
 the study's stages stay one fixed list, and a test stage can never be picked up by a study run."""
 

@@ -75,16 +75,18 @@ def _parse(text: str) -> LockInfo | None:
         return None
 
 
+def _read_holder(fd: int) -> LockInfo | None:
+    """Who the open lock file says holds it (None: empty or not ours)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return _parse(os.read(fd, 4096).decode("utf-8", "replace"))
+
+
 class ResultsLock:
     """``with ResultsLock(root): ...`` holds the results root; see the module docstring."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.path = Path(root) / LOCK_NAME
         self._fd: int | None = None
-
-    def _read(self, fd: int) -> LockInfo | None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _parse(os.read(fd, 4096).decode("utf-8", "replace"))
 
     def _try(self, log: logging.Logger) -> tuple[str, LockInfo | None]:
         """``("taken", None)``, ``("held", holder or None)`` or ``("retry", None)`` (the file was released
@@ -93,7 +95,7 @@ class ResultsLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self._read(fd)
+            holder = _read_holder(fd)
             os.close(fd)
             return "held", holder
         try:
@@ -103,7 +105,7 @@ class ResultsLock:
         if not same:
             os.close(fd)
             return "retry", None
-        left = self._read(fd)
+        left = _read_holder(fd)
         if left is not None:
             if left.alive() is None:
                 os.close(fd)
@@ -142,6 +144,7 @@ class ResultsLock:
         return self._fd is not None
 
     def release(self) -> None:
+        """Give the lock up (the file is removed first, so a waiter retries on a new one)."""
         if self._fd is None:
             return
         try:

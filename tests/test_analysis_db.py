@@ -142,6 +142,36 @@ def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
         connect(tmp_path / "file")
 
 
+def test_per_pair_view_averages_the_runs_of_a_pair_by_hand(tmp_path: Path) -> None:
+    """The one per-pair aggregation the figures, tables and claims read (issue 23): two seeds of (s, t1) become
+    one row, mixup variants and multi-teacher runs stay out, and per_pair_outcomes counts a failed run."""
+    b = RootBuilder(tmp_path)
+    # McNemar by hand (two-sided exact binomial): 30 vs 10 -> p = 0.0022; 12 vs 2 -> p = 2 (1 + 14 + 91) / 2^14
+    # = 0.0129; 5 vs 10 -> p = 2 (1 + 15 + 105 + 455 + 1365 + 3003) / 2^15 = 0.302
+    b.transfer("s", "t1", "kl", 0.20, seed=0, n_eval=100, n_gain=30, n_loss=10)
+    b.transfer("s", "t1", "kl", 0.10, seed=1, n_eval=100, n_gain=12, n_loss=2)
+    one = b.transfer("s", "t2", "kl", -0.05, n_eval=100, n_gain=5, n_loss=10)
+    b.transfer("s", "t1", "kl", 0.90, mixup="pmu", n_eval=100, n_gain=90, n_loss=0)  # a variant: not pooled
+    b.transfer("s", ["t1", "t2"], "kl", 0.50, mode="sequential", n_eval=100, n_gain=50, n_loss=0)
+    b.failed_transfer("s", "t2", "kl", seed=1)
+    run = pq.read_table(b.layout.transfer_summary(one)).to_pylist()[0]
+    with connect(tmp_path, threads=1) as db:
+        rows = db.query("SELECT * FROM per_pair ORDER BY teacher").to_pylist()
+        outcomes = db.query("SELECT teacher, n_failed FROM per_pair_outcomes ORDER BY teacher").to_pylist()
+    assert [(r["method"], r["student"], r["teacher"], r["n_runs"]) for r in rows] == [("kl", "s", "t1", 2),
+                                                                                     ("kl", "s", "t2", 1)]
+    two, single = rows
+    assert two["delta_last"] == pytest.approx(0.15)
+    assert two["seed_sd"] == pytest.approx(0.05 * 2**0.5)  # sqrt(((0.2 - 0.15)^2 + (0.1 - 0.15)^2) / 1)
+    # two runs: the t interval over them, 0.15 -/+ t(0.975, 1 df) * sd / sqrt(2) = 0.15 -/+ 12.7062 * 0.05
+    assert (two["pair_ci_low"], two["pair_ci_high"]) == (pytest.approx(0.15 - 0.635310, abs=1e-5),
+                                                         pytest.approx(0.15 + 0.635310, abs=1e-5))
+    assert (two["sig_pos"], two["sig_neg"]) == (True, False)  # both runs significant
+    assert (single["sig_pos"], single["sig_neg"], single["seed_sd"]) == (False, False, None)
+    assert (single["pair_ci_low"], single["pair_ci_high"]) == (run["delta_ci_low"], run["delta_ci_high"])
+    assert outcomes == [{"teacher": "t1", "n_failed": 0}, {"teacher": "t2", "n_failed": 1}]
+
+
 # ---------------------------------------------------------------------------------------- run_sql
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import _testing as T
+from helpers import runner_executors as T
 from pipelines.jobs import Job
 from pipelines.runner import run_jobs
 

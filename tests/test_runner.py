@@ -1,8 +1,8 @@
 """The generic job layer: ids, done detection, Ray and serial runs, resume, failures, worker death.
 
 One local Ray instance (2 CPUs, plus one *declared* GPU so the GPU path, ``max_calls=1``, runs on a CPU
-machine) is shared by the module. Executors live in ``pipelines._testing`` so Ray workers can import
-them (passed with ``executors=``); faults are injected through the spec (see that module).
+machine) is shared by the module. Executors live in ``tests/helpers/runner_executors.py`` (on the Ray
+workers' path, see there), passed with ``executors=``; faults are injected through the spec (see that module).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import _testing as T
+from helpers import runner_executors as T
 from pipelines.jobs import EXECUTORS, Job, is_done, job_id_for, job_record_json, plan
 from pipelines.records import read_failures, status
 from pipelines.runner import run_jobs
@@ -314,7 +314,7 @@ def test_executor_defined_in_a_test_runs_on_ray_by_value(ray_local, tmp_path):
 # ------------------------------------------------------------------------------------------- Ctrl-C
 DRIVER = textwrap.dedent("""
     import logging, sys
-    from pipelines import _testing as T
+    from helpers import runner_executors as T
     from pipelines.jobs import Job
     from pipelines.runner import RunInterrupted, run_jobs
 
@@ -370,3 +370,18 @@ def test_ctrl_c_keeps_finished_jobs_cancels_the_rest_and_a_rerun_resumes(tmp_pat
     assert again.ok and (again.ran, again.stages[T.EMIT].done_before) == (n - finished, finished)
     assert all((tmp_path / "a" / name).stat().st_mtime_ns == m for name, m in mtimes.items())  # not redone
     assert not (tmp_path / "failures").exists()  # an interrupted job is not a failure
+
+
+def test_the_shipped_packages_hold_no_test_executors():
+    """Test executors live under tests/ (issue 23): the installed tool neither ships nor imports them."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    assert not (repo / "pipelines" / "_testing.py").exists()
+    shipped = [p for pkg in ("pipelines", "analysis", "zoo_study") for p in (repo / pkg).rglob("*.py")]
+    imported = {(p.relative_to(repo).as_posix(), name)
+                for p in shipped for node in ast.walk(ast.parse(p.read_text()))
+                for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                             else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
+    assert len(shipped) > 50 and ("pipelines/runner.py", "pipelines.jobs") in imported  # the walk sees imports
+    assert not [(f, m) for f, m in imported if m.split(".")[0] in ("tests", "helpers") or "_testing" in m]

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.timeout(180),
 
 DRIVER = textwrap.dedent("""
     import sys
-    from pipelines._testing import EMIT, EXECUTORS
+    from helpers.runner_executors import EMIT, EXECUTORS
     from pipelines.jobs import Job
     from pipelines.runner import run_jobs
     jobs = [Job(EMIT, {"value": i, "sleep": 60}, {"out": f"out/{i}.parquet"}) for i in range(2)]

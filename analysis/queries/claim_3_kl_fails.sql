@@ -7,10 +7,7 @@
 -- chance) and a pair with a failed run is never a success; n_failed says how many runs were counted so.
 -- Columns as in claim_1 plus n_failed. Reads: transfers and failures (paper_outcomes), pairs.
 WITH kl AS (
-    SELECT student, teacher, avg(delta_last) AS delta_last, count(*) FILTER (WHERE failed) AS n_failed
-    FROM paper_outcomes
-    WHERE study_part = 'transfer' AND mode = 'single' AND method_key(method, hparams_json) = 'kl'
-    GROUP BY student, teacher
+    SELECT student, teacher, delta_last, n_failed FROM per_pair_outcomes WHERE method = 'kl'
 ),
 rate AS (
     SELECT count(*) FILTER (WHERE delta_last > 0 AND n_failed = 0) AS k, count(*) AS n,

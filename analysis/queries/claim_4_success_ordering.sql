@@ -5,14 +5,7 @@
 -- The paired difference in delta has more power than comparing two success rates. In percentage points.
 -- No survivorship: failed or diverged runs count as harmed (paper_outcomes); n_failed counts them.
 -- Columns as in claim_1 plus n_failed. Reads: transfers and failures (paper_outcomes).
-WITH per_pair AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
-           count(*) FILTER (WHERE failed) AS n_failed
-    FROM paper_outcomes
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-),
-cmp(claim_id, a, b, paper_value) AS (
+WITH cmp(claim_id, a, b, paper_value) AS (
     VALUES ('4a', 'kl_dp', 'xe_kl_mcl', '92.5% vs ~80% success'),
            ('4b', 'xe_kl_mcl', 'xe_kl', '~80% vs ~40% success'),
            ('4c', 'xe_kl', 'kl', '~40% vs ~32.5% success')
@@ -20,8 +13,8 @@ cmp(claim_id, a, b, paper_value) AS (
 diffs AS (
     SELECT c.claim_id, pa.delta_last - pb.delta_last AS diff, pa.n_failed + pb.n_failed AS n_failed
     FROM cmp c
-    JOIN per_pair pa ON pa.method = c.a
-    JOIN per_pair pb ON pb.method = c.b AND pb.student = pa.student AND pb.teacher = pa.teacher
+    JOIN per_pair_outcomes pa ON pa.method = c.a
+    JOIN per_pair_outcomes pb ON pb.method = c.b AND pb.student = pa.student AND pb.teacher = pa.teacher
 ),
 agg AS (
     SELECT c.claim_id, c.a, c.b, c.paper_value,

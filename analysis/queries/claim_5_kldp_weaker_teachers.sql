@@ -3,17 +3,11 @@
 -- (scored pair with delta_acc < 0, trained teacher; runs of a pair averaged first), with its 95% t interval
 -- over those pairs; the claim is > 0. In percentage points. Columns as in claim_1. Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
 -- No survivorship: failed or diverged runs count as harmed (paper_outcomes); n_failed counts them.
-WITH per_pair AS (
-    SELECT student, teacher, avg(delta_last) AS delta_last, count(*) FILTER (WHERE failed) AS n_failed
-    FROM paper_outcomes
-    WHERE study_part = 'transfer' AND mode = 'single' AND method_key(method, hparams_json) = 'kl_dp'
-    GROUP BY student, teacher
-),
-weak AS (
+WITH weak AS (
     SELECT t.delta_last, t.n_failed
-    FROM per_pair t
+    FROM per_pair_outcomes t
     JOIN pairs p ON p.teacher = t.teacher AND p.student = t.student
-    WHERE p.delta_acc < 0 AND NOT p.teacher_is_random
+    WHERE t.method = 'kl_dp' AND p.delta_acc < 0 AND NOT p.teacher_is_random
 ),
 agg AS (
     SELECT 100 * avg(delta_last) AS value,

@@ -7,18 +7,10 @@
 --     do (< 50%). In percentage points / percent. No survivorship: failed or diverged runs count as harmed in
 --     6a (paper_outcomes; n_failed counts them; they route nothing, so 6b leaves them out). Columns as in
 --     claim_1 plus n_failed. Reads: transfers and failures (paper_outcomes).
-WITH per_pair AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher,
-           avg(loss) AS loss, avg(teacher_share_pos) AS share_pos, avg(teacher_share_neg) AS share_neg,
-           count(*) FILTER (WHERE failed) AS n_failed
-    FROM paper_outcomes
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-),
-loss_diff AS (
+WITH loss_diff AS (
     SELECT k.loss - d.loss AS diff, k.n_failed + d.n_failed AS n_failed
-    FROM per_pair k
-    JOIN per_pair d ON d.method = 'kl_dp' AND d.student = k.student AND d.teacher = k.teacher
+    FROM per_pair_outcomes k
+    JOIN per_pair_outcomes d ON d.method = 'kl_dp' AND d.student = k.student AND d.teacher = k.teacher
     WHERE k.method = 'kl'
 ),
 a AS (
@@ -29,7 +21,7 @@ a AS (
     FROM loss_diff
 ),
 routing AS (
-    SELECT share_pos, share_neg FROM per_pair WHERE method = 'kl_dp'
+    SELECT share_pos, share_neg FROM per_pair_outcomes WHERE method = 'kl_dp'
 ),
 b AS (
     SELECT 100 * avg(share_pos) AS pos_value,

@@ -9,20 +9,8 @@
 -- one teacher). Repeated runs of one (method, student, teacher) - several seeds - are averaged first, so
 -- each teacher counts once; such a teacher is significant only when every one of its runs is
 -- (max_seeds = most runs of one teacher). Single-teacher transfers only. method is method_key(): '_unsup'
--- appended for unsupervised runs. Reads: transfers (paper_transfers: pretrained students, no mixup).
-WITH per_teacher AS (
-    SELECT
-        method_key(method, hparams_json) AS method,
-        student,
-        teacher,
-        avg(delta_last) AS delta_last,
-        coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
-        coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg,
-        count(*)        AS n_runs
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-)
+-- appended for unsupervised runs. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup,
+-- one row per (method, student, teacher)).
 SELECT
     method,
     student,
@@ -38,6 +26,6 @@ SELECT
     100 * mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) AS mean_delta_ci_high_pp,
     sum(n_runs)                                                AS n_runs,
     max(n_runs)                                                AS max_seeds
-FROM per_teacher
+FROM per_pair
 GROUP BY method, student
 ORDER BY method, student;

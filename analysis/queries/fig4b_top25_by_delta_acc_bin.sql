@@ -10,21 +10,13 @@
 -- spread the chosen pairs are; n_sig_positive counts the bin's pairs whose delta is significantly > 0
 -- (McNemar p < 0.05, every run).
 -- Transfers whose pair was not scored have no delta_acc and are left out.
--- Reads: transfers (paper_transfers: pretrained students, no mixup), pairs.
+-- Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup, runs of a pair averaged), pairs.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
 WITH params AS (
     SELECT 6 AS n_bins   -- number of equal-width delta_acc bins; change it here
 ),
 runs AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
-           coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
-           CASE WHEN count(*) = 1 THEN min(delta_ci_low)
-                ELSE mean_ci_low(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_low,
-           CASE WHEN count(*) = 1 THEN min(delta_ci_high)
-                ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS pair_ci_high
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
+    SELECT method, student, teacher, delta_last, sig_pos, pair_ci_low, pair_ci_high FROM per_pair
 ),
 joined AS (
     SELECT r.*, p.delta_acc

@@ -4,16 +4,8 @@
 -- over teachers (NULL with one teacher); *_ci_low/high_pp = the 95% t interval of the mean over teachers,
 -- or with one teacher its run's paired score interval (zoo_study/stats.py); *_n_sig = teachers whose delta
 -- is significantly > 0 (McNemar p < 0.05, every run); *_seeds = most runs (seeds) of one teacher.
--- Deltas in percentage points. Reads: transfers (paper_transfers: pretrained students, no mixup), models.
-WITH per_teacher AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
-           min(delta_ci_low) AS run_ci_low, min(delta_ci_high) AS run_ci_high, count(*) AS n_runs,
-           coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-),
-per_student AS (
+-- Deltas in percentage points. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup), models.
+WITH per_student AS (
     SELECT
         student,
         method,
@@ -26,7 +18,7 @@ per_student AS (
              ELSE mean_ci_high(avg(delta_last), stddev_samp(delta_last), count(*)) END AS hi,
         count(*) FILTER (WHERE sig_pos) AS n_sig,
         max(n_runs)              AS seeds
-    FROM per_teacher
+    FROM per_pair
     WHERE method IN ('kl', 'kl_dp')
     GROUP BY student, method
 )

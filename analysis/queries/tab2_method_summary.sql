@@ -9,31 +9,13 @@
 -- Seeds: runs of one (method, student, teacher) - several seeds - are averaged first (a pair is
 -- significant only when every run is); max_seeds = most runs of one pair, n_pairs_multi_seed = pairs with
 -- more than one run, mean_seed_sd_pp = mean over those pairs of the sample sd of delta_last across runs.
--- Deltas in percentage points, gain/loss and teacher routing share in percent. Reads: transfers (paper_transfers: pretrained students, no mixup).
+-- Deltas in percentage points, gain/loss and teacher routing share in percent. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup).
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
-WITH per_teacher AS (
-    SELECT
-        method_key(method, hparams_json) AS method,
-        student,
-        teacher,
-        avg(delta_last)    AS delta_last,
-        avg(delta_best)    AS delta_best,
-        avg(gain)          AS gain,
-        avg(loss)          AS loss,
-        avg(teacher_share) AS teacher_share,
-        coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
-        coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg,
-        stddev_samp(delta_last) AS seed_sd,
-        count(*)           AS n_runs
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-),
-per_student AS (
+WITH per_student AS (
     SELECT method, student,
            avg(CASE WHEN delta_last > 0 THEN 1.0 ELSE 0.0 END) AS success_rate,
            avg(CASE WHEN sig_pos THEN 1.0 ELSE 0.0 END)        AS sig_success_rate
-    FROM per_teacher
+    FROM per_pair
     GROUP BY method, student
 ),
 per_method AS (
@@ -72,7 +54,7 @@ SELECT
     max(t.n_runs)                                               AS max_seeds,
     count(*) FILTER (WHERE t.n_runs > 1)                        AS n_pairs_multi_seed,
     100 * avg(t.seed_sd) FILTER (WHERE t.n_runs > 1)            AS mean_seed_sd_pp
-FROM per_teacher t
+FROM per_pair t
 JOIN per_method pm ON pm.method = t.method
 GROUP BY t.method
 ORDER BY t.method;

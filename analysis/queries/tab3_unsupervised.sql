@@ -6,25 +6,8 @@
 -- partitioning sent to the teacher (teacher_share), and of the positive-flip / negative-flip samples
 -- (teacher_share_pos / teacher_share_neg; paper: 72% / 9%), in percent. A run counts as unsupervised when
 -- method_key() says so: method name containing 'unsup', or hparams_json with "unsupervised": true /
--- "supervised": false. Reads: transfers (paper_transfers: pretrained students, no mixup), models.
-WITH per_teacher AS (
-    SELECT
-        method_key(method, hparams_json) AS method,
-        student,
-        teacher,
-        avg(delta_last)        AS delta_last,
-        min(delta_ci_low)      AS run_ci_low,
-        min(delta_ci_high)     AS run_ci_high,
-        count(*)               AS n_runs,
-        coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
-        avg(teacher_share)     AS teacher_share,
-        avg(teacher_share_pos) AS teacher_share_pos,
-        avg(teacher_share_neg) AS teacher_share_neg
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-),
-per_student AS (
+-- "supervised": false. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup), models.
+WITH per_student AS (
     SELECT
         student,
         method,
@@ -39,7 +22,7 @@ per_student AS (
         avg(teacher_share)       AS share,
         avg(teacher_share_pos)   AS share_pos,
         avg(teacher_share_neg)   AS share_neg
-    FROM per_teacher
+    FROM per_pair
     WHERE method IN ('kl_dp', 'kl_dp_unsup')
     GROUP BY student, method
 )

@@ -3,16 +3,8 @@
 -- significantly > 0 at 5%: McNemar p_mcnemar < 0.05 and n_gain > n_loss, every run), the share harmed
 -- (significantly < 0), and mean (with its 95% t interval over pairs) / min / max delta_last (runs of one
 -- pair averaged first). Families come from the model catalog ('unknown' when a model is missing from it).
--- Deltas in percentage points. Reads: transfers (paper_transfers: pretrained students, no mixup), models.
+-- Deltas in percentage points. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup), models.
 -- method = method_key(method, hparams_json), a macro from analysis/db.py: '_unsup' marks unsupervised runs.
-WITH per_teacher AS (
-    SELECT method_key(method, hparams_json) AS method, student, teacher, avg(delta_last) AS delta_last,
-           coalesce(bool_and(p_mcnemar < 0.05 AND n_gain > n_loss), false) AS sig_pos,
-           coalesce(bool_and(p_mcnemar < 0.05 AND n_loss > n_gain), false) AS sig_neg
-    FROM paper_transfers
-    WHERE study_part = 'transfer' AND mode = 'single'
-    GROUP BY method_key(method, hparams_json), student, teacher
-)
 SELECT
     t.method,
     coalesce(ms.family, 'unknown')                                AS student_family,
@@ -26,7 +18,7 @@ SELECT
     100 * mean_ci_high(avg(t.delta_last), stddev_samp(t.delta_last), count(*)) AS mean_delta_ci_high_pp,
     100 * min(t.delta_last)                                       AS min_delta_pp,
     100 * max(t.delta_last)                                       AS max_delta_pp
-FROM per_teacher t
+FROM per_pair t
 LEFT JOIN models ms ON ms.model_id = t.student
 LEFT JOIN models mt ON mt.model_id = t.teacher
 GROUP BY ALL

@@ -127,26 +127,30 @@ class ModelPreprocess:
         if raw.ndim != 4 or raw.shape[1] != 3:
             raise ValueError(f"expected a raw batch [B, 3, H, W], got shape {tuple(raw.shape)}")
         x = raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
-        _, h, w = self.input_size
-        scale_h, scale_w = self.resize_size
         if x.shape[-2] != x.shape[-1]:
             raise ValueError(f"raw batches are square [B, 3, R, R], got {tuple(raw.shape)}")
-        # timm resizes the short side to scale_size (square target) or, for a non-square target, keeps
-        # the aspect ratio so that both sides cover it: a square raw image becomes max(scale_h, scale_w)
-        scale = max(scale_h, scale_w)
-        if x.shape[-2:] != (scale, scale):
-            mode = _MODES[self.interpolation]
-            kwargs: dict[str, Any] = {"mode": mode}
-            if mode in ("bilinear", "bicubic"):
-                kwargs.update(align_corners=False, antialias=scale < x.shape[-1])
-            x = F.interpolate(x, size=(scale, scale), **kwargs)
-            if mode == "bicubic":
-                x = x.clamp_(0.0, 1.0)
-        # torchvision's CenterCrop: offset int(round(diff / 2)) (Python's round, half to even)
-        top = int(round((x.shape[-2] - h) / 2.0))
-        left = int(round((x.shape[-1] - w) / 2.0))
-        x = x[..., top : top + h, left : left + w]
-        return self.normalize(x)
+        return self.normalize(_resize_crop(x, self.geometry))
+
+
+def _resize_crop(x: torch.Tensor, geometry: EvalGeometry) -> torch.Tensor:
+    """A square float batch in [0, 1] at ``geometry``: timm's eval resize, then torchvision's centre crop.
+
+    timm resizes the short side to scale_size (square target) or, for a non-square target, keeps the
+    aspect ratio so that both sides cover it: a square raw image becomes max(scale_h, scale_w)."""
+    h, w = geometry.crop
+    scale = max(geometry.resize)
+    if x.shape[-2:] != (scale, scale):
+        mode = _MODES[geometry.interpolation]
+        kwargs: dict[str, Any] = {"mode": mode}
+        if mode in ("bilinear", "bicubic"):
+            kwargs.update(align_corners=False, antialias=scale < x.shape[-1])
+        x = F.interpolate(x, size=(scale, scale), **kwargs)
+        if mode == "bicubic":
+            x = x.clamp_(0.0, 1.0)
+    # torchvision's CenterCrop: offset int(round(diff / 2)) (Python's round, half to even)
+    top = int(round((x.shape[-2] - h) / 2.0))
+    left = int(round((x.shape[-1] - w) / 2.0))
+    return x[..., top : top + h, left : left + w]
 
 
 def preprocess_from_row(row: Mapping[str, Any]) -> ModelPreprocess:

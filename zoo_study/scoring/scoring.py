@@ -116,36 +116,54 @@ def iter_pair_scores(
     t_all, s_all, is_rand = _resolve_pairs(aligned, pairs, random_teachers)
     if t_all.size == 0:
         return
-    ids = pa.array(aligned.model_ids, type=pa.string())
-    n = aligned.n_samples
-    ncls = aligned.num_classes
-    blocks = _PackedCorrectness(aligned)
-    right, right_total = blocks.right, blocks.total
-    acc = right_total / n
-    # the null model of claim 2: a student's positive flips drawn at random from its own errors have,
-    # in expectation of a bias-corrected estimator, the entropy of its per-class error profile
-    errors = np.bincount(aligned.labels, minlength=ncls)[None, :] - right
-    null_entropy = entropy_from_counts(errors)
-    step = max(1, chunk_elements // max(ncls, blocks.n_words))
-    all_classes: dict[int, pa.Array] = {}  # class_id column of a chunk without empty cells, by size
+    chunks = _Chunks(aligned, is_rand)
+    step = max(1, chunk_elements // max(aligned.num_classes, chunks.blocks.n_words))
     no_classes = PAIR_CLASS_SCHEMA.empty_table()
     for start in range(0, t_all.size, step):
         t = t_all[start : start + step]
         s = s_all[start : start + step]
-        p = t.size
-        both = blocks.both_correct(t, s)  # (P, C)
-        pos = right[t] - both  # t right minus (t and s right) = t right and s wrong
+        both = chunks.blocks.both_correct(t, s)  # (P, C)
+        pos = chunks.right[t] - both  # t right minus (t and s right) = t right and s wrong
+        pair_table = chunks.pair_table(t, s, pos)
+        if not with_classes:
+            yield pair_table, no_classes
+            continue
+        neg = chunks.right[s] - both
+        del both
+        yield pair_table, chunks.class_table(t, s, pos, neg)
+
+
+class _Chunks:
+    """What every chunk of pairs reads: the packed correctness, per-model totals and accuracies, the null
+    entropies, and the ``class_id`` columns already built (by chunk size)."""
+
+    def __init__(self, aligned: AlignedPredictions, is_rand: np.ndarray):
+        self.ids = pa.array(aligned.model_ids, type=pa.string())
+        self.n, self.ncls, self.is_rand = aligned.n_samples, aligned.num_classes, is_rand
+        self.blocks = _PackedCorrectness(aligned)
+        self.right, self.right_total = self.blocks.right, self.blocks.total
+        self.acc = self.right_total / self.n
+        # the null model of claim 2: a student's positive flips drawn at random from its own errors have,
+        # in expectation of a bias-corrected estimator, the entropy of its per-class error profile
+        errors = np.bincount(aligned.labels, minlength=self.ncls)[None, :] - self.right
+        self.null_entropy = entropy_from_counts(errors)
+        self.all_classes: dict[int, pa.Array] = {}  # class_id column of a chunk without empty cells, by size
+
+    def pair_table(self, t: np.ndarray, s: np.ndarray, pos: np.ndarray) -> pa.Table:
+        """The ``pairs`` rows of teachers ``t`` and students ``s`` (``pos``: the positive flips per class)."""
+        n, p, right_total = self.n, t.size, self.right_total
         n_pos, ent, ent_g, top = _flip_stats(pos)
         n_neg = right_total[s] - (right_total[t] - n_pos)  # s right minus both right
         kappa = _correctness_kappa(right_total[t], right_total[s], right_total[t] - n_pos, n)
+        null = self.null_entropy[s]
         cols: dict[str, pa.Array] = {
-            "teacher": _string_column(ids, t),
-            "student": _string_column(ids, s),
-            "teacher_is_random": pa.array(is_rand[t]),
+            "teacher": _string_column(self.ids, t),
+            "student": _string_column(self.ids, s),
+            "teacher_is_random": pa.array(self.is_rand[t]),
             "n_samples": pa.array(np.full(p, n, dtype=np.int64)),
-            "num_classes": pa.array(np.full(p, ncls, dtype=np.int32)),
-            "acc_t": pa.array(acc[t]),
-            "acc_s": pa.array(acc[s]),
+            "num_classes": pa.array(np.full(p, self.ncls, dtype=np.int32)),
+            "acc_t": pa.array(self.acc[t]),
+            "acc_s": pa.array(self.acc[s]),
             "delta_acc": pa.array((right_total[t] - right_total[s]) / n),
             "n_pos": pa.array(n_pos),
             "n_neg": pa.array(n_neg),
@@ -153,25 +171,22 @@ def iter_pair_scores(
             "rho_neg": pa.array(n_neg / n),
             "entropy": pa.array(ent, mask=np.isnan(ent), type=pa.float64()),
             "entropy_corrected": pa.array(ent_g, mask=np.isnan(ent_g), type=pa.float64()),
-            "entropy_null": pa.array(null_entropy[s], mask=np.isnan(null_entropy[s]), type=pa.float64()),
+            "entropy_null": pa.array(null, mask=np.isnan(null), type=pa.float64()),
             "kappa": pa.array(kappa, mask=np.isnan(kappa), type=pa.float64()),
         }
         for j, x in enumerate(TOP_X_PERCENTS):
             cols[f"top{x}_classes"] = pa.array(top[:, j].astype(np.int32))
-        pair_table = pa.Table.from_arrays([cols[f.name] for f in PAIR_SCHEMA], schema=PAIR_SCHEMA)
-        if not with_classes:
-            yield pair_table, no_classes
-            continue
+        return pa.Table.from_arrays([cols[f.name] for f in PAIR_SCHEMA], schema=PAIR_SCHEMA)
 
-        # pair_classes: only the (pair, class) cells with a flip either way
-        neg = right[s] - both
-        del both
+    def class_table(self, t: np.ndarray, s: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> pa.Table:
+        """The ``pair_classes`` rows: only the (pair, class) cells with a flip either way."""
+        p, ncls = t.size, self.ncls
         empty = (pos | neg) == 0
         if not empty.any():  # the common case for trained zoos: nothing to filter
             rows = np.repeat(np.arange(p), ncls)
-            if p not in all_classes:
-                all_classes[p] = pa.array(np.tile(np.arange(ncls, dtype=np.int32), p))
-            class_id = all_classes[p]  # Arrow arrays are immutable: safe to share between chunks
+            if p not in self.all_classes:
+                self.all_classes[p] = pa.array(np.tile(np.arange(ncls, dtype=np.int32), p))
+            class_id = self.all_classes[p]  # Arrow arrays are immutable: safe to share between chunks
             pos_flips, neg_flips = pos.ravel(), neg.ravel()
         else:
             keep = np.flatnonzero(~empty.ravel())
@@ -179,11 +194,11 @@ def iter_pair_scores(
             class_id = pa.array((keep - rows * ncls).astype(np.int32))
             pos_flips, neg_flips = pos.ravel()[keep], neg.ravel()[keep]
         del empty
-        class_table = pa.Table.from_arrays(
-            [_string_column(ids, t[rows]), _string_column(ids, s[rows]), class_id, pa.array(pos_flips), pa.array(neg_flips)],
+        return pa.Table.from_arrays(
+            [_string_column(self.ids, t[rows]), _string_column(self.ids, s[rows]), class_id, pa.array(pos_flips),
+             pa.array(neg_flips)],
             schema=PAIR_CLASS_SCHEMA,
         )
-        yield pair_table, class_table
 
 
 def score_pairs(

@@ -16,6 +16,7 @@ import os
 import pickle
 import urllib.parse
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -197,67 +198,73 @@ def _data_config(model: nn.Module, override: dict[str, Any] | None) -> dict[str,
 # ------------------------------------------------------------------------------------------------ load
 def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CatalogRecord]:
     """Build the model for ``ref`` in eval mode with its weights, and its catalog record."""
-    arch = ref.arch
-    kwargs = dict(ref.model_kwargs)
-    data_override = dict(ref.data_config or {})
-    recipe_json = None
-    train_seconds = None
-    checkpoint = ref.checkpoint
-    if checkpoint is not None:
-        checkpoint = str(Path(os.path.expanduser(checkpoint)))
-        if not os.path.isfile(checkpoint):
-            raise ModelLoadError(f"model {ref.model_id!r}: checkpoint file {checkpoint!r} does not exist")
-        try:
-            meta = read_checkpoint_metadata(checkpoint)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"model {ref.model_id!r}: {exc}") from exc.__cause__
-        train_seconds = meta.get("train_seconds")
-        if meta:
-            arch = arch or meta.get("arch")
-            kwargs = {**meta.get("model_kwargs", {}), **kwargs}
-            data_override = {**meta.get("data_config", {}), **data_override}
-            recipe_json = json.dumps(meta, sort_keys=True)
-        if not arch:
-            raise ModelLoadError(
-                f"model {ref.model_id!r}: checkpoint {checkpoint!r} carries no zoo-study metadata; give arch=<timm name>"
-            )
-    check_timm_name(arch, pretrained=ref.source == "timm" and checkpoint is None)
-
-    create_kwargs: dict[str, Any] = dict(kwargs)
+    src = _resolve_source(ref)
+    check_timm_name(src.arch, pretrained=ref.source == "timm" and src.checkpoint is None)
+    create_kwargs: dict[str, Any] = dict(src.kwargs)
     if ref.num_classes is not None:
         create_kwargs["num_classes"] = ref.num_classes
+    model = _create(ref, src.arch, src.checkpoint, create_kwargs)
+    model.eval().to(device)
+    _BUILD_KWARGS[model] = {k: v for k, v in create_kwargs.items() if k != "num_classes"}
+    num_classes = int(getattr(model, "num_classes", 0) or create_kwargs.get("num_classes", 0))
+    if ref.num_classes is not None and num_classes != ref.num_classes:
+        raise ModelLoadError(
+            f"model {ref.model_id!r} predicts {num_classes} classes but the dataset has {ref.num_classes}"
+        )
+    return model, _record(ref, src, model, num_classes)
+
+
+@dataclass
+class _Source:
+    """What builds a model: its timm arch and kwargs, data config override, and the local checkpoint (with
+    the zoo-study metadata it carries: the recipe and training time of an embedded zoo model)."""
+
+    arch: str | None
+    kwargs: dict[str, Any]
+    data_override: dict[str, Any]
+    checkpoint: str | None = None
+    recipe_json: str | None = None
+    train_seconds: float | None = None
+
+
+def _resolve_source(ref: ModelRef) -> _Source:
+    """The ref's arch and kwargs, completed from its checkpoint's metadata (the ref's own values win)."""
+    src = _Source(ref.arch, dict(ref.model_kwargs), dict(ref.data_config or {}))
+    if ref.checkpoint is None:
+        return src
+    checkpoint = src.checkpoint = str(Path(os.path.expanduser(ref.checkpoint)))
+    if not os.path.isfile(checkpoint):
+        raise ModelLoadError(f"model {ref.model_id!r}: checkpoint file {checkpoint!r} does not exist")
+    try:
+        meta = read_checkpoint_metadata(checkpoint)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {ref.model_id!r}: {exc}") from exc.__cause__
+    src.train_seconds = meta.get("train_seconds")
+    if meta:
+        src.arch = src.arch or meta.get("arch")
+        src.kwargs = {**meta.get("model_kwargs", {}), **src.kwargs}
+        src.data_override = {**meta.get("data_config", {}), **src.data_override}
+        src.recipe_json = json.dumps(meta, sort_keys=True)
+    if not src.arch:
+        raise ModelLoadError(
+            f"model {ref.model_id!r}: checkpoint {checkpoint!r} carries no zoo-study metadata; give arch=<timm name>"
+        )
+    return src
+
+
+def _create(ref: ModelRef, arch: str, checkpoint: str | None, create_kwargs: dict[str, Any]) -> nn.Module:
+    """timm's model with its weights (random with the ref's seed, a local checkpoint, or timm's cached
+    pretrained weights, offline); every failure becomes one :class:`ModelLoadError` naming the model."""
     try:
         if ref.source == "random":
             torch.manual_seed(ref.seed)
-            model = timm.create_model(arch, pretrained=False, **create_kwargs)
-        elif checkpoint is not None:
-            probe_cfg = timm.models.get_pretrained_cfg(arch)
-            classifier = probe_cfg.classifier if probe_cfg is not None else None
-            if classifier is None:
-                with torch.device("meta"):
-                    classifier = timm.create_model(arch, pretrained=False, **create_kwargs).pretrained_cfg.get(
-                        "classifier", "head"
-                    )
-            ckpt_classes = _checkpoint_classes(checkpoint, classifier)
-            if ref.num_classes is not None and ckpt_classes is not None and ckpt_classes != ref.num_classes:
-                raise ModelLoadError(
-                    f"model {ref.model_id!r}: checkpoint {checkpoint!r} has {ckpt_classes} classes but the "
-                    f"dataset has {ref.num_classes}; use a checkpoint trained on this label space"
-                )
-            if ckpt_classes is not None:
-                create_kwargs.setdefault("num_classes", ckpt_classes)
-            overlay: dict[str, Any] = {"file": checkpoint}
-            if "num_classes" in create_kwargs:
-                # tell timm the file has the model's head: when the pretrained config's class count
-                # differs from the model's, timm drops the classifier weights and loads non-strictly,
-                # which would leave a random head without any error
-                overlay["num_classes"] = create_kwargs["num_classes"]
-            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs)
-        else:
-            if _url_weights_missing(arch):
-                raise _offline_error(arch)
-            with _offline():
-                model = timm.create_model(arch, pretrained=True, **create_kwargs)
+            return timm.create_model(arch, pretrained=False, **create_kwargs)
+        if checkpoint is not None:
+            return _create_from_checkpoint(ref, arch, checkpoint, create_kwargs)
+        if _url_weights_missing(arch):
+            raise _offline_error(arch)
+        with _offline():
+            return timm.create_model(arch, pretrained=True, **create_kwargs)
     except ModelLoadError:
         raise
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met a non-tensor object
@@ -281,20 +288,44 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
             raise _offline_error(arch) from exc
         raise ModelLoadError(f"model {ref.model_id!r}: could not load {arch!r}: {name}: {_one_line(exc)}") from exc
 
-    model.eval().to(device)
-    _BUILD_KWARGS[model] = {k: v for k, v in create_kwargs.items() if k != "num_classes"}
-    cfg = _data_config(model, data_override)
-    num_classes = int(getattr(model, "num_classes", 0) or create_kwargs.get("num_classes", 0))
-    if ref.num_classes is not None and num_classes != ref.num_classes:
+
+def _create_from_checkpoint(ref: ModelRef, arch: str, checkpoint: str, create_kwargs: dict[str, Any]) -> nn.Module:
+    """timm's model loaded from a local checkpoint through timm's own ``pretrained_cfg_overlay``, its class
+    count read from the file (``create_kwargs`` gains it when the ref has none)."""
+    probe_cfg = timm.models.get_pretrained_cfg(arch)
+    classifier = probe_cfg.classifier if probe_cfg is not None else None
+    if classifier is None:
+        with torch.device("meta"):
+            classifier = timm.create_model(arch, pretrained=False, **create_kwargs).pretrained_cfg.get(
+                "classifier", "head"
+            )
+    ckpt_classes = _checkpoint_classes(checkpoint, classifier)
+    if ref.num_classes is not None and ckpt_classes is not None and ckpt_classes != ref.num_classes:
         raise ModelLoadError(
-            f"model {ref.model_id!r} predicts {num_classes} classes but the dataset has {ref.num_classes}"
+            f"model {ref.model_id!r}: checkpoint {checkpoint!r} has {ckpt_classes} classes but the "
+            f"dataset has {ref.num_classes}; use a checkpoint trained on this label space"
         )
+    if ckpt_classes is not None:
+        create_kwargs.setdefault("num_classes", ckpt_classes)
+    overlay: dict[str, Any] = {"file": checkpoint}
+    if "num_classes" in create_kwargs:
+        # tell timm the file has the model's head: when the pretrained config's class count
+        # differs from the model's, timm drops the classifier weights and loads non-strictly,
+        # which would leave a random head without any error
+        overlay["num_classes"] = create_kwargs["num_classes"]
+    return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs)
+
+
+def _record(ref: ModelRef, src: _Source, model: nn.Module, num_classes: int) -> CatalogRecord:
+    """The catalog row of a built model: its data config as timm resolves it, size, and weights identity."""
+    cfg = _data_config(model, src.data_override)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    record = CatalogRecord(
+    checkpoint = src.checkpoint
+    return CatalogRecord(
         model_id=ref.model_id,
         source=ref.source,
-        arch=arch,
-        family=ref.family or family_of(arch),
+        arch=src.arch,
+        family=ref.family or family_of(src.arch),
         params_m=round(params_m, 4),
         num_classes=num_classes,
         input_size=cfg["input_size"],
@@ -304,11 +335,10 @@ def load_model(ref: ModelRef, *, device: str | torch.device = "cpu") -> tuple[nn
         std=cfg["std"],
         reported_top1=ref.reported_top1,
         checkpoint=checkpoint,
-        weights_id=file_digest(checkpoint) if checkpoint else (f"random-seed{ref.seed}" if ref.source == "random" else arch),
-        recipe_json=recipe_json,
-        train_seconds=float(train_seconds) if train_seconds is not None else None,
+        weights_id=file_digest(checkpoint) if checkpoint else (f"random-seed{ref.seed}" if ref.source == "random" else src.arch),
+        recipe_json=src.recipe_json,
+        train_seconds=float(src.train_seconds) if src.train_seconds is not None else None,
     )
-    return model, record
 
 
 def scratch_like(model: nn.Module, record: CatalogRecord, seed: int) -> nn.Module:

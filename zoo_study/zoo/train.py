@@ -15,11 +15,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import zoo_study  # noqa: F401
 import timm
 
-from zoo_study.data.base import DataSource, raw_loader
+from zoo_study.data.base import DataSource, ImageSplit, raw_loader
 from zoo_study.data.cache import cached_split
 from zoo_study.data.preprocess import ModelPreprocess
 from zoo_study.data.subsets import stratified_indices
@@ -62,22 +63,13 @@ def train_recipe(
     ``epochs_scale`` shrinks training for smoke tests. The returned bytes load with
     :func:`zoo_study.zoo.loading.load_model` like any local checkpoint.
     """
-    from safetensors.torch import save as st_save
-
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     num_classes = source.num_classes
     model = timm.create_model(recipe.arch, pretrained=False, **recipe.model_kwargs_for(num_classes)).to(device)
     pre = ModelPreprocess.from_data_config(recipe.data_config)
-    # with data.cache_dir set, read through the decoded-image cache at the lazy path's raw size (the same
-    # pixels): every image is checked once when it is built, and data.on_bad_image = 'skip' leaves
-    # unreadable ones out of training as it does for every other stage. Unchanged without a cache.
-    split = cached_split(source.train)
-    if recipe.train_fraction < 1:
-        split = split.subset(stratified_indices(split.labels, fraction=recipe.train_fraction, seed=recipe.seed))
-    if len(split) == 0:
-        raise ValueError(f"recipe {recipe.model_id}: the training split is empty")
+    split = _train_split(recipe, source)
     # drop_last keeps batch statistics steady, but with fewer samples than one batch it would yield no
     # batch at all and the step loop below would never end: cap the batch at the split size
     batch_size = min(recipe.batch_size, len(split))
@@ -93,16 +85,7 @@ def train_recipe(
         for raw, labels, _ in loader:
             if step >= total_steps:
                 break
-            raw = _augment(raw, recipe.augment, gen)
-            x = pre(raw.to(device))
-            y = F.one_hot(labels.to(device), num_classes).float()
-            if recipe.label_smoothing > 0:
-                y = y * (1 - recipe.label_smoothing) + recipe.label_smoothing / num_classes
-            if recipe.mixup_alpha > 0:
-                lam = float(np.random.default_rng([recipe.seed, step]).beta(recipe.mixup_alpha, recipe.mixup_alpha))
-                perm = torch.randperm(x.shape[0], generator=gen).to(device)
-                x = lam * x + (1 - lam) * x[perm]
-                y = lam * y + (1 - lam) * y[perm]
+            x, y = _batch(recipe, pre, raw, labels, gen, step, num_classes, device)
             loss = torch.sum(-y * F.log_softmax(model(x), dim=1), dim=1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,6 +101,45 @@ def train_recipe(
     model.eval()
     seconds = time.perf_counter() - t0
     info = {"train_seconds": seconds, "steps": total_steps, "final_loss": float(np.mean(losses[-20:]))}
+    return _checkpoint_bytes(model, recipe, num_classes, epochs_scale, seconds), info
+
+
+def _train_split(recipe: Recipe, source: DataSource) -> ImageSplit:
+    """The recipe's training images: through the decoded-image cache when ``data.cache_dir`` is set (at
+    the lazy path's raw size: the same pixels; every image checked once when it is built, and
+    ``data.on_bad_image = 'skip'`` leaves unreadable ones out as every other stage does), subsampled per
+    class to ``train_fraction``."""
+    split = cached_split(source.train)
+    if recipe.train_fraction < 1:
+        split = split.subset(stratified_indices(split.labels, fraction=recipe.train_fraction, seed=recipe.seed))
+    if len(split) == 0:
+        raise ValueError(f"recipe {recipe.model_id}: the training split is empty")
+    return split
+
+
+def _batch(recipe: Recipe, pre: ModelPreprocess, raw: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+           step: int, num_classes: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: augmented, preprocessed inputs and soft targets (label smoothing, then mixup
+    with a per-step beta draw), consuming ``gen`` in a fixed order so a recipe retrains bit-identically."""
+    raw = _augment(raw, recipe.augment, gen)
+    x = pre(raw.to(device))
+    y = F.one_hot(labels.to(device), num_classes).float()
+    if recipe.label_smoothing > 0:
+        y = y * (1 - recipe.label_smoothing) + recipe.label_smoothing / num_classes
+    if recipe.mixup_alpha > 0:
+        lam = float(np.random.default_rng([recipe.seed, step]).beta(recipe.mixup_alpha, recipe.mixup_alpha))
+        perm = torch.randperm(x.shape[0], generator=gen).to(device)
+        x = lam * x + (1 - lam) * x[perm]
+        y = lam * y + (1 - lam) * y[perm]
+    return x, y
+
+
+def _checkpoint_bytes(model: nn.Module, recipe: Recipe, num_classes: int, epochs_scale: float,
+                      seconds: float) -> bytes:
+    """Safetensors bytes of the trained weights, with the recipe as metadata (what ``load_model`` reads
+    back: arch, kwargs, data config)."""
+    from safetensors.torch import save as st_save
+
     meta = {
         "arch": recipe.arch,
         "model_kwargs": recipe.model_kwargs_for(num_classes),
@@ -128,5 +150,4 @@ def train_recipe(
         "train_seconds": seconds,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = st_save(state, metadata={RECIPE_METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    return data, info
+    return st_save(state, metadata={RECIPE_METADATA_KEY: json.dumps(meta, sort_keys=True)})

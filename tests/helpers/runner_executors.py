@@ -1,9 +1,11 @@
 """Trivial executors for the runner's tests and scheduling benchmark (not part of the study).
 
-Why a module inside the package: Ray workers import executors by module path, and ``tests/`` is not a
-package; ``pipelines._testing`` is importable wherever ``pipelines`` is installed. Stage names start
-with ``_test.`` so they can never collide with real stages, and they are not in the study's map
-(``pipelines.jobs.EXECUTORS``): pass ``run_jobs(..., executors=EXECUTORS)`` to run them.
+Why here, outside the shipped packages: the installed tool never imports test code. Ray workers import
+executors by module path (``helpers.runner_executors:emit``), so ``tests/`` must be on their path too:
+:func:`importable_by_workers` puts it on ``PYTHONPATH``, which a local Ray instance (and a driver run as a
+subprocess) inherits; ``tests/conftest.py`` calls it. Stage names start with ``_test.`` so they can never
+collide with real stages, and they are not in the study's map (``pipelines.jobs.EXECUTORS``): pass
+``run_jobs(..., executors=EXECUTORS)`` to run them.
 
 Behaviour is driven by the spec so that tests can inject faults into a job without changing its id:
 
@@ -28,7 +30,16 @@ from pipelines.jobs import JobContext, read_input_table
 
 EMIT = "_test.emit"
 SUM = "_test.sum"
-EXECUTORS = {EMIT: "pipelines._testing:emit", SUM: "pipelines._testing:total"}
+EXECUTORS = {EMIT: "helpers.runner_executors:emit", SUM: "helpers.runner_executors:total"}
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def importable_by_workers() -> None:
+    """Put ``tests/`` first on ``PYTHONPATH`` (once), so that processes started from now on (a local Ray
+    instance's workers, a driver run as a subprocess) import this module as ``helpers.runner_executors``."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(TESTS_DIR) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), *paths])
 
 
 def _faults(spec: dict) -> None:
