@@ -20,7 +20,8 @@ only (``allowed_directories`` with ``enable_external_access = false``; no spill 
 install or autoload), its configuration is then locked (``lock_configuration``), and :meth:`ResultsDB.query`
 refuses, before anything runs, every statement that is not a read-only query (:mod:`analysis.sandbox`,
 which also holds the quoting rules for the few strings formatted into SQL). Every connection defines the
-shared SQL macros of :mod:`analysis.macros` (``method_key``, 95% intervals, ``claim_verdict``).
+shared SQL macros of :mod:`analysis.macros` (``method_key``, 95% intervals, ``claim_verdict``) and its
+``methods`` view (one row per registered method: label, order, capability flags, tables).
 
 The sandbox checks, quoting helpers and parameter type (``RefusedQuery``, ``check_read_only``,
 ``check_params``, ``Params``, ``sql_string_literal``, ``duckdb_glob_escape``, ``identifier``) are
@@ -39,7 +40,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.macros import METHOD_MACROS, stats_macros
+from analysis.macros import method_macros, stats_macros
 
 PAPER_TRANSFERS_VIEW = (
     "CREATE OR REPLACE VIEW paper_transfers AS SELECT * FROM transfers "
@@ -173,7 +174,7 @@ class ResultsDB:
         self.skipped: dict[str, list[Path]] = {}  # view -> files left out because they are not Parquet
         self.skip_reasons: dict[Path, str] = {}  # each such file -> why it could not be read
         self.outside: set[Path] = set()  # the skipped files that are links leading outside the root
-        self.con.execute(METHOD_MACROS)
+        self.con.execute(method_macros())
         self.con.execute(stats_macros())
         for src in VIEW_SOURCES:
             empty = pa.Table.from_batches([], schema=src.schema)

@@ -6,7 +6,7 @@
   per-epoch evaluation, the method's state hooks, divergence check).
 - :mod:`~zoo_study.transfer.job`: :func:`run_transfer`, single and multi-teacher modes (sequential,
   parallel, soup) -> summary / epoch / prediction tables.
-- :mod:`~zoo_study.transfer.hparams`: grid expansion and the best setting per method.
+- :mod:`~zoo_study.transfer.hparams`: the best setting per method from a grid's results.
 
 The pipeline calls::
 
@@ -54,11 +54,7 @@ _EXPORTS = {
     "run_transfer": "zoo_study.transfer.job",
     "transfer_set": "zoo_study.transfer.job",
     "BEST_SCHEMA": "zoo_study.transfer.hparams",
-    "best_configs": "zoo_study.transfer.hparams",
-    "default_grids": "zoo_study.transfer.hparams",
     "best_per_method": "zoo_study.transfer.hparams",
-    "expand_grid": "zoo_study.transfer.hparams",
-    "expand_grids": "zoo_study.transfer.hparams",
     "grid_points": "zoo_study.methods.grids",
 }
 
