@@ -105,7 +105,7 @@ from zoo_study.store import TABLES, ResultsLayout, TableSpec
 
 QUERIES_DIR = Path(__file__).with_name("queries")
 
-VIEW_SOURCES: tuple[TableSpec, ...] = tuple(TABLES.values())
+VIEW_SOURCES = TABLES.values()  # live: a method registered later (its own tables) is seen by the next connection
 VIEWS: dict[str, TableSpec] = TABLES
 
 
