@@ -34,7 +34,8 @@ def test_grid_points_and_method_name_base():
 
 
 def test_mcl_grid_tau_by_n():
-    cfgs = [TransferConfig(method="xe_kl_mcl", hparams=p) for p in grid_points({"tau": [0.99, 0.999, 0.9999], "N": [2, 10]})]
+    points = grid_points({"tau": [0.99, 0.999, 0.9999], "N": [2, 10]})
+    cfgs = [TransferConfig(method="xe_kl_mcl", hparams=p) for p in points]
     assert [(c.resolved_hparams["tau"], c.resolved_hparams["N"]) for c in cfgs] == [
         (0.99, 2), (0.99, 10), (0.999, 2), (0.999, 10), (0.9999, 2), (0.9999, 10)]
     assert all(c.resolved_hparams["lambda"] == 0.7 and c.resolved_base_lr == 0.01 for c in cfgs)

@@ -28,7 +28,7 @@ from zoo_study.methods.registry import (
 )
 
 __all__ = [
-    "PLUGINS", "Method", "MethodState", "MethodTable", "ObjectiveInputs", "ObjectiveOutput", "Param", "SetupContext", "default_grid",
-    "get_method", "method_label", "method_names", "method_sort_key", "method_tables", "methods", "multi_teacher_methods",
-    "register_method", "unregister_method",
+    "PLUGINS", "Method", "MethodState", "MethodTable", "ObjectiveInputs", "ObjectiveOutput", "Param", "SetupContext",
+    "default_grid", "get_method", "method_label", "method_names", "method_sort_key", "method_tables", "methods",
+    "multi_teacher_methods", "register_method", "unregister_method",
 ]

@@ -298,7 +298,8 @@ def register_method(name: str, **spec: Any) -> Callable[[ObjectiveFn], Objective
         raise ValueError(f"method name must be an identifier-like string, got {name!r}")
     unknown = sorted(set(spec) - set(_FIELDS))
     if unknown or "label" not in spec:
-        raise TypeError(f"register_method({name!r}): unknown field(s) {unknown} or no label; valid: {', '.join(_FIELDS)}")
+        raise TypeError(f"register_method({name!r}): unknown field(s) {unknown} or no label; "
+                        f"valid: {', '.join(_FIELDS)}")
     setup = spec.get("setup")
     if setup is not None and not callable(setup):
         raise TypeError(f"method {name!r}: setup must be a function SetupContext -> MethodState, got {setup!r}")
@@ -378,5 +379,6 @@ def method_tables() -> list[MethodTable]:
     for m in methods():
         for t in m.tables:
             if out.setdefault(t.name, t) is not t:
-                raise ValueError(f"method {m.name!r} declares table {t.name!r}, which another method declares differently")
+                raise ValueError(f"method {m.name!r} declares table {t.name!r}, which another method declares "
+                                 "differently")
     return list(out.values())
