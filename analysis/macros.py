@@ -69,8 +69,8 @@ def methods_view() -> str:
     types = {"name": "VARCHAR", "label": "VARCHAR", "sort_order": "INTEGER", **{f: "BOOLEAN" for f in METHOD_FLAGS},
              "unsupervised_twin": "VARCHAR", "paper_success_rate": "VARCHAR", "tables": "VARCHAR[]"}
     rows = []
-    for m in methods():
-        values = [m.name, m.label, m.order, *(bool(getattr(m, f)) for f in METHOD_FLAGS), m.unsupervised_twin,
+    for order, m in enumerate(methods()):
+        values = [m.name, m.label, order, *(bool(getattr(m, f)) for f in METHOD_FLAGS), m.unsupervised_twin,
                   m.paper_success_rate]
         tables = "[" + ", ".join(_literal(t.name) for t in m.tables) + "]::VARCHAR[]"
         rows.append("(" + ", ".join([*(_literal(v) for v in values), tables]) + ")")

@@ -158,3 +158,14 @@ def test_method_key_maps_a_legacy_unsupervised_run_to_the_registered_twin(tmp_pa
     finally:
         unregister_method("toy_route")
         unregister_method("toy_free")
+
+
+def test_a_method_registered_before_the_first_query_is_shown_after_the_shipped_ones():
+    """The shipped methods' modules are imported on the first query; a study's own method registered earlier
+    still comes after them in the report's order (colours, tables), as when the built-ins loaded at import."""
+    code = ("from zoo_study.methods import register_method, method_sort_key, methods\n"
+            "register_method('toy_early', label='Toy')(lambda inp, p: None)\n"
+            "names = [m.name for m in methods()]\n"
+            "print(names[0], names[-1], method_sort_key('toy_early')[0] == len(names) - 1)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["kl", "toy_early", "True"]

@@ -244,7 +244,7 @@ class Method:
     tables: tuple[MethodTable, ...] = ()  # result tables it writes beside the summary
     paper_success_rate: str | None = None  # the paper's reference number (Tab/Fig 4a), shown in the report
     doc: str = ""
-    order: int = 0  # registration order (plugin modules in PLUGINS order): the order of figures and tables
+    order: int = 0  # registration sequence; the report's order is methods() (plugin modules first, in PLUGINS order)
 
     def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults merged with ``given``, each value checked; unknown names are errors."""
@@ -326,10 +326,17 @@ def unregister_method(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _rank(m: Method) -> tuple[int, int]:
+    """The report's order: the plugin modules' methods in PLUGINS order, then methods registered by other
+    modules (a study's own, a test's toy), each group in registration order, whichever was imported first."""
+    module = m.fn.__module__
+    return (PLUGINS.index(module) if module in PLUGINS else len(PLUGINS), m.order)
+
+
 def methods() -> list[Method]:
-    """Every registered method in registration order (the report's order)."""
+    """Every registered method in the report's order (see :func:`_rank`)."""
     _load()
-    return sorted(_REGISTRY.values(), key=lambda m: m.order)
+    return sorted(_REGISTRY.values(), key=_rank)
 
 
 def method_names() -> list[str]:
@@ -360,10 +367,10 @@ def method_label(name: str) -> str:
 
 
 def method_sort_key(name: str) -> tuple[int, str]:
-    """Known methods in registration order (weakest baseline first), then the rest alphabetically."""
-    _load()
-    m = _REGISTRY.get(name)
-    return (m.order, "") if m is not None else (len(_REGISTRY), name)
+    """Known methods in the report's order (weakest baseline first; :func:`methods`), then the rest
+    alphabetically."""
+    position = {m.name: i for i, m in enumerate(methods())}
+    return (position[name], "") if name in position else (len(position), name)
 
 
 def default_grid(name: str) -> dict[str, list]:
