@@ -35,7 +35,7 @@ import duckdb
 import pyarrow as pa
 
 from analysis.file_views import VIEW_SOURCES, VIEWS, FileViews  # noqa: F401  (VIEWS, VIEW_SOURCES re-exported)
-from analysis.macros import METHOD_MACROS, stats_macros
+from analysis.macros import method_macros, stats_macros
 
 PAPER_TRANSFERS_VIEW = (
     "CREATE OR REPLACE VIEW paper_transfers AS SELECT * FROM transfers "
@@ -212,7 +212,7 @@ class ResultsDB:
             config["threads"] = int(threads)
         self.con = duckdb.connect(database=":memory:", config=config)
         self.views = FileViews(self.con, self.root)
-        self.con.execute(METHOD_MACROS)
+        self.con.execute(method_macros())
         self.con.execute(stats_macros())
         self.views.create_empty()
         self._sandbox()

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from analysis.sandbox import duckdb_glob_escape, identifier, sql_string_literal
 from zoo_study.store import TABLES, TableSpec
 
-VIEW_SOURCES: tuple[TableSpec, ...] = tuple(TABLES.values())
+VIEW_SOURCES = TABLES.values()  # live: a method registered later (its own tables) is seen by the next connection
 VIEWS: dict[str, TableSpec] = TABLES
 
 

@@ -8,10 +8,16 @@ live in one place; the queries and the Python agree by construction.
 Macros available to every query:
 
 ``method_key(method, hparams_json)``
-    The method name, with ``_unsup`` appended when the run is unsupervised (``hparams_json`` has
-    ``"unsupervised": true`` or ``"supervised": false``) and the name does not already say so. Why: the
-    paper reports supervised and unsupervised KL+DP separately (Tab 1 vs Tab 3), and the summary schema
-    has no column for it.
+    The method name, or its registered ``unsupervised_twin`` (``kl_dp`` -> ``kl_dp_unsup``) when the run's
+    ``hparams_json`` says it ran without labels (``"unsupervised": true`` or ``"supervised": false``, as
+    results of an older study do). Why: the paper reports supervised and unsupervised KL+DP separately
+    (Tab 1 vs Tab 3), and the summary schema has no column for it. A method without a twin keeps its name.
+
+The ``methods`` view (see :func:`method_macros`): one row per registered method, generated from the
+registry (:mod:`zoo_study.methods`): ``name``, ``label``, ``sort_order`` (the report's order), the
+capability flags (``needs_labels``, ``needs_frozen``, ``needs_features``, ``needs_maps``, ``needs_levels``,
+``needs_index``, ``routes``, ``multi_teacher``), ``unsupervised_twin``, ``paper_success_rate`` and
+``tables`` (the names of the tables the method writes). Queries join on it instead of matching names.
 
 95% intervals (see :func:`stats_macros`):
 ``z975()``, ``t975(df)`` (exact t quantiles for df 1..100, a Cornish-Fisher expansion within 1e-10 beyond); ``mean_ci_low/high(mean,
@@ -25,18 +31,56 @@ power to tell' when it spans the threshold (or has no width: one unit), 'no data
 
 from __future__ import annotations
 
-__all__ = ["METHOD_MACROS", "stats_macros"]
+from analysis.sandbox import sql_string_literal
 
-METHOD_MACROS = """
+__all__ = ["METHOD_FLAGS", "method_macros", "methods_view", "stats_macros"]
+
+# the registry's capability flags the methods view carries, as boolean columns
+METHOD_FLAGS = ("needs_labels", "needs_frozen", "needs_features", "needs_maps", "needs_levels", "needs_index",
+                "routes", "multi_teacher")
+
+METHOD_KEY_MACRO = """
 CREATE OR REPLACE MACRO method_key(m, hp) AS CASE
-    WHEN m LIKE '%unsup%' THEN m
     WHEN json_valid(hp) AND (
         lower(coalesce(json_extract_string(hp, '$.unsupervised'), '')) IN ('true', '1')
         OR lower(coalesce(json_extract_string(hp, '$.supervised'), '')) IN ('false', '0')
-    ) THEN m || '_unsup'
+    ) THEN coalesce((SELECT unsupervised_twin FROM methods WHERE name = m), m)
     ELSE m
 END;
 """
+
+
+def _literal(value: object) -> str:
+    """One SQL literal for the methods view: NULL, a boolean, an integer or a quoted string."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return sql_string_literal(str(value))
+
+
+def methods_view() -> str:
+    """``CREATE VIEW methods``: one row per registered method, from the registry (the values are the
+    registry's own names and labels, quoted by :func:`~analysis.sandbox.sql_string_literal`)."""
+    from zoo_study.methods import methods
+
+    types = {"name": "VARCHAR", "label": "VARCHAR", "sort_order": "INTEGER", **{f: "BOOLEAN" for f in METHOD_FLAGS},
+             "unsupervised_twin": "VARCHAR", "paper_success_rate": "VARCHAR", "tables": "VARCHAR[]"}
+    rows = []
+    for order, m in enumerate(methods()):
+        values = [m.name, m.label, order, *(bool(getattr(m, f)) for f in METHOD_FLAGS), m.unsupervised_twin,
+                  m.paper_success_rate]
+        tables = "[" + ", ".join(_literal(t.name) for t in m.tables) + "]::VARCHAR[]"
+        rows.append("(" + ", ".join([*(_literal(v) for v in values), tables]) + ")")
+    typed = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in types.items())
+    return f"CREATE OR REPLACE VIEW methods AS SELECT {typed} FROM (VALUES {', '.join(rows)}) AS t({', '.join(types)});"
+
+
+def method_macros() -> str:
+    """The ``methods`` view and the ``method_key`` macro that reads it (in this order)."""
+    return methods_view() + "\n" + METHOD_KEY_MACRO
 
 
 def stats_macros() -> str:

@@ -260,7 +260,7 @@ TABLES: tuple[TableSpec, ...] = (
         "supervised KL+DP, each mean with its 95% interval over teachers, and the share of transfer samples "
         "routed to the teacher: all, positive flips (paper: 72%) and negative flips (paper: 9%).",
         ("transfers",),
-        "no unsupervised KL+DP runs (a method containing 'unsup', or hparams \"unsupervised\": true) yet",
+        "no unsupervised KL+DP runs (kl_dp_unsup, or kl_dp with hparams \"unsupervised\": true) yet",
         present_tab3,
     ),
     TableSpec(

@@ -311,26 +311,15 @@ def _student_bytes(model) -> bytes:
     return save({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()})
 
 
-def _teacher_weight_table(result) -> pa.Table:
-    """Per stage, class and teacher: the mean learned teacher weight (AMTML-KD's state extras)."""
-    from zoo_study.store import TEACHER_WEIGHT_SCHEMA, table_from_rows
-
-    job_id = result.row["job_id"]
-    rows = []
-    teachers = result.info.get("teachers", [])
-    for stage, phase in enumerate(result.info.get("phases", [])):
-        for cls, ws in sorted(phase.get("amtml_class_weights", {}).items(), key=lambda kv: int(kv[0])):
-            names = teachers if len(ws) == len(teachers) else [phase["teacher"]]
-            rows += [{"job_id": job_id, "stage": stage, "class_id": int(cls), "teacher": t, "weight": float(w)}
-                     for t, w in zip(names, ws)]
-    return table_from_rows(rows, TEACHER_WEIGHT_SCHEMA)
-
-
 def _transfer_tables(result, names) -> dict[str, Any]:
-    """The outputs a transfer job declared (``names``), from its result."""
+    """The outputs a transfer job declared (``names``), from its result; a method's own tables
+    (:class:`~zoo_study.methods.registry.MethodTable`, e.g. AMTML-KD's teacher weights) are built by it."""
+    from zoo_study.methods import get_method
+
     made = {"summary": lambda: result.summary, "epochs": lambda: result.epochs,
-            "predictions": lambda: result.predictions, "student_weights": lambda: _student_bytes(result.model),
-            "teacher_weights": lambda: _teacher_weight_table(result)}
+            "predictions": lambda: result.predictions, "student_weights": lambda: _student_bytes(result.model)}
+    for table in get_method(result.row["method"]).tables:
+        made[table.name] = lambda table=table: table.build(result)
     return {name: made[name]() for name in names}
 
 

@@ -390,18 +390,17 @@ def _member_memory(cfg: StudyConfig, plan: ModelPlan, teacher: ModelPlan, batch:
 def _transfer_outputs(layout: ResultsLayout, keep_student: bool = False,
                       method: str | None = None) -> Callable[[str], dict[str, Path]]:
     """A transfer job's outputs; with ``keep_student`` (the robustness stage is on) its last student's
-    weights; for methods that learn teacher weights (AMTML-KD) their per-class table."""
+    weights; the tables the method declares (``Method.tables``: AMTML-KD's per-class teacher weights)."""
     from zoo_study.methods import get_method
 
-    weights = method is not None and get_method(method).teacher_weights
+    tables = [t.name for t in get_method(method).tables] if method is not None else []
 
     def outputs(jid: str) -> dict[str, Path]:
         out = {"summary": layout.transfer_summary(jid), "epochs": layout.transfer_epochs(jid),
                "predictions": layout.transfer_predictions(jid)}
         if keep_student:
             out["student_weights"] = layout.student_weights(jid)
-        if weights:
-            out["teacher_weights"] = layout.teacher_weights(jid)
+        out.update({name: layout.path(name, job_id=jid) for name in tables})
         return out
 
     return outputs

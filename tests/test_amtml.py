@@ -142,10 +142,10 @@ def test_amtml_joins_the_multi_teacher_stage_and_bad_choices_fail_at_load(tmp_pa
 
 
 def test_teacher_weight_table_from_a_run(tmp_path):
-    from pipelines.executors import _teacher_weight_table
+    from pipelines.executors import _transfer_tables
 
     res, _, (r1, r2) = _amtml_run("j1")
-    table = _teacher_weight_table(res)
+    table = _transfer_tables(res, ["teacher_weights"])["teacher_weights"]  # the method's declared table
     rows = table.to_pylist()
     assert len(rows) == 6 * 2 and {r["teacher"] for r in rows} == {r1.model_id, r2.model_id}
     by_class: dict[int, float] = {}

@@ -7,25 +7,18 @@ import json
 import pyarrow as pa
 import pytest
 
-from zoo_study.transfer import (
-    default_grids,
-    TransferConfig,
-    best_configs,
-    best_per_method,
-    expand_grid,
-    expand_grids,
-    grid_points,
-)
+from zoo_study.methods import default_grid, methods
+from zoo_study.methods.grids import check_grid_keys
+from zoo_study.transfer import TransferConfig, best_per_method, grid_points
 
 
-def test_grid_expands_to_one_config_per_point():
-    base = TransferConfig(method="xe_kl", epochs=3, batch_size=64)
+def test_grid_points_give_one_config_per_point():
     grid = {"lr": [1e-2, 1e-3], "temperature": [0.1, 1.0, 4.0], "lambda": [0.5, 0.7]}
-    cfgs = expand_grid(base, grid)
+    cfgs = [TransferConfig(method="xe_kl", epochs=3, batch_size=64, study_part="hparam", hparams=point)
+            for point in grid_points(grid)]
     assert len(cfgs) == 2 * 3 * 2
-    points = {(c.base_lr, c.temperature, c.hparams["lambda"]) for c in cfgs}
-    assert len(points) == 12
-    assert points == {(a, b, c) for a in grid["lr"] for b in grid["temperature"] for c in grid["lambda"]}
+    points = [(c.base_lr, c.temperature, c.hparams["lambda"]) for c in cfgs]
+    assert points == [(a, b, c) for a in grid["lr"] for b in grid["temperature"] for c in grid["lambda"]]  # key order
     assert all(c.study_part == "hparam" and c.epochs == 3 and c.batch_size == 64 for c in cfgs)
     assert len({c.to_json() for c in cfgs}) == 12
 
@@ -36,13 +29,13 @@ def test_grid_points_and_method_name_base():
     cfgs = [TransferConfig(method="kl_dp", hparams=p) for p in points]  # lr / T accepted with the params
     assert [(c.base_lr, c.temperature, c.hparams) for c in cfgs] == [(1e-4, 1.0, {"lambda": 1.0}),
                                                                       (1e-3, 1.0, {"lambda": 1.0})]
-    assert [c.base_lr for c in expand_grid("kl_dp", {"lr": [1e-4, 1e-3]})] == [1e-4, 1e-3]
     with pytest.raises(ValueError, match="repeats values"):
         grid_points({"lr": [1, 1]})
 
 
 def test_mcl_grid_tau_by_n():
-    cfgs = expand_grid(TransferConfig(method="xe_kl_mcl"), {"tau": [0.99, 0.999, 0.9999], "N": [2, 10]})
+    points = grid_points({"tau": [0.99, 0.999, 0.9999], "N": [2, 10]})
+    cfgs = [TransferConfig(method="xe_kl_mcl", hparams=p) for p in points]
     assert [(c.resolved_hparams["tau"], c.resolved_hparams["N"]) for c in cfgs] == [
         (0.99, 2), (0.99, 10), (0.999, 2), (0.999, 10), (0.9999, 2), (0.9999, 10)]
     assert all(c.resolved_hparams["lambda"] == 0.7 and c.resolved_base_lr == 0.01 for c in cfgs)
@@ -53,28 +46,31 @@ def test_mcl_grid_tau_by_n():
     [
         ({"lr": []}, "non-empty list"),
         ({"lr": [0.1, 0.1]}, "repeats values"),
-        ({"lr": [0.1], "base_lr": [0.2]}, "given twice"),
-        ({"tau": [0.9]}, "neither a config field .* nor a hyper-parameter of method 'xe_kl' \\(lambda\\)"),
-        ({"method": ["kl"]}, "cannot be varied"),
+        ({"lr": [0.1], "base_lr": [0.2]}, "base_lr given twice"),
+        ({"tau": [0.9]}, "grid key 'tau' is neither a config field .* nor one of its hyper-parameters \\(lambda\\)"),
+        ({"method": ["kl"]}, "grid key 'method' is neither a config field"),
         ({"lambda": [0.5, 2.0]}, "lambda=2.0 is invalid"),
     ],
 )
 def test_grid_errors(grid, match):
+    """The checks a grid meets on its way to jobs: its keys (the config's hparam_search check), its axes,
+    then every point as a job's config (the planner's)."""
     with pytest.raises(ValueError, match=match):
-        expand_grid(TransferConfig(method="xe_kl"), grid)
+        check_grid_keys("xe_kl", grid, TransferConfig(method="xe_kl").method_spec.params)
+        for point in grid_points(grid):
+            TransferConfig(method="xe_kl", hparams=point)
 
 
-def test_default_grids_expand_for_every_method():
-    cfgs = expand_grids(TransferConfig(method="kl", epochs=2), default_grids())
-    expected = 0
-    for grid in default_grids().values():
+def test_default_grids_give_valid_configs_for_every_method():
+    with_grid = [m.name for m in methods() if m.grid]
+    assert {"kl", "xe_kl", "xe_kl_mcl", "kl_dp"} <= set(with_grid)
+    for method in with_grid:
+        grid = default_grid(method)
+        cfgs = [TransferConfig(method=method, epochs=2, hparams=p) for p in grid_points(grid)]
         n = 1
-        for v in grid.values():
-            n *= len(v)
-        expected += n
-    assert len(cfgs) == expected
-    assert {c.method for c in cfgs} == set(default_grids())
-    assert all(c.epochs == 2 for c in cfgs)
+        for values in grid.values():
+            n *= len(values)
+        assert len({c.to_json() for c in cfgs}) == n and all(c.epochs == 2 for c in cfgs), method
 
 
 def _summary(rows):
@@ -119,7 +115,7 @@ def test_best_per_method_by_mean_delta_over_pairs():
     assert loose["xe_kl"]["hparams_json"] == '{"lambda":0.9}'
 
 
-def test_best_per_method_tie_and_configs():
+def test_best_per_method_tie():
     rows = [
         _row("kl", {}, 2e-3, "s", "a", 0.1, batch_size=128, temperature=4.0),
         _row("kl", {}, 1e-3, "s", "a", 0.1, batch_size=128, temperature=1.0),
@@ -127,8 +123,5 @@ def test_best_per_method_tie_and_configs():
     best = best_per_method(_summary(rows)).to_pylist()[0]
     assert best["lr"] == 1e-3  # tie: the setting that sorts first
     assert best["base_lr"] == pytest.approx(2e-3)  # lr 1e-3 at batch 128 -> 2e-3 at 256
-    cfg = best_configs(best_per_method(_summary(rows)), TransferConfig(method="kl_dp", epochs=5))["kl"]
-    assert (cfg.method, cfg.batch_size, cfg.temperature, cfg.resolved_study_part) == ("kl", 128, 1.0, "transfer")
-    assert cfg.lr_for_batch(128) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="lack columns"):
         best_per_method(pa.table({"method": ["kl"]}))

@@ -57,7 +57,7 @@ def toy_method():
 
 
 def test_registry_imports_without_torch():
-    code = ("import sys; import zoo_study.methods, zoo_study.config, zoo_study.transfer.config; "
+    code = ("import sys; import zoo_study.methods, zoo_study.config, zoo_study.transfer.config, zoo_study.store; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -106,3 +106,66 @@ def test_toy_method_end_to_end(toy_method, tmp_path):
     assert res.row["method"] == "toy_kd" and res.row["hparams_json"] == '{"alpha":0.5}'
     phase = res.info["phases"][0]
     assert phase["toy_steps"] == phase["steps"] == 4  # 120 samples / batch 30
+
+
+def test_every_method_hook_resolves_to_a_function_of_its_own_module():
+    """Setup hooks and table builders are references, resolved here for every registered method; a method
+    with state keeps its objective, setup and tables in one module."""
+    from zoo_study.methods import methods
+
+    stateful = {m.name: m for m in methods() if m.setup is not None}
+    assert {"crd", "xe_kl_mcl", "amtml_kd", "talking_models"} <= set(stateful)
+    for m in methods():
+        for hook in [m.fn, m.setup, *(t.build for t in m.tables)]:
+            assert hook is None or callable(hook), (m.name, hook)
+        if m.setup is not None:
+            assert m.setup.__module__ == m.fn.__module__ or m.name == "xe_kl_mcl", m.name  # MCL reuses XE-KL's loss
+            assert all(t.build.__module__ == m.setup.__module__ for t in m.tables), m.name
+    assert stateful["xe_kl_mcl"].setup.__module__ == "zoo_study.transfer.mcl"
+    assert [t.name for t in get_method("amtml_kd").tables] == ["teacher_weights"]
+
+
+def test_register_method_refuses_an_unknown_field_or_a_string_hook():
+    with pytest.raises(TypeError, match=r"unknown field\(s\) \['needs_lables'\]"):
+        register_method("toy_typo", label="typo", needs_lables=True)
+    with pytest.raises(TypeError, match="setup must be a function"):
+        register_method("toy_str", label="str", setup="zoo_study.transfer.crd:setup_crd")
+    assert "toy_typo" not in method_names() and "toy_str" not in method_names()
+
+
+def test_method_key_maps_a_legacy_unsupervised_run_to_the_registered_twin(tmp_path):
+    """SQL reads the registry's methods view: a run of a method whose hparams say it ran without labels counts
+    as the method's declared twin, whatever the names look like (no name matching)."""
+    from analysis.db import connect
+    from helpers.analysis_fixtures import RootBuilder
+
+    register_method("toy_route", label="Toy route", unsupervised_twin="toy_free")(lambda inp, p: None)
+    register_method("toy_free", label="Toy free")(lambda inp, p: None)
+    try:
+        b = RootBuilder(tmp_path)
+        b.transfer("S", "A", "toy_route", 0.01, hparams={"unsupervised": True})
+        b.transfer("S", "B", "toy_route", 0.01)
+        b.transfer("S", "C", "kl", 0.01, hparams={"supervised": False})  # no twin: keeps its name
+        with connect(tmp_path) as db:
+            keys = db.query("SELECT teacher, method_key(method, hparams_json) AS k FROM transfers ORDER BY teacher")
+            view = db.query("SELECT name, label, needs_frozen, routes, unsupervised_twin FROM methods "
+                            "WHERE name IN ('toy_route', 'kl_dp')  ORDER BY name").to_pylist()
+        assert [r["k"] for r in keys.to_pylist()] == ["toy_free", "toy_route", "kl"]
+        assert view == [{"name": "kl_dp", "label": "KL+DP", "needs_frozen": True, "routes": True,
+                         "unsupervised_twin": "kl_dp_unsup"},
+                        {"name": "toy_route", "label": "Toy route", "needs_frozen": False, "routes": False,
+                         "unsupervised_twin": "toy_free"}]
+    finally:
+        unregister_method("toy_route")
+        unregister_method("toy_free")
+
+
+def test_a_method_registered_before_the_first_query_is_shown_after_the_shipped_ones():
+    """The shipped methods' modules are imported on the first query; a study's own method registered earlier
+    still comes after them in the report's order (colours, tables), as when the built-ins loaded at import."""
+    code = ("from zoo_study.methods import register_method, method_sort_key, methods\n"
+            "register_method('toy_early', label='Toy')(lambda inp, p: None)\n"
+            "names = [m.name for m in methods()]\n"
+            "print(names[0], names[-1], method_sort_key('toy_early')[0] == len(names) - 1)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["kl", "toy_early", "True"]

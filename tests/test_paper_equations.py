@@ -141,3 +141,28 @@ def test_amtml_objective_at_its_defaults_is_l_kd_plus_angle_plus_beta_hint_by_ha
     assert float(out.logs["hint"]) == pytest.approx(hint, rel=1e-6)
     l_kd = 0.7 * t * t * kl + 0.3 * ce
     assert float(out.loss.detach()) == pytest.approx(l_kd + angle + 1.0 * hint, rel=1e-5)
+
+
+@pytest.mark.parametrize("flag, reading", [(0, "teacher"), (1, "label")])
+def test_the_talking_models_parameter_interact_labels_picks_the_reading(flag, reading):
+    """The registered objective passes the batch's labels and the chosen L_interact reading to its state."""
+    from zoo_study.methods import ObjectiveInputs, get_method
+
+    seen = {}
+
+    class _State:
+        student = None
+
+        def losses(self, model, s_map, t_map, z_t, **kw):
+            seen.update(kw)
+            zero = torch.zeros(())
+            return zero, zero, zero
+
+    method = get_method("talking_models")
+    params = method.resolve_params({"interact_labels": flag})
+    labels = torch.tensor([1, 0])
+    inp = ObjectiveInputs(student=torch.zeros(2, 3), teachers=torch.zeros(1, 2, 3), labels=labels,
+                          student_map=torch.zeros(2, 4, 1, 1), teacher_maps=[torch.zeros(2, 4, 1, 1)], state=_State())
+    out = method.fn(inp, params)
+    assert seen["interact"] == reading and torch.equal(seen["labels"], labels)
+    assert out.loss.item() == pytest.approx(math.log(3))  # CE of uniform logits over 3 classes; the rest is 0

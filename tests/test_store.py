@@ -207,7 +207,7 @@ def test_every_table_path_matches_its_view_glob_and_nothing_else(tmp_path):
         "pair_classes": layout.pair_classes, "transfers": layout.transfer_summary("j1"),
         "epochs": layout.transfer_epochs("j1"), "transfer_predictions": layout.transfer_predictions("j1"),
         "hparams": layout.hparam_row("j2"), "failures": layout.failure("j3"),
-        "robustness": layout.robustness_row("j4"), "teacher_weights": layout.teacher_weights("j1"),
+        "robustness": layout.robustness_row("j4"), "teacher_weights": layout.path("teacher_weights", job_id="j1"),
         "class_embeddings": layout.class_embeddings, "pair_semantics": layout.pair_semantics,
     }  # fmt: skip
     assert set(written) == set(TABLES) and not set(TABLES) & set(FILES)

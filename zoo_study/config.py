@@ -394,9 +394,9 @@ class StudyConfig(_Strict):
     predict: PredictSection = PredictSection()
     score: ScoreSection = ScoreSection()
     semantics: SemanticsSection = SemanticsSection()
-    transfer: TransferSection = TransferSection()
-    multi_teacher: MultiTeacherSection = MultiTeacherSection()
-    hparam_search: HparamSection = HparamSection()
+    transfer: TransferSection = Field(default_factory=TransferSection)  # a factory: no registry query at import
+    multi_teacher: MultiTeacherSection = Field(default_factory=MultiTeacherSection)  # a factory: no registry query at import
+    hparam_search: HparamSection = Field(default_factory=HparamSection)  # a factory: no registry query at import
     robustness: RobustnessSection = RobustnessSection()
     ray: RaySection = RaySection()
 

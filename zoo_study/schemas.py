@@ -16,7 +16,7 @@ import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "TOP_X_PERCENTS", "MODEL_SCHEMA", "PREDICTION_SCHEMA", "PAIR_SCHEMA", "PAIR_CLASS_SCHEMA",
            "TRANSFER_SUMMARY_SCHEMA", "TRANSFER_EPOCH_SCHEMA", "TRANSFER_PREDICTION_SCHEMA", "FAILURE_SCHEMA",
-           "ROBUSTNESS_SCHEMA", "TEACHER_WEIGHT_SCHEMA", "CLASS_EMBEDDING_SCHEMA", "PAIR_SEMANTICS_SCHEMA"]
+           "ROBUSTNESS_SCHEMA", "CLASS_EMBEDDING_SCHEMA", "PAIR_SEMANTICS_SCHEMA"]
 
 SCHEMA_VERSION = 1
 TOP_X_PERCENTS: tuple[int, ...] = (2, 5, 20, 50, 100)
@@ -202,18 +202,6 @@ ROBUSTNESS_SCHEMA = pa.schema(
         # from 0 with few points per cluster) and the adjusted mutual information (0 at chance)
         pa.field("v_chance", pa.float64()),
         pa.field("ami", pa.float64()),
-    ]
-)
-
-# AMTML-KD's mean per-instance teacher weight per class of the transfer set (over all training batches
-# of a stage): which teacher each class listens to. Written only by methods that learn such weights.
-TEACHER_WEIGHT_SCHEMA = pa.schema(
-    [
-        pa.field("job_id", pa.string(), nullable=False),
-        pa.field("stage", pa.int32(), nullable=False),
-        pa.field("class_id", pa.int64(), nullable=False),
-        pa.field("teacher", pa.string(), nullable=False),
-        pa.field("weight", pa.float64(), nullable=False),
     ]
 )
 

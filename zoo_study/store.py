@@ -18,7 +18,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,12 +33,12 @@ from zoo_study.schemas import (  # noqa: F401  (re-exported: the usual import pa
     PREDICTION_SCHEMA,
     ROBUSTNESS_SCHEMA,
     SCHEMA_VERSION,
-    TEACHER_WEIGHT_SCHEMA,
     TOP_X_PERCENTS,
     TRANSFER_EPOCH_SCHEMA,
     TRANSFER_PREDICTION_SCHEMA,
     TRANSFER_SUMMARY_SCHEMA,
 )
+from zoo_study.methods.registry import method_tables
 
 
 # ------------------------------------------------------------------------------------------- catalogue
@@ -105,8 +105,41 @@ class TableSpec(_Template):
     pattern = _Template.glob  # the name analysis.db and figures use for the glob
 
 
-# One entry per DuckDB view, in view order: a new table is one more line here (and its schema above).
-TABLES: dict[str, TableSpec] = {t.name: t for t in (
+_V = TypeVar("_V")
+
+
+class _Catalogue(Mapping[str, _V]):
+    """A read-only mapping: fixed entries, then those ``more()`` gives, read on every access.
+
+    Why: a method's own tables (AMTML-KD's teacher weights) are declared with the method
+    (:class:`zoo_study.methods.registry.MethodTable`) and the registry loads its method modules, which
+    import torch, on first use; reading them only when the catalogue is used keeps ``import
+    zoo_study.store`` cheap and picks up a method registered later (a test's toy method)."""
+
+    def __init__(self, fixed: Mapping[str, _V], more: Callable[[], Mapping[str, _V]]) -> None:
+        self._fixed, self._more = dict(fixed), more
+
+    def _all(self) -> dict[str, _V]:
+        return {**self._fixed, **self._more()}
+
+    def __getitem__(self, name: str) -> _V:
+        return self._fixed[name] if name in self._fixed else self._more()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def _method_tables() -> dict[str, TableSpec]:
+    """The tables the registered methods declare, as catalogue entries written by the transfer stages."""
+    return {t.name: TableSpec(t.name, t.template, t.schema, "transfer", t.what, t.description) for t in method_tables()}
+
+
+# One entry per DuckDB view, in view order: a new table is one more line here (and its schema above); a
+# method's own table is declared with the method and follows these (``_method_tables``).
+_CORE_TABLES: dict[str, TableSpec] = {t.name: t for t in (
     TableSpec("models", "zoo/models/{model}.parquet", MODEL_SCHEMA, "zoo", "model catalog rows",
               "one catalog row per model: source, architecture, family, size, preprocessing"),
     TableSpec("predictions", "predictions/model={model}.parquet", PREDICTION_SCHEMA, "predict", "model predictions",
@@ -128,13 +161,12 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               "transfer", "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
     TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hparam", "hyper-parameter grid results",
               "grid-search rows, kept apart from the study's transfers (same columns as a transfer summary)"),
-    TableSpec("teacher_weights", "transfers/{job_id}/teacher_weights.parquet", TEACHER_WEIGHT_SCHEMA, "transfer",
-              "per-class teacher weights", "AMTML-KD: mean learned weight of each teacher per class"),
     TableSpec("robustness", "robustness/{job_id}.parquet", ROBUSTNESS_SCHEMA, "robustness", "robustness results",
               "clean, FGSM and I-FGSM accuracy per eps (and feature V-measure) of students before and after transfer"),
     TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "any", "failed jobs",
               "one row per failed or skipped job: error, traceback, attempts"),
 )}  # fmt: skip
+TABLES: Mapping[str, TableSpec] = _Catalogue(_CORE_TABLES, _method_tables)
 
 FILES: dict[str, FileSpec] = {f.name: f for f in (  # the files that are not tables
     FileSpec("config", "config.toml", "run", "the resolved study config"),
@@ -146,14 +178,20 @@ FILES: dict[str, FileSpec] = {f.name: f for f in (  # the files that are not tab
     FileSpec("report", "report/index.html", "report", "the report; its figures and tables beside it"),
 )}  # fmt: skip
 
-# every distinct schema, under the first table that uses it (hparams reuse the transfer summary's)
-SCHEMAS: dict[str, pa.Schema] = {}
-for _table in TABLES.values():
-    if _table.schema not in SCHEMAS.values():
-        SCHEMAS[_table.name] = _table.schema
 
 
-_ALL: dict[str, FileSpec | TableSpec] = {**TABLES, **FILES}
+def _distinct_schemas() -> dict[str, pa.Schema]:
+    """Every distinct schema, under the first table that uses it (hparams reuse the transfer summary's)."""
+    out: dict[str, pa.Schema] = {}
+    for table in TABLES.values():
+        if table.schema not in out.values():
+            out[table.name] = table.schema
+    return out
+
+
+SCHEMAS: Mapping[str, pa.Schema] = _Catalogue({}, _distinct_schemas)
+# tables and files; the core entries are found without loading the method registry
+_ALL: Mapping[str, FileSpec | TableSpec] = _Catalogue({**_CORE_TABLES, **FILES}, _method_tables)
 
 
 def keyed_entries() -> list[tuple[str, FileSpec | TableSpec, list[str]]]:
@@ -169,12 +207,13 @@ def shown(name: str) -> str:
 
 def _keyed(name: str) -> Callable[[ResultsLayout, str], Path]:
     """A layout method for one file of catalogue entry ``name``, e.g. ``layout.transfer_summary(job_id)``."""
-    (key,) = _PLACEHOLDER.findall(_ALL[name].template)
+    spec = _CORE_TABLES.get(name) or FILES[name]
+    (key,) = _PLACEHOLDER.findall(spec.template)
 
     def method(self: ResultsLayout, value: str) -> Path:
         return self.path(name, **{key: value})
 
-    method.__doc__ = f"``{_ALL[name].shown}`` for one {key}."
+    method.__doc__ = f"``{spec.shown}`` for one {key}."
     return method
 
 
@@ -222,7 +261,6 @@ class ResultsLayout:
     transfer_predictions = _keyed("transfer_predictions")
     hparam_row = _keyed("hparams")
     robustness_row = _keyed("robustness")
-    teacher_weights = _keyed("teacher_weights")
     student_weights = _keyed("student_weights")
     job_record = _keyed("job_record")  # which spec produced a job's outputs: part of "done"
     failure = _keyed("failures")

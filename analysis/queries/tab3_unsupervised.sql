@@ -5,8 +5,9 @@
 -- is significantly > 0 (McNemar p < 0.05, every run). Routing = mean share of transfer-set samples the data
 -- partitioning sent to the teacher (teacher_share), and of the positive-flip / negative-flip samples
 -- (teacher_share_pos / teacher_share_neg; paper: 72% / 9%), in percent. A run counts as unsupervised when
--- method_key() says so: method name containing 'unsup', or hparams_json with "unsupervised": true /
--- "supervised": false. Reads: transfers (per_pair: paper_transfers, pretrained students, no mixup), models.
+-- method_key() says so: method kl_dp_unsup, or kl_dp (whose unsupervised_twin it is, methods view) with
+-- hparams_json "unsupervised": true / "supervised": false. Reads: transfers (per_pair: paper_transfers,
+-- pretrained students, no mixup), models.
 WITH per_student AS (
     SELECT
         student,

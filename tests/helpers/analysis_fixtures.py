@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from zoo_study.methods import get_method
 from zoo_study.stats import mcnemar_exact_p, paired_delta_ci
 from zoo_study.store import (
     FAILURE_SCHEMA,
@@ -496,7 +497,7 @@ def build_full_root(root: str | Path, n: int = 80, num_classes: int = 5, seed: i
                 n_gain = int(np.sum((ps != y) & (after == y)))
                 n_loss = int(np.sum((ps == y) & (after != y)))
                 single_counts[(s, t, key)] = (n_gain, n_loss)
-                routed = key.startswith("kl_dp")
+                routed = get_method(method).routes  # the registry flag, not the name
                 acc_b = float(np.mean(ps == y))
                 rho_pos_after = float(np.mean((pt == y) & (after != y)))
                 rho_neg_after = float(np.mean((pt != y) & (after == y)))
@@ -583,7 +584,8 @@ def add_related_methods(b: RootBuilder, n: int = 80) -> None:
     """Mixup-KD transfers (Std-KD with none / PMU 10% / FMU, a scratch KL), an AMTML-KD run with its
     per-class teacher weights, and robustness rows for the student before and after: the report's
     related-methods tables and figure get data."""
-    from zoo_study.store import ROBUSTNESS_SCHEMA, TEACHER_WEIGHT_SCHEMA
+    from zoo_study.store import ROBUSTNESS_SCHEMA
+    from zoo_study.transfer.amtml import TEACHER_WEIGHT_SCHEMA
 
     jobs = []
     for mixup, share, g, l in (("none", 0.0, 6, 2), ("pmu", 0.1, 7, 2), ("fmu", 1.0, 4, 3)):
@@ -594,7 +596,7 @@ def add_related_methods(b: RootBuilder, n: int = 80) -> None:
                        n_eval=n, n_gain=3, n_loss=1)
     rows = [{"job_id": amtml, "stage": 0, "class_id": c, "teacher": t, "weight": w}
             for c in range(b.num_classes) for t, w in (("t_weak", 0.2 + 0.1 * (c % 2)), ("t_strong", 0.8 - 0.1 * (c % 2)))]
-    write_parquet_atomic(table_from_rows(rows, TEACHER_WEIGHT_SCHEMA), b.layout.teacher_weights(amtml))
+    write_parquet_atomic(table_from_rows(rows, TEACHER_WEIGHT_SCHEMA), b.layout.path("teacher_weights", job_id=amtml))
     for i, tid in enumerate([None, *jobs]):
         rid = f"rob{i}"
         rr = [{"job_id": rid, "model_id": "vit_s", "transfer_id": tid, "eps": e, "ifgsm_steps": 10, "n": n,

@@ -8,7 +8,7 @@
   the runtime, forwards and per-epoch records they run on.
 - :mod:`~zoo_study.transfer.job`: :func:`run_transfer`, single and multi-teacher modes (sequential,
   parallel, soup), packs; :mod:`~zoo_study.transfer.result`: the summary / epoch / prediction tables.
-- :mod:`~zoo_study.transfer.hparams`: grid expansion and the best setting per method.
+- :mod:`~zoo_study.transfer.hparams`: the best setting per method from a grid's results.
 
 The pipeline calls::
 
@@ -55,11 +55,7 @@ _EXPORTS = {
     "run_transfer": "zoo_study.transfer.job",
     "transfer_set": "zoo_study.transfer.inputs",
     "BEST_SCHEMA": "zoo_study.transfer.hparams",
-    "best_configs": "zoo_study.transfer.hparams",
-    "default_grids": "zoo_study.transfer.hparams",
     "best_per_method": "zoo_study.transfer.hparams",
-    "expand_grid": "zoo_study.transfer.hparams",
-    "expand_grids": "zoo_study.transfer.hparams",
     "grid_points": "zoo_study.methods.grids",
 }
 

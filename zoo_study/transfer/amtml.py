@@ -23,17 +23,29 @@ deeper groups, as the paper's default. A student with fewer than K levels (or no
 ``forward_intermediates``) repeats its last map for the missing shallow groups. Spatial sizes that
 differ are matched by adaptive average pooling of the student map to the teacher's grid (token models:
 their patch grid).
+
+The method's own table (``teacher_weights``: the mean learned weight of each teacher per class, which
+teacher each class listens to) is declared here with its schema and builder (:data:`TEACHER_WEIGHTS`);
+the store's catalogue, the DuckDB view, the planner's outputs and the executor read it from the registry.
+The objective and the registration of ``amtml_kd`` are at the end of this module.
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.methods import losses as L
+from zoo_study.methods.registry import (MethodState, MethodTable, ObjectiveInputs, ObjectiveOutput, Param,
+                                        SetupContext, register_method)
+from zoo_study.store import table_from_rows
 
-__all__ = ["AMTMLModule", "setup_amtml", "instance_weights", "integrated_target", "rkd_angle_loss", "hint_loss"]
+__all__ = ["AMTMLModule", "setup_amtml", "instance_weights", "integrated_target", "rkd_angle_loss", "hint_loss",
+           "TEACHER_WEIGHT_SCHEMA", "TEACHER_WEIGHTS", "teacher_weight_table"]
 
 
 def instance_weights(b: Tensor, theta: Tensor, v: Tensor) -> Tensor:
@@ -148,3 +160,67 @@ def setup_amtml(ctx: SetupContext) -> MethodState:
     levels = [c for c, _, _ in ctx.level_shapes()] if multi else None
     module = AMTMLModule(c_s, teacher_shapes, levels).to(ctx.device)  # init from the member's seeded torch RNG
     return _AMTMLState(module, len(teacher_shapes))
+
+
+# the mean per-instance teacher weight per class of the transfer set (over all training batches of a
+# stage): which teacher each class listens to
+TEACHER_WEIGHT_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("stage", pa.int32(), nullable=False),
+        pa.field("class_id", pa.int64(), nullable=False),
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+    ]
+)
+
+
+def teacher_weight_table(result: Any) -> pa.Table:
+    """Per stage, class and teacher: the mean learned teacher weight, from a finished transfer's result
+    (the state's ``extra`` under ``amtml_class_weights`` in each phase of ``result.info``)."""
+    job_id = result.row["job_id"]
+    rows = []
+    teachers = result.info.get("teachers", [])
+    for stage, phase in enumerate(result.info.get("phases", [])):
+        for cls, ws in sorted(phase.get("amtml_class_weights", {}).items(), key=lambda kv: int(kv[0])):
+            names = teachers if len(ws) == len(teachers) else [phase["teacher"]]
+            rows += [{"job_id": job_id, "stage": stage, "class_id": int(cls), "teacher": t, "weight": float(w)}
+                     for t, w in zip(names, ws)]
+    return table_from_rows(rows, TEACHER_WEIGHT_SCHEMA)
+
+
+TEACHER_WEIGHTS = MethodTable("teacher_weights", "transfers/{job_id}/teacher_weights.parquet", TEACHER_WEIGHT_SCHEMA,
+                              "per-class teacher weights", "AMTML-KD: mean learned weight of each teacher per class",
+                              build=teacher_weight_table)
+
+
+@register_method("amtml_kd", label="AMTML-KD", temperature=5.0, needs_labels=True, needs_maps=True, multi_teacher=True,
+                 needs_levels=True, tables=(TEACHER_WEIGHTS,),
+                 params={"alpha": Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - alpha weighs CE"),
+                         "angle": Param(1.0, float, 0.0, None, doc="weight of the RKD angle loss (ours)"),
+                         "beta": Param(1.0, float, 0.0, None, doc="weight of the hint loss (ours)"),
+                         "groups": Param(1, int, 0, 1, doc="1: teacher k guides the student's k-th group of layers "
+                                         "(multi-group hints); 0: every teacher guides the last map")},
+                 setup=setup_amtml,
+                 doc="AMTML-KD (METHOD.md section 7): per-instance teacher weights from learned latent factors, "
+                     "integrated soft target, KL + CE + RKD angle + hint losses; T = 5. Runs with one or more "
+                     "teachers (multi_teacher.parallel_methods); its modules are not part of the kept student.")
+def amtml_kd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    if inp.state is None or inp.student_map is None or inp.teacher_maps is None or inp.teachers is None:
+        raise ValueError("amtml_kd needs its state, the student's and the teachers' feature maps and logits")
+    t = inp.temperature
+    module = inp.state.module
+    w = module.weights(inp.student_map)
+    target = integrated_target(w, inp.teachers, t)
+    log_q = L.log_softmax(inp.student / t)
+    kl = t * t * (target * (target.clamp_min(1e-12).log() - log_q)).sum(-1).mean()
+    ce = L.cross_entropy(inp.student, inp.targets)
+    angle = rkd_angle_loss(log_q.exp(), target)
+    multi = p["groups"] == 1 and inp.student_levels is not None
+    groups = inp.student_levels if multi else inp.student_map  # one group per teacher, or the last map for all
+    hint = hint_loss(module.regress(groups), inp.teacher_maps)
+    if inp.labels is not None:
+        inp.state.record(w, inp.labels)
+    loss = p["alpha"] * kl + (1.0 - p["alpha"]) * ce + p["angle"] * angle + p["beta"] * hint
+    return ObjectiveOutput(loss, logs={"kl": kl.detach(), "ce": ce.detach(), "angle": angle.detach(),
+                                       "hint": hint.detach()})

@@ -238,17 +238,6 @@ class TransferConfig(TransferSettings):
         except ValidationError as err:
             raise ValueError(f"transfer config: {first_error(err)}") from None
 
-    def replace(self, **changes: Any) -> "TransferConfig":
-        """A copy with ``changes``; a new method starts from its own defaults (hparams, lr, T)."""
-        base = self.to_dict()
-        if "method" in changes and changes["method"] != self.method:
-            for k in ("hparams", "base_lr", "temperature"):
-                base.pop(k)
-        derived_part = "transfer" if self.mode == "single" else "multi_teacher"
-        if "mode" in changes and "study_part" not in changes and self.study_part == derived_part:
-            base.pop("study_part")  # it was derived from the old mode: derive it again
-        return TransferConfig.from_dict({**base, **changes})
-
 
 # settings that must be equal for transfers to share their batches (zoo_study.transfer.phase)
 PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", "augment", "transfer_fraction",

@@ -15,18 +15,22 @@ contrast set (``_scores``): the same numbers as gathering [B, K+1, d] rows, at a
 traffic (the demo's CRD step went from 3.83x a plain student step to 1.11x, ``bench_pack.py``).
 
 Why a module: the heads are trained with the student (the loop adds this module's parameters to the
-optimiser) and the memory bank persists across batches of one job.
+optimiser) and the memory bank persists across batches of one job. The method's objective (CE + beta *
+the NCE loss), its ``setup`` hook and its registration are at the end of this module.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.methods import losses as L
+from zoo_study.methods.registry import (MethodState, ObjectiveInputs, ObjectiveOutput, Param, SetupContext,
+                                        register_method)
 
 _EPS = 1e-7
 # memory sizes up to this many times the contrast set (K + 1) score every row with one matrix product
@@ -152,3 +156,22 @@ def setup_crd(ctx: SetupContext) -> MethodState:
     module = CRDState(student_dim, teacher_dim, ctx.n_data, feat_dim=p["feat_dim"], nce_k=p["nce_k"],
                       nce_t=p["nce_t"], nce_m=p["nce_m"], labels=ctx.labels).to(ctx.device)
     return _CRDMethodState(module)
+
+
+@register_method("crd", label="CRD", needs_labels=True, needs_features=True, needs_index=True,
+                 params={"beta": Param(0.8, float, 0.0, None, doc="weight of the CRD term (CE has weight 1)"),
+                         "feat_dim": Param(128, int, 1, None, doc="projection dimension"),
+                         "nce_k": Param(16384, int, 1, None, doc="negatives from other classes (Tian et al.)"),
+                         "nce_t": Param(0.07, float, 0.0, None, low_open=True, doc="NCE temperature"),
+                         "nce_m": Param(0.5, float, 0.0, 1.0, high_open=True, doc="memory-bank momentum")},
+                 setup=setup_crd)
+def crd(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    """CRD (Tian et al. 2020): 128-d projection heads, NCE against a memory bank (16384 negatives of
+    other classes), + CE."""
+    if inp.state is None or inp.index is None:
+        raise ValueError("crd needs its state (projection heads, memory bank) and sample indices")
+    if inp.student_features is None or inp.teacher_features is None:
+        raise ValueError("crd needs penultimate features of the student and the teacher")
+    crd_ = inp.state.loss(inp.student_features.flatten(1), inp.teacher_features.flatten(1), inp.index, inp.generator)
+    ce = L.cross_entropy(inp.student, inp.targets)
+    return ObjectiveOutput(ce + p["beta"] * crd_, logs={"crd": crd_.detach(), "ce": ce.detach()})

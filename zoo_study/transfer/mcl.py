@@ -7,18 +7,23 @@ over parameters and floating-point buffers (BatchNorm running statistics). Integ
 is the one evaluated and kept. The reference code initialises the slow weights as an *alias* of the live
 weights (so they are simply the fast weights); :class:`SlowWeights` deep-copies instead, which a test
 checks by identity of the storage.
+
+The method ``xe_kl_mcl`` (XE-KL's loss with MCL's slow weights as its state) is registered at the end of
+this module.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.methods.builtin import xe_kl
+from zoo_study.methods.registry import (MethodState, ObjectiveInputs, ObjectiveOutput, Param, SetupContext,
+                                        register_method)
 from zoo_study.transfer.protocol import scaled_tau, slow_share
 
 __all__ = ["SlowWeights", "interpolate_", "soup_state_dicts", "setup_slow_weights"]
@@ -134,3 +139,21 @@ def setup_slow_weights(ctx: SetupContext) -> MethodState:
     interpolations = max(1, ctx.total_steps // every) if ctx.total_steps else None
     used = scaled_tau(tau, interpolations) if ctx.protocol == "paper_ratios" and interpolations else tau
     return _SlowWeightsState(SlowWeights(ctx.model, used, every), ctx.model, tau, interpolations)
+
+
+# MCL keeps the paper's tuned lambda 0.7 (XE-KL's default is 0.5: zoo_study/methods/builtin.py)
+_LAMBDA_MCL = Param(0.7, float, 0.0, 1.0, doc="weight of the KL term; 1 - lambda weighs the CE term")
+
+
+@register_method("xe_kl_mcl", label="XE-KL + MCL", lr=0.01, needs_labels=True, paper_success_rate="~80%",
+                 params={"lambda": _LAMBDA_MCL,
+                         "tau": Param(0.9999, float, 0.0, 1.0, doc="slow-weight momentum"),
+                         "N": Param(2, int, 1, None, doc="optimiser steps between interpolations")},
+                 grid={"base_lr": [1e-2, 1e-3], "lambda": [0.5, 0.7, 0.9], "tau": [0.99, 0.999, 0.9999],
+                       "N": [2, 10, 50, 100]},
+                 setup=setup_slow_weights,
+                 doc="XE-KL + momentum weight interpolation: slow weights (a copy of the pretrained student) "
+                     "follow theta_slow <- tau theta_slow + (1 - tau) theta_fast every N steps; the slow "
+                     "model is kept.")
+def xe_kl_mcl(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    return xe_kl(inp, p)  # the loss is XE-KL's; the slow weights live in the method's state

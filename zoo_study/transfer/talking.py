@@ -45,20 +45,25 @@ the decoded one as well. That was the first implementation, and it cost a pretra
 student 17 points on the embedded zoo (resnet10t_w24_ls teacher, demo budget: -17.4 pp, against +1.1 pp
 with the targets held; w_sc = 0 gives +0.9 pp): its pooled features are about 3x the scale of a ResNet's
 (mean square 5.2 vs 1.7), so a 64-d reconstruction of them pulls hardest there.
+
+The objective (CE + the weighted round losses), the ``setup`` hook and the registration of
+``talking_models`` are at the end of this module.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo_study.methods import losses as L
 from zoo_study.methods.losses import cross_entropy
-from zoo_study.methods.registry import MethodState, SetupContext
+from zoo_study.methods.registry import (MethodState, ObjectiveInputs, ObjectiveOutput, Param, SetupContext,
+                                        register_method)
 from zoo_study.transfer.feature_maps import (
     MapFormat,
     ModelMaps,
@@ -302,3 +307,38 @@ def setup_talking(ctx: SetupContext) -> MethodState:
     module = TalkingModule(points[0].shape[0], points[1].shape[0], msg_dim, up_student=c_s,
                            up_teacher=c_t).to(ctx.device)
     return _TalkingState(module, ctx.model, s_maps, split, teacher, points)
+
+
+@register_method("talking_models", label="Talking Models", needs_labels=True, needs_maps=True,
+                 params={"rounds": Param(1, int, 1, 3, doc="interaction rounds N"),
+                         "split": Param(1, int, 0, 8, doc="split point: 0 = the last feature map (upper layers = "
+                                        "the head); k = before the last k levels of timm's forward_intermediates"),
+                         "msg_dim": Param(64, int, 1, None, doc="size of the shared message space"),
+                         "w_interact": Param(1.0, float, 0.0, None, doc="weight of L_interact"),
+                         "w_mc": Param(1.0, float, 0.0, None, doc="weight of L_MC (message consistency)"),
+                         "w_sc": Param(1.0, float, 0.0, None, doc="weight of L_SC (state consistency)"),
+                         "noise": Param(0.0, float, 0.0, None, doc="std of Gaussian noise on the state the teacher hears"),
+                         "sc_student": Param(0, int, 0, 1, doc="1: L_SC also pulls the student's real state towards "
+                                             "the decoded one (the first implementation; it cost a pretrained ConvNeXt "
+                                             "student 17 points); 0: real states are only the decoders' targets"),
+                         "interact_labels": Param(0, int, 0, 1, doc="0: L_interact = T^2 KL to the teacher's logits "
+                                                  "(METHOD.md); 1: CE of the interactive prediction with the labels "
+                                                  "(the paper's setting, where the teacher's labels are not the task's)")},
+                 setup=setup_talking,
+                 doc="Talking Models (METHOD.md section 6): student and teacher exchange messages through learned "
+                     "encoders / decoders at a split point (default: before each model's last feature level; the "
+                     "teacher runs its upper layers on what it heard); CE + the interaction, message- and "
+                     "state-consistency losses. The kept model is the plain student.")
+def talking_models(inp: ObjectiveInputs, p: Mapping[str, Any]) -> ObjectiveOutput:
+    if inp.state is None or inp.student_map is None or not inp.teacher_maps or inp.teachers is None:
+        raise ValueError("talking_models needs its state and the student's and teacher's feature maps")
+    model = inp.state.student
+    inter, mc, sc = inp.state.losses(model, inp.student_map, inp.teacher_maps[0], inp.teacher, rounds=p["rounds"],
+                                     temperature=inp.temperature, noise=p["noise"], generator=inp.generator,
+                                     teacher_input=inp.teacher_inputs[0] if inp.teacher_inputs else None,
+                                     sc_student=bool(p["sc_student"]), labels=inp.targets,
+                                     interact="label" if p["interact_labels"] else "teacher")
+    ce = L.cross_entropy(inp.student, inp.targets)
+    loss = ce + p["w_interact"] * inter + p["w_mc"] * mc + p["w_sc"] * sc
+    return ObjectiveOutput(loss, logs={"ce": ce.detach(), "interact": inter.detach(), "mc": mc.detach(),
+                                       "sc": sc.detach()})
