@@ -108,13 +108,15 @@ def _check_inputs(cfg: StudyConfig, stages: list[str]) -> None:
         res.check_text_encoder(cfg)
 
 
-def validate_study(study: Study, stages: list[str] | None = None, address: str | None = None, *,
+def validate_study(study: Study | StudyConfig, stages: list[str] | None = None, address: str | None = None, *,
                    machine: bool = True) -> None:
-    """Raise ConfigError for the first problem of the study (see the module docstring).
+    """Raise ConfigError for the first problem of the study (see the module docstring); a bare config is
+    made a :class:`Study` first.
 
     ``address``: the Ray address the run will use (None: a local instance, or ``RAY_ADDRESS``); what this
     machine has (GPU, CPUs, a writable cache folder) is checked only for a local run, and only with
     ``machine`` (a dry run plans for any machine: the CLI shows those problems as a warning)."""
+    study = Study.from_config(study) if isinstance(study, StudyConfig) else study
     cfg = study.cfg
     stages = stage_names() if stages is None else stages
     ids = _check_models(study)
