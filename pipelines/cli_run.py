@@ -16,7 +16,7 @@ from importlib import metadata
 
 from pipelines.cli_common import LOG, die, load_study
 from pipelines.signals import TERMINATION
-from pipelines.stages import count, parse_stages, stage_groups
+from pipelines.stages import count, get_stage, parse_stages, stage_groups
 from pipelines.study import Study
 from zoo_study.config import ConfigError
 
@@ -85,22 +85,6 @@ def _print_estimate(study: Study, plans: dict, bench: str) -> None:
         print(f"  stage(s) {', '.join(pending)} are planned after the score stage (not counted)")
 
 
-def _checked_plans(args, study: Study, address: str | None) -> tuple[list[str], dict]:
-    """The stages asked for and their plans, the whole study validated first (exit 2 on a problem)."""
-    from pipelines.validate import check_stage_inputs, validate_study
-
-    try:
-        stages = parse_stages(args.stage)
-        # the whole study against its inputs, and against this machine unless it only plans
-        validate_study(study, stages, address, machine=not args.dry_run)
-        plans = study.plans(stages)  # every plan validated (model ids, pairs) before anything is written
-        if not args.dry_run:
-            check_stage_inputs(study.cfg, stages, plans)
-    except ConfigError as err:
-        die(str(err))
-    return stages, plans
-
-
 def _dry_run(args, study: Study, stages: list[str], plans: dict, address: str | None) -> int:
     """Print the plan; a plan for another machine (a cluster, a GPU node) or a later root is fine: say
     what a run would refuse."""
@@ -121,12 +105,24 @@ def cmd_run(args) -> int:
     from pipelines import backends
     from pipelines.lock import LockHeld, ResultsLock, check_results_root
     from pipelines.results_root import claim as claim_results_root
+    from pipelines.validate import check_stage_inputs, validate_study
 
     if args.bench is not None and not args.dry_run:
         die(f"--bench {args.bench} estimates a plan and needs --dry-run; add --dry-run (nothing runs) or drop --bench")
     study = load_study(args)
     address = args.address if args.address is not None else (study.cfg.ray.address or None)
-    stages, plans = _checked_plans(args, study, address)
+    try:
+        stages = parse_stages(args.stage)
+        # the whole study against its inputs, and against this machine unless it only plans
+        validate_study(study, stages, address, machine=not args.dry_run)
+        plans = {}  # every plan validated (model ids, pairs) before anything is written
+        for stage in stages:
+            if get_stage(stage).planner is not None:
+                plans[stage] = study.plan(stage)
+        if not args.dry_run:
+            check_stage_inputs(study.cfg, stages, plans)
+    except ConfigError as err:
+        die(str(err))
     layout = study.layout
     if problem := check_results_root(layout.root):  # also for --dry-run: the plan must not promise a bad root
         die(problem)
@@ -149,7 +145,12 @@ def cmd_run(args) -> int:
             die(str(err))
         except OSError as err:
             die(f"results root {layout.root} is not writable: {err.strerror or err}")
-        return _Run(args, study, plans, address).stages(stages)
+        run = _Run(args, study, plans, address)  # writes config.toml and environment.json
+        for group in stage_groups(stages):
+            code = run.report() if group == ["report"] else run.group(group)
+            if code is not None:
+                return code
+        return run.done()
     finally:
         if not ray_was_up:
             backends.shutdown_ray()  # the local instance this run started (or its connection to a cluster)
@@ -160,33 +161,30 @@ def cmd_run(args) -> int:
 
 class _Run:
     """One run's waves: each group of stages (pipelines/stages.py: wave groups) planned from the Study,
-    prepared, run, counted."""
+    prepared, run, counted. Made once the root is locked: it writes the resolved config and the environment."""
 
     def __init__(self, args, study: Study, plans: dict, address: str | None):
-        self.args, self.study, self.plans, self.address = args, study, plans, address
-        self.failed = self.finished = 0
-        self.prepared = False
-
-    def stages(self, stages: list[str]) -> int:
-        """Every group in turn; 1 when a job failed or was skipped, 130/143 when interrupted."""
         from pipelines.lock import remove_temp_files
         from zoo_study.store import write_text_atomic
 
-        study, layout = self.study, self.study.layout
+        self.args, self.study, self.plans, self.address = args, study, plans, address
+        self.failed = self.finished = 0
+        self.prepared = False
+        self.t0 = time.perf_counter()
+        layout = study.layout
         if n := remove_temp_files(layout.root):
             LOG.info("removed %d temp file(s) left by an interrupted run", n)
         write_text_atomic(study.cfg.to_toml(), layout.config_file)
         write_text_atomic(json.dumps(environment_info(), indent=2), layout.environment_file)
         LOG.info("study %r: results in %s", study.cfg.study.name, layout.root)
-        t0 = time.perf_counter()
-        for group in stage_groups(stages):
-            code = self._report() if group == ["report"] else self._group(group)
-            if code is not None:
-                return code
-        print(f"done in {time.perf_counter() - t0:.1f} s; results in {layout.root}")
+
+    def done(self) -> int:
+        """1 when a job failed or was skipped, else 0."""
+        print(f"done in {time.perf_counter() - self.t0:.1f} s; results in {self.study.layout.root}")
         return 1 if self.failed else 0
 
-    def _report(self) -> None:
+    def report(self) -> None:
+        """Build the report (always rebuilt); a failure counts as a failed job."""
         from analysis.report import ReportError, build_report
 
         try:
@@ -209,7 +207,7 @@ class _Run:
             jobs += planned
         return jobs
 
-    def _group(self, group: list[str]) -> int | None:
+    def group(self, group: list[str]) -> int | None:
         """Run one group's jobs as one wave; an exit code when the run must stop, else None."""
         from pipelines.backends import RayUnavailable
         from pipelines.prepare import needs_images, prepare_study_data

@@ -84,8 +84,9 @@ def transfer_grid(study: Any, n_pairs: int) -> list[list[dict[str, Any]]]:
             seeds = list(t.seeds)
             if i < rep.n_pairs and (not rep.methods or method in rep.methods):  # extra seeds on the first pairs
                 seeds += [s for s in rep.seeds if s not in seeds]
-            configs += [study.transfer_config(method, seed, variant=variant)
-                        for seed in seeds for variant in [None, *t.variants]]
+            for seed in seeds:  # loops, not comprehensions, on the way to every job: fewer calls
+                for variant in [None, *t.variants]:
+                    configs.append(study.transfer_config(method, seed, variant=variant))
         grid.append(configs)
     return grid
 
@@ -208,9 +209,12 @@ def plan_transfer(study: Any) -> list[Job] | None:
     pairs = transfer_pairs(study)
     if pairs is None:
         return None
-    grid = transfer_grid(study, len(pairs))
-    return [transfer_job(study, "transfer", [teacher], student, tconf, transfer_outputs(study, tconf["method"]))
-            for (teacher, student), configs in zip(pairs, grid) for tconf in configs]
+    jobs = []
+    for (teacher, student), configs in zip(pairs, transfer_grid(study, len(pairs))):
+        for tconf in configs:
+            jobs.append(transfer_job(study, "transfer", [teacher], student, tconf,
+                                     transfer_outputs(study, tconf["method"])))
+    return jobs
 
 
 def plan_multi_teacher(study: Any) -> list[Job]:
