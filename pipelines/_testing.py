@@ -3,7 +3,7 @@
 Why a module inside the package: Ray workers import executors by module path, and ``tests/`` is not a
 package; ``pipelines._testing`` is importable wherever ``pipelines`` is installed. Stage names start
 with ``_test.`` so they can never collide with real stages, and they are not in the study's map
-(``pipelines.jobs.EXECUTORS``): pass ``run_jobs(..., executors=EXECUTORS)`` to run them.
+(``pipelines.stages.STAGES``): pass ``run_jobs(..., executors=EXECUTORS)`` to run them.
 
 Behaviour is driven by the spec so that tests can inject faults into a job without changing its id:
 
