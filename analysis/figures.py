@@ -46,6 +46,7 @@ from analysis.figure_style import (  # noqa: F401  (re-exported: callers import 
     methods_in,
     rows,
 )
+from pipelines.stages import table_stage
 from zoo_study.methods import method_label, method_names, method_sort_key  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------------------------------- registry
@@ -196,7 +197,7 @@ def missing_message(spec: Section, counts: dict[str, int]) -> str:
     by_stage: dict[str, list[str]] = {}
     for v in empty:
         src = VIEWS[v]
-        by_stage.setdefault(src.stage, []).append(f"{src.what} ({src.pattern})")
+        by_stage.setdefault(table_stage(src.name), []).append(f"{src.what} ({src.pattern})")
     parts = [
         f"no {', no '.join(items)} yet: run the {stage} stage" if stage != "any" else f"no {', no '.join(items)} yet"
         for stage, items in by_stage.items()

@@ -9,7 +9,7 @@ driver, exactly as a real job's result is written), printed side by side:
    CLI pays it once per process). ``ray / serial`` is the per-job scheduling overhead as a ratio; the
    absolute ms/job says whether it matters next to jobs that take seconds to minutes.
 3. **Resume**: ``run_jobs`` again on the finished study (every job done): plan, check every output
-   reads back, skip. Also ``plan()`` alone, which is what ``--dry-run`` / ``status`` pay.
+   reads back, skip. Also ``count()`` alone, which is what ``--dry-run`` / ``status`` pay.
 
 Usage::
 
@@ -34,8 +34,9 @@ from helpers import runner_executors as T  # noqa: E402
 
 T.importable_by_workers()  # Ray workers import them by module path
 from pipelines.backends import ensure_ray  # noqa: E402
-from pipelines.jobs import Job, plan  # noqa: E402
+from pipelines.jobs import Job  # noqa: E402
 from pipelines.runner import run_jobs as _run_jobs  # noqa: E402
+from pipelines.stages import count  # noqa: E402
 
 run_jobs = partial(_run_jobs, executors=T.EXECUTORS)
 
@@ -90,8 +91,8 @@ def main() -> None:
             t, rep = timed(run_jobs, jobs, done_root, progress=False)
             assert rep.ran == 0 and rep.stages[T.EMIT].done_before == n, rep.summary()
             t_resume = min(t_resume, t)
-            t, counts = timed(plan, jobs, done_root)
-            assert counts[T.EMIT].done == n
+            t, counted = timed(count, jobs, done_root)
+            assert counted.stages[T.EMIT].done == n
             t_plan = min(t_plan, t)
     finally:
         if args.root is None:
@@ -105,7 +106,7 @@ def main() -> None:
     print(f"     ray startup        {t_init:7.2f} s   (ray.init, once per process)")
     print(f"     first wave         {t_warm:7.2f} s   ({2 * args.num_cpus} jobs: worker start + imports)")
     print(f"  resume, all {n} done  {t_resume:7.2f} s   {ms(t_resume):6.2f} ms/job  (run_jobs: plan + skip)")
-    print(f"     plan() alone       {t_plan:7.2f} s   {ms(t_plan):6.2f} ms/job")
+    print(f"     count() alone      {t_plan:7.2f} s   {ms(t_plan):6.2f} ms/job")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def run_kept_classes(aligned, args: argparse.Namespace, t_align: float) -> None:
 
     import pyarrow.parquet as pq
 
-    from pipelines.stages import sample_pairs_by_delta
+    from pipelines.plan_transfers import sample_pairs_by_delta
     from zoo_study.store import PAIR_CLASS_SCHEMA, PAIR_SCHEMA
 
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
@@ -302,7 +302,7 @@ def run_zoo_naive(args: argparse.Namespace) -> None:
     data, each model with its own preprocessing."""
     import torch
 
-    from pipelines.executors import _source, build_model
+    from pipelines.executors import _source
     from zoo_study.config import load_config
     from zoo_study.data.preprocess import ModelPreprocess
     from zoo_study.predict import predict
@@ -311,15 +311,16 @@ def run_zoo_naive(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     layout = ResultsLayout(args.zoo)
     cfg = load_config(layout.config_file)
-    from pipelines.stages import _model_payload, data_spec_dict, study_models
+    from pipelines.study import Study
 
-    source = _source(data_spec_dict(cfg))
+    study = Study.from_config(cfg)
+    source = _source(study.data)
     split = source.eval.subset(np.arange(min(args.naive_images, len(source.eval))))
-    plans = [p for p in study_models(cfg) if p.kind == "embedded"][: args.naive_models]
+    plans = [m for m in study.models if m.has_weights_file][: args.naive_models]
     models = {}
     for p in plans:
         inputs = {str(layout.weights(p.model_id).relative_to(layout.root)): layout.weights(p.model_id).read_bytes()}
-        net, rec = build_model(_model_payload(p), inputs, source.num_classes, "cpu")
+        net, rec = p.build(inputs, source.num_classes, "cpu")
         models[p.model_id] = (net, ModelPreprocess.from_data_config(rec.data_config))
     m = len(models)
     print(f"\n== naive vs cached on the trained zoo of {args.zoo}: {m} models, {len(split)} eval images, "

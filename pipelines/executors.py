@@ -10,15 +10,13 @@ Heavy imports (torch, timm) happen here, inside workers, never in the CLI proces
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from pipelines.jobs import JobContext, read_input_table
 from zoo_study.store import PREDICTION_SCHEMA, ResultsLayout
+from zoo_study.zoo.study_model import study_model, weights_file
 
 LOG = logging.getLogger("zoo_study.pipeline")
 
@@ -50,113 +48,33 @@ def _source(data: dict[str, Any], ctx: JobContext, *, study: bool = True):
     return load_source(spec)
 
 
-@contextmanager
-def _weights_file(blob: bytes) -> Iterator[str]:
-    fd, path = tempfile.mkstemp(suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        yield path
-    finally:
-        os.unlink(path)
-
-
-def _ref(payload: dict[str, Any], num_classes: int, checkpoint: str | None = None):
-    """The :class:`ModelRef` of a job's model payload (embedded: the trained weights file)."""
-    from zoo_study.zoo.ref import ModelRef
-
-    kind, spec, mid = payload["kind"], payload["spec"], payload["model_id"]
-    if kind in ("embedded", "adapted"):
-        return ModelRef(mid, source="embedded", checkpoint=checkpoint, num_classes=num_classes)
-    if kind == "random":
-        return ModelRef(mid, source="random", arch=spec["arch"], model_kwargs=dict(spec.get("model_kwargs") or {}),
-                        num_classes=num_classes, data_config=spec.get("data_config"), seed=int(spec.get("seed", 0)))
-    return ModelRef.model_validate({**spec, "num_classes": num_classes})
-
-
 def build_model(payload: dict[str, Any], inputs: dict[str, bytes], num_classes: int, device: str):
     """(model, CatalogRecord) for a model payload of a job spec, from the job's input bytes."""
-    from zoo_study.zoo.loading import load_model
-
-    if payload["kind"] in ("embedded", "adapted"):
-        key = str(ResultsLayout("").weights(payload["model_id"]))
-        with _weights_file(inputs[key]) as path:
-            model, record = load_model(_ref(payload, num_classes, path), device=device)
-        record.checkpoint = key
-        return model, record
-    return load_model(_ref(payload, num_classes), device=device)
+    return study_model(payload).build(inputs, num_classes, device)
 
 
 # -------------------------------------------------------------------------------------------- stages
 def zoo_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table | bytes]:
-    """Resolve one model (or train it, for the embedded zoo) -> its catalog row (and weights)."""
+    """Resolve one model (or train or adapt it, when it has weights of its own) -> its catalog row (and weights)."""
     from zoo_study.zoo.loading import load_model
 
-    payload = spec["model"]
+    model = study_model(spec["model"])
     source = _source(spec["data"], ctx)
-    device = _device("auto")
     out: dict[str, pa.Table | bytes] = {}
-    if payload["kind"] == "adapted":
-        blob, seconds = _adapted_weights(payload, spec["data"], ctx, device)
-        with _weights_file(blob) as path:
-            _, record = load_model(_ref(payload, source.num_classes, path))
+    if model.has_weights_file:
+        def source_of(data: dict[str, Any], study: bool):
+            return source if study and data == spec["data"] else _source(data, ctx, study=study)
+
+        blob, seconds = model.make_weights(source_of, spec["data"], _device("auto"))
+        with weights_file(blob) as path:
+            _, record = load_model(model.ref(source.num_classes, path))
         record.checkpoint = ctx.outputs["weights"]
         record.train_seconds = seconds
         out["weights"] = blob
-    elif payload["kind"] == "embedded":
-        blob, info = _train_embedded(payload, source, device)
-        with _weights_file(blob) as path:
-            _, record = load_model(_ref(payload, source.num_classes, path))
-        record.checkpoint = ctx.outputs["weights"]
-        record.train_seconds = float(info["train_seconds"])
-        out["weights"] = blob
     else:
-        _, record = load_model(_ref(payload, source.num_classes))
+        _, record = load_model(model.ref(source.num_classes))
     out["model"] = record.to_table()
     return out
-
-
-def _train_embedded(payload: dict[str, Any], source, device) -> tuple[bytes, dict[str, Any]]:
-    """Train an embedded recipe payload on ``source``: (safetensors bytes, train_recipe's info)."""
-    from zoo_study.zoo.recipes import Recipe
-    from zoo_study.zoo.train import train_recipe
-
-    rspec = dict(payload["spec"])
-    scale = float(rspec.pop("epochs_scale", 1.0))
-    recipe = Recipe.from_dict(rspec)
-    LOG.info("training embedded model %s (%s) on %s", recipe.model_id, recipe.arch, source.name)
-    return train_recipe(recipe, source, device=device, epochs_scale=scale)
-
-
-def _adapted_weights(payload: dict[str, Any], study_data: dict[str, Any], ctx: JobContext, device) -> tuple[bytes, float]:
-    """The base model trained (embedded recipe, on its pretrain data) or loaded (timm / local), then adapted
-    to its train data (zoo_study/zoo/adapt.py): safetensors bytes and the seconds it took."""
-    from zoo_study.zoo.adapt import adapt_model
-    from zoo_study.zoo.loading import load_model, read_checkpoint_metadata
-
-    spec = payload["spec"]
-    base = spec["base"]
-    pre_data = spec.get("pretrain_data") or study_data
-    target = _source(spec.get("train_data") or study_data, ctx, study=not spec.get("train_data"))
-    seconds = 0.0
-    if base["kind"] == "embedded":
-        pre_source = _source(pre_data, ctx, study=not spec.get("pretrain_data"))
-        blob, info = _train_embedded(base, pre_source, device)  # its pretraining, before it is adapted
-        seconds += float(info["train_seconds"])
-        with _weights_file(blob) as path:
-            model, _ = load_model(_ref(base, pre_source.num_classes, path), device=device)
-            meta = read_checkpoint_metadata(path)
-    else:
-        model, rec = load_model(_ref(base, None), device=device)
-        meta = {"arch": rec.arch, "model_kwargs": {}, "data_config": rec.data_config, "num_classes": rec.num_classes}
-    new_head = bool(spec["new_head"]) or target.num_classes != meta.get("num_classes")
-    meta = {**meta, "adapted_info": {"from": base["model_id"], "dataset": spec.get("dataset"),
-                                     "pretrain_data": pre_data if base["kind"] == "embedded" else None}}
-    LOG.info("adapting %s to %s (%s, %s new head)", base["model_id"], spec.get("dataset"), spec["settings"]["mode"],
-             "a" if new_head else "no")
-    blob, info = adapt_model(model, meta["data_config"], target, spec["settings"], meta=meta, new_head=new_head,
-                             device=device)
-    return blob, seconds + float(info["adapt_seconds"])
 
 
 def predict_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
@@ -200,7 +118,7 @@ def score_job(spec: dict[str, Any], inputs: dict[str, bytes], ctx: JobContext) -
 def _score_tables(preds, pairs, random_teachers, keep: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
     """The pair table of every selected pair and per-class counts only for the pairs ``keep`` names
     (``score.pair_classes``): all of them, none, or the transfer stage's pairs, given or drawn from this
-    very pair table as the transfer planner draws them (:func:`pipelines.stages.sample_pairs_by_delta`)."""
+    very pair table as the transfer planner draws them (:func:`pipelines.plan_transfers.sample_pairs_by_delta`)."""
     from zoo_study.scoring import align_predictions, score_pairs
 
     if keep["keep"] == "all":
@@ -210,7 +128,7 @@ def _score_tables(preds, pairs, random_teachers, keep: dict[str, Any]) -> tuple[
     if keep["keep"] == "none":
         return pairs_table, no_classes
     if "sample" in keep:
-        from pipelines.stages import sample_pairs_by_delta
+        from pipelines.plan_transfers import sample_pairs_by_delta
 
         chosen = sample_pairs_by_delta(pairs_table, int(keep["sample"]["n"]), int(keep["sample"]["seed"]))
     else:

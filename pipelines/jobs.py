@@ -1,13 +1,13 @@
-"""Jobs: one unit of work, its content-hash id, when it is done, and which executor runs it.
+"""Jobs: one unit of work and its content-hash id.
 
 Why this module exists: the pipeline runs hundreds of independent units of work (a model, a pair set,
 a transfer) and must resume after a crash, a Ctrl-C or a config extension by doing only the missing
 work. A :class:`Job` therefore names its work by *content* (a hash of its canonical spec), and its
-completion by *files* (its named outputs exist and read back with their table's schema, and a record of
-its own id exists), never by a database or a log.
+completion by *files* (:mod:`pipelines.outputs`: its named outputs exist and read back with their table's
+schema, and a record of its own id exists), never by a database or a log.
 
-What a job computes is an *executor*, found by stage name in :data:`EXECUTORS` (a static map of
-``"module:function"`` strings, so Ray workers import executors by name and the CLI never imports torch)::
+What a job computes is its stage's *executor* (:mod:`pipelines.stages`: ``"module:function"`` strings, so
+Ray workers import executors by name and the CLI never imports torch)::
 
     def predict_job(spec: dict, inputs: dict[str, bytes], ctx: JobContext) -> dict[str, pa.Table]:
         models = read_input_table(inputs["zoo/models/resnet18.parquet"])
@@ -24,45 +24,26 @@ This module does not import Ray, so planning and status work in a notebook or th
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import importlib
-import importlib.util
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from pathlib import PurePosixPath
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zoo_study import store
 
-__all__ = [
-    "EXECUTORS",
-    "Executor",
-    "Job",
-    "JobContext",
-    "OutputContent",
-    "PlanCounts",
-    "canonical_json",
-    "check_done",
-    "done_flags",
-    "executor_for",
-    "is_done",
-    "job_id_for",
-    "plan",
-    "read_input_table",
-    "resolve_executor",
-    "schema_for_path",
-]
+__all__ = ["Executor", "Job", "JobContext", "OutputContent", "PlanCounts", "canonical_json", "job_id_for",
+           "read_input_table", "resolve_executor", "unique"]
 
 LOG = logging.getLogger("pipelines.jobs")
 ID_LENGTH = 16
-# Job.runtime keys the driver fills (pipelines.stages.data_runtime) and the worker reads
+# Job.runtime keys the driver fills (pipelines.study.data_runtime) and the worker reads
 # (pipelines.executors._source) instead of its own environment, which on a cluster is not the driver's
 RUNTIME_DATA_ROOT = "data_root"  # the study's dataset root (data.root or the driver's $ZOO_STUDY_IMAGENET)
 RUNTIME_ENV_ROOT = "imagenet_env"  # the driver's $ZOO_STUDY_IMAGENET, for other data specs without a root
@@ -72,24 +53,6 @@ OutputContent = Union[pa.Table, bytes, str]
 
 Executor = Callable[[dict, "dict[str, bytes]", "JobContext"], Mapping[str, OutputContent]]
 """``fn(spec, inputs, ctx) -> {output name: content}``; ``inputs`` maps each declared input path to its bytes."""
-
-EXECUTORS: dict[str, str] = {
-    "zoo": "pipelines.executors:zoo_job",
-    "predict": "pipelines.executors:predict_job",
-    "score": "pipelines.executors:score_job",
-    "semantics": "pipelines.executors:semantics_job",
-    "transfer": "pipelines.executors:transfer_job",
-    "multi_teacher": "pipelines.executors:multi_teacher_job",
-    "hparam": "pipelines.executors:hparam_job",
-    "robustness": "pipelines.executors:robustness_job",
-    "transfer_pack": "pipelines.executors:transfer_pack_job",
-    "hparam_pack": "pipelines.executors:transfer_pack_job",
-    "multi_teacher_pack": "pipelines.executors:transfer_pack_job",
-}
-"""The study's executors by stage. Other executors (the runner's tests: ``tests/helpers/runner_executors.py``; a
-notebook's own function) are passed to ``run_jobs(..., executors=)``, which merges them over this map:
-the study's stages stay one fixed list, and a test stage can never be picked up by a study run."""
-
 
 # ------------------------------------------------------------------------------------------------ ids
 def canonical_json(obj: Any) -> str:
@@ -231,77 +194,6 @@ class JobContext:
         return cls(job.job_id, job.stage, dict(job.outputs), job.inputs, attempt, dict(job.runtime))
 
 
-# --------------------------------------------------------------------------------------- done detection
-def schema_for_path(rel: str) -> pa.Schema | None:
-    """The schema of the result table at results-root relative path ``rel`` (the first of ``store.TABLES``
-    whose glob matches), or None (not a study table)."""
-    return next((t.schema for t in store.TABLES.values() if fnmatch.fnmatchcase(rel, t.glob)), None)
-
-
-def output_problem(root: Path, rel: str) -> str | None:
-    """None when the output at ``root/rel`` is complete, else what is wrong: ``"missing"``, ``"empty"``,
-    ``"unreadable ..."`` or ``"does not match ..."`` (a Parquet file with the wrong columns or types)."""
-    path = root / rel
-    if path.suffix != ".parquet":
-        try:
-            return None if path.stat().st_size > 0 else "empty"
-        except OSError:
-            return "missing"
-    schema = schema_for_path(rel)
-    if store.read_parquet_checked(path, schema) is not None:
-        return None
-    if not path.is_file():
-        return "missing"
-    try:
-        names = pq.read_schema(path).names
-    except (OSError, pa.ArrowException, ValueError):
-        return "unreadable (truncated or corrupt)"
-    missing = [n for n in schema.names if n not in names] if schema is not None else []
-    what = f"missing columns {missing}" if missing else "columns of the wrong type"
-    return f"does not match its table's schema ({what})"
-
-
-def check_done(job: Job, root: str | Path) -> tuple[bool, str | None]:
-    """``(done, note)``: done when this very job (same id) finished and every output reads back with its
-    table's schema. ``note`` says why a job that *looks* finished is not (an output exists but is
-    truncated, corrupt or of another schema: it will be redone), else None.
-
-    The job record (``_jobs/<job_id>.json``, written after the outputs) ties outputs whose paths do not
-    contain the job id (``zoo/models/<model>.parquet``, ``predictions/model=<model>.parquet``) to the spec
-    that wrote them: change a model's recipe and its jobs run again instead of reusing the old files.
-    """
-    root = Path(root)
-    if not store.ResultsLayout(root).job_record(job.job_id).is_file():
-        return False, None
-    for rel in job.outputs.values():
-        problem = output_problem(root, rel)
-        if problem is not None:
-            return False, (None if problem == "missing" else f"{rel} {problem}")
-    return True, None
-
-
-def is_done(job: Job, root: str | Path) -> bool:
-    return check_done(job, root)[0]
-
-
-def done_flags(jobs: Sequence[Job], root: str | Path, log: logging.Logger | None = None) -> list[bool]:
-    """:func:`check_done` of each job; every note is logged as a warning (the job will be redone)."""
-    flags = []
-    for job in jobs:
-        done, note = check_done(job, root)
-        if note:
-            (log or LOG).warning("%s looks finished but %s; it will be redone", job.label, note)
-        flags.append(done)
-    return flags
-
-
-def job_record_json(job: Job) -> str:
-    """What the runner stores about a finished job: enough to know which spec produced the outputs."""
-    return json.dumps({"job_id": job.job_id, "stage": job.stage, "name": job.name, "spec": job.spec,
-                       "outputs": dict(job.outputs), "inputs": list(job.inputs),
-                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
-
-
 @dataclass(frozen=True)
 class PlanCounts:
     """Jobs of one stage: how many in total, how many already done, how many would run."""
@@ -309,17 +201,6 @@ class PlanCounts:
     total: int
     done: int
     to_run: int
-
-
-def plan(jobs: Iterable[Job], root: str | Path) -> dict[str, PlanCounts]:
-    """Per-stage counts (total, done, to_run), stages in order of first appearance. Reads only outputs."""
-    jobs = unique(jobs)
-    counts: dict[str, list[int]] = {}
-    for job, done in zip(jobs, done_flags(jobs, root)):
-        c = counts.setdefault(job.stage, [0, 0])
-        c[0] += 1
-        c[1] += int(done)
-    return {stage: PlanCounts(total=t, done=d, to_run=t - d) for stage, (t, d) in counts.items()}
 
 
 def unique(jobs: Iterable[Job]) -> list[Job]:
@@ -349,24 +230,6 @@ def unique(jobs: Iterable[Job]) -> list[Job]:
 
 
 # ------------------------------------------------------------------------------------------ executors
-def executor_for(stage: str, executors: Mapping[str, str | Callable] | None = None) -> str | Callable:
-    """The executor of ``stage`` (``"module:function"`` or a function) from ``executors`` over
-    :data:`EXECUTORS`, checked enough for a clear error on the driver before anything runs."""
-    table = {**EXECUTORS, **(executors or {})}
-    ref = table.get(stage)
-    if ref is None:
-        raise KeyError(f"no executor for stage {stage!r} (known: {', '.join(sorted(table))}); "
-                       f"pass run_jobs(..., executors={{{stage!r}: 'module:function'}})")
-    if callable(ref):
-        return ref
-    module, sep, qualname = str(ref).partition(":")
-    if not sep or not module or not qualname:
-        raise ValueError(f"executor of stage {stage!r} must look like 'package.module:function', got {ref!r}")
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise ValueError(f"executor {ref!r} of stage {stage!r}: package {module.split('.')[0]!r} is not importable")
-    return ref
-
-
 _RESOLVED: dict[str, Callable] = {}
 
 

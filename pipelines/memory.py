@@ -32,6 +32,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from zoo_study.zoo.study_model import RandomModel, StudyModel
+
 __all__ = ["GB", "MemoryEstimate", "model_memory", "model_memory_bytes", "pack_bytes", "train_memory_bytes"]
 
 LOG = logging.getLogger(__name__)
@@ -112,23 +114,12 @@ def _estimate(arch: str, kwargs_json: str, num_classes: int, input_size: tuple[i
     return MemoryEstimate(weights, float(sum(sizes)), float(max(sizes, default=0)))
 
 
-def _args(kind: str, spec: dict[str, Any]) -> tuple[str, dict | None, Sequence[int] | None]:
-    """(timm arch, model kwargs, input size) of a study model (a :class:`~pipelines.stages.ModelPlan`'s
-    kind and spec: an embedded recipe, an adapted model, a model reference, or a noise-floor arch)."""
-    if kind == "adapted":  # the base model's size: adapting keeps the architecture
-        return _args(spec["base"]["kind"], spec["base"]["spec"])
-    if kind == "embedded":
-        return spec["arch"], spec.get("model_kwargs"), [3, spec["input_size"], spec["input_size"]]
-    if kind == "random":
-        return spec["arch"], spec.get("model_kwargs"), (spec.get("data_config") or {}).get("input_size")
-    return spec["arch"], None, None
-
-
-def model_memory(kind: str, spec: dict[str, Any], num_classes: int, batch: int) -> MemoryEstimate:
-    """The :class:`MemoryEstimate` of a study model at ``batch``."""
+def model_memory(model: StudyModel, num_classes: int, batch: int) -> MemoryEstimate:
+    """The :class:`MemoryEstimate` of a study model at ``batch`` (its architecture, kwargs and input size:
+    :meth:`StudyModel.arch_args`)."""
     if batch < 1 or num_classes < 1:
         raise ValueError(f"batch and num_classes must be >= 1, got {batch} and {num_classes}")
-    arch, kwargs, size = _args(kind, spec)
+    arch, kwargs, size = model.arch_args()
     size = tuple(int(x) for x in size) if size else None
     return _estimate(arch, json.dumps(kwargs or {}, sort_keys=True), int(num_classes), size, int(batch))
 
@@ -136,10 +127,10 @@ def model_memory(kind: str, spec: dict[str, Any], num_classes: int, batch: int) 
 def train_memory_bytes(arch: str, model_kwargs: dict[str, Any] | None, num_classes: int,
                        input_size: Sequence[int] | None, batch: int) -> float:
     """Estimated bytes to train one copy of ``arch`` alone at ``batch`` (state plus activations)."""
-    return model_memory("random", {"arch": arch, "model_kwargs": model_kwargs,
-                                   "data_config": {"input_size": input_size}}, num_classes, batch).train
+    model = RandomModel(arch, {"arch": arch, "model_kwargs": model_kwargs, "data_config": {"input_size": input_size}})
+    return model_memory(model, num_classes, batch).train
 
 
-def model_memory_bytes(kind: str, spec: dict[str, Any], num_classes: int, batch: int) -> float:
+def model_memory_bytes(model: StudyModel, num_classes: int, batch: int) -> float:
     """:attr:`MemoryEstimate.train` of a study model (training one copy alone)."""
-    return model_memory(kind, spec, num_classes, batch).train
+    return model_memory(model, num_classes, batch).train

@@ -1,24 +1,90 @@
-"""Check an executor's returned outputs and write them into the results root, the job record last.
+"""The done rule, both halves: writing a job's outputs (checked, atomic, the job record last) and reading
+them back to decide whether a job is done.
 
-Why a module of its own: this is the one place where a job's result becomes files, and the rules that
-make "done" trustworthy live here: every declared output must be returned (nothing else), a table must
-match its table's schema and go to a '.parquet' path, nothing of a rejected result is written, each
-file is written atomically (:mod:`zoo_study.store`), and the job record, which marks the job done, is
-written last. :mod:`pipelines.runner` calls :func:`write_outputs` for every finished job.
+Why one module: "done" must mean the same when the runner writes it and when a rerun, ``zoo-study
+status`` or ``--dry-run`` reads it. Written: every declared output must be returned (nothing else), a
+table must match its table's schema and go to a '.parquet' path, nothing of a rejected result is
+written, each file is written atomically (:mod:`zoo_study.store`), and the job record, which marks the
+job done, is written last. Read: the record of this very job id exists and every output reads back with
+its table's schema. A :class:`~pipelines.stages.Stage` names :func:`check_done` as its done rule.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.backends import one_line
-from pipelines.jobs import Job, job_record_json, schema_for_path
+from pipelines.jobs import Job
 from zoo_study import store
 
-__all__ = ["checked_output", "write_outputs"]
+__all__ = ["check_done", "checked_output", "is_done", "job_record_json", "output_problem", "schema_for_path",
+           "write_outputs"]
+
+
+def schema_for_path(rel: str) -> pa.Schema | None:
+    """The schema of the result table at results-root relative path ``rel`` (the first of ``store.TABLES``
+    whose glob matches), or None (not a study table)."""
+    return next((t.schema for t in store.TABLES.values() if fnmatch.fnmatchcase(rel, t.glob)), None)
+
+
+def output_problem(root: Path, rel: str) -> str | None:
+    """None when the output at ``root/rel`` is complete, else what is wrong: ``"missing"``, ``"empty"``,
+    ``"unreadable ..."`` or ``"does not match ..."`` (a Parquet file with the wrong columns or types)."""
+    path = root / rel
+    if path.suffix != ".parquet":
+        try:
+            return None if path.stat().st_size > 0 else "empty"
+        except OSError:
+            return "missing"
+    schema = schema_for_path(rel)
+    if store.read_parquet_checked(path, schema) is not None:
+        return None
+    if not path.is_file():
+        return "missing"
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException, ValueError):
+        return "unreadable (truncated or corrupt)"
+    missing = [n for n in schema.names if n not in names] if schema is not None else []
+    what = f"missing columns {missing}" if missing else "columns of the wrong type"
+    return f"does not match its table's schema ({what})"
+
+
+def check_done(job: Job, root: str | Path) -> tuple[bool, str | None]:
+    """``(done, note)``: done when this very job (same id) finished and every output reads back with its
+    table's schema. ``note`` says why a job that *looks* finished is not (an output exists but is
+    truncated, corrupt or of another schema: it will be redone), else None.
+
+    The job record (``_jobs/<job_id>.json``, written after the outputs) ties outputs whose paths do not
+    contain the job id (``zoo/models/<model>.parquet``, ``predictions/model=<model>.parquet``) to the spec
+    that wrote them: change a model's recipe and its jobs run again instead of reusing the old files.
+    """
+    root = Path(root)
+    if not store.ResultsLayout(root).job_record(job.job_id).is_file():
+        return False, None
+    for rel in job.outputs.values():
+        problem = output_problem(root, rel)
+        if problem is not None:
+            return False, (None if problem == "missing" else f"{rel} {problem}")
+    return True, None
+
+
+def is_done(job: Job, root: str | Path) -> bool:
+    return check_done(job, root)[0]
+
+
+def job_record_json(job: Job) -> str:
+    """What the runner stores about a finished job: enough to know which spec produced the outputs."""
+    return json.dumps({"job_id": job.job_id, "stage": job.stage, "name": job.name, "spec": job.spec,
+                       "outputs": dict(job.outputs), "inputs": list(job.inputs),
+                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
 
 
 def checked_output(rel: str, content: Any) -> pa.Table | bytes:

@@ -89,7 +89,7 @@ def pilot_size(cfg: StudyConfig, steps: int) -> tuple[float, int, int, int]:
 def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], steps: int) -> PilotPlan:
     """The pilot jobs of ``pairs`` for ``method``: the transfer planner's jobs of a shortened study,
     outputs moved under ``pilot/``. Raises ConfigError for a model the study does not have."""
-    from pipelines.stages import plan_transfer
+    from pipelines.study import plan_stage
 
     fraction, epochs, images, real_steps = pilot_size(cfg, steps)
     raw = cfg.model_dump(mode="json", exclude_none=True)
@@ -99,9 +99,8 @@ def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], step
              transfer_fraction=fraction, eval_every=epochs)
     t.pop("transfer_per_class", None)
     raw.setdefault("robustness", {})["enabled"] = False  # a pilot keeps no student weights
-    layout = ResultsLayout(cfg.results_root())
     short = validate_config(raw)
-    planned = (plan_transfer(short, layout) or []) if pairs else []
+    planned = (plan_stage(short, "transfer") or []) if pairs else []
     jobs = [_as_pilot(job, steps) for job in planned]
     return PilotPlan(jobs, list(pairs), real_steps, images, epochs, short)
 

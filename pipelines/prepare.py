@@ -10,25 +10,22 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
+from pipelines.stages import get_stage
+from pipelines.study import Study
 from zoo_study.config import StudyConfig
 from zoo_study.store import MODEL_SCHEMA, ResultsLayout, read_parquet_checked
 
 LOG = logging.getLogger("zoo_study.pipeline")
 
-IMAGE_STAGES = ("predict", "transfer", "multi_teacher", "hparam", "robustness")  # stages whose jobs read images
-
-
 def needs_images(stages: Sequence[str]) -> bool:
     """Whether a group of stages reads the dataset's images (the data step must have run before it)."""
-    return any(s in IMAGE_STAGES for s in stages)
+    return any(get_stage(s).reads_images for s in stages)
 
 
-def _model_configs(cfg: StudyConfig, layout: ResultsLayout) -> list[dict[str, Any]]:
+def _model_configs(study: Study, layout: ResultsLayout) -> list[dict[str, Any]]:
     """The data configs of the study's models whose zoo rows exist (a failed zoo job has none)."""
-    from pipelines.stages import study_models
-
     rows = []
-    for m in study_models(cfg):
+    for m in study.models:
         t = read_parquet_checked(layout.model_row(m.model_id), MODEL_SCHEMA)
         if t is not None and t.num_rows:
             rows.append(t.to_pylist()[0])
@@ -50,16 +47,17 @@ def _subsets(cfg: StudyConfig, plans: Mapping[str, Any]):
     return list(dict.fromkeys(out))
 
 
-def prepare_study_data(cfg: StudyConfig, layout: ResultsLayout, plans: Mapping[str, Any]) -> None:
+def prepare_study_data(study: Study, plans: Mapping[str, Any]) -> None:
     """Index the ImageFolder root and build the decoded-image cache of the eval split and the transfer
     sets at every model's geometry, once, here on the driver; nothing for generated data or with the
     cache off."""
     from zoo_study.data.prepare import prepare_images
 
+    cfg, layout = study.cfg, study.layout
     if not cfg.data.cache_enabled:
         return
     subsets = _subsets(cfg, plans) if cfg.transfer.enabled or cfg.multi_teacher.enabled or cfg.hparam_search.enabled else []
-    report = prepare_images(cfg.data, _model_configs(cfg, layout), subsets)
+    report = prepare_images(cfg.data, _model_configs(study, layout), subsets)
     if report is not None:
         LOG.info("data step: eval %d images, transfer sets %s, geometries %s in %.1f s", report.n_eval,
                  list(report.n_train.values()), ", ".join(report.geometries), report.seconds)

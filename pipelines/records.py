@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pipelines.jobs import Job, PlanCounts, canonical_json, check_done, unique
+from pipelines.jobs import Job, PlanCounts, canonical_json, unique
+from pipelines.stages import count
 from zoo_study import store
 
 __all__ = ["StageCounts", "FailureRecord", "RunReport", "StudyStatus", "read_failures", "status"]
@@ -177,30 +178,19 @@ def read_failures(root: str | Path) -> tuple[list[FailureRecord], list[Path]]:
 
 
 def status(root: str | Path, jobs: Iterable[Job]) -> StudyStatus:
-    """Per-stage total/done/to-run of ``jobs`` under ``root`` and the recorded failures. Reads only."""
+    """Per-stage total/done/to-run of ``jobs`` under ``root`` (:func:`pipelines.stages.count`) and the
+    recorded failures. Reads only."""
     root = Path(root)
     jobs = unique(jobs)
-    counts: dict[str, list[int]] = {}
-    done_ids = set()
-    redo = []
-    for job in jobs:
-        done, note = check_done(job, root)
-        c = counts.setdefault(job.stage, [0, 0])
-        c[0] += 1
-        c[1] += int(done)
-        if done:
-            done_ids.add(job.job_id)
-        if note:
-            redo.append(f"{job.label}: {note}")
+    counted = count(jobs, root)
     order = {j.job_id: i for i, j in enumerate(jobs)}
     records, bad = read_failures(root)
     return StudyStatus(
         root=root,
-        stages={s: PlanCounts(total=t, done=d, to_run=t - d) for s, (t, d) in counts.items()},
-        failures=sorted(
-            (r for r in records if r.job_id in order and r.job_id not in done_ids), key=lambda r: order[r.job_id]
-        ),
+        stages=counted.stages,
+        failures=sorted((r for r in records if r.job_id in order and r.job_id not in counted.done_ids),
+                        key=lambda r: order[r.job_id]),
         other_failures=[r for r in records if r.job_id not in order],
         unreadable=bad,
-        redo=redo,
+        redo=list(counted.redo),
     )

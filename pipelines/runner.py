@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pipelines.backends import LOCAL, RayBackend, SerialBackend, ensure_ray, record_local_session
-from pipelines.jobs import Job, done_flags, executor_for, unique
+from pipelines.jobs import Job, unique
 from pipelines.records import FailureRecord, RunReport, StageCounts
+from pipelines.stages import done_flags, executor_for
 # RunInterrupted and largest_packs_first are re-exported: callers import them from here
 from pipelines.wave import RunInterrupted, StopOnSigint, Wave, largest_packs_first  # noqa: F401
 from zoo_study import store
@@ -70,7 +71,7 @@ def run_jobs(
     (serial, no Ray; same as ``use_ray=False``). ``max_retries``: extra attempts after a worker died
     (system failures only). ``max_in_flight``: submitted-but-unfinished jobs at most (bounds the inputs
     held in the object store); default ``max(128, 4 x cluster CPUs+GPUs)``, 1 for the serial backend.
-    ``executors``: ``{stage: "module:function" or function}`` merged over :data:`pipelines.jobs.EXECUTORS`
+    ``executors``: ``{stage: "module:function" or function}`` merged over the stages' own (:func:`pipelines.stages.stage_executors`)
     (tests and notebooks bring their own stages this way). ``pack_size``: pending jobs with equal
     ``Job.pack`` keys run up to this many in one task (:mod:`pipelines.packs`); 1 = every job alone.
     ``pack_students``: how many pack groups (students of one teacher) one pack may span.

@@ -80,7 +80,7 @@ def weak_teacher_pairs(root: Path, k: int, exclude: set[tuple[str, str]] = froze
     """``k`` (teacher, student, delta_acc) trained pairs with the teacher >= 10 points weaker, spread over
     that range (the same stratified draw the study uses), none of them in ``exclude`` (the study's own
     transfer pairs: the selection must not be judged on the data the claims are tested on)."""
-    from pipelines.stages import sample_pairs_by_delta
+    from pipelines.plan_transfers import sample_pairs_by_delta
 
     table = read_parquet_checked(root / "scores" / "pairs.parquet", PAIR_SCHEMA)
     if table is None:
@@ -166,10 +166,10 @@ def main_cli(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         _die(str(err))
     study_root = cfg.results_root().resolve()
-    from pipelines.stages import transfer_pairs
-    from zoo_study.store import ResultsLayout
+    from pipelines.plan_transfers import transfer_pairs
+    from pipelines.study import Study
 
-    study_pairs = set(transfer_pairs(cfg, ResultsLayout(study_root)) or [])
+    study_pairs = set(transfer_pairs(Study.from_config(cfg)) or [])
     pairs = weak_teacher_pairs(study_root, args.pairs, exclude=study_pairs)
     print("weak-teacher pairs (teacher -> student, delta_acc):")
     for t, s, d in pairs:

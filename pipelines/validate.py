@@ -2,8 +2,8 @@
 
 Why a pass of its own: loading the config checks each value alone (types, ranges, method names and
 hyper-parameters); what can only be checked against the whole study is checked here, once: model ids
-named by pairs and multi-teacher lists exist in the zoo, every transfer config the planner will build
-validates (each method x seed x variant, each multi-teacher mode, each grid point) with a finite, sane lr,
+named by pairs and multi-teacher lists exist in the zoo, every transfer config the planners will build
+(read from the Study: the very grids the planners cross with the pairs) validates with a finite, sane lr,
 timm architectures exist, Talking Models' split fits every model it may pair, the robustness stage has
 transfers to measure, and the stages asked for have their inputs. Checks against the machine and the
 file system (GPU, per-job resources, dataset roots, the image cache, a CLIP folder) live in
@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import validate_resources as res
+from pipelines.stages import get_stage, stage_names
+from pipelines.study import Study
+from pipelines.validate_maps import check_map_methods
 from zoo_study.config import ConfigError, StudyConfig
 
 __all__ = ["validate_study", "check_stage_inputs", "MAX_BASE_LR"]
@@ -26,7 +29,6 @@ __all__ = ["validate_study", "check_stage_inputs", "MAX_BASE_LR"]
 # an SGD learning rate (for batch 256) above this diverges for any network the study trains; larger
 # values are typing slips (lr_scale = 1e308) that would train to NaN and waste the job
 MAX_BASE_LR = 10.0
-UPSTREAM = ("zoo", "predict", "score")  # the stages whose outputs the later ones are planned from
 
 
 def _known_ids(key: str, ids: list[str], models: list[str]) -> None:
@@ -57,44 +59,19 @@ def _check_timm_arch(key: str, arch: str) -> None:
     raise ConfigError(f"{key}: arch {arch!r} is not a timm architecture (see timm.list_models()){hint}")
 
 
-def _check_models(cfg: StudyConfig) -> list[str]:
-    from pipelines.stages import study_models
-
-    plans = study_models(cfg)  # raises on repeated ids
-    ids = [p.model_id for p in plans if p.kind != "random"]
+def _check_models(study: Study) -> list[str]:
+    """Local checkpoints exist and architectures are timm's; the trained models' ids."""
+    cfg = study.cfg
     for m in cfg.zoo.models:
         if m.checkpoint and m.source in ("local", "embedded") and not Path(m.checkpoint).expanduser().is_file():
             raise ConfigError(f"zoo.models entry {m.model_id!r}: checkpoint {m.checkpoint!r} is not a file")
         if m.arch:
             _check_timm_arch(f"zoo.models entry {m.model_id!r}", m.arch)
-    for p in plans:  # random teachers named by a timm architecture rather than an embedded recipe
-        if p.kind == "random" and p.spec.get("data_config") is None and not _timm().is_model(p.spec["arch"].split(".")[0]):
-            raise ConfigError(f"zoo.random_teachers: {p.spec['arch']!r} is neither an embedded recipe id nor a timm "
+    for m in study.models:  # random teachers named by a timm architecture rather than an embedded recipe
+        if not m.trained and m.spec.get("data_config") is None and not _timm().is_model(m.spec["arch"].split(".")[0]):
+            raise ConfigError(f"zoo.random_teachers: {m.spec['arch']!r} is neither an embedded recipe id nor a timm "
                               f"architecture (see `zoo-study zoo` and timm.list_models())")
-    return ids
-
-
-def _transfer_configs(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """Every TransferConfig the planners will build (resolved dicts); a bad one raises ConfigError."""
-    from pipelines.stages import _transfer_config
-    from zoo_study.methods import default_grid
-    from zoo_study.methods.grids import grid_points
-
-    t, mt, hs = cfg.transfer, cfg.multi_teacher, cfg.hparam_search
-    out = []
-    if t.enabled:
-        out += [_transfer_config(cfg, method, seed, variant=variant)
-                for method in t.methods for seed in t.seeds for variant in [None, *t.variants]]
-    if mt.enabled:
-        out += [_transfer_config(cfg, mt.method, t.seeds[0], mode=mode, study_part="multi_teacher", epochs=mt.epochs,
-                                 order=mt.order) for mode in mt.modes]
-        out += [_transfer_config(cfg, method, t.seeds[0], mode="parallel", study_part="multi_teacher",
-                                 epochs=mt.epochs, order=mt.order, variant=variant)
-                for method in mt.parallel_methods for variant in [None, *t.variants]]
-    if hs.enabled:
-        out += [_transfer_config(cfg, method, t.seeds[0], study_part="hparam", epochs=hs.epochs, hparams=point)
-                for method in hs.methods for point in grid_points(hs.grid or default_grid(method))]
-    return out
+    return [m.model_id for m in study.models if m.trained]
 
 
 def _check_lr(tconf: dict[str, Any]) -> None:
@@ -123,7 +100,7 @@ def _check_inputs(cfg: StudyConfig, stages: list[str]) -> None:
     """Data, cache and encoder checks of the stages that will run (pipelines/validate_resources.py)."""
     res.check_cache_kind(cfg.data)
     res.check_cache_kind(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")
-    if any(s in stages for s in ("zoo", "predict", "semantics", "transfer", "multi_teacher", "hparam", "robustness")):
+    if any(get_stage(s).reads_data for s in stages):
         res.check_imagefolder(cfg.data)
     if cfg.zoo.adapt.enabled and "zoo" in stages:
         res.check_imagefolder(cfg.zoo.adapt.pretrain_data, "zoo.adapt.pretrain_data")
@@ -131,17 +108,18 @@ def _check_inputs(cfg: StudyConfig, stages: list[str]) -> None:
         res.check_text_encoder(cfg)
 
 
-def validate_study(cfg: StudyConfig, stages: list[str] | None = None, address: str | None = None, *,
+def validate_study(study: Study | StudyConfig, stages: list[str] | None = None, address: str | None = None, *,
                    machine: bool = True) -> None:
-    """Raise ConfigError for the first problem of the study (see the module docstring).
+    """Raise ConfigError for the first problem of the study (see the module docstring); a bare config is
+    made a :class:`Study` first.
 
     ``address``: the Ray address the run will use (None: a local instance, or ``RAY_ADDRESS``); what this
     machine has (GPU, CPUs, a writable cache folder) is checked only for a local run, and only with
     ``machine`` (a dry run plans for any machine: the CLI shows those problems as a warning)."""
-    from pipelines.stages import STAGES
-
-    stages = list(STAGES) if stages is None else stages
-    ids = _check_models(cfg)
+    study = Study.from_config(study) if isinstance(study, StudyConfig) else study
+    cfg = study.cfg
+    stages = stage_names() if stages is None else stages
+    ids = _check_models(study)
     if cfg.score.pairs == "explicit":
         _known_ids("score.explicit", [m for pair in cfg.score.explicit for m in pair], ids)
     t, mt = cfg.transfer, cfg.multi_teacher
@@ -153,18 +131,15 @@ def validate_study(cfg: StudyConfig, stages: list[str] | None = None, address: s
     if mt.enabled:
         _known_ids("multi_teacher.students", mt.students, ids)
         _known_ids("multi_teacher.teachers", mt.teachers, ids)
-    configs = _transfer_configs(cfg)
-    for tconf in configs:
+    for tconf in study.transfer_configs():  # the grids the planners read, each config resolved once
         _check_lr(tconf)
     _check_robustness(cfg)
     _check_inputs(cfg, stages)
     if machine:
         res.check_machine(cfg, address)
-    if any(s in stages for s in ("transfer", "multi_teacher", "hparam")):
-        from pipelines.validate_maps import check_map_methods
-
+    if any(get_stage(s).runs_transfers for s in stages):
         # models whose feature maps (or Talking Models split) a map method cannot read, probed on the meta device
-        check_map_methods(cfg)
+        check_map_methods(study)
 
 
 def check_stage_inputs(cfg: StudyConfig, stages: list[str], plans: dict[str, Any]) -> None:
@@ -172,7 +147,8 @@ def check_stage_inputs(cfg: StudyConfig, stages: list[str], plans: dict[str, Any
     in this run (otherwise it would be skipped, after the results root was created)."""
     unplanned = [s for s, jobs in plans.items() if jobs is None]
     if unplanned and "score" not in stages:
-        first = [s for s in UPSTREAM if s not in stages]
+        upstream = stage_names()[:stage_names().index("score") + 1]  # what the scores are computed from
+        first = [s for s in upstream if s not in stages]
         raise ConfigError(f"stage(s) {', '.join(unplanned)} are planned from scores/pairs.parquet, which "
                           f"{cfg.results_root()} does not have yet; run stage(s) {', '.join(first)} first "
                           f"(--stage {','.join(first)}) or add them to --stage")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo_study.config import ConfigError, StudyConfig
+from zoo_study.config import ConfigError
 
 __all__ = ["check_map_methods"]
 
@@ -24,19 +24,18 @@ def _map_methods(names: list[str]) -> list[str]:
     return [m for m in dict.fromkeys(names) if get_method(m).needs_maps]
 
 
-def _splits(cfg: StudyConfig, method: str, points: list[dict[str, Any]] | None = None) -> list[int | None]:
+def _splits(study: Any, method: str, points: list[dict[str, Any]] | None = None) -> list[int | None]:
     """The Talking Models splits the planner will use for ``method`` (None for other methods)."""
-    from pipelines.stages import _transfer_config
-
     if method != "talking_models":
         return [None]
-    out = [_transfer_config(cfg, method, cfg.transfer.seeds[0], hparams=p)["hparams"].get("split")
+    out = [study.transfer_config(method, study.cfg.transfer.seeds[0], hparams=p)["hparams"].get("split")
            for p in (points or [None])]
     return list(dict.fromkeys(out))
 
 
-def _uses(cfg: StudyConfig, all_ids: list[str]) -> list[tuple[str, str, list[str], list[int | None]]]:
+def _uses(study: Any, all_ids: list[str]) -> list[tuple[str, str, list[str], list[int | None]]]:
     """(config key, method, model ids, splits) for every stage that runs a map method."""
+    cfg = study.cfg
     t, mt, hs = cfg.transfer, cfg.multi_teacher, cfg.hparam_search
     out = []
     if t.enabled:
@@ -46,48 +45,29 @@ def _uses(cfg: StudyConfig, all_ids: list[str]) -> list[tuple[str, str, list[str
             ids = [*t.students, *t.teachers]
         else:  # paper lists or pairs drawn from scores: any model of the zoo may be drawn
             ids = all_ids
-        out += [("transfer.methods", m, ids, _splits(cfg, m)) for m in _map_methods(list(t.methods))]
+        out += [("transfer.methods", m, ids, _splits(study, m)) for m in _map_methods(list(t.methods))]
     if mt.enabled:
-        out += [("multi_teacher", m, [*mt.students, *mt.teachers], _splits(cfg, m))
+        out += [("multi_teacher", m, [*mt.students, *mt.teachers], _splits(study, m))
                 for m in _map_methods([mt.method, *mt.parallel_methods])]
     if hs.enabled:
         from zoo_study.methods import default_grid
         from zoo_study.methods.grids import grid_points
 
         for m in _map_methods(list(hs.methods)):
-            out.append(("hparam_search.methods", m, all_ids, _splits(cfg, m, grid_points(hs.grid or default_grid(m)))))
+            out.append(("hparam_search.methods", m, all_ids, _splits(study, m, grid_points(hs.grid or default_grid(m)))))
     return out
 
 
-def _build_args(kind: str, spec: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[int] | None]:
-    """(arch, model kwargs, input size or None for timm's default) of a model plan."""
-    if kind == "adapted":
-        return _build_args(spec["base"]["kind"], spec["base"]["spec"])
-    if kind == "embedded":
-        return spec["arch"], dict(spec.get("model_kwargs", {})), [3, spec["input_size"], spec["input_size"]]
-    arch, kwargs, data = spec.get("arch"), dict(spec.get("model_kwargs") or {}), dict(spec.get("data_config") or {})
-    if spec.get("checkpoint") and not arch:
-        from zoo_study.zoo.loading import read_checkpoint_metadata
-
-        try:
-            meta = read_checkpoint_metadata(spec["checkpoint"])
-        except Exception:  # a bad file is the loader's to report
-            return None, {}, None
-        arch, kwargs = meta.get("arch"), {**meta.get("model_kwargs", {}), **kwargs}
-        data = {**meta.get("data_config", {}), **data}
-    if spec.get("num_classes"):
-        kwargs["num_classes"] = spec["num_classes"]
-    return arch, kwargs, data.get("input_size")
-
-
-def _meta_model(kind: str, spec: dict[str, Any]):
-    """The plan's architecture on the meta device and its input size, or None when timm cannot build it."""
+def _meta_model(study_model: Any):
+    """A study model's architecture on the meta device and its input size, or None when timm cannot build it."""
     import torch
 
     import zoo_study.zoo.archs  # noqa: F401  (the embedded MLP archs)
     import timm
 
-    arch, kwargs, size = _build_args(kind, spec)
+    arch, kwargs, size = study_model.arch_args()
+    if study_model.spec.get("num_classes"):  # a model entry's own class count
+        kwargs = {**kwargs, "num_classes": study_model.spec["num_classes"]}
     if not arch:
         return None
     try:
@@ -99,12 +79,11 @@ def _meta_model(kind: str, spec: dict[str, Any]):
     return arch, model, tuple(int(v) for v in size)
 
 
-def check_map_methods(cfg: StudyConfig) -> None:
-    """Raise ConfigError when a model may meet a map method whose maps (or split) it cannot give."""
-    from pipelines.stages import study_models
-
-    plans = {p.model_id: p for p in study_models(cfg)}
-    uses = _uses(cfg, list(plans))
+def check_map_methods(study: Any) -> None:
+    """Raise ConfigError when a model of the :class:`~pipelines.study.Study` may meet a map method whose maps
+    (or split) it cannot give."""
+    plans = study.by_id
+    uses = _uses(study, list(plans))
     if not uses:
         return
     from zoo_study.transfer.feature_maps import maps_problem
@@ -115,7 +94,7 @@ def check_map_methods(cfg: StudyConfig) -> None:
             if mid not in plans:
                 continue  # unknown ids are reported by the id checks
             if mid not in built:
-                built[mid] = _meta_model(plans[mid].kind, plans[mid].spec)
+                built[mid] = _meta_model(plans[mid])
             if built[mid] is None:
                 continue
             arch, model, size = built[mid]

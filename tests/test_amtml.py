@@ -124,16 +124,15 @@ def test_amtml_parallel_transfer_keeps_the_plain_student_and_logs_class_weights(
 
 
 def test_amtml_joins_the_multi_teacher_stage_and_bad_choices_fail_at_load(tmp_path):
-    from pipelines.stages import plan_multi_teacher
+    from pipelines.study import plan_stage
     from zoo_study.config import ConfigError, validate_config
-    from zoo_study.store import ResultsLayout
 
     raw = {"study": {"results_root": str(tmp_path)},
            "zoo": {"embedded": ["resnet10t_w16", "mixer_p8", "convnext_atto_p2"]},
            "multi_teacher": {"enabled": True, "students": ["mixer_p8"], "teachers": ["resnet10t_w16", "convnext_atto_p2"],
                              "modes": ["sequential"], "single_baselines": False, "parallel_methods": ["amtml_kd"]}}
     cfg = validate_config(raw)
-    jobs = plan_multi_teacher(cfg, ResultsLayout(tmp_path))
+    jobs = plan_stage(cfg, "multi_teacher")
     assert sorted((j.spec["config"]["method"], j.spec["config"]["mode"]) for j in jobs) == \
         [("amtml_kd", "parallel"), ("kl_dp", "sequential")]
     raw["multi_teacher"]["parallel_methods"] = ["kl"]

@@ -133,17 +133,16 @@ def _config(tmp_path: Path, *overrides: str):
 
 def _semantics_job(tmp_path: Path, *overrides: str) -> Job:
     """The study's one semantics job (it reads the dataset's class names) for an ImageFolder study."""
-    from pipelines.stages import plan_semantics
-    from zoo_study.store import ResultsLayout
+    from pipelines.study import plan_stage
 
     cfg = _config(tmp_path, *overrides)
-    (job,) = plan_semantics(cfg, ResultsLayout(cfg.study.results_root))
+    (job,) = plan_stage(cfg, "semantics")
     return job
 
 
 def _data_job(tmp_path: Path) -> Job:
     """A job that reads the study's data, with the spec and runtime the planner gives every such job."""
-    from pipelines.stages import data_runtime, data_spec_dict
+    from pipelines.study import data_runtime, data_spec_dict
 
     cfg = _config(tmp_path)
     return Job("_test.data", {"data": data_spec_dict(cfg)}, {"row": "t/row.parquet"}, runtime=data_runtime(cfg))

@@ -64,7 +64,7 @@ def test_transfer_config_validates_augment():
 def test_optional_mixup_recipes_are_named_beside_all_and_differ_only_in_mixup():
     from dataclasses import asdict
 
-    from pipelines.stages import study_models
+    from pipelines.study import study_models
     from zoo_study.zoo.recipes import EMBEDDED_RECIPES, OPTIONAL_RECIPES, recipe_by_id, select_recipes
 
     assert [r.model_id for r in select_recipes("all")] == [r.model_id for r in EMBEDDED_RECIPES]

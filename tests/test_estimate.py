@@ -174,7 +174,7 @@ def test_decode_and_start_up(study, capsys):
     assert total == pytest.approx(train + shared + evals + decode + STARTUP, abs=TOL)  # 2 + 1 + 1.25 + 0.7 + 10
     # the breakdown, term by term
     from pipelines.estimate import data_sizes, estimate, load_bench
-    from pipelines.stages import plan_stage
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
 
     cfg = load_config(config)

@@ -314,7 +314,7 @@ def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tm
 
     from pipelines.executors import score_job
     from pipelines.jobs import JobContext
-    from pipelines.stages import plan_score
+    from pipelines.study import plan_stage
     from zoo_study.config import validate_config
     from zoo_study.store import ResultsLayout
 
@@ -324,7 +324,7 @@ def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tm
     inputs = {str(layout.predictions(m)): _prediction_bytes(m, labels, p) for m, p in preds.items()}
     raw = {"study": {"name": "x", "results_root": str(tmp_path / "runs")}, "zoo": {"embedded": ["resnet10t_w16", "mixer_p8"]},
            "data": {"kind": "imagefolder", "root": str(tmp_path)}}
-    (job,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    (job,) = plan_stage(validate_config(raw), "score")
     spec = {**job.spec, "models": ["t", "s"], "random_teachers": []}
     assert spec["classes"] == "present"
     out = score_job(spec, inputs, JobContext("j", "score", {}, ()))
@@ -335,7 +335,7 @@ def test_score_counts_the_classes_of_an_imagenet_subset_not_the_largest_label(tm
              if (r["teacher"], r["student"]) == ("t", "s")}
     assert cells == {(3, 1, 0), (500, 1, 0), (900, 1, 1)}
     del raw["data"]  # generated data: the score job's spec (and id) is unchanged
-    (gen,) = plan_score(validate_config(raw), ResultsLayout(tmp_path / "runs"))
+    (gen,) = plan_stage(validate_config(raw), "score")
     assert "classes" not in gen.spec
 
 

@@ -90,9 +90,9 @@ def test_toy_method_end_to_end(toy_method, tmp_path):
 
     assert method_color("toy_kd").startswith("#") and paper_success_rate("toy_kd") is None
     # the planner builds its resolved job config (default filled in, override applied)
-    from pipelines.stages import _transfer_config
+    from pipelines.study import Study
 
-    tc = _transfer_config(cfg, "toy_kd", 0)
+    tc = Study.from_config(cfg).transfer_config("toy_kd", 0)
     assert tc["hparams"] == {"alpha": 0.25} and tc["base_lr"] == get_method("toy_kd").lr
     # the loop runs it, with its state hook called after every optimiser step
     from helpers.transfer_fixtures import tiny_source, trained

@@ -188,15 +188,14 @@ def test_summary_files_written_before_the_new_columns_still_read_as_done(tmp_pat
 
 
 def test_transfer_variants_copy_every_transfer_with_changed_settings(tmp_path):
-    from pipelines.stages import plan_transfer
+    from pipelines.study import plan_stage
     from zoo_study.config import ConfigError, validate_config
-    from zoo_study.store import ResultsLayout
 
     raw = {"study": {"results_root": str(tmp_path)}, "zoo": {"embedded": ["resnet10t_w16", "mixer_p8"]},
            "transfer": {"methods": ["kl", "std_kd"], "pairs": "explicit", "explicit": [["resnet10t_w16", "mixer_p8"]]}}
-    base = plan_transfer(validate_config(raw), ResultsLayout(tmp_path))
+    base = plan_stage(validate_config(raw), "transfer")
     raw["transfer"]["variants"] = [{"mixup": "pmu", "mixup_share": 0.5}, {"student_init": "scratch"}]
-    jobs = plan_transfer(validate_config(raw), ResultsLayout(tmp_path))
+    jobs = plan_stage(validate_config(raw), "transfer")
     assert len(base) == 2 and len(jobs) == 6
     assert {j.job_id for j in base} <= {j.job_id for j in jobs}  # the study's own transfers keep their ids
     settings = sorted((j.spec["config"]["method"], j.spec["config"].get("mixup", "none"),
@@ -216,9 +215,8 @@ def test_transfer_variants_copy_every_transfer_with_changed_settings(tmp_path):
 
 
 def test_a_temperature_variant_and_variants_of_parallel_methods(tmp_path):
-    from pipelines.stages import plan_multi_teacher, plan_transfer
+    from pipelines.study import plan_stage
     from zoo_study.config import ConfigError, validate_config
-    from zoo_study.store import ResultsLayout
 
     raw = {"study": {"results_root": str(tmp_path)},
            "zoo": {"embedded": ["resnet10t_w16", "mixer_p8", "convnext_atto_p2"]},
@@ -227,9 +225,9 @@ def test_a_temperature_variant_and_variants_of_parallel_methods(tmp_path):
            "multi_teacher": {"enabled": True, "students": ["mixer_p8"], "teachers": ["resnet10t_w16", "convnext_atto_p2"],
                              "modes": ["sequential"], "single_baselines": False, "parallel_methods": ["amtml_kd"]}}
     cfg = validate_config(raw)
-    temps = sorted(j.spec["config"]["temperature"] for j in plan_transfer(cfg, ResultsLayout(tmp_path)))
+    temps = sorted(j.spec["config"]["temperature"] for j in plan_stage(cfg, "transfer"))
     assert temps == [1.0, 1.0, 4.0]
-    mt = plan_multi_teacher(cfg, ResultsLayout(tmp_path))
+    mt = plan_stage(cfg, "multi_teacher")
     amtml = [j.spec["config"] for j in mt if j.spec["config"]["method"] == "amtml_kd"]
     assert sorted((c["temperature"], c.get("student_init", "pretrained")) for c in amtml) == \
         [(4.0, "pretrained"), (5.0, "pretrained"), (5.0, "scratch")]

@@ -99,13 +99,14 @@ def test_memory_estimate_grows_with_batch_and_model_and_matches_hand_count():
 def test_memory_estimate_parts_match_a_hand_count_on_real_tensors():
     torch = pytest.importorskip("torch")
     from pipelines.memory import model_memory
+    from zoo_study.zoo.study_model import RandomModel
 
     import zoo_study  # noqa: F401
     import timm
 
     kwargs = {"channels": [16, 32, 64, 128]}
-    est = model_memory("random", {"arch": "resnet10t", "model_kwargs": kwargs,
-                                  "data_config": {"input_size": [3, 32, 32]}}, 10, 4)
+    est = model_memory(RandomModel("r", {"arch": "resnet10t", "model_kwargs": kwargs,
+                                         "data_config": {"input_size": [3, 32, 32]}}), 10, 4)
     model = timm.create_model("resnet10t", num_classes=10, channels=(16, 32, 64, 128))
     n_params = sum(p.numel() for p in model.parameters())
     sizes = []
@@ -122,7 +123,7 @@ def test_memory_estimate_parts_match_a_hand_count_on_real_tensors():
 
 def test_planner_gives_transfer_jobs_a_student_group_and_on_gpu_a_memory_cost(tmp_path):
     pytest.importorskip("torch")
-    from pipelines.stages import plan_stage
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
 
     base = [f"study.results_root='{tmp_path}'", "transfer.pairs='explicit'", "transfer.methods=['kl', 'kl_dp']",
@@ -144,7 +145,7 @@ def test_planning_reads_only_the_pairs_of_the_studys_own_models(tmp_path):
     """A root shared with another study (related.toml beside the demo) may hold pairs of models this study
     does not have; sampling transfer pairs from them would name unknown models."""
     from helpers.analysis_fixtures import RootBuilder
-    from pipelines.stages import scored_pairs
+    from pipelines.study import Study, scored_pairs
     from zoo_study.config import load_config
     from zoo_study.store import ResultsLayout
 
@@ -155,7 +156,7 @@ def test_planning_reads_only_the_pairs_of_the_studys_own_models(tmp_path):
     cfg = load_config(None, [f"study.results_root='{tmp_path}'"])
     layout = ResultsLayout(tmp_path)
     assert scored_pairs(layout).num_rows == 3
-    kept = scored_pairs(layout, cfg)
+    kept = Study.from_config(cfg).scores()  # read once, only the study's models
     assert list(zip(kept.column("teacher").to_pylist(), kept.column("student").to_pylist())) == [
         ("resnet10t_w16", "mixer_p8")]
 
@@ -251,7 +252,7 @@ def test_pack_compatibility_is_decided_once_by_the_planner_and_only_read_after(t
     from pipelines.estimate import Bench, DataSizes, estimate
     from pipelines.packs import MemberResult, carrier_members
     from pipelines.runner import run_jobs
-    from pipelines.stages import plan_stage
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
 
     calls = []

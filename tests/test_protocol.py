@@ -89,15 +89,14 @@ def test_eval_every_evaluates_only_some_epochs_and_the_last():
 
 
 def test_replicate_seeds_are_planned_on_the_first_pairs(tmp_path):
-    from pipelines.stages import plan_transfer
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
-    from zoo_study.store import ResultsLayout
 
     cfg = load_config(None, [f"study.results_root={tmp_path}", "transfer.pairs=explicit",
                              "transfer.explicit=[['mixer_p8', 'vit_p8_d96'], ['pit_p8', 'vit_p8_d96']]",
                              "transfer.methods=['kl', 'kl_dp']", "transfer.replicate.seeds=[1, 2]",
                              "transfer.replicate.n_pairs=1", "transfer.replicate.methods=['kl_dp']"])
-    jobs = plan_transfer(cfg, ResultsLayout(tmp_path))
+    jobs = plan_stage(cfg, "transfer")
     runs = sorted((j.spec["teachers"][0]["model_id"], j.spec["config"]["method"], j.spec["config"]["seed"])
                   for j in jobs)
     assert runs == [("mixer_p8", "kl", 0), ("mixer_p8", "kl_dp", 0), ("mixer_p8", "kl_dp", 1), ("mixer_p8", "kl_dp", 2),
@@ -105,7 +104,7 @@ def test_replicate_seeds_are_planned_on_the_first_pairs(tmp_path):
 
 
 def test_method_pair_indices_spread_a_claims_subset_over_the_delta_acc_order():
-    from pipelines.stages import method_pair_indices
+    from pipelines.plan_transfers import method_pair_indices
 
     assert method_pair_indices(30, 12) == {0, 3, 5, 8, 11, 13, 16, 18, 21, 24, 26, 29}  # 29 * j / 11, rounded
     assert method_pair_indices(5, 2) == {0, 4}
@@ -114,16 +113,15 @@ def test_method_pair_indices_spread_a_claims_subset_over_the_delta_acc_order():
 
 
 def test_method_pairs_plans_a_method_on_its_share_of_the_pairs(tmp_path):
-    from pipelines.stages import plan_transfer
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
-    from zoo_study.store import ResultsLayout
 
     pairs = [["mixer_p8", "vit_p8_d96"], ["pit_p8", "vit_p8_d96"], ["mixer_p8", "pit_p8"]]
     cfg = load_config(None, [f"study.results_root={tmp_path}", "transfer.pairs=explicit",
                              f"transfer.explicit={pairs}", "transfer.methods=['kl', 'xe_kl']",
                              "transfer.method_pairs={xe_kl = 2}"])
     runs = sorted((j.spec["teachers"][0]["model_id"], j.spec["student"]["model_id"], j.spec["config"]["method"])
-                  for j in plan_transfer(cfg, ResultsLayout(tmp_path)))
+                  for j in plan_stage(cfg, "transfer"))
     assert runs == sorted([("mixer_p8", "vit_p8_d96", "kl"), ("pit_p8", "vit_p8_d96", "kl"), ("mixer_p8", "pit_p8", "kl"),
                            ("mixer_p8", "vit_p8_d96", "xe_kl"), ("mixer_p8", "pit_p8", "xe_kl")])
 

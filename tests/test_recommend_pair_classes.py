@@ -14,7 +14,8 @@ import pytest
 
 from pipelines.executors import score_job
 from pipelines.jobs import job_id_for
-from pipelines.stages import plan_score, sample_pairs_by_delta, transfer_pairs
+from pipelines.plan_transfers import sample_pairs_by_delta, transfer_pairs
+from pipelines.study import Study, plan_stage
 from zoo_study.config import ConfigError, validate_config
 from zoo_study.store import PREDICTION_SCHEMA, ResultsLayout, write_parquet_atomic
 
@@ -85,11 +86,11 @@ def test_sampled_transfer_pairs_are_the_ones_the_transfer_planner_draws(tmp_path
                            "score": {"pair_classes": "transfer_pairs"},
                            "transfer": {"pairs": "sample", "n_pairs": 3}})
     layout = ResultsLayout(tmp_path)
-    (job,) = plan_score(cfg, layout)
+    (job,) = plan_stage(cfg, "score")
     assert job.spec["pair_classes"] == {"keep": "transfer_pairs", "sample": {"n": 3, "seed": 3}}
     out = score_job(_spec(job.spec["pair_classes"]), _inputs(), None)
     write_parquet_atomic(out["pairs"], layout.pairs)
-    planned = transfer_pairs(cfg, layout)  # what the transfer stage will run, drawn from the written scores
+    planned = transfer_pairs(Study.from_config(cfg))  # what the transfer stage will run, drawn from the written scores
     assert len(planned) == 3 and _pairs_of(out["pair_classes"]) == set(planned)
     assert planned == sample_pairs_by_delta(out["pairs"], 3, 3)
 
@@ -101,11 +102,11 @@ def _cfg(tmp_path: Path, **score) -> object:
 
 
 def test_the_default_keeps_the_score_job_spec_and_id(tmp_path: Path) -> None:
-    (job,) = plan_score(_cfg(tmp_path), ResultsLayout(tmp_path))
+    (job,) = plan_stage(_cfg(tmp_path), "score")
     # the spec as it was before score.pair_classes existed, written out by hand
     old = {"models": MODELS, "random_teachers": [], "pairs": {"pairs": "all", "k": None, "seed": 0, "explicit": []}}
     assert job.spec == old and job_id_for("score", job.spec) == job_id_for("score", old)
-    (kept,) = plan_score(_cfg(tmp_path, pair_classes="transfer_pairs"), ResultsLayout(tmp_path))
+    (kept,) = plan_stage(_cfg(tmp_path, pair_classes="transfer_pairs"), "score")
     assert kept.spec["pair_classes"] == {"keep": "transfer_pairs", "explicit": [["a", "b"], ["d", "c"]]}
     assert job_id_for("score", kept.spec) != job_id_for("score", old)
 

@@ -19,9 +19,9 @@ from helpers.analysis_fixtures import RootBuilder
 from helpers.micro import micro_study
 from pipelines.cli import main
 from pipelines.pilot import pilot_size, plan_pilot, study_config
-from pipelines.stages import plan_transfer
+from pipelines.study import plan_stage
 from zoo_study.config import validate_config
-from zoo_study.store import ResultsLayout
+
 
 STUDENTS = [f"S{i}" for i in range(6)]
 TEACHERS = [f"T{j}" for j in range(6)]
@@ -177,7 +177,7 @@ def test_pilot_jobs_are_the_studys_shortened_under_pilot(tmp_path: Path) -> None
     assert all(p.startswith(f"pilot/transfers/{job.job_id}/") for p in job.outputs.values())
     assert job.spec["pilot"] == {"steps": 2} and job.spec["config"]["epochs"] == 1
     assert job.spec["config"]["transfer_fraction"] == round(64 / 240, 9)
-    study_ids = {j.job_id for j in plan_transfer(cfg, ResultsLayout(tmp_path))}
+    study_ids = {j.job_id for j in plan_stage(cfg, "transfer")}
     assert job.job_id not in study_ids and job.spec["student"]["model_id"] == "mixer_p8"
 
 

@@ -25,7 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import runner_executors as T
-from pipelines.jobs import EXECUTORS, Job, is_done, job_id_for, job_record_json, plan
+from pipelines.jobs import Job, job_id_for
+from pipelines.outputs import is_done, job_record_json
+from pipelines.stages import count, stage_executors
 from pipelines.records import read_failures, status
 from pipelines.runner import run_jobs
 from zoo_study import store
@@ -125,16 +127,17 @@ def test_done_detection_truncated_parquet_and_empty_file(tmp_path):
     data = (tmp_path / "t.parquet").read_bytes()
     (tmp_path / "t.parquet").write_bytes(data[: len(data) // 2])
     assert not is_done(job, tmp_path)
-    counts = plan([job, job, Job("s", {"b": 1}, {"out": "r2.html"})], tmp_path)  # duplicate job counted once
+    counts = count([job, job, Job("s", {"b": 1}, {"out": "r2.html"})], tmp_path).stages  # duplicate job counted once
     assert (counts["s"].total, counts["s"].done, counts["s"].to_run) == (2, 0, 2)
     store.write_parquet_atomic(pa.table({"v": [1]}), tmp_path / "t.parquet")  # redone
-    assert is_done(job, tmp_path) and plan([job], tmp_path)["s"].done == 1
+    assert is_done(job, tmp_path) and count([job], tmp_path).stages["s"].done == 1
     with pytest.raises(ValueError, match="claimed by two jobs"):
-        plan([Job("s", {"a": 1}, {"out": "o.parquet"}), Job("s", {"a": 2}, {"out": "o.parquet"})], tmp_path)
+        count([Job("s", {"a": 1}, {"out": "o.parquet"}), Job("s", {"a": 2}, {"out": "o.parquet"})], tmp_path)
 
 
 def test_executor_map_and_unknown_stages(tmp_path):
-    assert EXECUTORS["transfer"] == "pipelines.executors:transfer_job" and T.EMIT not in EXECUTORS
+    executors = stage_executors()
+    assert executors["transfer"] == "pipelines.executors:transfer_job" and T.EMIT not in executors
     with pytest.raises(KeyError, match="no executor for stage 'nope'"):
         run([Job("nope", {}, {"out": "x.parquet"})], tmp_path, use_ray=False)
     with pytest.raises(ValueError, match="not importable"):
@@ -183,7 +186,7 @@ def test_result_with_the_wrong_schema_is_redone_and_reported(tmp_path, caplog):
     assert run_().ran == 1 and is_done(job, tmp_path)
     # a readable Parquet file of another shape at the result path: not done, reported, redone
     store.write_parquet_atomic(pa.table({"teacher": ["a"], "x": [1]}), tmp_path / "scores/pair_classes.parquet")
-    assert not is_done(job, tmp_path) and plan([job], tmp_path)["_test.pc"].to_run == 1
+    assert not is_done(job, tmp_path) and count([job], tmp_path).stages["_test.pc"].to_run == 1
     st = status(tmp_path, [job])
     assert st.stages["_test.pc"].to_run == 1 and "missing columns ['student'" in st.summary()
     with caplog.at_level(logging.WARNING):
@@ -215,7 +218,7 @@ def test_end_to_end_stage_order_and_noop_resume(ray_local, tmp_path):
     assert value(tmp_path, "b/sum.parquet") == 0 + 1 + 2 + 3
     assert value(tmp_path, "b/sum.parquet", "n_inputs") == 4
     assert (tmp_path / "c/one.txt").read_text().startswith("[{'job_id'")
-    assert plan(jobs, tmp_path)[T.EMIT].to_run == 0
+    assert count(jobs, tmp_path).stages[T.EMIT].to_run == 0
 
     again = run(jobs, tmp_path)
     assert again.ran == 0 and again.stages[T.EMIT].done_before == 5 and again.stages[T.SUM].done_before == 1

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pipelines.cli import _stage_groups
 from pipelines.jobs import Job
 from pipelines.runner import largest_packs_first
+from pipelines.stages import stage_groups
 
 
 def test_transfer_multi_teacher_and_hparam_run_as_one_wave():
     stages = ["zoo", "predict", "score", "transfer", "multi_teacher", "hparam", "robustness", "report"]
-    assert _stage_groups(stages) == [["zoo"], ["predict"], ["score"], ["transfer", "multi_teacher", "hparam"],
+    assert stage_groups(stages) == [["zoo"], ["predict"], ["score"], ["transfer", "multi_teacher", "hparam"],
                                      ["robustness"], ["report"]]
-    assert _stage_groups(["multi_teacher", "report"]) == [["multi_teacher"], ["report"]]
-    assert _stage_groups(["score", "hparam"]) == [["score"], ["hparam"]]
+    assert stage_groups(["multi_teacher", "report"]) == [["multi_teacher"], ["report"]]
+    assert stage_groups(["score", "hparam"]) == [["score"], ["hparam"]]
 
 
 def _job(name: str, pack: str = "") -> Job:

@@ -216,7 +216,7 @@ def test_every_table_path_matches_its_view_glob_and_nothing_else(tmp_path):
         path.write_bytes(b"")
     for name, spec in TABLES.items():
         assert sorted(tmp_path.glob(spec.glob)) == [written[name]], name
-        assert spec.pattern == spec.glob and spec.description and spec.what and spec.stage
+        assert spec.pattern == spec.glob and spec.description and spec.what
     assert TABLES["transfers"].shown == "transfers/<job_id>/summary.parquet"
     assert TABLES["transfers"].folder == "transfers" and TABLES["models"].folder == "zoo/models"
     assert layout.path("weights", model="a/b") == layout.weights("a/b") == tmp_path / "zoo/weights/a_b.safetensors"

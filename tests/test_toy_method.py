@@ -47,9 +47,9 @@ def toy():
 def test_toy_method_with_state_and_table_end_to_end(toy, tmp_path: Path, capsys) -> None:
     from analysis.db import connect
     from analysis.tables import render_all
-    from pipelines.stages import plan_transfer
+    from pipelines.study import plan_stage
     from zoo_study.config import load_config
-    from zoo_study.store import TABLES, ResultsLayout
+    from zoo_study.store import TABLES
 
     root = tmp_path / "root"
     cfg_file = tmp_path / "toy.toml"
@@ -61,7 +61,7 @@ def test_toy_method_with_state_and_table_end_to_end(toy, tmp_path: Path, capsys)
     cfg = load_config(cfg_file)
     assert cfg.transfer.methods == ["toy_counted"]
     assert main(["run", str(cfg_file), "--no-progress", "--stage", "zoo,predict,transfer"]) == 0
-    (job,) = plan_transfer(cfg, ResultsLayout(root))
+    (job,) = plan_stage(cfg, "transfer")
     assert job.spec["config"]["hparams"] == {"lambda": 0.25}
     assert job.outputs["toy_class_counts"] == f"transfers/{job.job_id}/toy_class_counts.parquet"
     # the transfer wrote it: 240 training images x 0.5 = 120 samples, 3 full batches of 32 per epoch, so the

@@ -6,7 +6,8 @@ the library. The column schemas live in :mod:`zoo_study.schemas` (the longest, m
 and are re-exported here, so ``from zoo_study.store import PAIR_SCHEMA`` works as before.
 
 The layout of a results root (``runs/<study>/``) is declared once, in :data:`TABLES` (every result table:
-view name, path template, schema, producing stage, description) and :data:`FILES` (config, environment,
+view name, path template, schema, description; the stage that writes each is its
+``pipelines.stages.Stage.tables``) and :data:`FILES` (config, environment,
 weights, job records, report). :class:`ResultsLayout`'s path methods, the DuckDB views of
 ``analysis.db`` and the report's "no data" messages are all derived from them.
 """
@@ -98,7 +99,6 @@ class TableSpec(_Template):
     name: str  # the DuckDB view
     template: str
     schema: pa.Schema
-    stage: str  # the pipeline stage that writes it ("any": every stage)
     what: str  # its rows in words, for messages: "transfer results"
     description: str  # one line
 
@@ -134,36 +134,36 @@ class _Catalogue(Mapping[str, _V]):
 
 def _method_tables() -> dict[str, TableSpec]:
     """The tables the registered methods declare, as catalogue entries written by the transfer stages."""
-    return {t.name: TableSpec(t.name, t.template, t.schema, "transfer", t.what, t.description) for t in method_tables()}
+    return {t.name: TableSpec(t.name, t.template, t.schema, t.what, t.description) for t in method_tables()}
 
 
 # One entry per DuckDB view, in view order: a new table is one more line here (and its schema above); a
 # method's own table is declared with the method and follows these (``_method_tables``).
 _CORE_TABLES: dict[str, TableSpec] = {t.name: t for t in (
-    TableSpec("models", "zoo/models/{model}.parquet", MODEL_SCHEMA, "zoo", "model catalog rows",
+    TableSpec("models", "zoo/models/{model}.parquet", MODEL_SCHEMA, "model catalog rows",
               "one catalog row per model: source, architecture, family, size, preprocessing"),
-    TableSpec("predictions", "predictions/model={model}.parquet", PREDICTION_SCHEMA, "predict", "model predictions",
+    TableSpec("predictions", "predictions/model={model}.parquet", PREDICTION_SCHEMA, "model predictions",
               "per-sample predictions of one model on the eval split"),
-    TableSpec("pairs", "scores/pairs.parquet", PAIR_SCHEMA, "score", "pair scores",
+    TableSpec("pairs", "scores/pairs.parquet", PAIR_SCHEMA, "pair scores",
               "one row per scored (teacher, student) pair: accuracies, flips, entropy, top-X% classes"),
-    TableSpec("pair_classes", "scores/pair_classes.parquet", PAIR_CLASS_SCHEMA, "score", "per-class pair flips",
+    TableSpec("pair_classes", "scores/pair_classes.parquet", PAIR_CLASS_SCHEMA, "per-class pair flips",
               "positive and negative flips per class of every scored pair"),
-    TableSpec("class_embeddings", "classes/embeddings.parquet", CLASS_EMBEDDING_SCHEMA, "semantics",
+    TableSpec("class_embeddings", "classes/embeddings.parquet", CLASS_EMBEDDING_SCHEMA,
               "class text embeddings", "one text embedding per class of the dataset (Fig 2b), with its super-class"),
-    TableSpec("pair_semantics", "scores/pair_semantics.parquet", PAIR_SEMANTICS_SCHEMA, "semantics",
+    TableSpec("pair_semantics", "scores/pair_semantics.parquet", PAIR_SEMANTICS_SCHEMA,
               "semantic similarity of top classes", "per pair and X: similarity of its top-X% positive-flip "
               "classes vs random class sets, and the share in one super-class vs chance"),
-    TableSpec("transfers", "transfers/{job_id}/summary.parquet", TRANSFER_SUMMARY_SCHEMA, "transfer",
+    TableSpec("transfers", "transfers/{job_id}/summary.parquet", TRANSFER_SUMMARY_SCHEMA,
               "transfer results", "one row per transfer job (single or multi-teacher): accuracies, gain, loss"),
-    TableSpec("epochs", "transfers/{job_id}/epochs.parquet", TRANSFER_EPOCH_SCHEMA, "transfer",
+    TableSpec("epochs", "transfers/{job_id}/epochs.parquet", TRANSFER_EPOCH_SCHEMA,
               "per-epoch transfer curves", "per-epoch (and per-stage) curve of a transfer job"),
     TableSpec("transfer_predictions", "transfers/{job_id}/predictions.parquet", TRANSFER_PREDICTION_SCHEMA,
-              "transfer", "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
-    TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hparam", "hyper-parameter grid results",
+              "per-sample transfer predictions", "per-sample eval predictions before and after transfer"),
+    TableSpec("hparams", "hparams/{job_id}.parquet", TRANSFER_SUMMARY_SCHEMA, "hyper-parameter grid results",
               "grid-search rows, kept apart from the study's transfers (same columns as a transfer summary)"),
-    TableSpec("robustness", "robustness/{job_id}.parquet", ROBUSTNESS_SCHEMA, "robustness", "robustness results",
+    TableSpec("robustness", "robustness/{job_id}.parquet", ROBUSTNESS_SCHEMA, "robustness results",
               "clean, FGSM and I-FGSM accuracy per eps (and feature V-measure) of students before and after transfer"),
-    TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "any", "failed jobs",
+    TableSpec("failures", "failures/{job_id}.parquet", FAILURE_SCHEMA, "failed jobs",
               "one row per failed or skipped job: error, traceback, attempts"),
 )}  # fmt: skip
 TABLES: Mapping[str, TableSpec] = _Catalogue(_CORE_TABLES, _method_tables)

@@ -4,7 +4,7 @@ Why here, outside the shipped packages: the installed tool never imports test co
 executors by module path (``helpers.runner_executors:emit``), so ``tests/`` must be on their path too:
 :func:`importable_by_workers` puts it on ``PYTHONPATH``, which a local Ray instance (and a driver run as a
 subprocess) inherits; ``tests/conftest.py`` calls it. Stage names start with ``_test.`` so they can never
-collide with real stages, and they are not in the study's map (``pipelines.jobs.EXECUTORS``): pass
+collide with real stages, and they are not in the study's map (``pipelines.stages.STAGES``): pass
 ``run_jobs(..., executors=EXECUTORS)`` to run them.
 
 Behaviour is driven by the spec so that tests can inject faults into a job without changing its id:
