@@ -79,3 +79,25 @@ def test_a_transfer_steps_the_schedule_once_per_optimiser_step(monkeypatch):
     assert made[0][1] is None and math.isfinite(plain.row["acc_last"])
     a, b = plain.model.state_dict(), sched_run.model.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_shipped_mixup_kd_study_is_scratch_converging_and_fully_crossed():
+    """pipelines/configs/mixup_kd.toml: the Mixup-KD regime (issue 24 item 8), checked where a typo would
+    silently put it back outside it: scratch students, the recipe's epochs or more, a real schedule,
+    none / PMU 10% / PMU 50% / FMU, >= 3 seeds."""
+    from pathlib import Path
+
+    from zoo_study.config import ConfigError, load_config, validate_config
+    from zoo_study.zoo.recipes import recipe_by_id
+
+    cfg = load_config(Path(__file__).parents[1] / "pipelines/configs/mixup_kd.toml")
+    t = cfg.transfer
+    assert t.student_init == "scratch" and t.lr_schedule == "one_cycle" and t.transfer_fraction == 1.0
+    assert t.methods == ["std_kd"] and len(t.seeds) >= 3
+    mixes = {(t.mixup, None)} | {(v["mixup"], v.get("mixup_share")) for v in t.variants}
+    assert mixes == {("none", None), ("pmu", 0.1), ("pmu", 0.5), ("fmu", None)}
+    for _teacher, student in t.explicit:
+        assert t.epochs >= recipe_by_id(student).epochs
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"transfer": {"lr_schedule": "cosine"}})
+    assert "transfer.lr_schedule" in str(exc.value) and "cosine" in str(exc.value) and "\n" not in str(exc.value)
