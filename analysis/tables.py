@@ -293,10 +293,14 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "tab_mixup", "Mixup KD — objectives, batch mixing and student initialisation", "tab_mixup_kd",
         "Per objective (Std-KD: standardised logits, temperature-free; KL at its T), batch mixing (none, PMU "
-        "with the share of each batch mixed, FMU) and student initialisation: accuracy after transfer with "
-        "its 95% interval over runs and the delta. A scratch student starts from the untrained architecture, "
-        "so its delta measures learning, not transfer without forgetting; compare accuracies within one "
-        "initialisation.",
+        "with the share of each batch mixed, FMU), student initialisation and epochs: accuracy after transfer "
+        "with its 95% t interval over runs (teachers x seeds) and the delta. vs none: the effect of mixing, "
+        "paired per seed with the unmixed run that differs only in mixing, its mean and 95% t interval over "
+        "the pairs. A scratch student starts from the untrained architecture, so its delta measures "
+        "learning, not transfer without forgetting; compare accuracies within one initialisation. Choi et "
+        "al.'s claims about mixing during distillation are tested only by scratch students trained to "
+        "convergence (pipelines/configs/mixup_kd.toml); short runs of pretrained students are outside their "
+        "regime.",
         ("transfers",), "no mixup, scratch-student or Std-KD transfers: set transfer.mixup / student_init or "
         "add std_kd to transfer.methods", present_by_method,
     ),

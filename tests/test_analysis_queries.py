@@ -505,6 +505,38 @@ def test_mixup_kd_table_keeps_teachers_with_and_without_mixup_apart(tmp_path: Pa
     assert rows[None]["n_runs"] == 1 and rows["mixup"]["mixed_pct"] == 10
 
 
+def test_mixup_kd_table_pairs_each_mixed_seed_with_its_unmixed_twin(tmp_path: Path) -> None:
+    """Scratch Std-KD students, three seeds per mixing; the effect of mixing is the per-seed difference
+    to the unmixed run of the same seed, its mean with a t interval over the seeds (2 df)."""
+    b = RootBuilder(tmp_path)
+    b.model("S", "cnn", 10.0)
+    b.model("T", "cnn", 10.0, source="embedded", recipe={"arch": "x", "recipe": {"mixup_alpha": 0.0}})
+    accs = {("none", 0.0): (0.50, 0.53, 0.47), ("pmu", 0.1): (0.52, 0.54, 0.50), ("fmu", 1.0): (0.45, 0.49, 0.44)}
+    for (mix, share), by_seed in accs.items():
+        for seed, acc in enumerate(by_seed):
+            b.transfer("S", "T", "std_kd", acc - 0.01, acc_before=0.01, seed=seed, student_init="scratch",
+                       mixup=mix, mixup_share=share, lr=0.05)
+    # PMU 50% at another lr: no unmixed twin, so no paired effect (but it is a row of its own)
+    b.transfer("S", "T", "std_kd", 0.60 - 0.01, acc_before=0.01, student_init="scratch", mixup="pmu",
+               mixup_share=0.5, lr=0.1)
+    with connect(tmp_path) as db:
+        rows = rows_by(db.named("tab_mixup_kd"), "mixup", "mixed_pct")
+    assert set(rows) == {("none", 0), ("pmu", 10), ("fmu", 100), ("pmu", 50)}
+    none, pmu, fmu = rows[("none", 0)], rows[("pmu", 10)], rows[("fmu", 100)]
+    assert none["n_runs"] == none["n_seeds"] == 3 and none["acc_after_pct"] == pytest.approx(50.0)
+    assert none["vs_none_pp"] is None and none["n_paired"] is None
+    # PMU 10%: per seed +2, +1, +3 pp -> mean 2 pp, sd 1 pp; t(0.975, 2) = 4.3027: 2 -+ 4.3027 / sqrt(3)
+    assert pmu["n_paired"] == 3 and pmu["vs_none_pp"] == pytest.approx(2.0, abs=1e-6)
+    assert (pmu["vs_none_ci_low_pp"], pmu["vs_none_ci_high_pp"]) == pytest.approx((-0.48, 4.48), abs=1e-6)
+    # FMU: -5, -4, -3 pp -> mean -4, sd 1: -4 -+ 2.48
+    assert fmu["vs_none_pp"] == pytest.approx(-4.0, abs=1e-6)
+    assert (fmu["vs_none_ci_low_pp"], fmu["vs_none_ci_high_pp"]) == pytest.approx((-6.48, -1.52), abs=1e-6)
+    # unpaired, the accuracies' own intervals are wider: PMU's spread over seeds is 2 pp, not 1
+    assert pmu["acc_ci_high_pct"] - pmu["acc_ci_low_pct"] > pmu["vs_none_ci_high_pp"] - pmu["vs_none_ci_low_pp"]
+    assert rows[("pmu", 50)]["n_paired"] is None and rows[("pmu", 50)]["vs_none_pp"] is None
+    assert {r["epochs"] for r in rows.values()} == {3} and none["student_init"] == "scratch"
+
+
 def test_variant_transfers_stay_out_of_the_papers_analyses(tmp_path: Path) -> None:
     """A temperature variant is a pretrained, unmixed transfer too: only its variant mark keeps it from
     counting as a second run of the method."""

@@ -102,6 +102,10 @@ class TransferSettings(BaseModel):
     # ratios (zoo_study/transfer/protocol.py): MCL's tau is rescaled so the slow model takes the paper's
     # share of the fast trajectory, and no method's lr may leave the grid the paper searched
     protocol: Literal["as_given", "paper_ratios"] = "as_given"
+    # constant: the paper's fine-tuning lr, the same every step. one_cycle: the zoo recipes' schedule
+    # (zoo_study/zoo/train.py: warm up over the first 15% of a phase's steps, then cosine down to ~0), which
+    # a student trained from scratch needs to converge (the Mixup-KD study, pipelines/configs/mixup_kd.toml)
+    lr_schedule: Literal["constant", "one_cycle"] = "constant"
 
     @field_validator("transfer_fraction", "momentum", "weight_decay", "lr_scale", "mixup_share", "mixup_alpha")
     @classmethod
@@ -244,7 +248,8 @@ PACK_SHARED = ("seed", "batch_size", "epochs", "eval_every", "eval_batch_size", 
                "transfer_per_class", "subset_seed", "amp", "student_init", "mixup", "mixup_share", "mixup_alpha")
 # settings added after the first results: absent from a job's dump (and id) while at these defaults
 # (mixup_share and mixup_alpha are left out whenever mixup is none: they mean nothing then)
-OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none", "variant": "", "protocol": "as_given"}
+OMITTED_AT_DEFAULT = {"student_init": "pretrained", "mixup": "none", "variant": "", "protocol": "as_given",
+                      "lr_schedule": "constant"}
 _MIX_DEFAULTS = {"mixup_share": 0.1, "mixup_alpha": 1.0}
 _PACK_DEFAULTS = {**OMITTED_AT_DEFAULT, **_MIX_DEFAULTS}  # what a dump without these keys means
 

@@ -78,6 +78,7 @@ class Member:
     best_correct: int = -1
     best_state: dict | None = None
     scaler: Any = None  # torch.amp.GradScaler under fp16 autocast
+    sched: Any = None  # the lr schedule stepped after every optimiser step (None: constant lr)
     failed: BaseException | None = None
     loss_sum: Tensor | float = 0.0  # float64 on the device: the same sum as Python floats, without a sync
     bad_step: Tensor | None = None  # first step with a non-finite loss (-1: none yet), on the device

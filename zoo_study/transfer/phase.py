@@ -138,11 +138,25 @@ def _setup(config: TransferConfig, side: StudentSide, *, teachers: Sequence[Teac
     trainable = list(model.parameters()) + (list(state.parameters()) if state is not None else [])
     lr = config.lr_for_batch(batch)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = lr_schedule(opt, config.lr_schedule, config.epochs * _steps_per_epoch(len(train), batch))
     # the objective's draws (CRD negatives, Talking Models' noise) happen on the device they are used on
     obj_gen = torch.Generator(device=rt.device).manual_seed(seeds["objective"])
     return Member(config=config, side=side, model=model, state=state, opt=opt, obj_gen=obj_gen,
                    rng=RngState(rt.device), routes=RouteStats() if obj.routes else None, lr=lr,
-                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler())
+                   evals=[EpochEval(phase, phase_teacher, 0, side.start_pred)], scaler=rt.scaler(), sched=sched)
+
+
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int) -> Any:
+    """The per-step lr schedule of one phase, or None for a constant lr. ``one_cycle`` is the zoo
+    recipes' schedule (zoo_study/zoo/train.py: peak = the configured lr after 15% of the steps, then
+    cosine annealing), without momentum cycling, so SGD's momentum stays the configured one."""
+    if kind == "constant":
+        return None
+    if kind == "one_cycle":
+        peak = opt.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=max(total_steps, 2),
+                                                   pct_start=0.15, cycle_momentum=False)
+    raise ValueError(f"lr_schedule={kind!r}; valid: constant, one_cycle")
 
 
 def _steps_per_epoch(n: int, batch: int) -> int:
@@ -369,6 +383,8 @@ def _member_step(m: Member, rt: Runtime, x: Tensor, teacher_logits: Tensor, t_fe
         m.scaler.scale(out.loss).backward()
         m.scaler.step(m.opt)
         m.scaler.update()
+    if m.sched is not None:
+        m.sched.step()
     if m.state is not None:
         m.state.after_step(m.model)
     m.loss_sum = m.loss_sum + loss.double()  # float64, as the Python float sum it replaces
