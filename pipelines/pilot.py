@@ -126,12 +126,13 @@ def run_pilot(cfg: StudyConfig, plan: PilotPlan, *, progress: bool = False):
     from pipelines.lock import ResultsLock
     from pipelines.prepare import prepare_study_data
     from pipelines.runner import run_jobs
+    from pipelines.study import Study
 
     root = cfg.results_root()
     lock = ResultsLock(root)
     lock.acquire()
     try:
-        prepare_study_data(plan.config, ResultsLayout(root), {"transfer": plan.jobs})
+        prepare_study_data(Study.from_config(plan.config), {"transfer": plan.jobs})
         r = cfg.ray
         return run_jobs([plan.jobs], root, address=r.address or None, num_cpus=r.num_cpus, pack_size=r.pack_size,
                         pack_students=r.pack_students, pack_memory_bytes=r.pack_gpu_memory_gb * 1e9,
