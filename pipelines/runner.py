@@ -131,27 +131,6 @@ def _as_waves(jobs: Sequence[Job] | Sequence[Sequence[Job]]) -> list[list[Job]]:
     return [list(w) for w in jobs if len(w)]
 
 
-def check_waves(waves: list[list[Job]]) -> tuple[list[list[Job]], dict[str, tuple[int, Job]]]:
-    """Validate ids/outputs across all waves and that no job reads what its own or a later wave writes.
-
-    Returns the waves with repeated jobs dropped (first occurrence kept) and, for every output path,
-    (wave index, producing job).
-    """
-    unique(j for w in waves for j in w)  # raises on two jobs claiming one output
-    seen: set[str] = set()
-    waves = [kept for w in waves if (kept := [j for j in w if not (j.job_id in seen or seen.add(j.job_id))])]
-    producer = {rel: (i, job) for i, w in enumerate(waves) for job in w for rel in job.outputs.values()}
-    for i, wave in enumerate(waves):
-        for job in wave:
-            for rel in job.inputs:
-                if rel in producer and producer[rel][0] >= i:
-                    other = producer[rel][1]
-                    where = "the same wave" if producer[rel][0] == i else "a later wave"
-                    raise ValueError(f"job {job.label} reads {rel!r}, which {other.label} writes in {where}; "
-                                     f"run stage {other.stage!r} before stage {job.stage!r}")
-    return waves, producer
-
-
 def _check_waves(waves: list[list[Job]]) -> tuple[list[list[Job]], dict[str, tuple[int, Job]]]:
     """Validate ids/outputs across all waves and that no job reads what its own or a later wave writes.
 
