@@ -134,7 +134,10 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _metric_mean(values: list[float]) -> Metric:
+def _metric_mean(values: list[float], bounds: tuple[float, float] = (-1.0, 1.0)) -> Metric:
+    """Mean over held-out students with its 95% t interval, clipped to ``bounds`` (what the metric can
+    take: a Spearman r lies in [-1, 1], a difference of two in [-2, 2]); a t interval from few students
+    would otherwise claim values no ranking can have."""
     xs = [v for v in values if math.isfinite(v)]
     if not xs:
         return Metric(math.nan, math.nan, math.nan, 0)
@@ -142,7 +145,7 @@ def _metric_mean(values: list[float]) -> Metric:
     if len(xs) < 2:
         return Metric(m, math.nan, math.nan, len(xs))
     half = t_quantile_975(len(xs) - 1) * float(np.std(xs, ddof=1)) / math.sqrt(len(xs))
-    return Metric(m, m - half, m + half, len(xs))
+    return Metric(m, max(bounds[0], m - half), min(bounds[1], m + half), len(xs))
 
 
 def _metric_rate(hits: list[bool]) -> Metric:

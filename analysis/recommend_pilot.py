@@ -102,10 +102,8 @@ def _paired_gain(q: Quality, a: str, b: str, index: int) -> Metric:
     """Mean over held-out students of ranker ``a``'s Spearman r (index 0) or top-1 hit (1) minus ``b``'s."""
     diffs = [float(q.by_student[a][s][index]) - float(q.by_student[b][s][index])
              for s in q.by_student.get(a, {}) if s in q.by_student.get(b, {})]
-    m = _metric_mean([d for d in diffs if math.isfinite(d)])
-    if index == 1 and math.isfinite(m.low):  # a difference of two hit rates lies in [-1, 1]
-        m = Metric(m.value, max(m.low, -1.0), min(m.high, 1.0), m.n)
-    return m
+    # a difference of two Spearman r lies in [-2, 2], of two top-1 hits (0 or 1) in [-1, 1]
+    return _metric_mean([d for d in diffs if math.isfinite(d)], (-2.0, 2.0) if index == 0 else (-1.0, 1.0))
 
 
 def _compute(db: ResultsDB, method: str, pilots: pa.Table, first: list[tuple[str, str]]) -> dict[str, float]:

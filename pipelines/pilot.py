@@ -4,8 +4,9 @@ planned and run by the normal pipeline, kept apart from the study's own results.
 Why this shape:
 - The pilot is the study's own transfer, shortened: the root's config (``config.toml``, the resolved
   config of its last run; or ``--config``) with ``transfer.pairs = "explicit"`` for the pairs to try, the
-  one method, the first seed, no variants, and a transfer set of about ``STEPS x batch_size`` images
-  (one epoch; more epochs of the whole train split when STEPS is larger). The transfer planner makes the
+  one method, the first seed, no variants, and about STEPS steps: the first epochs of the study's own
+  transfer set when STEPS covers one of its epochs (its prefix, under a constant learning rate), else one
+  epoch over a smaller stratified share (:func:`pilot_size`). The transfer planner makes the
   jobs, the runner runs them (resumable, cached by job id: a rerun with the same STEPS runs nothing).
 - Its files go to ``<root>/pilot/transfers/<job_id>/`` and its spec carries ``"pilot": {"steps": STEPS}``,
   so its job ids are never the study's and the analyses, which read ``transfers/*/`` under the root,
@@ -17,7 +18,6 @@ Why this shape:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,33 +57,41 @@ def study_config(root: str | Path, config: str | None = None) -> StudyConfig:
     return validate_config(raw)
 
 
-def pilot_size(cfg: StudyConfig, steps: int) -> tuple[float, int, int, int]:
-    """``(transfer_fraction, epochs, images, steps)`` of a pilot of about ``steps`` optimizer steps.
+def pilot_size(cfg: StudyConfig, steps: int) -> tuple[dict[str, float | int], int, int, int]:
+    """``(transfer-set overrides, epochs, images, steps)`` of a pilot of about ``steps`` optimizer steps.
 
-    Why a fraction: the transfer set is a stratified share of the train split; one epoch over
-    ``steps x batch_size`` of its images is ``steps`` steps (the loader drops a last partial batch; when
-    rounding per class falls short, one more image per class until it does not). A pilot longer than
-    one pass over the split trains more epochs of all of it."""
+    Why this shape: a pilot should be the first steps of the study's own transfer, so its early delta is
+    the real transfer's early delta. When ``steps`` covers at least one epoch of the study's transfer set,
+    the pilot keeps that set (same fraction or per-class count, same subset seed: the same images) and
+    trains ``round(steps / steps_per_epoch)`` of its epochs, at most the study's own ``epochs`` (a longer
+    pilot would be the full transfer). With a constant learning rate (the default) that is exactly the
+    transfer's prefix; a ``one_cycle`` schedule runs its own short cycle. A pilot shorter than one epoch
+    trains one epoch over a smaller stratified share of ``steps x batch_size`` train images (the loader
+    drops a last partial batch; when rounding per class falls short, one more image per class until it
+    does not)."""
     from pipelines.estimate import data_sizes, epoch_images, transfer_images
 
     sizes = data_sizes(cfg)
-    batch = cfg.transfer.batch_size
+    t = cfg.transfer
+    batch = t.batch_size
     total = sum(sizes.train_per_class)
     if total == 0:
         raise ConfigError("the study's train split is empty: nothing to run a pilot on")
+    own = ({"transfer_per_class": t.transfer_per_class} if t.transfer_per_class
+           else {"transfer_fraction": t.transfer_fraction})
+    own_images = transfer_images(own, sizes)
+    per_epoch = max(1, epoch_images(own_images, batch) // batch)
+    if steps >= per_epoch:
+        epochs = min(max(1, round(steps / per_epoch)), t.epochs)
+        return own, epochs, own_images, epochs * per_epoch
     want = steps * batch
-    if want >= total:
-        fraction, per_epoch = 1.0, max(1, epoch_images(total, batch) // batch)
-        epochs = max(1, math.ceil(steps / per_epoch))
-        images = transfer_images({"transfer_fraction": fraction}, sizes)
-        return fraction, epochs, images, epochs * max(1, epoch_images(images, batch) // batch)
     classes = len(sizes.train_per_class)
     for extra in range(0, total, classes):  # per-class rounding may fall short: one more image per class
         fraction = min(1.0, round((want + extra) / total, 9))
         images = transfer_images({"transfer_fraction": fraction}, sizes)
         if epoch_images(images, batch) // batch >= steps or fraction == 1.0:
             break
-    return fraction, 1, images, max(1, epoch_images(images, batch) // batch)
+    return {"transfer_fraction": fraction}, 1, images, max(1, epoch_images(images, batch) // batch)
 
 
 def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], steps: int) -> PilotPlan:
@@ -91,13 +99,14 @@ def plan_pilot(cfg: StudyConfig, method: str, pairs: list[tuple[str, str]], step
     outputs moved under ``pilot/``. Raises ConfigError for a model the study does not have."""
     from pipelines.study import plan_stage
 
-    fraction, epochs, images, real_steps = pilot_size(cfg, steps)
+    subset, epochs, images, real_steps = pilot_size(cfg, steps)
     raw = cfg.model_dump(mode="json", exclude_none=True)
     t = raw["transfer"]
     t.update(enabled=True, pairs="explicit", explicit=[list(p) for p in pairs], methods=[method],
              seeds=[cfg.transfer.seeds[0]], variants=[], method_pairs={}, replicate={}, epochs=epochs,
-             transfer_fraction=fraction, eval_every=epochs)
+             eval_every=epochs)
     t.pop("transfer_per_class", None)
+    t.update(subset)
     raw.setdefault("robustness", {})["enabled"] = False  # a pilot keeps no student weights
     short = validate_config(raw)
     planned = (plan_stage(short, "transfer") or []) if pairs else []

@@ -152,3 +152,18 @@ def test_the_report_has_a_which_teacher_section(tmp_path: Path) -> None:
     assert "held-out ranking quality" in section and "most accurate" in section
     assert section.count("<tr><td>S") == 6  # each student's top-3 teachers
     assert "data:image/png;base64," in section  # predicted vs observed, kappa vs rho_pos
+
+
+def test_mean_spearman_interval_stays_within_what_r_can_take() -> None:
+    from analysis.recommend import _metric_mean
+
+    # r = 1, 1, 0.4 over three held-out students: mean 0.8, sd = sqrt(0.12) = 0.3464, t(2) = 4.303;
+    # half-width 4.303 x 0.3464 / sqrt(3) = 0.8606, so the t interval [-0.061, 1.661] is clipped to 1
+    m = _metric_mean([1.0, 1.0, 0.4])
+    assert m.value == pytest.approx(0.8) and m.n == 3
+    assert m.low == pytest.approx(0.8 - 0.8606, abs=1e-3) and m.high == 1.0
+    # a difference of two r (bounds [-2, 2]) keeps the same interval unclipped
+    d = _metric_mean([1.0, 1.0, 0.4], (-2.0, 2.0))
+    assert d.high == pytest.approx(0.8 + 0.8606, abs=1e-3)
+    # NaN (a student whose observed deltas are all equal) is left out, not counted
+    assert _metric_mean([0.5, math.nan, 0.3]).n == 2

@@ -154,16 +154,30 @@ def _micro(tmp: Path):
 
 
 def test_pilot_size_by_hand(tmp_path: Path) -> None:
-    cfg = _micro(tmp_path)  # 6 classes x 40 train images, batch 32
-    # 2 steps: 64 of 240 images; 11 per class (40 x 0.2667 rounded) = 66, one epoch drops the last 2
-    assert pilot_size(cfg, 2) == (round(64 / 240, 9), 1, 66, 2)
-    # 20 steps: more than the split's 7 full batches: all of it, ceil(20 / 7) = 3 epochs = 21 steps
-    assert pilot_size(cfg, 20) == (1.0, 3, 240, 21)
-    # the demo's data: 100 classes x 120 images, batch 128. 5 steps = 640 images = 6.4 per class, rounded to
-    # 6 = 600 = 4 steps: short, so one more per class: 740 / 12,000 -> 7 per class = 700 = 5 steps
+    cfg = _micro(tmp_path)  # 6 classes x 40 train images, batch 32; the study: half of them (120), 1 epoch
+    # 2 steps: less than one epoch of the study's set (120 // 32 = 3 steps): a smaller share, 64 of 240
+    # images; 11 per class (40 x 0.2667 rounded) = 66, one epoch drops the last 2
+    assert pilot_size(cfg, 2) == ({"transfer_fraction": round(64 / 240, 9)}, 1, 66, 2)
+    # 3 steps: one epoch of the study's own set (the same images), i.e. the whole 1-epoch transfer
+    assert pilot_size(cfg, 3) == ({"transfer_fraction": 0.5}, 1, 120, 3)
+    # 20 steps: round(20 / 3) = 7 epochs, but never more than the study's own 1 epoch
+    assert pilot_size(cfg, 20) == ({"transfer_fraction": 0.5}, 1, 120, 3)
+    # a 20-epoch study: 20 steps = round(20 / 3) = 7 of its epochs = 21 steps, over the same 120 images
+    long = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"epochs": 20})})
+    assert pilot_size(long, 20) == ({"transfer_fraction": 0.5}, 7, 120, 21)
+    # a study drawing 10 images per class: its own per-class set, 60 images = 1 step per epoch
+    per_class = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(
+        update={"epochs": 20, "transfer_per_class": 10})})
+    assert pilot_size(per_class, 4) == ({"transfer_per_class": 10}, 4, 60, 4)
+    # the claims study's data: 100 classes x 120 images, batch 128, a quarter of them (3,000 = 23 steps per
+    # epoch), 20 epochs. 5 steps = 640 images = 6.4 per class, rounded to 6 = 600 = 4 steps: short, so one more per class:
+    # 740 / 12,000 -> 7 per class = 700 = 5 steps
     demo = validate_config({"data": {"generated": {"num_superclasses": 10, "classes_per_superclass": 10,
-                                                   "n_train": 12000}}, "transfer": {"batch_size": 128}})
-    assert pilot_size(demo, 5) == (round(740 / 12000, 9), 1, 700, 5)
+                                                   "n_train": 12000}},
+                            "transfer": {"batch_size": 128, "transfer_fraction": 0.25, "epochs": 20}})
+    assert pilot_size(demo, 5) == ({"transfer_fraction": round(740 / 12000, 9)}, 1, 700, 5)
+    # 46 steps = 2 of the transfer's epochs: its first 46 steps, on its own 3,000 images
+    assert pilot_size(demo, 46) == ({"transfer_fraction": 0.25}, 2, 3000, 46)
 
 
 def test_pilot_jobs_are_the_studys_shortened_under_pilot(tmp_path: Path) -> None:
