@@ -56,6 +56,10 @@ class PilotOutcome:
     top1_gain: Metric | None
     top_k: int
     compute: dict[str, float] = field(default_factory=dict)
+    # model + pilot minus each baseline ('score-only', 'most accurate'): (Spearman r gain, top-1 gain).
+    # Why: the score-based model may itself trail the baselines, so a gain over it alone can overstate
+    # what the pilot buys against the rule a user would otherwise follow.
+    baseline_gains: dict[str, tuple[Metric, Metric]] = field(default_factory=dict)
 
 
 def candidates(db: ResultsDB, student: str, method: str, top_k: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -135,11 +139,14 @@ def rerank(db: ResultsDB, student: str, method: str, pilots: pa.Table, top_k: in
     train = _join(training_table(db, method), pilots)
     n_students = len(set(train.column("student").to_pylist()))
     quality = gain_r = gain_1 = None
+    vs: dict[str, tuple[Metric, Metric]] = {}
     head = rows[:top_k]
     if base.basis == "model" and train.num_rows >= MIN_TRANSFERS and n_students >= MIN_STUDENTS:
         quality, q = cross_validate_pilot(train, top_k, alpha)
         name = f"model + pilot (top {top_k})"
         gain_r, gain_1 = _paired_gain(quality, name, "model", 0), _paired_gain(quality, name, "model", 1)
+        vs = {b: (_paired_gain(quality, name, b, 0), _paired_gain(quality, name, b, 1))
+              for b in ("score-only", "most accurate")}
         model = fit(train, PILOT_FEATURES)
         pairs = student_pairs(db, student)
         piloted = _join(pairs.filter(pc.is_in(pairs.column("teacher"), value_set=pa.array([t for t, _ in first]))),
@@ -167,7 +174,7 @@ def rerank(db: ResultsDB, student: str, method: str, pilots: pa.Table, top_k: in
     schema = base.table.schema.append(pa.field("pilot_delta_pp", pa.float64()))
     base.table = pa.Table.from_pylist(rows, schema=schema)
     base.quality = quality if quality is not None else base.quality
-    return PilotOutcome(base, quality, gain_r, gain_1, top_k, _compute(db, method, pilots, first))
+    return PilotOutcome(base, quality, gain_r, gain_1, top_k, _compute(db, method, pilots, first), vs)
 
 
 def pilot_lines(out: PilotOutcome) -> list[str]:
@@ -198,4 +205,11 @@ def pilot_lines(out: PilotOutcome) -> list[str]:
                else f"{scale * g.value / (k_steps / 1000):+.3f}{unit} per 1,000 pilot steps")
         lines.append(f"  pilot effect on {label} (model + pilot (top {out.top_k}) minus model, paired over {g.n} held-out "
                      f"students): {scale * g.value:+.2f}{unit}{ci}; {per}")
+    for baseline, (g_r, g_1) in out.baseline_gains.items():
+        parts = [f"{label} {scale * g.value:+.2f}{unit}" + (f" [{scale * g.low:+.2f}, {scale * g.high:+.2f}]"
+                                                            if math.isfinite(g.low) else "") + f" (n={g.n})"
+                 for label, g, scale, unit in (("Spearman r", g_r, 1.0, ""), ("top-1 hit", g_1, 100.0, " pp"))
+                 if math.isfinite(g.value)]
+        if parts:
+            lines.append(f"  model + pilot (top {out.top_k}) minus {baseline}, paired: " + "; ".join(parts))
     return lines

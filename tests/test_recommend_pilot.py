@@ -75,6 +75,15 @@ def test_pilots_recover_the_order_the_scores_cannot_show(tmp_path: Path) -> None
     diffs = [by[name][s][0] - by["model"][s][0] for s in STUDENTS]
     assert out.spearman_gain.value == pytest.approx(np.mean(diffs)) and out.spearman_gain.value > 0.5
     assert out.spearman_gain.n == 6
+    # and against each baseline, the rule a user would follow without the tool
+    for baseline in ("score-only", "most accurate"):
+        g_r, g_1 = out.baseline_gains[baseline]
+        assert g_r.value == pytest.approx(np.mean([by[name][s][0] - by[baseline][s][0] for s in STUDENTS]))
+        assert g_1.value == pytest.approx(np.mean([float(by[name][s][1]) - float(by[baseline][s][1])
+                                                   for s in STUDENTS]))
+        assert g_r.value > 0.5 and g_1.n == 6
+    text = "\n".join(pilot_lines(out))
+    assert f"model + pilot (top 6) minus most accurate, paired: Spearman r {out.baseline_gains['most accurate'][0].value:+.2f}" in text
 
 
 def test_only_the_first_k_teachers_are_re_ranked(tmp_path: Path) -> None:
