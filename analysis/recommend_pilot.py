@@ -135,7 +135,7 @@ def rerank(db: ResultsDB, student: str, method: str, pilots: pa.Table, top_k: in
     base = recommend(db, student, method, top=None, alpha=alpha)
     rows = base.table.to_pylist()
     first = [(r["teacher"], student) for r in rows[:top_k]]
-    mine = {(p["teacher"]): p for p in pilots.to_pylist() if p["student"] == student}
+    mine = {p["teacher"]: p for p in pilots.to_pylist() if p["student"] == student}
     train = _join(training_table(db, method), pilots)
     n_students = len(set(train.column("student").to_pylist()))
     quality = gain_r = gain_1 = None
@@ -196,20 +196,23 @@ def pilot_lines(out: PilotOutcome) -> list[str]:
     full = k_steps / c["full_steps"] if c["full_steps"] > 0 else math.nan  # in full transfers' steps
     lines.append(f"  a new student's {out.top_k} pilots: ~{k_steps:.0f} steps"
                  + (f" = {full:.2f} full transfer(s) of steps" if math.isfinite(full) else ""))
-    for label, g, scale in (("Spearman r", out.spearman_gain, 1.0), ("top-1 hit", out.top1_gain, 100.0)):
+    metrics = (("Spearman r", 1.0, ""), ("top-1 hit", 100.0, " pp"))
+    for (label, scale, unit), g in zip(metrics, (out.spearman_gain, out.top1_gain)):
         if g is None or not math.isfinite(g.value):
             continue
-        unit = " pp" if scale == 100 else ""
-        ci = f" [{scale * g.low:+.2f}, {scale * g.high:+.2f}]" if math.isfinite(g.low) else ""
         per = (f"{scale * g.value / full:+.2f}{unit} per full transfer's steps of pilots" if math.isfinite(full) and full > 0
                else f"{scale * g.value / (k_steps / 1000):+.3f}{unit} per 1,000 pilot steps")
         lines.append(f"  pilot effect on {label} (model + pilot (top {out.top_k}) minus model, paired over {g.n} held-out "
-                     f"students): {scale * g.value:+.2f}{unit}{ci}; {per}")
-    for baseline, (g_r, g_1) in out.baseline_gains.items():
-        parts = [f"{label} {scale * g.value:+.2f}{unit}" + (f" [{scale * g.low:+.2f}, {scale * g.high:+.2f}]"
-                                                            if math.isfinite(g.low) else "") + f" (n={g.n})"
-                 for label, g, scale, unit in (("Spearman r", g_r, 1.0, ""), ("top-1 hit", g_1, 100.0, " pp"))
-                 if math.isfinite(g.value)]
+                     f"students): {_signed(g, scale, unit)}; {per}")
+    for baseline, gains in out.baseline_gains.items():
+        parts = [f"{label} {_signed(g, scale, unit)} (n={g.n})"
+                 for (label, scale, unit), g in zip(metrics, gains) if math.isfinite(g.value)]
         if parts:
             lines.append(f"  model + pilot (top {out.top_k}) minus {baseline}, paired: " + "; ".join(parts))
     return lines
+
+
+def _signed(g: Metric, scale: float, unit: str) -> str:
+    """``+v unit [+low, +high]`` (the interval only where one exists)."""
+    ci = f" [{scale * g.low:+.2f}, {scale * g.high:+.2f}]" if math.isfinite(g.low) else ""
+    return f"{scale * g.value:+.2f}{unit}{ci}"
