@@ -233,7 +233,14 @@ def test_pilot_through_the_pipeline_is_cached_and_kept_apart(tmp_path: Path, cap
     root = tmp_path / "root"
     cfg = tmp_path / "micro.toml"
     cfg.write_text(MICRO.format(root=root))
-    assert main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer"]) == 0
+    assert main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,score"]) == 0
+    capsys.readouterr()
+    # before any transfer: the documented score-only rule, said so
+    assert main(["recommend", str(root), "--student", "mixer_p8"]) == 0
+    text = capsys.readouterr().out
+    assert "teachers for mixer_p8 (kl_dp; basis: score-only)" in text and "0 finished kl_dp transfer(s)" in text
+    assert "resnet10t_w16" in text
+    assert main(["run", str(cfg), "--no-progress", "--stage", "transfer"]) == 0
     before = sorted(p.relative_to(root) for p in (root / "transfers").glob("*/summary.parquet"))
     capsys.readouterr()
     argv = ["recommend", str(root), "--student", "mixer_p8", "--pilot", "2", "--pilot-top", "1"]
