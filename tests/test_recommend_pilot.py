@@ -259,3 +259,28 @@ def test_pilot_through_the_pipeline_is_cached_and_kept_apart(tmp_path: Path, cap
     mtimes = [p.stat().st_mtime_ns for p in summaries]
     assert main(argv) == 0  # cached: nothing reruns
     assert [p.stat().st_mtime_ns for p in summaries] == mtimes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_pilot_of_whole_epochs_is_the_transfers_own_prefix(tmp_path: Path, capsys) -> None:
+    """The pilot's early delta must be the full transfer's early delta: a 3-step pilot (one epoch of the
+    study's 120 images at batch 32) of a 2-epoch study evaluated every epoch ends where the full transfer
+    stood after its first epoch, on every piloted pair with a finished transfer."""
+    root = tmp_path / "root"
+    cfg = tmp_path / "micro.toml"
+    cfg.write_text(MICRO.format(root=root))
+    assert main(["run", str(cfg), "--no-progress", "--stage", "zoo,predict,score,transfer",
+                 "--set", "transfer.epochs=2", "--set", "transfer.eval_every=1"]) == 0
+    full = {}
+    for d in (root / "transfers").iterdir():
+        s = pq.read_table(d / "summary.parquet").to_pylist()[0]
+        full[(s["teacher"], s["student"])] = {r["epoch"]: r for r in pq.read_table(d / "epochs.parquet").to_pylist()}
+    assert main(["recommend", str(root), "--student", "mixer_p8", "--pilot", "3", "--pilot-top", "1"]) == 0
+    assert "1 epoch(s) over 120 images = 3 step(s) each" in capsys.readouterr().out
+    pilots = [pq.read_table(p).to_pylist()[0] for p in (root / "pilot" / "transfers").glob("*/summary.parquet")]
+    assert len(pilots) == 2 and all((p["teacher"], p["student"]) in full for p in pilots)
+    for p in pilots:
+        first = full[(p["teacher"], p["student"])][1]
+        assert (p["delta_last"], p["gain"], p["loss"]) == (first["delta"], first["gain"], first["loss"])
+        assert p["acc_last"] == first["acc"]
