@@ -52,14 +52,28 @@ class PilotOutcome:
 
     rec: Recommendation
     quality: Quality | None
-    spearman_gain: Metric | None  # model + pilot minus model, paired over held-out students
-    top1_gain: Metric | None
     top_k: int
     compute: dict[str, float] = field(default_factory=dict)
-    # model + pilot minus each baseline ('score-only', 'most accurate'): (Spearman r gain, top-1 gain).
-    # Why: the score-based model may itself trail the baselines, so a gain over it alone can overstate
-    # what the pilot buys against the rule a user would otherwise follow.
-    baseline_gains: dict[str, tuple[Metric, Metric]] = field(default_factory=dict)
+    # model + pilot minus each ranker it is compared with ('model', 'score-only', 'most accurate'), paired
+    # over held-out students: (Spearman r gain, top-1 gain); empty without a held-out comparison.
+    # Why the baselines too: the score-based model may itself trail them, so a gain over it alone can
+    # overstate what the pilot buys against the rule a user would otherwise follow.
+    gains: dict[str, tuple[Metric, Metric]] = field(default_factory=dict)
+
+    @property
+    def spearman_gain(self) -> Metric | None:
+        """Model + pilot minus model: Spearman r."""
+        return self.gains["model"][0] if "model" in self.gains else None
+
+    @property
+    def top1_gain(self) -> Metric | None:
+        """Model + pilot minus model: top-1 hit."""
+        return self.gains["model"][1] if "model" in self.gains else None
+
+    @property
+    def baseline_gains(self) -> dict[str, tuple[Metric, Metric]]:
+        """The gains over the baselines (every compared ranker but the model)."""
+        return {k: v for k, v in self.gains.items() if k != "model"}
 
 
 def candidates(db: ResultsDB, student: str, method: str, top_k: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -138,15 +152,14 @@ def rerank(db: ResultsDB, student: str, method: str, pilots: pa.Table, top_k: in
     mine = {p["teacher"]: p for p in pilots.to_pylist() if p["student"] == student}
     train = _join(training_table(db, method), pilots)
     n_students = len(set(train.column("student").to_pylist()))
-    quality = gain_r = gain_1 = None
-    vs: dict[str, tuple[Metric, Metric]] = {}
+    quality = None
+    gains: dict[str, tuple[Metric, Metric]] = {}
     head = rows[:top_k]
     if base.basis == "model" and train.num_rows >= MIN_TRANSFERS and n_students >= MIN_STUDENTS:
         quality, q = cross_validate_pilot(train, top_k, alpha)
         name = f"model + pilot (top {top_k})"
-        gain_r, gain_1 = _paired_gain(quality, name, "model", 0), _paired_gain(quality, name, "model", 1)
-        vs = {b: (_paired_gain(quality, name, b, 0), _paired_gain(quality, name, b, 1))
-              for b in ("score-only", "most accurate")}
+        gains = {b: (_paired_gain(quality, name, b, 0), _paired_gain(quality, name, b, 1))
+                 for b in ("model", "score-only", "most accurate")}
         model = fit(train, PILOT_FEATURES)
         pairs = student_pairs(db, student)
         piloted = _join(pairs.filter(pc.is_in(pairs.column("teacher"), value_set=pa.array([t for t, _ in first]))),
@@ -174,7 +187,7 @@ def rerank(db: ResultsDB, student: str, method: str, pilots: pa.Table, top_k: in
     schema = base.table.schema.append(pa.field("pilot_delta_pp", pa.float64()))
     base.table = pa.Table.from_pylist(rows, schema=schema)
     base.quality = quality if quality is not None else base.quality
-    return PilotOutcome(base, quality, gain_r, gain_1, top_k, _compute(db, method, pilots, first), vs)
+    return PilotOutcome(base, quality, top_k, _compute(db, method, pilots, first), gains)
 
 
 def pilot_lines(out: PilotOutcome) -> list[str]:
